@@ -1,0 +1,1 @@
+"""Prefect flows: each composes tasks into one pipeline readable on one screen."""

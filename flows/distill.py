@@ -1,0 +1,43 @@
+"""The distillation flow: validate -> teacher logits (once) -> train -> calibrate -> evaluate -> gate -> register."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from kdflow.config import DistillConfig, load_config
+from tasks.data import validate_inputs
+from tasks.evaluate import calibrate, evaluate
+from tasks.logits import load_teacher_logits, precompute_teacher_logits, resolve_teacher
+from tasks.registry import describe_provenance, publish_report, register_student, sla_gate
+from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
+from tasks.train import train_student
+
+
+@flow(name="distill", log_prints=True)
+def distill_flow(config_path: str) -> dict[str, Any]:
+    """Distil the registered teacher named in the config into a calibrated, gated, registered student."""
+    cfg = load_config(config_path, DistillConfig)
+    datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
+    run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,
+                              flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "distill"})
+    status = "FAILED"
+    try:
+        teacher = resolve_teacher(cfg.teacher_uri)
+        teacher_out = precompute_teacher_logits(cfg, teacher, datasets)
+        logits = load_teacher_logits(cfg, teacher, datasets)
+        model, training = train_student(cfg.student, cfg.train, cfg.data.num_classes, datasets, logits, run_id)
+        served, calibration = calibrate(model, datasets["val"], cfg.calibration, run_id)
+        evaluation = evaluate(served, datasets["test"], logits["test"], teacher_out.profile, cfg.data.num_classes,
+                              cfg.calibration.n_bins, cfg.evaluation, run_id)
+        checks, decision = sla_gate(evaluation, cfg.sla, cfg.registry.student_name, datasets["test"], run_id)
+        provenance = describe_provenance(cfg, teacher, datasets, teacher_out, calibration)
+        registration = register_student(served, datasets["test"].x[:5], cfg.registry.student_name, run_id, checks,
+                                        decision, cfg.registry.register_failed_candidates, provenance)
+        report = publish_report(cfg, run_id, teacher, teacher_out, training, calibration, evaluation, checks,
+                                decision, registration, provenance)
+        status = "FINISHED"
+        return report
+    finally:
+        end_mlflow_run(run_id, status)

@@ -1,0 +1,30 @@
+"""Teacher flow: validate -> train on hard labels -> evaluate -> register with an alias (``champion``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from kdflow.config import TeacherConfig, load_config
+from tasks.data import validate_inputs
+from tasks.registry import register_teacher
+from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
+from tasks.train import train_teacher
+
+
+@flow(name="train-teacher", log_prints=True)
+def teacher_flow(config_path: str) -> dict[str, Any]:
+    """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI."""
+    cfg = load_config(config_path, TeacherConfig)
+    datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False)
+    run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.experiment, cfg.mlflow.artifact_location,
+                              flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "train-teacher"})
+    status = "FAILED"
+    try:
+        model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id)
+        result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training)
+        status = "FINISHED"
+        return result
+    finally:
+        end_mlflow_run(run_id, status)

@@ -1,0 +1,182 @@
+"""The ``kdflow`` command line. Flows are imported lazily, after the embedded defaults are set."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kdflow: knowledge distillation pipeline.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate datasets offline.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Teacher models.")
+app.add_typer(data_app, name="data")
+app.add_typer(teacher_app, name="teacher")
+
+STATE_DIR = Path(".kdflow")
+GATE_FAILED_EXIT = 3
+
+
+def _embedded_defaults() -> None:
+    """Keep Prefect's state under ./.kdflow unless the user points it elsewhere (must precede Prefect import)."""
+    os.environ.setdefault("PREFECT_HOME", str((STATE_DIR / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # The first start migrates a new database, which can take longer than the 20 s default on 2 cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from kdflow.config import ConfigError
+    from kdflow.data import DataError
+    from kdflow.logits import LogitStoreError
+    from kdflow.models import ModelSpecError
+    from kdflow.registry import RegistryError
+    from kdflow.store import StoreError
+
+    return ConfigError, DataError, LogitStoreError, ModelSpecError, RegistryError, StoreError
+
+
+def _run(fn, *args: Any) -> Any:
+    """Run a flow; on a known input/configuration error print one line naming it and exit 2."""
+    try:
+        return fn(*args)
+    except _known_errors() as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the summary table, SLA checks and decision."""
+    from kdflow.report import summary_rows
+
+    rows = summary_rows(report)
+    w = max(len(r[0]) for r in rows)
+    typer.echo(f"\n{'metric':<{w}}  {'student':>12}  {'teacher':>12}")
+    for name, s, t in rows:
+        typer.echo(f"{name:<{w}}  {s:>12}  {t:>12}")
+    ev = report["evaluation"]
+    typer.echo(f"\nflip rate {ev['flip_rate']:.4f}  gap {ev['teacher_gap']:.4f}  size ratio {ev['size_ratio']:.4f}  "
+               f"served T {report['calibration']['temperature']:.4f} (training T {report['provenance']['training_temperature']})")
+    typer.echo("\nSLA checks:")
+    for c in report["sla_checks"]:
+        mark = "PASS" if c["passed"] else "FAIL"
+        typer.echo(f"  [{mark}] {c['name']}: {c['value']:.4f} {c['op']} {c['threshold']}")
+    reg = report["registration"]
+    typer.echo(f"\ngate {'PASSED' if report['gate_passed'] else 'FAILED'}: {report['decision']['reason']}")
+    typer.echo(f"registered: {reg['name'] + ' v' + reg['version'] if reg.get('version') else 'nothing'}"
+               f"{' aliases ' + ', '.join(reg['aliases']) if reg.get('aliases') else ''}")
+    typer.echo(f"report: {report['paths']['json']}")
+
+
+@data_app.command("mnist1d")
+def data_mnist1d(out: Path = typer.Option(..., help="Output directory"),
+                 transfer_size: int = typer.Option(50_000, help="Rows of the unlabeled transfer set"),
+                 seed: int = typer.Option(0, help="Base seed; each split gets its own")) -> None:
+    """Generate MNIST-1D offline: train 4,000 / val 1,000 / test 1,000 labeled + an unlabeled transfer set."""
+    from kdflow.generators import write_mnist1d
+
+    for name, path in write_mnist1d(out, transfer_size=transfer_size, seed=seed).items():
+        typer.echo(f"{name}: {path}")
+
+
+@data_app.command("digits")
+def data_digits(out: Path = typer.Option(..., help="Output directory"), seed: int = 0) -> None:
+    """Write scikit-learn's bundled 8x8 digits as train/val/test (+ transfer = train inputs)."""
+    from kdflow.generators import write_digits
+
+    for name, path in write_digits(out, seed=seed).items():
+        typer.echo(f"{name}: {path}")
+
+
+@teacher_app.command("train")
+def teacher_train(config: Path = typer.Option(..., help="Teacher config YAML")) -> None:
+    """Train a teacher and register it in MLflow under the configured name and alias."""
+    _embedded_defaults()
+    from flows.teacher import teacher_flow
+
+    result = _run(teacher_flow, str(config))
+    typer.echo(f"teacher {result['uri']} -> version {result['version']}, test accuracy {result['test_accuracy']:.4f}")
+
+
+@app.command("distill")
+def distill(config: Path = typer.Option(..., help="Distillation config YAML")) -> None:
+    """Run the distillation flow; exit 3 when the SLA gate fails."""
+    _embedded_defaults()
+    from flows.distill import distill_flow
+
+    report = _run(distill_flow, str(config))
+    print_report(report)
+    if not report["gate_passed"]:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def _generated(data_dir: Path, transfer_size: int) -> bool:
+    """Whether ``data_dir`` already holds the four demo splits with a transfer set of ``transfer_size`` rows."""
+    import pyarrow.parquet as pq
+
+    paths = [data_dir / f"{s}.parquet" for s in ("train", "val", "test", "transfer")]
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        return pq.ParquetFile(paths[-1]).metadata.num_rows == transfer_size
+    except Exception:  # unreadable file: regenerate
+        return False
+
+
+def packaged_config(name: str) -> Path:
+    """Path of an example config shipped inside the package."""
+    return Path(str(resources.files("kdflow") / "configs" / name))
+
+
+@app.command("demo")
+def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
+         retrain_teacher: bool = typer.Option(False, help="Train a new teacher even if one is registered")) -> None:
+    """MNIST-1D end to end on the embedded default: data, teacher, distillation, report (state in ./.kdflow)."""
+    _embedded_defaults()
+    from kdflow.config import DistillConfig, TeacherConfig, load_config
+    from kdflow.generators import write_mnist1d
+    from kdflow.registry import alias_version, configure
+
+    teacher_cfg_path, distill_cfg_path = packaged_config("mnist1d_teacher.yaml"), packaged_config("mnist1d_distill.yaml")
+    tcfg = load_config(teacher_cfg_path, TeacherConfig)
+    dcfg = load_config(distill_cfg_path, DistillConfig)
+    data_dir = Path(tcfg.data.train).parent
+    if _generated(data_dir, transfer_size):
+        typer.echo(f"[1/3] MNIST-1D already generated in {data_dir}")
+    else:
+        typer.echo(f"[1/3] generating MNIST-1D into {data_dir} (transfer set {transfer_size:,} rows)")
+        write_mnist1d(data_dir, transfer_size=transfer_size)
+    configure(tcfg.mlflow.tracking_uri, tcfg.experiment, tcfg.mlflow.artifact_location)
+    existing = alias_version(tcfg.registry_name, tcfg.alias)
+    if existing and not retrain_teacher:
+        typer.echo(f"[2/3] teacher models:/{tcfg.registry_name}@{tcfg.alias} exists (version {existing}); reusing it")
+    else:
+        typer.echo("[2/3] training the teacher")
+        teacher_train(teacher_cfg_path)
+    typer.echo("[3/3] distilling the student")
+    from flows.distill import distill_flow
+
+    report = _run(distill_flow, str(distill_cfg_path))
+    print_report(report)
+    db = dcfg.mlflow.tracking_uri
+    typer.echo(
+        "\nOpen the UIs on this data:\n"
+        f"  MLflow:  mlflow ui --backend-store-uri {db} --port 5000   (http://127.0.0.1:5000)\n"
+        f"  Prefect: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start   (http://127.0.0.1:4200)\n"
+        f"Report JSON: {report['paths']['json']}"
+    )
+    if not report["gate_passed"]:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry
+    """Entry point for ``python -m kdflow.cli``."""
+    app(args=argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,207 @@
+"""Typed pipeline configuration, loaded from YAML with ``yaml.safe_load``.
+
+Every model forbids unknown keys, so a typo in a config file is an error that names the key
+instead of a silently ignored setting. SLA thresholds and tolerances are data here, not code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or does not match its schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class FeatureSpec(_Strict):
+    """Where the features live in a dataset file.
+
+    Either one fixed-length array column (``column``) or a list of named numeric columns (``columns``).
+    ``shape`` reshapes each row for models that take images (e.g. ``[8, 8]`` for digits).
+    """
+
+    column: str | None = "x"
+    columns: list[str] | None = None
+    shape: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FeatureSpec":
+        if self.columns:
+            self.column = None
+        if not self.column and not self.columns:
+            raise ValueError("features: give either 'column' (array column) or 'columns' (named columns)")
+        return self
+
+
+class DataConfig(_Strict):
+    """Dataset URIs (local paths, file:// or s3://) and their schema."""
+
+    train: str
+    val: str
+    test: str
+    transfer: str | None = None
+    num_classes: int = Field(gt=1)
+    features: FeatureSpec = FeatureSpec()
+    id_column: str = "id"
+    label_column: str = "label"
+    min_rows: int = Field(default=1, ge=1)
+
+
+class ModelSpec(_Strict):
+    """An architecture from the registry (``mlp``, ``cnn1d``, ``cnn2d``) or ``package.module:build``."""
+
+    arch: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(_Strict):
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+
+    warmup_steps: int = Field(default=100, ge=0)
+    min_lr_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    """Optimisation hyper-parameters shared by teacher and student training."""
+
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=3e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=256, gt=0)
+    epochs: int = Field(default=20, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip_norm: float | None = Field(default=1.0, gt=0.0)
+    teacher_logit_clip: float | None = Field(default=50.0, gt=0.0)
+    early_stopping_patience: int | None = Field(default=5, gt=0)
+    seed: int = 0
+    num_threads: int | None = Field(default=None, gt=0)
+
+
+class CalibrationConfig(_Strict):
+    """Temperature scaling (Guo et al. 2017) and ECE binning."""
+
+    n_bins: int = Field(default=15, gt=1)
+    t_min: float = Field(default=0.05, gt=0.0)
+    t_max: float = Field(default=20.0, gt=0.0)
+    max_iter: int = Field(default=200, gt=0)
+
+
+class SLAConfig(_Strict):
+    """Service-level thresholds; a threshold left empty is not checked."""
+
+    min_accuracy: float | None = Field(default=0.85, ge=0.0, le=1.0)
+    max_teacher_gap: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    max_ece: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    max_flip_rate: float | None = Field(default=0.15, ge=0.0, le=1.0)
+    max_latency_p95_ms: float | None = Field(default=50.0, gt=0.0)
+    max_size_ratio: float | None = Field(default=0.5, gt=0.0)
+    champion_tolerance: float = Field(default=0.005, ge=0.0, le=1.0)
+
+
+class EvaluationConfig(_Strict):
+    """How much work the latency/throughput measurement does."""
+
+    latency_batches: int = Field(default=200, gt=0)
+    throughput_batch_size: int = Field(default=256, gt=0)
+    throughput_batches: int = Field(default=10, gt=0)
+
+
+class RegistryConfig(_Strict):
+    """MLflow experiment and registered-model names."""
+
+    experiment: str = "kdflow"
+    student_name: str
+    register_failed_candidates: bool = False
+
+
+class MlflowConfig(_Strict):
+    """Where MLflow keeps runs (a database URI or an http server) and artifacts."""
+
+    tracking_uri: str = "sqlite:///.kdflow/mlflow.db"
+    artifact_location: str | None = ".kdflow/mlartifacts"
+
+
+class StoreConfig(_Strict):
+    """Object store for teacher logits: a local directory, file:// or s3://bucket/prefix."""
+
+    root: str = ".kdflow/store"
+    endpoint_url: str | None = None
+    rows_per_shard: int = Field(default=8192, gt=0)
+
+
+class DistillConfig(_Strict):
+    """Everything one distillation run needs."""
+
+    data: DataConfig
+    teacher_uri: str
+    student: ModelSpec
+    train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    sla: SLAConfig = SLAConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig
+    mlflow: MlflowConfig = MlflowConfig()
+    store: StoreConfig = StoreConfig()
+    output_dir: str = ".kdflow/reports"
+
+    @field_validator("teacher_uri")
+    @classmethod
+    def _models_uri(cls, v: str) -> str:
+        if not v.startswith("models:/"):
+            raise ValueError(f"teacher_uri must look like models:/<name>@<alias> or models:/<name>/<version>, got {v!r}")
+        return v
+
+
+class TeacherConfig(_Strict):
+    """Training and registering a teacher on hard labels."""
+
+    data: DataConfig
+    model: ModelSpec
+    train: TrainConfig = TrainConfig(alpha=0.0, epochs=40)
+    registry_name: str
+    alias: str = "champion"
+    experiment: str = "kdflow-teacher"
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(path: str | Path, model: type[C]) -> C:
+    """Read ``path`` with ``yaml.safe_load`` and validate it into ``model``; errors name file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A stable SHA-256 of the validated config (sorted JSON), for tagging what produced a model."""
+    payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()

@@ -1,0 +1,175 @@
+"""Training loop for teachers (hard labels) and students (stored teacher logits + labels)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdflow.config import TrainConfig
+from kdflow.losses import kd_loss
+from kdflow.models import raw_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history (list of metric dicts), the best epoch and its validation accuracy."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = 0.0
+    steps: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy so a run is repeatable on the same machine."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD (Nesterov momentum) with the configured learning rate and weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup ``(step+1)/warmup`` then cosine from 1 to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Raw logits of ``model`` (the inner model of a served :class:`CalibratedClassifier`) on ``x``, in eval
+    mode, batched, as float32 numpy."""
+    model.eval()
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def train_classifier(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    teacher_logits: np.ndarray | None = None,
+    teacher_val_logits: np.ndarray | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place and leave it at its best-validation-accuracy weights.
+
+    With ``teacher_logits`` (aligned with ``x_train``) the loss is :func:`kdflow.losses.kd_loss`
+    (``alpha`` weights the soft term; rows labeled ``-1`` contribute only to the soft term).
+    Without, it is plain cross-entropy on the labels. Early stopping watches validation accuracy.
+    """
+    seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    x = torch.tensor(np.asarray(x_train), dtype=torch.float32)
+    y = torch.tensor(np.asarray(y_train), dtype=torch.long)
+    zt = None
+    if teacher_logits is not None:
+        zt = torch.as_tensor(teacher_logits, dtype=torch.float32)
+        if cfg.teacher_logit_clip is not None:
+            zt = zt.clamp(-cfg.teacher_logit_clip, cfg.teacher_logit_clip)
+    elif (y < 0).any():
+        raise ValueError("hard-label training needs a label on every row")
+    yv = torch.tensor(np.asarray(y_val), dtype=torch.long)
+    ztv = torch.as_tensor(teacher_val_logits, dtype=torch.float32) if teacher_val_logits is not None else None
+
+    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total_steps, min(cfg.schedule.warmup_steps, total_steps // 2), cfg.schedule.min_lr_ratio)
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    result = TrainResult()
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    step = 0
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=None if progress else True, leave=False, mininterval=2.0)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
+        batches = 0
+        for i in range(0, len(x), cfg.batch_size):
+            if step >= total_steps:
+                break
+            idx = perm[i : i + cfg.batch_size]
+            logits = model(x[idx])
+            if zt is not None:
+                loss, soft, hard = kd_loss(logits, zt[idx], y[idx], cfg.temperature, cfg.alpha)
+            else:
+                loss = hard = F.cross_entropy(logits, y[idx])
+                soft = loss.new_zeros(())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            batches += 1
+            sums["loss"] += float(loss.detach())
+            sums["soft_loss"] += float(soft.detach())
+            sums["hard_loss"] += float(hard.detach())
+            bar.update(1)
+        val_logits = torch.from_numpy(predict_logits(model, x_val))
+        metrics = {k: v / max(1, batches) for k, v in sums.items()}
+        metrics.update(
+            epoch=float(epoch),
+            val_accuracy=float((val_logits.argmax(1) == yv).float().mean()),
+            val_nll=float(F.cross_entropy(val_logits, yv)),
+            lr=float(sched.get_last_lr()[0]),
+            epoch_seconds=time.perf_counter() - t0,
+        )
+        if ztv is not None:
+            metrics["val_kl_to_teacher"] = float(
+                F.kl_div(F.log_softmax(val_logits, 1), F.log_softmax(ztv, 1), reduction="batchmean", log_target=True)
+            )
+        result.history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
+        bar.set_postfix(val_acc=f"{metrics['val_accuracy']:.4f}")
+        if metrics["val_accuracy"] > result.best_val_accuracy or epoch == 1:
+            result.best_val_accuracy, result.best_epoch = metrics["val_accuracy"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                log.info("early stopping at epoch %d (best %d)", epoch, result.best_epoch)
+                break
+        if step >= total_steps:
+            break
+    bar.close()
+    result.steps = step
+    model.load_state_dict(best_state)
+    model.eval()
+    return result

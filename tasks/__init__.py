@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around kdflow library calls (retries, logging, artifacts)."""

@@ -1,0 +1,125 @@
+"""Gate, registration and report tasks: the only place a flow touches the model registry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kdflow import registry
+from kdflow.config import DistillConfig, SLAConfig, config_hash
+from kdflow.data import Dataset
+from kdflow.metrics import accuracy
+from kdflow.models import CalibratedClassifier
+from kdflow.report import to_markdown, write_report
+from kdflow.sla import PromotionDecision, SLACheck, check_slas, decide_promotion
+from kdflow.train import TrainResult, predict_logits
+from tasks.logits import TeacherOutputs
+from tasks.tracking import log_artifact, log_metrics
+
+
+@task(name="sla-gate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def sla_gate(evaluation: dict[str, Any], sla: SLAConfig, student_name: str, test: Dataset,
+             run_id: str) -> tuple[list[SLACheck], PromotionDecision]:
+    """Check every SLA and compare with the current champion on the same test set."""
+    checks = check_slas(evaluation, sla)
+    champion_version = registry.alias_version(student_name, registry.CHAMPION)
+    champion_accuracy = None
+    if champion_version is not None:
+        champion = registry.load_torch_model(
+            registry.ModelRef(f"models:/{student_name}@{registry.CHAMPION}", student_name, champion_version, None))
+        champion_accuracy = accuracy(predict_logits(champion, test.x), test.y)
+    decision = decide_promotion(checks, evaluation["student_accuracy"], champion_version, champion_accuracy,
+                                sla.champion_tolerance)
+    log_metrics(run_id, {"sla_passed": float(all(c.passed for c in checks)), "promote": float(decision.promote)})
+    get_run_logger().info("gate: %s", decision.reason)
+    return checks, decision
+
+
+@task(name="register-student", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def register_student(student: CalibratedClassifier, input_example: np.ndarray, name: str, run_id: str,
+                     checks: list[SLACheck], decision: PromotionDecision, register_failed: bool,
+                     tags: dict[str, Any]) -> dict[str, Any]:
+    """Log and register the served model; alias ``challenger``; ``champion`` only when the decision says so.
+
+    A candidate that failed its SLAs is not registered unless ``register_failed`` is set."""
+    import mlflow
+
+    sla_passed = all(c.passed for c in checks)
+    if not sla_passed and not register_failed:
+        return {"version": None, "aliases": [], "reason": "not registered: SLA gate failed"}
+    with mlflow.start_run(run_id=run_id):
+        model_uri, version = registry.log_torch_model(student, input_example, name)
+    registry.tag_version(name, version, {**tags, "sla_passed": sla_passed,
+                                         "sla_checks": [c.as_dict() for c in checks], "run_id": run_id})
+    registry.set_alias(name, registry.CHALLENGER, version, reason="new candidate", actor="distill-flow")
+    aliases = [registry.CHALLENGER]
+    if decision.promote:
+        registry.set_alias(name, registry.CHAMPION, version, reason=decision.reason, actor="distill-flow")
+        aliases.append(registry.CHAMPION)
+    get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)
+    return {"version": version, "aliases": aliases, "model_uri": model_uri, "name": name}
+
+
+def describe_provenance(cfg: DistillConfig, teacher: registry.ModelRef, datasets: dict[str, Dataset],
+                        teacher_out: TeacherOutputs, calibration: dict[str, Any]) -> dict[str, Any]:
+    """What produced this student: teacher version, data fingerprints, logit stores, config hash, temperatures."""
+    return {
+        "teacher_uri": teacher.uri, "teacher_version": teacher.version, "config_hash": config_hash(cfg),
+        "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
+        "logit_store_keys": teacher_out.store_uris,
+        "calibrated_temperature": calibration["temperature"], "training_temperature": cfg.train.temperature,
+    }
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(cfg: DistillConfig, run_id: str, teacher: registry.ModelRef, teacher_out: TeacherOutputs,
+                   training: TrainResult, calibration: dict[str, Any], evaluation: dict[str, Any],
+                   checks: list[SLACheck], decision: PromotionDecision, registration: dict[str, Any],
+                   provenance: dict[str, Any]) -> dict[str, Any]:
+    """Assemble the report; write report.json / report.md, attach them to the MLflow run and as a Prefect
+    markdown artifact; return the report with its file paths."""
+    report = {
+        "student_name": cfg.registry.student_name, "run_id": run_id,
+        "teacher": {"uri": teacher.uri, "name": teacher.name, "version": teacher.version,
+                    "loaded": teacher_out.teacher_loaded},
+        "logits": {n: asdict(s) for n, s in teacher_out.stats.items()},
+        "training": {"best_epoch": training.best_epoch, "best_val_accuracy": training.best_val_accuracy,
+                     "steps": training.steps, "history": training.history},
+        "calibration": calibration, "evaluation": evaluation,
+        "sla_checks": [c.as_dict() for c in checks], "gate_passed": all(c.passed for c in checks),
+        "decision": asdict(decision), "registration": registration, "provenance": provenance,
+    }
+    json_path, md_path = write_report(report, Path(cfg.output_dir) / run_id)
+    for path in (json_path, md_path):
+        log_artifact(run_id, path, "report")
+    log_metrics(run_id, {"gate_passed": float(report["gate_passed"])})
+    create_markdown_artifact(markdown=to_markdown(report), key="kdflow-distill-report",
+                             description=f"SLA report for {report['student_name']}")
+    report["paths"] = {"json": str(json_path.resolve()), "markdown": str(md_path.resolve())}
+    return report
+
+
+@task(name="register-teacher", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def register_teacher(model, datasets: dict[str, Dataset], name: str, alias: str, run_id: str,
+                     training: TrainResult) -> dict[str, Any]:
+    """Log the teacher (raw logits out) with its test accuracy, register it and point ``alias`` at it."""
+    import mlflow
+
+    test = datasets["test"]
+    test_accuracy = accuracy(predict_logits(model, test.x), test.y)
+    log_metrics(run_id, {"teacher_test_accuracy": test_accuracy})
+    with mlflow.start_run(run_id=run_id):
+        model_uri, version = registry.log_torch_model(model, test.x[:5], name)
+    registry.tag_version(name, version, {"test_accuracy": test_accuracy, "run_id": run_id,
+                                         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()}})
+    registry.set_alias(name, alias, version, reason=f"trained teacher, test accuracy {test_accuracy:.4f}",
+                       actor="train-teacher-flow")
+    get_run_logger().info("teacher %s version %s (test accuracy %.4f) -> @%s", name, version, test_accuracy, alias)
+    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
+            "test_accuracy": test_accuracy, "best_val_accuracy": training.best_val_accuracy, "run_id": run_id}

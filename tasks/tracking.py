@@ -1,0 +1,61 @@
+"""MLflow run bookkeeping shared by the flows: one MLflow run per flow run, addressed by id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from kdflow import registry
+
+
+@task(name="start-mlflow-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str | None,
+                     params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    """Create the MLflow run for this flow run (named after it) and log the flattened config as params."""
+    from mlflow import MlflowClient
+
+    exp_id = registry.configure(tracking_uri, experiment, artifact_location)
+    run_tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
+    run = MlflowClient().create_run(exp_id, run_name=flow_run.get_name() or None, tags={**run_tags, **(tags or {})})
+    client = MlflowClient()
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key[:250], str(value)[:6000])
+    return run.info.run_id
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to ``run_id`` (NaN-free, names sanitised for MLflow)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in metrics.items():
+        if value == value:  # skip NaN
+            client.log_metric(run_id, key.replace("@", "_"), float(value), step=step or 0)
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a local file to the run's artifacts."""
+    from mlflow import MlflowClient
+
+    MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+def end_mlflow_run(run_id: str, status: str) -> None:
+    """Close the run as FINISHED or FAILED (a failed flow leaves a FAILED run, never a registered model)."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Flatten nested dicts to ``a.b.c`` keys (for MLflow params)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real packaged configs shrunk to tiny data, a Prefect test harness, a tiny teacher."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+from kdflow.cli import packaged_config  # noqa: E402
+from kdflow.generators import write_mnist1d  # noqa: E402
+
+TINY_SIZES = {"train": 600, "val": 300, "test": 300}
+TINY_TRANSFER = 1200
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness (temporary database) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Tiny MNIST-1D splits generated offline once per session."""
+    return write_mnist1d(tmp_path_factory.mktemp("mnist1d"), transfer_size=TINY_TRANSFER, sizes=TINY_SIZES)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    """Per-session state: MLflow database, artifacts, logit store, reports."""
+    return tmp_path_factory.mktemp("kdflow-state")
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as YAML and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_config(tiny_data, state_dir) -> dict[str, Any]:
+    """The packaged MNIST-1D teacher config, shrunk: tiny data, few epochs, tmp state."""
+    cfg = yaml.safe_load(packaged_config("mnist1d_teacher.yaml").read_text())
+    cfg["data"].update({k: str(tiny_data[k]) for k in ("train", "val", "test")})
+    cfg["model"]["args"] = {"channels": 32, "depth": 3, "kernel_size": 5}
+    cfg["train"].update(epochs=12, early_stopping_patience=None, batch_size=64)
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state_dir}/mlflow.db", "artifact_location": str(state_dir / "artifacts")}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def teacher(prefect_harness, teacher_config, state_dir) -> dict[str, Any]:
+    """A tiny teacher trained and registered through the real teacher flow (alias ``champion``)."""
+    from flows.teacher import teacher_flow
+
+    return teacher_flow(str(write_yaml(state_dir / "teacher.yaml", teacher_config)))
+
+
+@pytest.fixture()
+def distill_config(tiny_data, state_dir, teacher, request) -> dict[str, Any]:
+    """The packaged distill config shrunk to tiny data; each test gets its own student name and reports dir."""
+    cfg = yaml.safe_load(packaged_config("mnist1d_distill.yaml").read_text())
+    cfg["data"].update({k: str(tiny_data[k]) for k in ("train", "val", "test", "transfer")})
+    cfg["train"].update(epochs=4, early_stopping_patience=None, batch_size=128, schedule={"warmup_steps": 10})
+    # SLAs loose enough for a 4-epoch student on 1,800 rows; tests that need a failing gate tighten them.
+    cfg["sla"] = {"min_accuracy": 0.3, "max_teacher_gap": 0.6, "max_ece": 0.5, "max_flip_rate": 0.7,
+                  "max_latency_p95_ms": 1000.0, "max_size_ratio": 0.5, "champion_tolerance": 0.5}
+    cfg["evaluation"] = {"latency_batches": 20, "throughput_batches": 2}
+    cfg["registry"]["student_name"] = f"student-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state_dir}/mlflow.db", "artifact_location": str(state_dir / "artifacts")}
+    cfg["store"] = {"root": str(state_dir / "store"), "rows_per_shard": 512}
+    cfg["output_dir"] = str(state_dir / "reports")
+    return cfg

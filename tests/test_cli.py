@@ -1,0 +1,45 @@
+"""The command line: generators, exit codes and messages."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kdflow.cli import GATE_FAILED_EXIT, app
+from tests.conftest import write_yaml
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_prefect_home(monkeypatch, tmp_path):
+    """The CLI sets Prefect's home only if unset: keep it off the working tree in tests."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+
+
+def test_data_mnist1d_writes_the_four_splits(tmp_path):
+    result = runner.invoke(app, ["data", "mnist1d", "--out", str(tmp_path), "--transfer-size", "100"])
+    assert result.exit_code == 0, result.output
+    sizes = {p: len(pd.read_parquet(tmp_path / f"{p}.parquet")) for p in ("train", "val", "test", "transfer")}
+    assert sizes == {"train": 4000, "val": 1000, "test": 1000, "transfer": 100}
+    assert "label" not in pd.read_parquet(tmp_path / "transfer.parquet").columns
+
+
+@pytest.mark.slow
+def test_unknown_config_key_exits_2_with_one_line(distill_config, tmp_path):
+    distill_config["sla"]["max_eec"] = 0.1
+    path = write_yaml(tmp_path / "bad.yaml", distill_config)
+    result = runner.invoke(app, ["distill", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "sla.max_eec: Extra inputs are not permitted" in result.output
+
+
+@pytest.mark.slow
+def test_failed_gate_exits_3_and_prints_the_failing_check(distill_config, tmp_path):
+    distill_config["sla"]["min_accuracy"] = 0.9999
+    path = write_yaml(tmp_path / "strict.yaml", distill_config)
+    result = runner.invoke(app, ["distill", "--config", str(path)])
+    assert result.exit_code == GATE_FAILED_EXIT, result.output
+    assert "[FAIL] min_accuracy" in result.output and "gate FAILED" in result.output
+    assert "registered: nothing" in result.output

@@ -1,0 +1,92 @@
+"""Dataset files: round trip, fingerprints, generators, and one clear error per kind of bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdflow.config import DataConfig
+from kdflow.data import DataError, load_dataset, to_frame, write_parquet
+from kdflow.generators import mnist1d_arrays, write_digits
+
+CFG = DataConfig(train="-", val="-", test="-", num_classes=3)
+
+
+def frame(n=6, width=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return to_frame(np.arange(n), rng.normal(size=(n, width)), np.arange(n) % 3)
+
+
+def load(tmp_path, df, labeled=True, cfg=CFG):
+    return load_dataset("train", str(write_parquet(df, tmp_path / "d.parquet")), cfg, labeled)
+
+
+def test_round_trip_and_fingerprint(tmp_path):
+    df = frame()
+    ds = load(tmp_path, df)
+    assert ds.x.shape == (6, 4) and ds.x.dtype == np.float32 and ds.y.tolist() == [0, 1, 2, 0, 1, 2]
+    assert ds.fingerprint == load(tmp_path, df).fingerprint
+    df2 = df.copy()
+    df2.loc[0, "label"] = 1
+    assert load(tmp_path, df2).fingerprint != ds.fingerprint
+
+
+def test_named_numeric_columns(tmp_path):
+    df = pd.DataFrame({"id": [1, 2], "a": [0.1, 0.2], "b": [1, 2], "label": [0, 2]})
+    cfg = DataConfig(train="-", val="-", test="-", num_classes=3, features={"columns": ["a", "b"]})
+    ds = load(tmp_path, df, cfg=cfg)
+    assert np.allclose(ds.x, [[0.1, 1.0], [0.2, 2.0]])
+
+
+def test_unlabeled_transfer_ignores_label_column(tmp_path):
+    df = frame()
+    df["label"] = ["garbage"] * len(df)
+    assert load(tmp_path, df, labeled=False).y is None
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.assign(x=[np.array([np.nan, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])), r"1 row\(s\) with NaN or infinite features"),
+    (lambda d: d.assign(x=[np.array([np.inf, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])), "NaN or infinite"),
+    (lambda d: d.drop(columns=["x"]), "missing feature column 'x'"),
+    (lambda d: d.assign(x=["a"] * len(d)), "must hold float arrays"),
+    (lambda d: d.assign(x=[np.zeros(3, dtype=np.float32)] + list(d.x[1:])), r"expected 4, found \[3\] in 1 row"),
+    (lambda d: d.assign(label=[-1] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\)"),
+    (lambda d: d.assign(label=[3] + list(d.label[1:])), r"outside \[0, 3\), e.g. \[3\]"),
+    (lambda d: d.assign(label=d.label.astype(float) + 0.5), "must be integer, found float64"),
+    (lambda d: d.assign(id=[0, 0, 1, 2, 3, 4]), "1 duplicated id"),
+    (lambda d: d.assign(id=[None, 1.0, 2.0, 3.0, 4.0, 5.0]), "null value"),
+    (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, mutate, message):
+    with pytest.raises(DataError, match=message) as exc:
+        load(tmp_path, mutate(frame()))
+    assert "d.parquet" in str(exc.value)
+
+
+def test_missing_empty_and_corrupt_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("train", str(tmp_path / "missing.parquet"), CFG)
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match="file is empty"):
+        load_dataset("train", str(tmp_path / "empty.parquet"), CFG)
+    good = write_parquet(frame(), tmp_path / "good.parquet").read_bytes()
+    (tmp_path / "trunc.parquet").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_dataset("train", str(tmp_path / "trunc.parquet"), CFG)
+
+
+def test_mnist1d_generator_is_offline_and_seeded():
+    x1, y1 = mnist1d_arrays(55, seed=3)
+    x2, y2 = mnist1d_arrays(55, seed=3)
+    x3, _ = mnist1d_arrays(55, seed=4)
+    assert x1.shape == (55, 40) and set(np.unique(y1)) <= set(range(10))
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2) and not np.array_equal(x1, x3)
+
+
+def test_digits_writer(tmp_path):
+    paths = write_digits(tmp_path)
+    cfg = DataConfig(train="-", val="-", test="-", num_classes=10, features={"shape": [8, 8]})
+    train = load_dataset("train", str(paths["train"]), cfg)
+    test = load_dataset("test", str(paths["test"]), cfg)
+    assert train.x.shape[1:] == (8, 8) and len(train) + len(test) + len(load_dataset("val", str(paths["val"]), cfg)) == 1797
+    assert not set(train.ids) & set(test.ids)
+    assert load_dataset("transfer", str(paths["transfer"]), cfg, labeled=False).y is None

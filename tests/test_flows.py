@@ -1,0 +1,143 @@
+"""The distill and teacher flows end to end on tiny MNIST-1D, through Prefect, MLflow (SQLite) and the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from kdflow import registry
+from kdflow.config import ConfigError
+from kdflow.data import DataError
+from kdflow.models import CalibratedClassifier, ModelSpecError
+from kdflow.registry import RegistryError
+from tests.conftest import write_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def run_distill(cfg: dict, tmp_path: Path, name: str = "distill.yaml") -> dict:
+    from flows.distill import distill_flow
+
+    return distill_flow(str(write_yaml(tmp_path / name, cfg)))
+
+
+def versions(name: str) -> list[str]:
+    return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{name}'"))
+
+
+def test_teacher_flow_registers_champion(teacher):
+    ref = registry.resolve(teacher["uri"])
+    assert ref.version == teacher["version"] and teacher["uri"].endswith("@champion")
+    assert teacher["test_accuracy"] > 0.5
+    tags = MlflowClient().get_model_version(ref.name, ref.version).tags
+    assert float(tags["kdflow.test_accuracy"]) == pytest.approx(teacher["test_accuracy"])
+
+
+def test_distill_registers_calibrated_student_with_provenance(distill_config, tmp_path, teacher):
+    report = run_distill(distill_config, tmp_path)
+    name = distill_config["registry"]["student_name"]
+    reg = report["registration"]
+    assert report["gate_passed"] and reg["version"] == "1" and reg["aliases"] == ["challenger", "champion"]
+    assert registry.alias_version(name, "champion") == "1" == registry.alias_version(name, "challenger")
+
+    tags = MlflowClient().get_model_version(name, "1").tags
+    assert tags["kdflow.teacher_uri"] == teacher["uri"] and tags["kdflow.teacher_version"] == teacher["version"]
+    assert tags["kdflow.sla_passed"] == "True" and len(tags["kdflow.config_hash"]) == 64
+    assert set(json.loads(tags["kdflow.data_fingerprints"])) == {"train", "val", "test", "transfer"}
+    assert all("logits/" in uri for uri in json.loads(tags["kdflow.logit_store_keys"]).values())
+    assert {c["name"] for c in json.loads(tags["kdflow.sla_checks"])} >= {"min_accuracy", "max_ece"}
+    assert json.loads(tags["kdflow.alias.champion.event"])["previous"] is None
+
+    ev = report["evaluation"]
+    assert 0 <= ev["flip_rate"] <= 1 and ev["teacher_gap"] == pytest.approx(ev["teacher_accuracy"] - ev["student_accuracy"])
+    assert ev["size_ratio"] == pytest.approx(ev["student_params"] / ev["teacher_params"])
+    assert len(ev["per_class_accuracy"]) == 10 and ev["student_latency_p95_ms"] > 0 and ev["teacher_throughput"] > 0
+    assert Path(report["paths"]["json"]).is_file() and "SLA gate" in Path(report["paths"]["markdown"]).read_text()
+    artifacts = {a.path for a in MlflowClient().list_artifacts(report["run_id"], "plots")}
+    assert {"plots/reliability_diagram.png", "plots/student_training_curves.png"} <= artifacts
+    history = MlflowClient().get_metric_history(report["run_id"], "student_soft_loss")
+    assert len(history) == distill_config["train"]["epochs"]
+
+
+def test_served_model_applies_calibrated_temperature_not_training_one(distill_config, tmp_path, tiny_data):
+    import mlflow.pyfunc
+    import mlflow.pytorch
+
+    report = run_distill(distill_config, tmp_path)
+    name = distill_config["registry"]["student_name"]
+    t_cal = report["calibration"]["temperature"]
+    assert t_cal != pytest.approx(distill_config["train"]["temperature"])
+    model = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    assert isinstance(model, CalibratedClassifier) and float(model.temperature) == pytest.approx(t_cal)
+    x = np.stack(pd.read_parquet(tiny_data["test"])["x"].to_numpy()).astype(np.float32)[:32]
+    with torch.no_grad():
+        expected = torch.softmax(model.logits(torch.from_numpy(x)) / t_cal, dim=1).numpy()
+    served = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(x))
+    assert np.allclose(served, expected, atol=1e-6) and np.allclose(served.sum(1), 1.0, atol=1e-5)
+
+
+def test_second_run_reuses_stored_logits_without_the_teacher(distill_config, tmp_path):
+    distill_config["store"]["root"] = str(tmp_path / "fresh-store")
+    first = run_distill(distill_config, tmp_path, "a.yaml")
+    assert first["teacher"]["loaded"] and sum(s["rows_computed"] for s in first["logits"].values()) == 2400
+    shards = sorted((tmp_path / "fresh-store").rglob("*.npz"))
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    second = run_distill(distill_config, tmp_path, "b.yaml")
+    assert not second["teacher"]["loaded"]
+    assert all(s["reused"] and s["rows_computed"] == 0 for s in second["logits"].values())
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes
+    assert second["provenance"]["logit_store_keys"] == first["provenance"]["logit_store_keys"]
+
+
+def test_failing_sla_leaves_champion_unchanged(distill_config, tmp_path):
+    name = distill_config["registry"]["student_name"]
+    assert run_distill(distill_config, tmp_path, "ok.yaml")["registration"]["aliases"][-1] == "champion"
+    distill_config["sla"]["min_accuracy"] = 0.9999
+    failed = run_distill(distill_config, tmp_path, "strict.yaml")
+    assert not failed["gate_passed"] and failed["registration"]["version"] is None
+    assert versions(name) == ["1"] and registry.alias_version(name, "champion") == "1"
+    distill_config["registry"]["register_failed_candidates"] = True
+    kept = run_distill(distill_config, tmp_path, "keep.yaml")
+    assert kept["registration"] == {**kept["registration"], "version": "2", "aliases": ["challenger"]}
+    assert registry.alias_version(name, "champion") == "1" and registry.alias_version(name, "challenger") == "2"
+    assert MlflowClient().get_model_version(name, "2").tags["kdflow.sla_passed"] == "False"
+
+
+def test_candidate_worse_than_champion_is_not_promoted(distill_config, tmp_path):
+    name = distill_config["registry"]["student_name"]
+    run_distill(distill_config, tmp_path, "first.yaml")
+    distill_config["sla"]["champion_tolerance"] = 0.0
+    distill_config["train"].update(epochs=1, max_steps=1)  # one step: certainly worse than the champion
+    weak = run_distill(distill_config, tmp_path, "weak.yaml")
+    assert weak["registration"]["version"] is None or weak["registration"]["aliases"] == ["challenger"]
+    assert registry.alias_version(name, "champion") == "1"
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "teacher_missing", "label_out_of_range", "width_mismatch"])
+def test_bad_input_stops_the_flow_with_one_clear_error_and_registers_nothing(case, distill_config, tmp_path, tiny_data):
+    name = distill_config["registry"]["student_name"]
+    if case == "unknown_key":
+        distill_config["train"]["temprature"] = 3
+        expected, match = ConfigError, r"train\.temprature: Extra inputs"
+    elif case == "teacher_missing":
+        distill_config["teacher_uri"] = "models:/no-such-teacher@champion"
+        expected, match = RegistryError, "models:/no-such-teacher@champion does not resolve"
+    elif case == "label_out_of_range":
+        df = pd.read_parquet(tiny_data["train"])
+        df.loc[3, "label"] = 10
+        bad = tmp_path / "train_bad.parquet"
+        df.to_parquet(bad)
+        distill_config["data"]["train"] = str(bad)
+        expected, match = DataError, r"train_bad.parquet: 1 label\(s\) outside \[0, 10\)"
+    else:
+        distill_config["student"] = {"arch": "tests.user_models:build_fixed_width", "args": {"width": 64}}
+        expected, match = ModelSpecError, r"cannot take inputs of shape \[40\]"
+    with pytest.raises(expected, match=match):
+        run_distill(distill_config, tmp_path)
+    assert versions(name) == []
