@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

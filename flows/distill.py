@@ -19,15 +19,16 @@ from tasks.train import train_student
 def distill_flow(config_path: str) -> dict[str, Any]:
     """Distil the registered teacher named in the config into a calibrated, gated, registered student."""
     cfg = load_config(config_path, DistillConfig)
-    datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "distill"})
     status = "FAILED"
     try:
+        datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id,
+                                   validation=cfg.validation)
         teacher = resolve_teacher(cfg.teacher_uri)
         teacher_out = precompute_teacher_logits(cfg, teacher, datasets)
-        logits = load_teacher_logits(cfg, teacher, datasets)
-        model, training = train_student(cfg.student, cfg.train, cfg.data.num_classes, datasets, logits, run_id)
+        logits = load_teacher_logits(cfg, teacher, datasets, splits=("val", "test"))
+        model, training = train_student(cfg, teacher, datasets, logits["val"], run_id)
         served, calibration = calibrate(model, datasets["val"], cfg.calibration, run_id)
         evaluation = evaluate(served, datasets["test"], logits["test"], teacher_out.profile, cfg.data.num_classes,
                               cfg.calibration.n_bins, cfg.evaluation, run_id)

@@ -17,11 +17,12 @@ from tasks.train import train_teacher
 def teacher_flow(config_path: str) -> dict[str, Any]:
     """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI."""
     cfg = load_config(config_path, TeacherConfig)
-    datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False)
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "train-teacher"})
     status = "FAILED"
     try:
+        datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False, run_id=run_id,
+                                   validation=cfg.validation)
         model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id)
         result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training)
         status = "FINISHED"

@@ -13,8 +13,10 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kdflow: knowledge distillation pipeline.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate datasets offline.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher models.")
+logits_app = typer.Typer(no_args_is_help=True, help="Teacher-logit stores: build, inspect, verify.")
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
+app.add_typer(logits_app, name="logits")
 
 STATE_DIR = Path(".kdflow")
 GATE_FAILED_EXIT = 3
@@ -47,6 +49,15 @@ def _run(fn, *args: Any) -> Any:
     except _known_errors() as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def _with_runner(flow, config: Path):
+    """``flow`` with the task runner the config asks for (per-shard logit tasks: threads or a Dask cluster)."""
+    from kdflow.config import DistillConfig, load_config
+    from tasks.logits import task_runner_for
+
+    cfg = _run(load_config, config, DistillConfig)
+    return flow.with_options(task_runner=task_runner_for(cfg.store))
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -108,10 +119,101 @@ def distill(config: Path = typer.Option(..., help="Distillation config YAML")) -
     _embedded_defaults()
     from flows.distill import distill_flow
 
-    report = _run(distill_flow, str(config))
+    report = _run(_with_runner(distill_flow, config), str(config))
     print_report(report)
     if not report["gate_passed"]:
         raise typer.Exit(GATE_FAILED_EXIT)
+
+
+@logits_app.command("precompute")
+def logits_precompute(config: Path = typer.Option(..., help="Distillation config YAML")) -> None:
+    """Store the teacher's logits for every split of a distillation config (reused if already complete)."""
+    _embedded_defaults()
+    from flows.logits import precompute_flow
+
+    result = _run(_with_runner(precompute_flow, config), str(config))
+    for name, uri in result["stores"].items():
+        st = result["stats"][name]
+        what = "reused" if st["reused"] else f"{st['rows_computed']} rows computed"
+        typer.echo(f"{name}: {uri} ({what})")
+
+
+def _stores(store: str, endpoint_url: Optional[str], key: Optional[str]):
+    from kdflow.logits import LogitStore, find_stores
+    from kdflow.store import open_store
+
+    objects = open_store(store, endpoint_url=endpoint_url)
+    keys = [key] if key else find_stores(objects)
+    if not keys:
+        typer.secho(f"error: no complete logit store under {objects.uri}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return [LogitStore(objects, k) for k in keys]
+
+
+@logits_app.command("inspect")
+def logits_inspect(store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
+                   key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
+                   endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint")) -> None:
+    """Print each store's manifest summary and its size."""
+    from kdflow.logits import size_bytes
+
+    for ls in _stores(store, endpoint_url, key):
+        m = ls.require_manifest()
+        total = size_bytes(ls)
+        typer.echo(f"{ls.key}\n  teacher {m.teacher_uri} (version {m.teacher_version}), dataset {m.dataset}, "
+                   f"fingerprint {m.data_fingerprint[:12]}\n  {m.num_rows} rows x {m.num_classes} classes, {m.dtype} "
+                   f"{m.mode}, {len(m.shards)} shards, {total:,} bytes ({total / max(1, m.num_rows):.1f} B/row), "
+                   f"{m.clipped_values} clipped, kdflow {m.kdflow_version}")
+
+
+@logits_app.command("verify")
+def logits_verify(store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
+                  key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
+                  endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint")) -> None:
+    """Verify every shard checksum and shape; exit 1 if any store has a problem."""
+    from kdflow.logits import verify
+
+    bad = 0
+    for ls in _stores(store, endpoint_url, key):
+        problems = verify(ls)
+        bad += bool(problems)
+        typer.echo(f"{'OK  ' if not problems else 'FAIL'} {ls.key}")
+        for p in problems:
+            typer.echo(f"     {p}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate(config: Path = typer.Option(..., help="Distillation or teacher config YAML"),
+             dataset: Optional[str] = typer.Option(None, help="Validate only this dataset (train, val, test, transfer)"),
+             out: Optional[Path] = typer.Option(None, help="Also write the report (JSON, Markdown, HTML, Data Docs) here")) -> None:
+    """Run the data-validation suites alone and print the result: exit 0 when every dataset passes, 2 if not."""
+    import yaml
+
+    from kdflow.config import ConfigError, DistillConfig, TeacherConfig, load_config
+    from kdflow.validation import validate_data
+
+    try:
+        raw = yaml.safe_load(config.read_text()) if config.is_file() else None
+        kind = DistillConfig if isinstance(raw, dict) and "teacher_uri" in raw else TeacherConfig
+        cfg = load_config(config, kind)
+        endpoint = cfg.store.endpoint_url if isinstance(cfg, DistillConfig) else None
+        report, _ = validate_data(cfg.data, cfg.validation, endpoint, with_transfer=isinstance(cfg, DistillConfig),
+                                  only=dataset, docs_dir=(out / "data_docs") if out and cfg.validation.data_docs else None)
+    except (yaml.YAMLError, ConfigError, *_known_errors()) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for d in report.datasets.values():
+        counted = [c for c in d.checks if c.skipped is None]
+        typer.echo(f"[{'PASS' if d.success else 'FAIL'}] {d.name} ({d.uri}): {d.rows if d.rows is not None else '?'} rows, "
+                   f"{len(counted)} checks, {len(d.failures)} failed")
+    if out:
+        typer.echo(f"report: {report.write(out)['html']}")
+    if not report.success:
+        typer.secho(f"error: {report.error_message()}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    typer.echo(f"validation passed in {report.seconds:.2f} s")
 
 
 def _generated(data_dir: Path, transfer_size: int) -> bool:
@@ -139,7 +241,7 @@ def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
     _embedded_defaults()
     from kdflow.config import DistillConfig, TeacherConfig, load_config
     from kdflow.generators import write_mnist1d
-    from kdflow.registry import alias_version, configure
+    from kdflow.registry import absolute_db_uri, alias_version, configure
 
     teacher_cfg_path, distill_cfg_path = packaged_config("mnist1d_teacher.yaml"), packaged_config("mnist1d_distill.yaml")
     tcfg = load_config(teacher_cfg_path, TeacherConfig)
@@ -160,12 +262,12 @@ def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
     typer.echo("[3/3] distilling the student")
     from flows.distill import distill_flow
 
-    report = _run(distill_flow, str(distill_cfg_path))
+    report = _run(_with_runner(distill_flow, distill_cfg_path), str(distill_cfg_path))
     print_report(report)
     db = dcfg.mlflow.tracking_uri
     typer.echo(
         "\nOpen the UIs on this data:\n"
-        f"  MLflow:  mlflow ui --backend-store-uri {db} --port 5000   (http://127.0.0.1:5000)\n"
+        f"  MLflow:  mlflow ui --backend-store-uri {absolute_db_uri(db)} --port 5000   (http://127.0.0.1:5000)\n"
         f"  Prefect: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start   (http://127.0.0.1:4200)\n"
         f"Report JSON: {report['paths']['json']}"
     )

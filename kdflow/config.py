@@ -57,6 +57,26 @@ class DataConfig(_Strict):
     min_rows: int = Field(default=1, ge=1)
 
 
+class ValidationConfig(_Strict):
+    """Tolerances of the Great Expectations suites run at the start of every flow (:mod:`kdflow.validation`).
+
+    Schema, ids, nulls, finiteness, array length and label range are always checked on every row and
+    strictly; ``*_mostly`` only relaxes the statistical checks (feature ranges, probability sums).
+    """
+
+    min_rows: dict[str, int] = Field(default_factory=dict)  # per dataset, on top of data.min_rows
+    require_all_classes: list[str] = Field(default_factory=lambda: ["train", "val"])
+    feature_ranges: bool = True  # learn per-feature [min, max] from train, check the other datasets
+    range_margin: float = Field(default=0.5, ge=0.0)  # widen the learned range by this fraction of its span
+    range_mostly: float = Field(default=0.99, ge=0.0, le=1.0)
+    sample_size: int = Field(default=100_000, gt=0)  # rows per dataset for the statistical checks
+    sample_seed: int = 0
+    probability_tolerance: float = Field(default=1e-3, gt=0.0)  # inference logs: |sum(p) - 1| <=
+    probability_mostly: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_examples: int = Field(default=5, gt=0)  # example values / ids per failed expectation
+    data_docs: bool = True  # build GX Data Docs (HTML) for the report
+
+
 class ModelSpec(_Strict):
     """An architecture from the registry (``mlp``, ``cnn1d``, ``cnn2d``) or ``package.module:build``."""
 
@@ -141,6 +161,9 @@ class StoreConfig(_Strict):
     root: str = ".kdflow/store"
     endpoint_url: str | None = None
     rows_per_shard: int = Field(default=8192, gt=0)
+    top_k: int | None = Field(default=None, gt=0)  # None: dense fp16 logits; k: top-k log-probs per row
+    task_runner: Literal["threads", "dask"] = "threads"  # how per-shard precompute tasks run
+    workers: int = Field(default=2, gt=0)
 
 
 class DistillConfig(_Strict):
@@ -156,6 +179,7 @@ class DistillConfig(_Strict):
     registry: RegistryConfig
     mlflow: MlflowConfig = MlflowConfig()
     store: StoreConfig = StoreConfig()
+    validation: ValidationConfig = ValidationConfig()
     output_dir: str = ".kdflow/reports"
 
     @field_validator("teacher_uri")
@@ -176,6 +200,7 @@ class TeacherConfig(_Strict):
     alias: str = "champion"
     experiment: str = "kdflow-teacher"
     mlflow: MlflowConfig = MlflowConfig()
+    validation: ValidationConfig = ValidationConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -165,9 +165,10 @@ def to_frame(ids: np.ndarray, x: np.ndarray, y: np.ndarray | None = None, featur
     return frame
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a frame as Parquet, creating the parent directory."""
+def write_parquet(df: pd.DataFrame, path: str | Path, row_group_size: int = 8192) -> Path:
+    """Write a frame as Parquet, creating the parent directory. Row groups of ``row_group_size`` rows let the
+    trainer stream a large file with bounded memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
+    df.to_parquet(path, index=False, row_group_size=row_group_size)
     return path

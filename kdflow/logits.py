@@ -8,6 +8,12 @@ Layout under an object store (``<key>`` from :func:`store_key`)::
 
 Raw logits (not softened) are stored so any later temperature applies exactly. Values outside
 ``[-clip, clip]`` are clipped (and counted) before the fp16 cast, whose range ends at 65504.
+
+``topk`` mode (for many-class teachers) stores, per row, the k largest log-probabilities at T=1 (fp16)
+and their class indices (uint16). Reading reconstructs full log-probabilities with the missing mass
+``1 - sum(top-k probs)`` spread uniformly over the other ``C - k`` classes ("uniform" rule). The top-k
+log-probabilities differ from the raw logits by a per-row constant, so softmax at any T is exact on the
+kept classes up to that rule.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Manifest:
     num_classes: int
     dtype: str = "float16"
     mode: str = "dense"
+    top_k: int | None = None
+    missing_mass_rule: str | None = None
     clip_value: float | None = None
     clipped_values: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
@@ -75,10 +83,11 @@ class Manifest:
         return cls(**data)
 
 
-def store_key(teacher_name: str, teacher_version: str | int, data_fingerprint: str) -> str:
-    """``logits/<teacher>/v<version>/<fingerprint[:32]>``: one store per teacher version and dataset content."""
+def store_key(teacher_name: str, teacher_version: str | int, data_fingerprint: str, top_k: int | None = None) -> str:
+    """``logits/<teacher>/v<version>/<fingerprint[:32]>[-top<k>]``: one store per teacher version, dataset
+    content and storage mode."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", teacher_name)
-    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}"
+    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}" + (f"-top{top_k}" if top_k else "")
 
 
 def teacher_profile_key(teacher_name: str, teacher_version: str | int) -> str:
@@ -86,19 +95,57 @@ def teacher_profile_key(teacher_name: str, teacher_version: str | int) -> str:
     return store_key(teacher_name, teacher_version, "x").rsplit("/", 1)[0] + "/teacher_profile.json"
 
 
+def shard_name(index: int) -> str:
+    """Object name of shard ``index``."""
+    return f"shard-{index:05d}.npz"
+
+
+def marker_name(index: int) -> str:
+    """Object name of shard ``index``'s checksum marker (JSON: sha256, rows, clipped)."""
+    return f"shard-{index:05d}.sha256"
+
+
+def shard_slices(num_rows: int, rows_per_shard: int) -> list[slice]:
+    """Row ranges of the shards of a dataset of ``num_rows`` rows (at least one shard)."""
+    return [slice(i, min(num_rows, i + rows_per_shard)) for i in range(0, max(num_rows, 1), rows_per_shard)]
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _encode_shard(ids: np.ndarray, logits: np.ndarray) -> bytes:
+def _encode_shard(ids: np.ndarray, logits: np.ndarray, top_k: int | None = None) -> bytes:
+    """One shard as ``.npz``: ids and fp16 logits (dense) or fp16 top-k log-probs + uint16 class indices."""
     buf = io.BytesIO()
-    np.savez(buf, ids=ids, logits=logits.astype(np.float16))
+    if top_k:
+        logp = logits - logits.max(axis=1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        index = np.argsort(-logp, axis=1, kind="stable")[:, :top_k]
+        np.savez(buf, ids=ids, topk_logprobs=np.take_along_axis(logp, index, 1).astype(np.float16),
+                 topk_index=index.astype(np.uint16), num_classes=np.int64(logits.shape[1]))
+    else:
+        np.savez(buf, ids=ids, logits=logits.astype(np.float16))
     return buf.getvalue()
 
 
+def topk_to_logprobs(topk_logprobs: np.ndarray, topk_index: np.ndarray, num_classes: int) -> np.ndarray:
+    """Full (n, C) log-probabilities from top-k ones: the missing mass ``1 - sum(exp(top-k))`` is spread
+    uniformly over the ``C - k`` other classes (floored at 1e-8 per class so the log stays finite)."""
+    n, k = topk_logprobs.shape
+    kept = topk_logprobs.astype(np.float32)
+    missing = np.clip(1.0 - np.exp(kept).sum(axis=1, keepdims=True), 0.0, 1.0)
+    fill = np.log(np.maximum(missing / max(1, num_classes - k), 1e-8))
+    out = np.broadcast_to(fill, (n, num_classes)).astype(np.float32).copy()
+    np.put_along_axis(out, topk_index.astype(np.int64), kept, axis=1)
+    return out
+
+
 def _decode_shard(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, logits)``; top-k shards are expanded to full log-probabilities."""
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        return npz["ids"], npz["logits"]
+        if "logits" in npz:
+            return npz["ids"], npz["logits"]
+        return npz["ids"], topk_to_logprobs(npz["topk_logprobs"], npz["topk_index"], int(npz["num_classes"]))
 
 
 @dataclass
@@ -142,22 +189,69 @@ class LogitStore:
         m = self.manifest()
         return m is not None and m.teacher_version == str(teacher_version) and m.data_fingerprint == data_fingerprint
 
-    def _valid_shard(self, index: int, expected_ids: np.ndarray) -> tuple[str, int] | None:
-        """(sha, rows) of an already written shard whose checksum and ids verify, else ``None``."""
-        shard, marker = self._k(f"shard-{index:05d}.npz"), self._k(f"shard-{index:05d}.sha256")
+    def existing_shard(self, index: int, expected_ids: np.ndarray) -> tuple[ShardInfo, int] | None:
+        """(info, clipped count) of an already written shard whose checksum and ids verify, else ``None``."""
+        shard, marker = self._k(shard_name(index)), self._k(marker_name(index))
         if not (self.store.exists(shard) and self.store.exists(marker)):
             return None
         raw = self.store.get(shard)
-        sha = _sha256(raw)
-        if sha != self.store.get(marker).decode().strip():
-            return None
         try:
-            ids, logits = _decode_shard(raw)
+            meta = json.loads(self.store.get(marker))
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                ids = npz["ids"]
         except Exception:
             return None
-        if not np.array_equal(ids, expected_ids):
+        if _sha256(raw) != meta.get("sha256") or not np.array_equal(ids, expected_ids):
             return None
-        return sha, len(ids)
+        return ShardInfo(key=shard_name(index), rows=len(ids), sha256=meta["sha256"]), int(meta.get("clipped", 0))
+
+    def write_shard(self, index: int, ids: np.ndarray, logits: np.ndarray, clip_value: float | None = 50.0,
+                    top_k: int | None = None) -> tuple[ShardInfo, int]:
+        """Check, clip and store one shard, then its checksum marker (the marker is what resume trusts)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.ndim != 2 or len(logits) != len(ids):
+            raise LogitStoreError(f"{self.uri}: teacher returned shape {logits.shape} for {len(ids)} rows")
+        if not np.isfinite(logits).all():
+            raise LogitStoreError(f"{self.uri}: teacher produced non-finite logits for shard {index}")
+        if top_k is not None and not 0 < top_k < logits.shape[1]:
+            raise LogitStoreError(f"top_k must be in [1, {logits.shape[1] - 1}] for {logits.shape[1]} classes, got {top_k}")
+        clipped = 0
+        if clip_value is not None:
+            clipped = int((np.abs(logits) > clip_value).sum())
+            logits = np.clip(logits, -clip_value, clip_value)
+        raw = _encode_shard(ids, logits, top_k)
+        sha = _sha256(raw)
+        self.store.put(self._k(shard_name(index)), raw)
+        marker = {"sha256": sha, "rows": len(ids), "clipped": clipped}
+        self.store.put(self._k(marker_name(index)), json.dumps(marker).encode())
+        return ShardInfo(key=shard_name(index), rows=len(ids), sha256=sha), clipped
+
+    def reusable(self, teacher_version: str, data_fingerprint: str) -> Manifest | None:
+        """The manifest if this store is complete for this teacher version and data; error if it names others."""
+        existing = self.manifest()
+        if existing is None:
+            return None
+        if existing.teacher_version == str(teacher_version) and existing.data_fingerprint == data_fingerprint:
+            return existing
+        raise LogitStoreError(
+            f"{self.uri}: manifest is for teacher version {existing.teacher_version} / data "
+            f"{existing.data_fingerprint[:12]}, expected {teacher_version} / {data_fingerprint[:12]}"
+        )
+
+    def write_manifest(self, shards: list[ShardInfo], clipped: int, *, teacher_uri: str, teacher_name: str,
+                       teacher_version: str, data_fingerprint: str, dataset: str, clip_value: float | None,
+                       top_k: int | None) -> Manifest:
+        """Write the manifest last, marking the store complete."""
+        num_classes = _decode_shard(self.store.get(self._k(shards[0].key)))[1].shape[1]
+        manifest = Manifest(
+            teacher_uri=teacher_uri, teacher_name=teacher_name, teacher_version=str(teacher_version),
+            data_fingerprint=data_fingerprint, dataset=dataset, num_rows=sum(s.rows for s in shards),
+            num_classes=int(num_classes), clip_value=clip_value, clipped_values=clipped, shards=shards,
+            created_at=time.time(), dtype="float16" if not top_k else "float16+uint16",
+            mode="topk" if top_k else "dense", top_k=top_k, missing_mass_rule="uniform" if top_k else None,
+        )
+        self.store.put(self._k(MANIFEST), manifest.to_json())
+        return manifest
 
     def precompute(
         self,
@@ -171,64 +265,38 @@ class LogitStore:
         dataset: str,
         rows_per_shard: int = 8192,
         clip_value: float | None = 50.0,
+        top_k: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> PrecomputeStats:
         """Compute and store teacher logits unless a complete store for this teacher and data exists.
 
-        ``teacher_fn(rows)`` returns float32 logits (len(rows), C) for ``ids[rows]``. Shards already
+        ``teacher_fn(rows)`` returns float32 logits (len(rows), C) for ``ids[rows]``. With ``top_k`` the
+        shards keep only the k largest log-probabilities per row (see the module docstring). Shards already
         written by an interrupted run are kept when their checksum and ids verify; only the missing or
-        bad ones are recomputed. The manifest is written last.
+        bad ones are recomputed. The manifest is written last. (Prefect flows run the same steps as one
+        task per shard: :meth:`existing_shard`, :meth:`write_shard`, :meth:`write_manifest`.)
         """
         start = time.perf_counter()
-        n = len(ids)
-        n_shards = max(1, -(-n // rows_per_shard))
-        existing = self.manifest()
+        slices = shard_slices(len(ids), rows_per_shard)
+        existing = self.reusable(teacher_version, data_fingerprint)
         if existing is not None:
-            if existing.teacher_version == str(teacher_version) and existing.data_fingerprint == data_fingerprint:
-                return PrecomputeStats(True, n_shards, 0, 0, existing.clipped_values, time.perf_counter() - start)
-            raise LogitStoreError(
-                f"{self.uri}: manifest is for teacher version {existing.teacher_version} / data "
-                f"{existing.data_fingerprint[:12]}, expected {teacher_version} / {data_fingerprint[:12]}"
-            )
+            return PrecomputeStats(True, len(slices), 0, 0, existing.clipped_values, time.perf_counter() - start)
         shards: list[ShardInfo] = []
         computed = rows = clipped = 0
-        num_classes = None
-        for i in range(n_shards):
-            rows_slice = slice(i * rows_per_shard, min(n, (i + 1) * rows_per_shard))
-            shard_ids = ids[rows_slice]
-            key = f"shard-{i:05d}.npz"
-            valid = self._valid_shard(i, shard_ids)
-            if valid is None:
-                logits = np.asarray(teacher_fn(rows_slice), dtype=np.float32)
-                if logits.ndim != 2 or len(logits) != len(shard_ids):
-                    raise LogitStoreError(f"teacher returned shape {logits.shape} for {len(shard_ids)} rows")
-                if not np.isfinite(logits).all():
-                    raise LogitStoreError(f"teacher produced non-finite logits for {dataset} shard {i}")
-                if clip_value is not None:
-                    over = np.abs(logits) > clip_value
-                    clipped += int(over.sum())
-                    logits = np.clip(logits, -clip_value, clip_value)
-                raw = _encode_shard(shard_ids, logits)
-                sha = _sha256(raw)
-                self.store.put(self._k(key), raw)
-                self.store.put(self._k(f"shard-{i:05d}.sha256"), sha.encode())
+        for i, rows_slice in enumerate(slices):
+            found = self.existing_shard(i, ids[rows_slice])
+            if found is None:
+                found = self.write_shard(i, ids[rows_slice], teacher_fn(rows_slice), clip_value, top_k)
                 computed += 1
-                rows += len(shard_ids)
-                num_classes = logits.shape[1]
-            else:
-                sha = valid[0]
-            shards.append(ShardInfo(key=key, rows=len(shard_ids), sha256=sha))
+                rows += rows_slice.stop - rows_slice.start
+            shards.append(found[0])
+            clipped += found[1]
             if progress:
-                progress(len(shard_ids))
-        if num_classes is None:
-            num_classes = _decode_shard(self.store.get(self._k(shards[0].key)))[1].shape[1]
-        manifest = Manifest(
-            teacher_uri=teacher_uri, teacher_name=teacher_name, teacher_version=str(teacher_version),
-            data_fingerprint=data_fingerprint, dataset=dataset, num_rows=n, num_classes=int(num_classes),
-            clip_value=clip_value, clipped_values=clipped, shards=shards, created_at=time.time(),
-        )
-        self.store.put(self._k(MANIFEST), manifest.to_json())
-        return PrecomputeStats(False, n_shards, computed, rows, clipped, time.perf_counter() - start)
+                progress(rows_slice.stop - rows_slice.start)
+        self.write_manifest(shards, clipped, teacher_uri=teacher_uri, teacher_name=teacher_name,
+                            teacher_version=teacher_version, data_fingerprint=data_fingerprint, dataset=dataset,
+                            clip_value=clip_value, top_k=top_k)
+        return PrecomputeStats(False, len(slices), computed, rows, clipped, time.perf_counter() - start)
 
     def iter_shards(self, manifest: Manifest | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids, logits fp16)`` per shard, verifying every checksum before use."""
@@ -269,3 +337,42 @@ class LogitStore:
         if missing.any():
             raise LogitStoreError(f"{self.uri}: {int(missing.sum())} dataset id(s) have no stored logits, e.g. {ids[missing][:3].tolist()}")
         return logits[pos]
+
+
+def find_stores(store: ObjectStore, prefix: str = "logits/") -> list[str]:
+    """Keys of every complete logit store (a folder holding a manifest) under ``prefix``."""
+    suffix = "/" + MANIFEST
+    return [k[: -len(suffix)] for k in store.list(prefix) if k.endswith(suffix)]
+
+
+def verify(ls: LogitStore) -> list[str]:
+    """Check every shard of a complete store against its manifest; return the problems found (empty: OK)."""
+    manifest = ls.manifest()
+    if manifest is None:
+        return [f"{ls.uri}: no manifest (incomplete store)"]
+    problems = []
+    rows = 0
+    for shard in manifest.shards:
+        try:
+            raw = ls.store.get(f"{ls.key}/{shard.key}")
+        except StoreError:
+            problems.append(f"{shard.key}: missing")
+            continue
+        if _sha256(raw) != shard.sha256:
+            problems.append(f"{shard.key}: SHA-256 mismatch (corrupt)")
+            continue
+        ids, logits = _decode_shard(raw)
+        if len(ids) != shard.rows or logits.shape != (shard.rows, manifest.num_classes):
+            problems.append(f"{shard.key}: shape {logits.shape}, manifest says ({shard.rows}, {manifest.num_classes})")
+        elif not np.isfinite(logits.astype(np.float32)).all():
+            problems.append(f"{shard.key}: non-finite values")
+        rows += shard.rows
+    if rows != manifest.num_rows and not problems:
+        problems.append(f"shards hold {rows} rows, manifest says {manifest.num_rows}")
+    return problems
+
+
+def size_bytes(ls: LogitStore) -> int:
+    """Total bytes of a store's shards (as stored)."""
+    manifest = ls.require_manifest()
+    return sum(ls.store.size(f"{ls.key}/{s.key}") for s in manifest.shards)

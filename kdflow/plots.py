@@ -19,6 +19,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG at ``path`` (creating its folder) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
     """Loss (total, soft, hard) and validation accuracy per epoch as one PNG."""
     plt = _pyplot()
@@ -30,12 +40,7 @@ def training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
     ax_loss.legend()
     ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker="o")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def reliability_diagram(
@@ -58,9 +63,4 @@ def reliability_diagram(
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect")
         ax.set(title=f"{name} (T={t:.3g}, ECE={ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
         ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -51,13 +51,21 @@ def artifact_root_uri(location: str | None) -> str | None:
     return path.as_uri()
 
 
-def configure(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` (tracking and registry), create ``experiment`` if needed, return its id."""
+def configure_tracking(tracking_uri: str) -> str:
+    """Point MLflow's tracking and registry at ``tracking_uri`` (relative SQLite paths made absolute)."""
     import mlflow
 
     uri = absolute_db_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def configure(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri`` (tracking and registry), create ``experiment`` if needed, return its id."""
+    import mlflow
+
+    configure_tracking(tracking_uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         try:

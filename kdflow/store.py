@@ -55,6 +55,10 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object at ``key`` if present."""
 
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes of the object at ``key``."""
+
     def url(self, key: str) -> str:
         """The full URI of ``key``, for messages and tags."""
         return f"{self.uri.rstrip('/')}/{key}"
@@ -102,6 +106,12 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise StoreError(f"object not found: {self.url(key)}") from exc
 
 
 class S3Store(ObjectStore):
@@ -172,6 +182,12 @@ class S3Store(ObjectStore):
             raise self._fail("list", prefix or ".", exc) from exc
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(k[strip:] for k in keys)
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            raise self._fail("head", key, exc) from exc
 
     def delete(self, key: str) -> None:
         try:

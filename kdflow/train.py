@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from kdflow.config import TrainConfig
 from kdflow.losses import kd_loss
 from kdflow.models import raw_logits
+from kdflow.stream import ArraySource, StreamingSource
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +79,37 @@ def train_classifier(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place and leave it at its best-validation-accuracy weights.
+    """:func:`fit` on in-memory arrays (``teacher_logits`` aligned with ``x_train``; labels -1 = unlabeled)."""
+    if teacher_logits is None and (np.asarray(y_train) < 0).any():
+        raise ValueError("hard-label training needs a label on every row")
+    source = ArraySource(x_train, y_train, teacher_logits)
+    return fit(model, source, x_val, y_val, cfg, teacher_val_logits, on_epoch, progress)
 
-    With ``teacher_logits`` (aligned with ``x_train``) the loss is :func:`kdflow.losses.kd_loss`
-    (``alpha`` weights the soft term; rows labeled ``-1`` contribute only to the soft term).
-    Without, it is plain cross-entropy on the labels. Early stopping watches validation accuracy.
+
+def fit(
+    model: nn.Module,
+    source: ArraySource | StreamingSource,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    teacher_val_logits: np.ndarray | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on batches from ``source`` and leave it at its best-validation-accuracy weights.
+
+    When the source carries teacher logits the loss is :func:`kdflow.losses.kd_loss` (``alpha`` weights the
+    soft term; rows labeled ``-1`` contribute only to the soft term); otherwise plain cross-entropy on the
+    labels. Teacher logits are clipped to ``±teacher_logit_clip``. Early stopping watches validation accuracy.
     """
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    x = torch.tensor(np.asarray(x_train), dtype=torch.float32)
-    y = torch.tensor(np.asarray(y_train), dtype=torch.long)
-    zt = None
-    if teacher_logits is not None:
-        zt = torch.as_tensor(teacher_logits, dtype=torch.float32)
-        if cfg.teacher_logit_clip is not None:
-            zt = zt.clamp(-cfg.teacher_logit_clip, cfg.teacher_logit_clip)
-    elif (y < 0).any():
-        raise ValueError("hard-label training needs a label on every row")
+    clip = cfg.teacher_logit_clip
     yv = torch.tensor(np.asarray(y_val), dtype=torch.long)
     ztv = torch.as_tensor(teacher_val_logits, dtype=torch.float32) if teacher_val_logits is not None else None
 
-    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(source) / cfg.batch_size))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     opt = make_optimizer(model, cfg)
@@ -115,18 +125,18 @@ def train_classifier(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(x), generator=gen)
         sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
         batches = 0
-        for i in range(0, len(x), cfg.batch_size):
+        for xb, yb, zb in source.batches(cfg.batch_size, gen):
             if step >= total_steps:
                 break
-            idx = perm[i : i + cfg.batch_size]
-            logits = model(x[idx])
-            if zt is not None:
-                loss, soft, hard = kd_loss(logits, zt[idx], y[idx], cfg.temperature, cfg.alpha)
+            logits = model(xb)
+            if zb is not None:
+                if clip is not None:
+                    zb = zb.clamp(-clip, clip)
+                loss, soft, hard = kd_loss(logits, zb, yb, cfg.temperature, cfg.alpha)
             else:
-                loss = hard = F.cross_entropy(logits, y[idx])
+                loss = hard = F.cross_entropy(logits, yb)
                 soft = loss.new_zeros(())
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,29 +1,61 @@
-"""Input validation tasks: every flow starts here, before any teacher call or training step."""
+"""Input validation task: every flow starts here, before any teacher call or training step."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from kdflow.config import DataConfig, ModelSpec
-from kdflow.data import Dataset, load_dataset
+from kdflow.config import DataConfig, ModelSpec, ValidationConfig
+from kdflow.data import Dataset, DataError, dataset_from_frame
 from kdflow.models import build_model
+from kdflow.validation import ValidationReport, dataset_uris, validate_data
+from tasks.tracking import log_metrics
+
+
+def publish_validation_report(report: ValidationReport, run_id: str | None, out_dir: Path) -> dict[str, Path]:
+    """Write the report files, attach them to the MLflow run (``validation/``) and summarise them in a
+    Prefect markdown artifact, whether validation passed or failed."""
+    paths = report.write(out_dir)
+    if run_id:
+        from mlflow import MlflowClient
+
+        MlflowClient().log_artifacts(run_id, str(out_dir), "validation")
+        log_metrics(run_id, {"validation_passed": float(report.success),
+                             "validation_failed_checks": float(len(report.failures)),
+                             "validation_seconds": report.seconds})
+    create_markdown_artifact(markdown=report.to_markdown(), key="kdflow-data-validation",
+                             description=f"data validation {'passed' if report.success else 'FAILED'}")
+    return paths
 
 
 @task(name="validate-inputs", cache_policy=NO_CACHE)
 def validate_inputs(data: DataConfig, model: ModelSpec, endpoint_url: str | None = None,
-                    with_transfer: bool = True) -> dict[str, Dataset]:
-    """Load train/val/test (labeled) and the transfer set (unlabeled); check schema, finiteness, label range
-    and that ``model`` can take the feature width. The first problem stops the flow with an error naming
-    the file and column, before any teacher call or training step."""
+                    with_transfer: bool = True, run_id: str | None = None,
+                    validation: ValidationConfig | None = None) -> dict[str, Dataset]:
+    """Validate train/val/test (labeled) and the transfer set (unlabeled) with the GX suites, attach the
+    report to the MLflow run ``run_id`` and to the flow run, then build the datasets and check that ``model``
+    takes their feature shape. Any failure stops the flow with ONE :class:`DataValidationError` naming each
+    dataset, file, failed expectation, offending-row count and example ids."""
     logger = get_run_logger()
-    splits = {"train": (data.train, True), "val": (data.val, True), "test": (data.test, True)}
-    if with_transfer and data.transfer:
-        splits["transfer"] = (data.transfer, False)
-    datasets = {name: load_dataset(name, uri, data, labeled, endpoint_url) for name, (uri, labeled) in splits.items()}
+    validation = validation or ValidationConfig()
+    with tempfile.TemporaryDirectory(prefix="kdflow-validation-") as tmp:
+        report, frames = validate_data(data, validation, endpoint_url, with_transfer,
+                                       docs_dir=Path(tmp) / "site" if validation.data_docs else None)
+        publish_validation_report(report, run_id, Path(tmp) / "report")
+    for d in report.datasets.values():
+        logger.info("validation %s (%s): %s, %s rows, %d check(s), %d failed", d.name, d.uri,
+                    "pass" if d.success else "FAIL", d.rows, len(d.checks), len(d.failures))
+    report.raise_for_failures()
+    labeled = {name: flag for name, (_, flag) in dataset_uris(data, with_transfer).items()}
+    datasets = {name: dataset_from_frame(frame, name, report.datasets[name].uri, data, labeled[name])
+                for name, frame in frames.items()}
     widths = {name: ds.input_shape for name, ds in datasets.items()}
     if len(set(widths.values())) != 1:
-        raise ValueError(f"feature shapes differ between splits: {widths}")
+        raise DataError(f"feature shapes differ between splits: {widths}")
     build_model(model.arch, model.args, datasets["train"].input_shape, data.num_classes)  # raises ModelSpecError
     for name, ds in datasets.items():
         logger.info("%s: %d rows, input shape %s, fingerprint %s", name, len(ds), ds.input_shape, ds.fingerprint[:12])

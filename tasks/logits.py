@@ -1,20 +1,23 @@
-"""Teacher tasks: resolve the registered teacher, precompute its logits once, read them back."""
+"""Teacher tasks: resolve the registered teacher, precompute its logits once (one task per shard), read them back."""
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from tqdm.auto import tqdm
+from prefect.task_runners import ThreadPoolTaskRunner
+from torch import nn
 
-from kdflow.config import DistillConfig
+from kdflow import metrics, registry
+from kdflow.config import DistillConfig, StoreConfig
 from kdflow.data import Dataset
-from kdflow import metrics
-from kdflow.logits import LogitStore, PrecomputeStats, store_key, teacher_profile_key
-from kdflow.registry import ModelRef, load_torch_model, resolve
+from kdflow.logits import LogitStore, PrecomputeStats, ShardInfo, shard_slices, store_key, teacher_profile_key
+from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
 from kdflow.train import predict_logits
 
@@ -30,7 +33,44 @@ def resolve_teacher(uri: str) -> ModelRef:
 def logit_stores(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> dict[str, LogitStore]:
     """One logit store per split, keyed by teacher version and that split's data fingerprint."""
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
-    return {name: LogitStore(store, store_key(teacher.name, teacher.version, ds.fingerprint)) for name, ds in datasets.items()}
+    return {name: LogitStore(store, store_key(teacher.name, teacher.version, ds.fingerprint, cfg.store.top_k))
+            for name, ds in datasets.items()}
+
+
+def task_runner_for(store: StoreConfig):
+    """The task runner for per-shard precomputation: threads by default, a local Dask cluster on request."""
+    if store.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(cluster_kwargs={"n_workers": store.workers, "threads_per_worker": 1, "processes": True})
+    return ThreadPoolTaskRunner(max_workers=store.workers)
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher_model(tracking_uri: str, ref: ModelRef) -> nn.Module:
+    """The teacher, loaded once per process (each Dask worker loads its own copy)."""
+    registry.configure_tracking(tracking_uri)
+    return registry.load_torch_model(ref)
+
+
+@dataclass
+class ShardJob:
+    """One shard of one split that still has to be computed."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class LogitPlan:
+    """Which shards each split needs; splits with a complete store are reused as they are."""
+
+    jobs: list[ShardJob] = field(default_factory=list)
+    kept: dict[str, dict[int, tuple[ShardInfo, int]]] = field(default_factory=dict)
+    reused: dict[str, PrecomputeStats] = field(default_factory=dict)
+    need_profile: bool = False
 
 
 @dataclass
@@ -43,42 +83,95 @@ class TeacherOutputs:
     teacher_loaded: bool
 
 
-@task(name="precompute-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> TeacherOutputs:
-    """Store the teacher's logits for every split unless a complete store exists. The teacher is loaded only
-    if some split (or its one-off size/latency profile) is missing: a re-run never runs the teacher."""
-    logger = get_run_logger()
-    store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
-    stores = logit_stores(cfg, teacher, datasets)
-    todo = [n for n, s in stores.items() if not s.is_complete_for(teacher.version, datasets[n].fingerprint)]
-    profile_key = teacher_profile_key(teacher.name, teacher.version)
-    need_profile = not store.exists(profile_key)
-    model = load_torch_model(teacher) if (todo or need_profile) else None
-    stats: dict[str, PrecomputeStats] = {}
-    for name, ls in stores.items():
+@task(name="plan-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> LogitPlan:
+    """Find, per split, whether a complete store exists and which shards an interrupted run left valid."""
+    plan = LogitPlan()
+    for name, ls in logit_stores(cfg, teacher, datasets).items():
         ds = datasets[name]
-        with tqdm(total=len(ds), desc=f"teacher logits {name}", unit="row", leave=False) as bar:
-            stats[name] = ls.precompute(
-                ds.ids,
-                (lambda rows, x=ds.x: predict_logits(model, x[rows])),
-                teacher_uri=teacher.uri, teacher_name=teacher.name, teacher_version=teacher.version,
-                data_fingerprint=ds.fingerprint, dataset=name, rows_per_shard=cfg.store.rows_per_shard,
-                clip_value=cfg.train.teacher_logit_clip, progress=bar.update,
-            )
-        s = stats[name]
-        logger.info("%s logits at %s: %s (%d rows computed, %d clipped)", name, ls.uri,
-                    "reused" if s.reused else "computed", s.rows_computed, s.clipped_values)
-    if need_profile:
+        slices = shard_slices(len(ds), cfg.store.rows_per_shard)
+        manifest = ls.reusable(teacher.version, ds.fingerprint)
+        if manifest is not None:
+            plan.reused[name] = PrecomputeStats(True, len(slices), 0, 0, manifest.clipped_values, 0.0)
+            continue
+        plan.kept[name] = {}
+        for i, rows in enumerate(slices):
+            found = ls.existing_shard(i, ds.ids[rows])
+            if found is None:
+                plan.jobs.append(ShardJob(name, i, rows.start, rows.stop))
+            else:
+                plan.kept[name][i] = found
+    plan.need_profile = not open_store(cfg.store.root, cfg.store.endpoint_url).exists(
+        teacher_profile_key(teacher.name, teacher.version))
+    get_run_logger().info("teacher logits: %d split(s) reused, %d shard(s) to compute, %d kept from an earlier run",
+                          len(plan.reused), len(plan.jobs), sum(len(k) for k in plan.kept.values()))
+    return plan
+
+
+@task(name="compute-logit-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, job: ShardJob, ids: np.ndarray, x: np.ndarray,
+                        fingerprint: str) -> tuple[ShardJob, ShardInfo, int]:
+    """Run the teacher on one shard's rows and store the shard (independent of every other shard)."""
+    model = _teacher_model(cfg.mlflow.tracking_uri, teacher)
+    store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
+    ls = LogitStore(store, store_key(teacher.name, teacher.version, fingerprint, cfg.store.top_k))
+    info, clipped = ls.write_shard(job.index, ids, predict_logits(model, x), cfg.train.teacher_logit_clip, cfg.store.top_k)
+    return job, info, clipped
+
+
+@task(name="finalize-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def finalize_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset], plan: LogitPlan,
+                            results: list[tuple[ShardJob, ShardInfo, int]], seconds: float) -> TeacherOutputs:
+    """Write each completed split's manifest (last), and the teacher's size/latency profile once."""
+    stores = logit_stores(cfg, teacher, datasets)
+    stats = dict(plan.reused)
+    for name, kept in plan.kept.items():
+        shards = dict(kept)
+        computed = [(job, info, clipped) for job, info, clipped in results if job.split == name]
+        shards.update({job.index: (info, clipped) for job, info, clipped in computed})
+        ordered = [shards[i] for i in sorted(shards)]
+        clipped_total = sum(c for _, c in ordered)
+        stores[name].write_manifest([info for info, _ in ordered], clipped_total, teacher_uri=teacher.uri,
+                                    teacher_name=teacher.name, teacher_version=teacher.version,
+                                    data_fingerprint=datasets[name].fingerprint, dataset=name,
+                                    clip_value=cfg.train.teacher_logit_clip, top_k=cfg.store.top_k)
+        stats[name] = PrecomputeStats(False, len(ordered), len(computed), sum(j.stop - j.start for j, _, _ in computed),
+                                      clipped_total, seconds)
+    store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
+    key = teacher_profile_key(teacher.name, teacher.version)
+    if plan.need_profile:
         ev = cfg.evaluation
+        model = _teacher_model(cfg.mlflow.tracking_uri, teacher)
         profile = metrics.profile(model, datasets["test"].x, ev.latency_batches, ev.throughput_batch_size, ev.throughput_batches)
-        store.put(profile_key, json.dumps(profile, indent=2).encode())
+        store.put(key, json.dumps(profile, indent=2).encode())
     else:
-        profile = json.loads(store.get(profile_key))
-    return TeacherOutputs(stats=stats, store_uris={n: s.uri for n, s in stores.items()}, profile=profile, teacher_loaded=model is not None)
+        profile = json.loads(store.get(key))
+    logger = get_run_logger()
+    for name, st in stats.items():
+        logger.info("%s logits at %s: %s (%d rows computed, %d clipped)", name, stores[name].uri,
+                    "reused" if st.reused else "computed", st.rows_computed, st.clipped_values)
+    return TeacherOutputs(stats=stats, store_uris={n: s.uri for n, s in stores.items()}, profile=profile,
+                          teacher_loaded=bool(plan.jobs) or plan.need_profile)
+
+
+def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> TeacherOutputs:
+    """Plan, compute the missing shards as independent tasks (in parallel under the flow's task runner),
+    then finalize. Called from a flow body; the teacher is loaded only if some shard or its profile is missing."""
+    start = time.perf_counter()
+    plan = plan_teacher_logits(cfg, teacher, datasets)
+    futures = [
+        compute_logit_shard.submit(cfg, teacher, job, datasets[job.split].ids[job.start:job.stop],
+                                   datasets[job.split].x[job.start:job.stop], datasets[job.split].fingerprint)
+        for job in plan.jobs
+    ]
+    results = [f.result() for f in futures]
+    return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
 
 
 @task(name="load-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> dict[str, np.ndarray]:
-    """Read every split's stored logits, verifying checksums, provenance and ids (joined by id)."""
+def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset],
+                        splits: tuple[str, ...] = ("val", "test")) -> dict[str, np.ndarray]:
+    """Read the small evaluation splits' stored logits into memory, verifying checksums, provenance and ids
+    (joined by id). Training splits are streamed by the trainer instead."""
     stores = logit_stores(cfg, teacher, datasets)
-    return {n: stores[n].read_aligned(ds.ids, teacher.version, ds.fingerprint) for n, ds in datasets.items()}
+    return {n: stores[n].read_aligned(datasets[n].ids, teacher.version, datasets[n].fingerprint) for n in splits}

@@ -29,6 +29,29 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on a free loopback port; boto3 (unchanged) talks to it over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def make_bucket(endpoint: str, name: str) -> str:
+    """Create an S3 bucket on ``endpoint`` and return its name."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test harness (temporary database) for every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness

@@ -43,3 +43,33 @@ def test_failed_gate_exits_3_and_prints_the_failing_check(distill_config, tmp_pa
     assert result.exit_code == GATE_FAILED_EXIT, result.output
     assert "[FAIL] min_accuracy" in result.output and "gate FAILED" in result.output
     assert "registered: nothing" in result.output
+
+
+def _store_with_logits(tmp_path):
+    import numpy as np
+
+    from kdflow.logits import LogitStore, store_key
+    from kdflow.store import LocalStore
+
+    ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "2", "b" * 64))
+    ls.precompute(np.arange(300), lambda rows: np.ones((rows.stop - rows.start, 3), np.float32),
+                  teacher_uri="models:/t/2", teacher_name="t", teacher_version="2", data_fingerprint="b" * 64,
+                  dataset="val", rows_per_shard=100)
+    return ls
+
+
+def test_logits_inspect_and_verify(tmp_path):
+    ls = _store_with_logits(tmp_path)
+    out = runner.invoke(app, ["logits", "inspect", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert "300 rows x 3 classes, float16 dense, 3 shards" in out.output and "version 2" in out.output
+    ok = runner.invoke(app, ["logits", "verify", "--store", str(tmp_path / "store")])
+    assert ok.exit_code == 0 and f"OK   {ls.key}" in ok.output
+    shard = tmp_path / "store" / ls.key / "shard-00001.npz"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    bad = runner.invoke(app, ["logits", "verify", "--store", str(tmp_path / "store")])
+    assert bad.exit_code == 1 and "shard-00001.npz: SHA-256 mismatch" in bad.output
+    empty = runner.invoke(app, ["logits", "inspect", "--store", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "no complete logit store" in empty.output

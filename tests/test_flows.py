@@ -28,7 +28,7 @@ def run_distill(cfg: dict, tmp_path: Path, name: str = "distill.yaml") -> dict:
 
 
 def versions(name: str) -> list[str]:
-    return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{name}'"))
+    return sorted(str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
 
 
 def test_teacher_flow_registers_champion(teacher):
@@ -93,6 +93,9 @@ def test_second_run_reuses_stored_logits_without_the_teacher(distill_config, tmp
     assert all(s["reused"] and s["rows_computed"] == 0 for s in second["logits"].values())
     assert [p.stat().st_mtime_ns for p in shards] == mtimes
     assert second["provenance"]["logit_store_keys"] == first["provenance"]["logit_store_keys"]
+    # Seeded end to end (initial weights included): the same config gives the same student.
+    assert second["evaluation"]["student_accuracy"] == first["evaluation"]["student_accuracy"]
+    assert second["calibration"]["temperature"] == pytest.approx(first["calibration"]["temperature"], rel=1e-9)
 
 
 def test_failing_sla_leaves_champion_unchanged(distill_config, tmp_path):
@@ -141,3 +144,25 @@ def test_bad_input_stops_the_flow_with_one_clear_error_and_registers_nothing(cas
     with pytest.raises(expected, match=match):
         run_distill(distill_config, tmp_path)
     assert versions(name) == []
+
+
+@pytest.mark.parametrize("runner", ["threads", "dask"])
+def test_precompute_shards_run_as_parallel_tasks(runner, distill_config, tmp_path, teacher):
+    from flows.logits import precompute_flow
+    from tasks.logits import task_runner_for
+    from kdflow.config import StoreConfig
+
+    distill_config["store"].update(root=str(tmp_path / "store"), rows_per_shard=256, task_runner=runner, workers=2)
+    path = write_yaml(tmp_path / "pre.yaml", distill_config)
+    flow = precompute_flow.with_options(task_runner=task_runner_for(StoreConfig(**distill_config["store"])))
+    result = flow(str(path))
+    assert result["teacher_loaded"]
+    assert result["stats"]["transfer"]["shards_total"] == 5 and result["stats"]["transfer"]["rows_computed"] == 1200
+    from kdflow.logits import LogitStore, verify
+    from kdflow.store import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    for uri in result["stores"].values():
+        assert verify(LogitStore(store, uri.split("/store/", 1)[1])) == []
+    again = flow(str(path))
+    assert not again["teacher_loaded"] and all(s["reused"] for s in again["stats"].values())

@@ -120,3 +120,40 @@ def test_non_finite_teacher_output_is_refused(ls):
     bad[5, 0] = np.nan
     with pytest.raises(LogitStoreError, match="non-finite"):
         ls.precompute(IDS, lambda rows: bad[rows], rows_per_shard=300, **META)
+
+
+def test_topk_mode_keeps_top_classes_and_spreads_missing_mass(tmp_path):
+    from kdflow.logits import topk_to_logprobs
+
+    ls = LogitStore(LocalStore(tmp_path), store_key("t", "3", "f" * 64, top_k=2))
+    assert ls.key.endswith("-top2")
+    ls.precompute(IDS, CountingTeacher(), rows_per_shard=300, top_k=2, **META)
+    m = ls.require_manifest()
+    assert (m.mode, m.top_k, m.missing_mass_rule, m.num_classes) == ("topk", 2, "uniform", C)
+    back = ls.read_aligned(IDS, "3", "f" * 64)
+    probs = np.exp(back)
+    assert np.allclose(probs.sum(1), 1.0, atol=2e-3)
+    true = np.exp(LOGITS - LOGITS.max(1, keepdims=True))
+    true /= true.sum(1, keepdims=True)
+    top2 = np.argsort(-true, 1)[:, :2]
+    assert np.array_equal(np.argsort(-back, 1, kind="stable")[:, :2], top2)
+    assert np.allclose(np.take_along_axis(probs, top2, 1), np.take_along_axis(true, top2, 1), atol=2e-3)
+    # Hand example: kept log-probs log(.5), log(.3); the other 3 classes share 0.2 equally.
+    full = topk_to_logprobs(np.log([[0.5, 0.3]]), np.array([[4, 1]]), 5)
+    assert np.allclose(np.exp(full), [[0.2 / 3, 0.3, 0.2 / 3, 0.2 / 3, 0.5]])
+
+
+def test_topk_bytes_per_row_are_smaller_for_many_classes(tmp_path):
+    from kdflow.logits import size_bytes
+
+    wide = np.random.default_rng(2).normal(size=(N, 100)).astype(np.float32)
+    dense = LogitStore(LocalStore(tmp_path), store_key("t", "3", "f" * 64))
+    topk = LogitStore(LocalStore(tmp_path), store_key("t", "3", "f" * 64, top_k=5))
+    for ls, k in ((dense, None), (topk, 5)):
+        ls.precompute(IDS, lambda rows: wide[rows], rows_per_shard=500, top_k=k, **META)
+    assert size_bytes(topk) < 0.25 * size_bytes(dense)
+
+
+def test_topk_must_leave_some_classes_out(ls):
+    with pytest.raises(LogitStoreError, match="top_k must be in"):
+        ls.precompute(IDS, CountingTeacher(), rows_per_shard=300, top_k=C, **META)

@@ -3,25 +3,7 @@
 import pytest
 
 from kdflow.store import LocalStore, StoreError, open_store, validate_key
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on a free loopback port; boto3 talks to it over real HTTP."""
-    import os
-
-    from moto.server import ThreadedMotoServer
-
-    from tests.conftest import free_port
-
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+from tests.conftest import make_bucket
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -29,10 +11,8 @@ def store(request, tmp_path):
     if request.param == "local":
         return open_store(str(tmp_path / "root"))
     endpoint = request.getfixturevalue("s3_endpoint")
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=f"kdflow-{tmp_path.name[:20].lower().replace('_', '-')}")
-    return open_store(f"s3://kdflow-{tmp_path.name[:20].lower().replace('_', '-')}/prefix", endpoint_url=endpoint)
+    bucket = make_bucket(endpoint, f"kdflow-{abs(hash(tmp_path.name)) % 10**8}")
+    return open_store(f"s3://{bucket}/prefix", endpoint_url=endpoint)
 
 
 def test_put_get_list_delete(store):

@@ -1,0 +1,22 @@
+"""Logit precomputation alone: validate -> resolve teacher -> store its logits (a re-run reuses them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from kdflow.config import DistillConfig, load_config
+from tasks.data import validate_inputs
+from tasks.logits import precompute_teacher_logits, resolve_teacher
+
+
+@flow(name="precompute-logits", log_prints=True)
+def precompute_flow(config_path: str) -> dict[str, Any]:
+    """Build (or confirm) the logit stores a distillation config needs, without training anything."""
+    cfg = load_config(config_path, DistillConfig)
+    datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
+    teacher = resolve_teacher(cfg.teacher_uri)
+    out = precompute_teacher_logits(cfg, teacher, datasets)
+    return {"teacher": teacher.version_uri, "stores": out.store_uris,
+            "stats": {n: vars(s) for n, s in out.stats.items()}, "teacher_loaded": out.teacher_loaded}

@@ -1,0 +1,188 @@
+"""Training input as a stream: Parquet row groups joined by id with teacher-logit shards, shuffled
+across shards through a bounded buffer, so peak memory does not grow with the number of rows.
+
+Each *chunk* is one Parquet row group of one split. Per epoch the chunk order is shuffled; chunks are read
+``buffer_chunks`` at a time, their rows permuted together, and yielded as batches. A chunk's logits come
+from the (at most two or three) logit shards covering its row range, checksum-verified on read, and are
+joined by id — never assumed to be in row order. Memory is bounded by ``buffer_chunks`` row groups plus
+a small cache of decoded shards.
+"""
+
+from __future__ import annotations
+
+import bisect
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data import DataError
+from kdflow.logits import LogitStore, LogitStoreError, Manifest
+from kdflow.store import open_store, split_uri
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+class ArraySource:
+    """In-memory training rows ``x``, labels ``y`` (-1: unlabeled) and optional teacher logits ``z``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None):
+        self.x = torch.tensor(np.asarray(x), dtype=torch.float32)
+        self.y = torch.tensor(np.asarray(y), dtype=torch.long)
+        self.z = torch.tensor(np.asarray(z), dtype=torch.float32) if z is not None else None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def has_teacher(self) -> bool:
+        """Whether batches carry teacher logits."""
+        return self.z is not None
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of shuffled batches."""
+        perm = torch.randperm(len(self.x), generator=generator)
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i : i + batch_size]
+            yield self.x[idx], self.y[idx], (self.z[idx] if self.z is not None else None)
+
+
+def local_copy(uri: str, endpoint_url: str | None, cache_dir: Path) -> Path:
+    """A local path for ``uri``: itself when local, else a one-off download into ``cache_dir``."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri)
+    root, key = split_uri(uri)
+    target = cache_dir / f"{abs(hash(uri))}-{key}"
+    if not target.exists():
+        target.write_bytes(open_store(root, endpoint_url=endpoint_url).get(key))
+    return target
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    path: Path
+    store: LogitStore
+    labeled: bool
+    manifest: Manifest
+    row_starts: tuple[int, ...]  # first row of each row group
+
+
+class StreamingSource:
+    """Stream (features, label or -1, teacher logits) from Parquet files and their logit stores."""
+
+    def __init__(self, parts: list[tuple[str, str, LogitStore, bool]], data: DataConfig, teacher_version: str,
+                 fingerprints: dict[str, str], endpoint_url: str | None = None, buffer_chunks: int = 4,
+                 shard_cache: int = 4):
+        self._tmp = tempfile.TemporaryDirectory(prefix="kdflow-stream-")
+        self.data = data
+        self.buffer_chunks = buffer_chunks
+        self.shard_cache = shard_cache
+        self.parts: list[_Part] = []
+        self.chunks: list[tuple[int, int]] = []  # (part index, row group)
+        self._shards: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._shard_starts: list[list[int]] = []
+        for name, uri, store, labeled in parts:
+            manifest = store.require_manifest()
+            if manifest.teacher_version != str(teacher_version) or manifest.data_fingerprint != fingerprints[name]:
+                raise LogitStoreError(f"{store.uri}: manifest does not match teacher version {teacher_version} "
+                                      f"and the {name} data fingerprint")
+            path = local_copy(uri, endpoint_url, Path(self._tmp.name))
+            meta = pq.ParquetFile(path).metadata
+            starts, row = [], 0
+            for g in range(meta.num_row_groups):
+                starts.append(row)
+                row += meta.row_group(g).num_rows
+            if row != manifest.num_rows:
+                raise LogitStoreError(f"{store.uri}: {manifest.num_rows} stored rows, {uri} has {row}")
+            self.parts.append(_Part(name, path, store, labeled, manifest, tuple(starts)))
+            self._shard_starts.append(list(np.cumsum([0] + [s.rows for s in manifest.shards[:-1]])))
+            self.chunks += [(len(self.parts) - 1, g) for g in range(meta.num_row_groups)]
+        self.num_rows = sum(p.manifest.num_rows for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def has_teacher(self) -> bool:
+        """Batches always carry teacher logits."""
+        return True
+
+    def _shard(self, part: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (part, index)
+        if key not in self._shards:
+            p = self.parts[part]
+            ids, logits = next(p.store.iter_shards(replace(p.manifest, shards=[p.manifest.shards[index]])))
+            self._shards[key] = (ids, logits.astype(np.float32))
+            while len(self._shards) > self.shard_cache:
+                self._shards.popitem(last=False)
+        self._shards.move_to_end(key)
+        return self._shards[key]
+
+    def _read_chunk(self, part_index: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        part = self.parts[part_index]
+        cfg = self.data
+        columns = [cfg.id_column] + (cfg.features.columns or [cfg.features.column])
+        if part.labeled:
+            columns.append(cfg.label_column)
+        table = pq.ParquetFile(part.path).read_row_group(group, columns=columns)
+        ids = table.column(cfg.id_column).to_numpy()
+        if cfg.features.columns:
+            x = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in cfg.features.columns])
+        else:
+            col = table.column(cfg.features.column).combine_chunks()
+            if not isinstance(col, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
+                raise DataError(f"{part.path}: feature column {cfg.features.column!r} is not an array column")
+            x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), -1)
+        if cfg.features.shape:
+            x = x.reshape(len(ids), *cfg.features.shape)
+        y = table.column(cfg.label_column).to_numpy().astype(np.int64) if part.labeled else np.full(len(ids), -1)
+        # Logit shards covering this row group's row range, joined by id.
+        first = part.row_starts[group]
+        last = first + len(ids) - 1
+        starts = self._shard_starts[part_index]
+        lo, hi = bisect.bisect_right(starts, first) - 1, bisect.bisect_right(starts, last) - 1
+        pieces = [self._shard(part_index, i) for i in range(lo, hi + 1)]
+        shard_ids = np.concatenate([p[0] for p in pieces])
+        shard_logits = np.concatenate([p[1] for p in pieces])
+        pos = pd.Index(shard_ids).get_indexer(pd.Index(ids))
+        if (pos < 0).any():
+            raise LogitStoreError(f"{part.store.uri}: {int((pos < 0).sum())} id(s) of {part.name} row group {group} "
+                                  f"have no stored logits, e.g. {ids[pos < 0][:3].tolist()}")
+        return x, y, shard_logits[pos]
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch: chunk order shuffled, ``buffer_chunks`` chunks mixed at a time, batches yielded."""
+        order = torch.randperm(len(self.chunks), generator=generator).tolist()
+        carry: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for start in range(0, len(order), self.buffer_chunks):
+            parts = [self._read_chunk(*self.chunks[i]) for i in order[start : start + self.buffer_chunks]]
+            x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+            y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+            z = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+            perm = torch.randperm(len(x), generator=generator)
+            x, y, z = x[perm], y[perm], z[perm]
+            if carry:  # rows left over from the previous buffer go first, so batches stay full
+                cx, cy, cz = carry.pop()
+                x, y, z = torch.cat([cx, x]), torch.cat([cy, y]), torch.cat([cz, z])
+            full = len(x) - len(x) % batch_size
+            for i in range(0, full, batch_size):
+                yield x[i : i + batch_size], y[i : i + batch_size], z[i : i + batch_size]
+            if full < len(x):
+                carry.append((x[full:], y[full:], z[full:]))
+        if carry:
+            yield carry.pop()
+
+    def close(self) -> None:
+        """Remove downloaded copies."""
+        self._tmp.cleanup()
