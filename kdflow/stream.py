@@ -1,7 +1,8 @@
 """Training input as a stream: Parquet row groups joined by id with teacher-logit shards, shuffled
 across shards through a bounded buffer, so peak memory does not grow with the number of rows.
 
-Each *chunk* is one Parquet row group of one split. Per epoch the chunk order is shuffled; chunks are read
+Each *chunk* is one Parquet row group of one file of a split (a split may be several files: a directory,
+a glob or an ``s3://`` prefix, read in the same sorted order as validation and fingerprinting). Per epoch the chunk order is shuffled; chunks are read
 ``buffer_chunks`` at a time, their rows permuted together, and yielded as batches. A chunk's logits come
 from the (at most two or three) logit shards covering its row range, checksum-verified on read, and are
 joined by id — never assumed to be in row order. Memory is bounded by ``buffer_chunks`` row groups plus
@@ -28,6 +29,7 @@ from kdflow.config import DataConfig
 from kdflow.data import DataError
 from kdflow.logits import LogitStore, LogitStoreError, Manifest
 from kdflow.store import open_store, split_uri
+from kdflow.validation import expand_uri
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
@@ -71,11 +73,11 @@ def local_copy(uri: str, endpoint_url: str | None, cache_dir: Path) -> Path:
 @dataclass(frozen=True)
 class _Part:
     name: str
-    path: Path
+    paths: tuple[Path, ...]  # the split's files, in the order their rows were fingerprinted and stored
     store: LogitStore
     labeled: bool
     manifest: Manifest
-    row_starts: tuple[int, ...]  # first row of each row group
+    row_starts: tuple[tuple[int, ...], ...]  # per file: the split-wide index of each row group's first row
 
 
 class StreamingSource:
@@ -89,7 +91,7 @@ class StreamingSource:
         self.buffer_chunks = buffer_chunks
         self.shard_cache = shard_cache
         self.parts: list[_Part] = []
-        self.chunks: list[tuple[int, int]] = []  # (part index, row group)
+        self.chunks: list[tuple[int, int, int]] = []  # (part index, file index, row group)
         self._shards: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._shard_starts: list[list[int]] = []
         for name, uri, store, labeled in parts:
@@ -97,17 +99,21 @@ class StreamingSource:
             if manifest.teacher_version != str(teacher_version) or manifest.data_fingerprint != fingerprints[name]:
                 raise LogitStoreError(f"{store.uri}: manifest does not match teacher version {teacher_version} "
                                       f"and the {name} data fingerprint")
-            path = local_copy(uri, endpoint_url, Path(self._tmp.name))
-            meta = pq.ParquetFile(path).metadata
+            paths = [local_copy(f, endpoint_url, Path(self._tmp.name)) for f in expand_uri(uri, endpoint_url)]
             starts, row = [], 0
-            for g in range(meta.num_row_groups):
-                starts.append(row)
-                row += meta.row_group(g).num_rows
+            for path in paths:
+                meta = pq.ParquetFile(path).metadata
+                file_starts = []
+                for g in range(meta.num_row_groups):
+                    file_starts.append(row)
+                    row += meta.row_group(g).num_rows
+                starts.append(tuple(file_starts))
             if row != manifest.num_rows:
                 raise LogitStoreError(f"{store.uri}: {manifest.num_rows} stored rows, {uri} has {row}")
-            self.parts.append(_Part(name, path, store, labeled, manifest, tuple(starts)))
+            self.parts.append(_Part(name, tuple(paths), store, labeled, manifest, tuple(starts)))
             self._shard_starts.append(list(np.cumsum([0] + [s.rows for s in manifest.shards[:-1]])))
-            self.chunks += [(len(self.parts) - 1, g) for g in range(meta.num_row_groups)]
+            part = len(self.parts) - 1
+            self.chunks += [(part, f, g) for f, groups in enumerate(starts) for g in range(len(groups))]
         self.num_rows = sum(p.manifest.num_rows for p in self.parts)
 
     def __len__(self) -> int:
@@ -129,26 +135,27 @@ class StreamingSource:
         self._shards.move_to_end(key)
         return self._shards[key]
 
-    def _read_chunk(self, part_index: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_chunk(self, part_index: int, file_index: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         part = self.parts[part_index]
+        path = part.paths[file_index]
         cfg = self.data
         columns = [cfg.id_column] + (cfg.features.columns or [cfg.features.column])
         if part.labeled:
             columns.append(cfg.label_column)
-        table = pq.ParquetFile(part.path).read_row_group(group, columns=columns)
+        table = pq.ParquetFile(path).read_row_group(group, columns=columns)
         ids = table.column(cfg.id_column).to_numpy()
         if cfg.features.columns:
             x = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in cfg.features.columns])
         else:
             col = table.column(cfg.features.column).combine_chunks()
             if not isinstance(col, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
-                raise DataError(f"{part.path}: feature column {cfg.features.column!r} is not an array column")
+                raise DataError(f"{path}: feature column {cfg.features.column!r} is not an array column")
             x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), -1)
         if cfg.features.shape:
             x = x.reshape(len(ids), *cfg.features.shape)
         y = table.column(cfg.label_column).to_numpy().astype(np.int64) if part.labeled else np.full(len(ids), -1)
         # Logit shards covering this row group's row range, joined by id.
-        first = part.row_starts[group]
+        first = part.row_starts[file_index][group]
         last = first + len(ids) - 1
         starts = self._shard_starts[part_index]
         lo, hi = bisect.bisect_right(starts, first) - 1, bisect.bisect_right(starts, last) - 1

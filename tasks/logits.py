@@ -20,6 +20,7 @@ from kdflow.logits import LogitStore, PrecomputeStats, ShardInfo, shard_slices, 
 from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
 from kdflow.train import predict_logits
+from kdflow.validation import validate_teacher_logits
 
 
 @task(name="resolve-teacher", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -172,6 +173,13 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: d
 def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset],
                         splits: tuple[str, ...] = ("val", "test")) -> dict[str, np.ndarray]:
     """Read the small evaluation splits' stored logits into memory, verifying checksums, provenance and ids
-    (joined by id). Training splits are streamed by the trainer instead."""
+    (joined by id), then their shape and finiteness. Training splits are streamed by the trainer instead."""
     stores = logit_stores(cfg, teacher, datasets)
-    return {n: stores[n].read_aligned(datasets[n].ids, teacher.version, datasets[n].fingerprint) for n in splits}
+    logits = {}
+    for n in splits:
+        ds = datasets[n]
+        logits[n] = stores[n].read_aligned(ds.ids, teacher.version, ds.fingerprint)
+        # finite, rows x classes: a teacher with the wrong number of classes is named here, before training
+        validate_teacher_logits(logits[n], len(ds), cfg.data.num_classes, name=f"{n} teacher logits",
+                                uri=stores[n].uri, ids=ds.ids).raise_for_failures()
+    return logits

@@ -166,3 +166,14 @@ def test_precompute_shards_run_as_parallel_tasks(runner, distill_config, tmp_pat
         assert verify(LogitStore(store, uri.split("/store/", 1)[1])) == []
     again = flow(str(path))
     assert not again["teacher_loaded"] and all(s["reused"] for s in again["stats"].values())
+
+
+def test_teacher_with_wrong_number_of_classes_is_named_before_training(distill_config, tmp_path):
+    from kdflow.validation import DataValidationError
+
+    distill_config["store"]["root"] = str(tmp_path / "store")
+    distill_config["data"]["num_classes"] = 12  # the registered teacher has 10 outputs
+    distill_config["validation"] = {"require_all_classes": []}  # let the data through to the teacher check
+    with pytest.raises(DataValidationError, match=r"val teacher logits.*\(300, 12\)"):
+        run_distill(distill_config, tmp_path)
+    assert versions(distill_config["registry"]["student_name"]) == []

@@ -69,3 +69,25 @@ def test_provenance_mismatch_is_refused(files):
     cfg = DataConfig(train=str(path), val="-", test="-", num_classes=C)
     with pytest.raises(LogitStoreError, match="does not match teacher version 2"):
         StreamingSource([("train", str(path), ls, True)], cfg, "2", {"train": "f" * 64})
+
+
+def test_a_split_of_several_files_streams_in_fingerprint_order(tmp_path):
+    rng = np.random.default_rng(3)
+    ids = np.arange(700)
+    x = rng.normal(size=(700, D)).astype(np.float32)
+    z = rng.normal(size=(700, C)).astype(np.float32)
+    folder = tmp_path / "transfer"
+    write_parquet(to_frame(ids[:400], x[:400]), folder / "part-0.parquet", row_group_size=150)
+    write_parquet(to_frame(ids[400:], x[400:]), folder / "part-1.parquet", row_group_size=150)
+    ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "e" * 64))
+    ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
+                  data_fingerprint="e" * 64, dataset="transfer", rows_per_shard=256)
+    cfg = DataConfig(train="-", val="-", test="-", transfer=str(folder), num_classes=C)
+    src = StreamingSource([("transfer", str(folder), ls, False)], cfg, "1", {"transfer": "e" * 64}, buffer_chunks=2)
+    assert len(src) == 700 and len(src.chunks) == 5  # 3 + 2 row groups
+    xs, ys, zs = zip(*src.batches(128, torch.Generator().manual_seed(0)))
+    xb, zb = torch.cat(xs).numpy(), torch.cat(zs).numpy()
+    order = {tuple(row): i for i, row in enumerate(x)}
+    idx = np.array([order[tuple(row)] for row in xb])
+    assert sorted(idx.tolist()) == list(range(700)) and (torch.cat(ys).numpy() == -1).all()
+    assert np.array_equal(zb, z[idx].astype(np.float16).astype(np.float32))
