@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,13 @@ def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str 
 
     exp_id = registry.configure(tracking_uri, experiment, artifact_location)
     run_tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
-    run = MlflowClient().create_run(exp_id, run_name=flow_run.get_name() or None, tags={**run_tags, **(tags or {})})
+    from mlflow.entities import Param
+
     client = MlflowClient()
-    for key, value in params.items():
-        client.log_param(run.info.run_id, key[:250], str(value)[:6000])
+    run = client.create_run(exp_id, run_name=flow_run.get_name() or None, tags={**run_tags, **(tags or {})})
+    items = [Param(key[:250], str(value)[:6000]) for key, value in params.items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
 
 
@@ -31,10 +35,13 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
     """Log numeric metrics to ``run_id`` (NaN-free, names sanitised for MLflow)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient()
-    for key, value in metrics.items():
-        if value == value:  # skip NaN
-            client.log_metric(run_id, key.replace("@", "_"), float(value), step=step or 0)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key.replace("@", "_"), float(value), now, step or 0) for key, value in metrics.items()
+             if value == value]  # skip NaN
+    for i in range(0, len(batch), 1000):
+        MlflowClient().log_batch(run_id, metrics=batch[i : i + 1000])
 
 
 def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
