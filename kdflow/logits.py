@@ -184,11 +184,6 @@ class LogitStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise LogitStoreError(f"{self.uri}/{MANIFEST}: unreadable manifest ({exc})") from exc
 
-    def is_complete_for(self, teacher_version: str, data_fingerprint: str) -> bool:
-        """Whether a manifest exists and names this teacher version and data fingerprint."""
-        m = self.manifest()
-        return m is not None and m.teacher_version == str(teacher_version) and m.data_fingerprint == data_fingerprint
-
     def existing_shard(self, index: int, expected_ids: np.ndarray) -> tuple[ShardInfo, int] | None:
         """(info, clipped count) of an already written shard whose checksum and ids verify, else ``None``."""
         shard, marker = self._k(shard_name(index)), self._k(marker_name(index))
