@@ -39,11 +39,13 @@ Every torch computation uses ``torch.set_num_threads(2)`` (and ``TrainConfig.num
 
 Run (from the repository root)::
 
-    .venv/bin/python bench/logits.py --json bench/results/logits.json          # full: ~15-25 min on 2 CPUs
+    .venv/bin/python bench/logits.py --json bench/results/logits.json          # full: ~9 min on 2 idle CPUs
     .venv/bin/python bench/logits.py --rows 5000 --rss-sizes 5000 50000 \\
         --transfer-size 5000 --seeds 0 --epochs 1 --teacher-epochs 2            # smoke run
 
-The exit status is 0 whether or not the bars pass (it is a measurement, not a gate).
+The exit status is 0 whether or not the bars pass (it is a measurement, not a gate). Wall-clock figures (1, 3)
+are only meaningful on an otherwise idle machine: with other jobs running, 2 torch threads on 2 cores spin-wait
+for each other and one epoch can take 10x longer; the load averages are recorded in the JSON.
 """
 
 from __future__ import annotations
