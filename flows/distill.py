@@ -9,7 +9,7 @@ from prefect import flow
 from kdflow.config import DistillConfig, load_config
 from tasks.data import validate_inputs
 from tasks.evaluate import calibrate, evaluate
-from tasks.logits import load_teacher_logits, precompute_teacher_logits, resolve_teacher
+from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
 from tasks.registry import describe_provenance, publish_report, register_student, sla_gate
 from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
 from tasks.train import train_student
@@ -17,7 +17,7 @@ from tasks.train import train_student
 
 @flow(name="distill", log_prints=True)
 def distill_flow(config_path: str) -> dict[str, Any]:
-    """Distil the registered teacher named in the config into a calibrated, gated, registered student."""
+    """Distil the registered teacher(s) named in the config into a calibrated, gated, registered student."""
     cfg = load_config(config_path, DistillConfig)
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "distill"})
@@ -25,18 +25,19 @@ def distill_flow(config_path: str) -> dict[str, Any]:
     try:
         datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id,
                                    validation=cfg.validation)
-        teacher = resolve_teacher(cfg.teacher_uri)
-        teacher_out = precompute_teacher_logits(cfg, teacher, datasets)
-        logits = load_teacher_logits(cfg, teacher, datasets, splits=("val", "test"))
-        model, training = train_student(cfg, teacher, datasets, logits["val"], run_id)
+        teachers = [resolve_teacher(uri) for uri in cfg.teacher_uris]
+        teacher_outs = [precompute_teacher_logits(cfg, t, datasets) for t in teachers]
+        ensemble = combine_teachers(cfg, teachers, [load_teacher_logits(cfg, t, datasets) for t in teachers],
+                                    [out.profile for out in teacher_outs], datasets)
+        model, training = train_student(cfg, ensemble, datasets, run_id)
         served, calibration = calibrate(model, datasets["val"], cfg.calibration, run_id)
-        evaluation = evaluate(served, datasets["test"], logits["test"], teacher_out.profile, cfg.data.num_classes,
-                              cfg.calibration.n_bins, cfg.evaluation, run_id)
+        evaluation = evaluate(served, datasets["test"], ensemble.eval_logits["test"], ensemble.profile,
+                              cfg.data.num_classes, cfg.calibration.n_bins, cfg.evaluation, run_id)
         checks, decision = sla_gate(evaluation, cfg.sla, cfg.registry.student_name, datasets["test"], run_id)
-        provenance = describe_provenance(cfg, teacher, datasets, teacher_out, calibration)
+        provenance = describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration)
         registration = register_student(served, datasets["test"].x[:5], cfg.registry.student_name, run_id, checks,
                                         decision, cfg.registry.register_failed_candidates, provenance)
-        report = publish_report(cfg, run_id, teacher, teacher_out, training, calibration, evaluation, checks,
+        report = publish_report(cfg, run_id, ensemble, teacher_outs, training, calibration, evaluation, checks,
                                 decision, registration, provenance)
         status = "FINISHED"
         return report

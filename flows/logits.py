@@ -16,7 +16,11 @@ def precompute_flow(config_path: str) -> dict[str, Any]:
     """Build (or confirm) the logit stores a distillation config needs, without training anything."""
     cfg = load_config(config_path, DistillConfig)
     datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
-    teacher = resolve_teacher(cfg.teacher_uri)
-    out = precompute_teacher_logits(cfg, teacher, datasets)
-    return {"teacher": teacher.version_uri, "stores": out.store_uris,
-            "stats": {n: vars(s) for n, s in out.stats.items()}, "teacher_loaded": out.teacher_loaded}
+    results = {}
+    for uri in cfg.teacher_uris:
+        teacher = resolve_teacher(uri)
+        out = precompute_teacher_logits(cfg, teacher, datasets)
+        results[teacher.version_uri] = {"stores": out.store_uris, "stats": {n: vars(s) for n, s in out.stats.items()},
+                                        "teacher_loaded": out.teacher_loaded}
+    first = next(iter(results))
+    return {"teacher": first, **results[first], "teachers": results}

@@ -132,10 +132,12 @@ def logits_precompute(config: Path = typer.Option(..., help="Distillation config
     from flows.logits import precompute_flow
 
     result = _run(_with_runner(precompute_flow, config), str(config))
-    for name, uri in result["stores"].items():
-        st = result["stats"][name]
-        what = "reused" if st["reused"] else f"{st['rows_computed']} rows computed"
-        typer.echo(f"{name}: {uri} ({what})")
+    for teacher, out in result["teachers"].items():
+        typer.echo(teacher)
+        for name, uri in out["stores"].items():
+            st = out["stats"][name]
+            what = "reused" if st["reused"] else f"{st['rows_computed']} rows computed"
+            typer.echo(f"  {name}: {uri} ({what})")
 
 
 def _stores(store: str, endpoint_url: Optional[str], key: Optional[str]):

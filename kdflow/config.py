@@ -166,11 +166,71 @@ class StoreConfig(_Strict):
     workers: int = Field(default=2, gt=0)
 
 
+DriftSignal = Literal["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_entropy",
+                      "psi_predicted_class", "features"]
+
+
+class LogsConfig(_Strict):
+    """Production inference logs (:mod:`kdflow.inference_logs`): Parquet partitioned ``date=YYYY-MM-DD/``
+    under an object-store root (a local directory, file:// or s3://bucket/prefix)."""
+
+    root: str = ".kdflow/logs"
+    endpoint_url: str | None = None
+
+
+class DriftConfig(_Strict):
+    """Drift checks (:mod:`kdflow.drift`): every statistic's threshold, and when a signal becomes a decision.
+
+    Starting values follow common monitoring practice: flip rate 10%, accuracy gap 2 points, PSI 0.2.
+    A retrain is decided when any signal in ``trigger_on`` exceeds its threshold on ``consecutive_windows``
+    consecutive checks, and not within ``cooldown_days`` of the last retrain."""
+
+    cron: str = "0 2 * * *"  # the scheduled daily check
+    window_days: int = Field(default=1, gt=0)
+    min_rows: int = Field(default=200, gt=0)  # fewer rows in the window: "cannot decide"
+    min_labeled_rows: int = Field(default=50, gt=0)  # fewer labeled rows: the accuracy signal is not computed
+    min_shadow_rows: int = Field(default=50, gt=0)  # fewer shadow-scored rows: no flip rate
+    psi_bins: int = Field(default=10, gt=1)
+    psi_threshold: float = Field(default=0.2, gt=0.0)
+    feature_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # family-wise, after the correction below
+    correction: Literal["holm", "bonferroni", "bh"] = "holm"
+    max_flip_rate: float = Field(default=0.10, ge=0.0, le=1.0)
+    max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # vs the champion's reference accuracy
+    max_estimated_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    trigger_on: list[DriftSignal] = Field(
+        default_factory=lambda: ["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence",
+                                 "psi_predicted_class"])
+    consecutive_windows: int = Field(default=2, gt=0)
+    cooldown_days: float = Field(default=7.0, ge=0.0)
+    monitoring_experiment: str = "kdflow-monitoring"
+
+
+class RetrainConfig(_Strict):
+    """The retrain flow: the distill flow with the transfer set extended by recent production inputs."""
+
+    window_days: int = Field(default=14, gt=0)  # recent inputs added to the transfer set
+    max_recent_rows: int = Field(default=50_000, gt=0)
+    min_recent_labeled_rows: int = Field(default=100, ge=0)  # gate on recent labeled traffic when >= this
+
+
+class RecalibrationConfig(_Strict):
+    """The monthly recalibration flow: refit the champion's temperature on the recent labeled window."""
+
+    cron: str = "0 3 1 * *"
+    window_days: int = Field(default=30, gt=0)
+    min_labeled_rows: int = Field(default=300, gt=0)
+    min_ece_improvement: float = Field(default=0.0, ge=0.0)
+
+
 class DistillConfig(_Strict):
     """Everything one distillation run needs."""
 
     data: DataConfig
     teacher_uri: str
+    # More teachers, combined with teacher_uri's (kdflow.ensemble): the weighted mean of their softened
+    # probabilities, weights uniform ("mean") or proportional to validation accuracy ("val_accuracy").
+    extra_teachers: list[str] = Field(default_factory=list)
+    teacher_weighting: Literal["mean", "val_accuracy"] = "mean"
     student: ModelSpec
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -180,6 +240,10 @@ class DistillConfig(_Strict):
     mlflow: MlflowConfig = MlflowConfig()
     store: StoreConfig = StoreConfig()
     validation: ValidationConfig = ValidationConfig()
+    logs: LogsConfig = LogsConfig()
+    drift: DriftConfig = DriftConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    recalibration: RecalibrationConfig = RecalibrationConfig()
     output_dir: str = ".kdflow/reports"
 
     @field_validator("teacher_uri")
@@ -188,6 +252,24 @@ class DistillConfig(_Strict):
         if not v.startswith("models:/"):
             raise ValueError(f"teacher_uri must look like models:/<name>@<alias> or models:/<name>/<version>, got {v!r}")
         return v
+
+    @field_validator("extra_teachers")
+    @classmethod
+    def _models_uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            cls._models_uri(uri)
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_teachers(self) -> "DistillConfig":
+        if len(set(self.teacher_uris)) != len(self.teacher_uris):
+            raise ValueError(f"the same teacher is listed twice: {self.teacher_uris}")
+        return self
+
+    @property
+    def teacher_uris(self) -> list[str]:
+        """Every teacher, the primary one first."""
+        return [self.teacher_uri, *self.extra_teachers]
 
 
 class TeacherConfig(_Strict):

@@ -29,13 +29,20 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def _teachers_line(report: dict[str, Any]) -> str:
+    teachers = report.get("teachers") or []
+    if len(teachers) < 2:
+        return f"Teacher `{report['teacher']['uri']}` (version {report['teacher']['version']})"
+    return "Teachers " + ", ".join("`{uri}` (v{version}, weight {weight:.3f})".format(**t) for t in teachers)
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """Render the report as Markdown: summary table, calibration, SLA checks, decision."""
     ev, cal = report["evaluation"], report["calibration"]
     lines = [
         f"# kdflow distillation report: {report['student_name']}",
         "",
-        f"Teacher `{report['teacher']['uri']}` (version {report['teacher']['version']}); "
+        f"{_teachers_line(report)}; "
         f"flip rate {ev['flip_rate']:.4f}, accuracy gap {ev['teacher_gap']:.4f}, size ratio {ev['size_ratio']:.4f}.",
         "",
         "| metric | student | teacher |",

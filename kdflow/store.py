@@ -16,6 +16,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
+_CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
+                      "InvalidToken", "403", "Forbidden"}
+
+
 class StoreError(RuntimeError):
     """An object store operation failed; the message names the store and the key."""
 
@@ -134,6 +138,10 @@ class S3Store(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, op: str, key: str, exc: Exception) -> StoreError:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in _CREDENTIAL_ERRORS:
+            return StoreError(f"S3 {op} failed for {self.url(key)}: the credentials were rejected ({code}); check "
+                              f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses: {exc}")
         return StoreError(f"S3 {op} failed for {self.url(key)}: {exc}")
 
     def put(self, key: str, data: bytes) -> None:

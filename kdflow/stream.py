@@ -6,7 +6,8 @@ a glob or an ``s3://`` prefix, read in the same sorted order as validation and f
 ``buffer_chunks`` at a time, their rows permuted together, and yielded as batches. A chunk's logits come
 from the (at most two or three) logit shards covering its row range, checksum-verified on read, and are
 joined by id — never assumed to be in row order. Memory is bounded by ``buffer_chunks`` row groups plus
-a small cache of decoded shards.
+a small cache of decoded shards. With several teachers each split has one store per teacher; their
+logits are joined by id separately and merged by ``combine`` (:func:`kdflow.ensemble.combine_logits`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import bisect
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -74,31 +75,43 @@ def local_copy(uri: str, endpoint_url: str | None, cache_dir: Path) -> Path:
 class _Part:
     name: str
     paths: tuple[Path, ...]  # the split's files, in the order their rows were fingerprinted and stored
-    store: LogitStore
+    stores: tuple[LogitStore, ...]  # one per teacher
     labeled: bool
-    manifest: Manifest
+    manifests: tuple[Manifest, ...]
     row_starts: tuple[tuple[int, ...], ...]  # per file: the split-wide index of each row group's first row
+    shard_starts: tuple[tuple[int, ...], ...]  # per teacher: the split-wide index of each shard's first row
 
 
 class StreamingSource:
-    """Stream (features, label or -1, teacher logits) from Parquet files and their logit stores."""
+    """Stream (features, label or -1, teacher logits) from Parquet files and their logit stores.
 
-    def __init__(self, parts: list[tuple[str, str, LogitStore, bool]], data: DataConfig, teacher_version: str,
-                 fingerprints: dict[str, str], endpoint_url: str | None = None, buffer_chunks: int = 4,
-                 shard_cache: int = 4):
+    ``parts`` are ``(split name, data URI, logit store(s), labeled)``; with several teachers give one store
+    per teacher (in the order of ``teacher_version``) and a ``combine`` that merges their logits."""
+
+    def __init__(self, parts: list[tuple[str, str, LogitStore | Sequence[LogitStore], bool]], data: DataConfig,
+                 teacher_version: str | Sequence[str], fingerprints: dict[str, str], endpoint_url: str | None = None,
+                 buffer_chunks: int = 4, shard_cache: int = 4,
+                 combine: Callable[[list[np.ndarray]], np.ndarray] | None = None):
         self._tmp = tempfile.TemporaryDirectory(prefix="kdflow-stream-")
         self.data = data
         self.buffer_chunks = buffer_chunks
         self.shard_cache = shard_cache
+        versions = [str(teacher_version)] if isinstance(teacher_version, (str, int)) else [str(v) for v in teacher_version]
+        if len(versions) > 1 and combine is None:
+            raise ValueError("several teachers need a combine function")
+        self.combine = combine
         self.parts: list[_Part] = []
         self.chunks: list[tuple[int, int, int]] = []  # (part index, file index, row group)
-        self._shards: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._shard_starts: list[list[int]] = []
-        for name, uri, store, labeled in parts:
-            manifest = store.require_manifest()
-            if manifest.teacher_version != str(teacher_version) or manifest.data_fingerprint != fingerprints[name]:
-                raise LogitStoreError(f"{store.uri}: manifest does not match teacher version {teacher_version} "
-                                      f"and the {name} data fingerprint")
+        self._shards: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        for name, uri, stores, labeled in parts:
+            stores = (stores,) if isinstance(stores, LogitStore) else tuple(stores)
+            if len(stores) != len(versions):
+                raise ValueError(f"{name}: {len(stores)} logit store(s) for {len(versions)} teacher(s)")
+            manifests = tuple(store.require_manifest() for store in stores)
+            for store, manifest, version in zip(stores, manifests, versions):
+                if manifest.teacher_version != version or manifest.data_fingerprint != fingerprints[name]:
+                    raise LogitStoreError(f"{store.uri}: manifest does not match teacher version {version} "
+                                          f"and the {name} data fingerprint")
             paths = [local_copy(f, endpoint_url, Path(self._tmp.name)) for f in expand_uri(uri, endpoint_url)]
             starts, row = [], 0
             for path in paths:
@@ -108,13 +121,15 @@ class StreamingSource:
                     file_starts.append(row)
                     row += meta.row_group(g).num_rows
                 starts.append(tuple(file_starts))
-            if row != manifest.num_rows:
-                raise LogitStoreError(f"{store.uri}: {manifest.num_rows} stored rows, {uri} has {row}")
-            self.parts.append(_Part(name, tuple(paths), store, labeled, manifest, tuple(starts)))
-            self._shard_starts.append(list(np.cumsum([0] + [s.rows for s in manifest.shards[:-1]])))
+            for store, manifest in zip(stores, manifests):
+                if row != manifest.num_rows:
+                    raise LogitStoreError(f"{store.uri}: {manifest.num_rows} stored rows, {uri} has {row}")
+            shard_starts = tuple(tuple(int(v) for v in np.cumsum([0] + [s.rows for s in m.shards[:-1]]))
+                                 for m in manifests)
+            self.parts.append(_Part(name, tuple(paths), stores, labeled, manifests, tuple(starts), shard_starts))
             part = len(self.parts) - 1
             self.chunks += [(part, f, g) for f, groups in enumerate(starts) for g in range(len(groups))]
-        self.num_rows = sum(p.manifest.num_rows for p in self.parts)
+        self.num_rows = sum(p.manifests[0].num_rows for p in self.parts)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -124,13 +139,14 @@ class StreamingSource:
         """Batches always carry teacher logits."""
         return True
 
-    def _shard(self, part: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (part, index)
+    def _shard(self, part: int, teacher: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (part, teacher, index)
         if key not in self._shards:
             p = self.parts[part]
-            ids, logits = next(p.store.iter_shards(replace(p.manifest, shards=[p.manifest.shards[index]])))
+            manifest = p.manifests[teacher]
+            ids, logits = next(p.stores[teacher].iter_shards(replace(manifest, shards=[manifest.shards[index]])))
             self._shards[key] = (ids, logits.astype(np.float32))
-            while len(self._shards) > self.shard_cache:
+            while len(self._shards) > self.shard_cache * len(p.stores):
                 self._shards.popitem(last=False)
         self._shards.move_to_end(key)
         return self._shards[key]
@@ -154,19 +170,21 @@ class StreamingSource:
         if cfg.features.shape:
             x = x.reshape(len(ids), *cfg.features.shape)
         y = table.column(cfg.label_column).to_numpy().astype(np.int64) if part.labeled else np.full(len(ids), -1)
-        # Logit shards covering this row group's row range, joined by id.
+        # Per teacher: the logit shards covering this row group's row range, joined by id.
         first = part.row_starts[file_index][group]
         last = first + len(ids) - 1
-        starts = self._shard_starts[part_index]
-        lo, hi = bisect.bisect_right(starts, first) - 1, bisect.bisect_right(starts, last) - 1
-        pieces = [self._shard(part_index, i) for i in range(lo, hi + 1)]
-        shard_ids = np.concatenate([p[0] for p in pieces])
-        shard_logits = np.concatenate([p[1] for p in pieces])
-        pos = pd.Index(shard_ids).get_indexer(pd.Index(ids))
-        if (pos < 0).any():
-            raise LogitStoreError(f"{part.store.uri}: {int((pos < 0).sum())} id(s) of {part.name} row group {group} "
-                                  f"have no stored logits, e.g. {ids[pos < 0][:3].tolist()}")
-        return x, y, shard_logits[pos]
+        per_teacher = []
+        for t, starts in enumerate(part.shard_starts):
+            lo, hi = bisect.bisect_right(starts, first) - 1, bisect.bisect_right(starts, last) - 1
+            pieces = [self._shard(part_index, t, i) for i in range(lo, hi + 1)]
+            shard_ids = np.concatenate([p[0] for p in pieces])
+            pos = pd.Index(shard_ids).get_indexer(pd.Index(ids))
+            if (pos < 0).any():
+                raise LogitStoreError(f"{part.stores[t].uri}: {int((pos < 0).sum())} id(s) of {part.name} row group "
+                                      f"{group} have no stored logits, e.g. {ids[pos < 0][:3].tolist()}")
+            per_teacher.append(np.concatenate([p[1] for p in pieces])[pos])
+        z = per_teacher[0] if self.combine is None else self.combine(per_teacher)
+        return x, y, z
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch: chunk order shuffled, ``buffer_chunks`` chunks mixed at a time, batches yielded."""

@@ -16,6 +16,7 @@ from torch import nn
 from kdflow import metrics, registry
 from kdflow.config import DistillConfig, StoreConfig
 from kdflow.data import Dataset
+from kdflow.ensemble import combine_logits, teacher_weights
 from kdflow.logits import LogitStore, PrecomputeStats, ShardInfo, shard_slices, store_key, teacher_profile_key
 from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
@@ -183,3 +184,54 @@ def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[st
         validate_teacher_logits(logits[n], len(ds), cfg.data.num_classes, name=f"{n} teacher logits",
                                 uri=stores[n].uri, ids=ds.ids).raise_for_failures()
     return logits
+
+
+@dataclass
+class TeacherEnsemble:
+    """The teachers as one: weights, combined evaluation-split logits and the combined size/speed profile.
+
+    ``train_logits`` are combined at the training temperature (what the student is trained towards, used for
+    the validation soft loss); ``eval_logits`` at T=1 (teacher accuracy, flip rate, teacher ECE). One teacher:
+    both are its own logits."""
+
+    teachers: list[ModelRef]
+    weights: list[float]
+    val_accuracies: list[float]
+    train_logits: dict[str, np.ndarray]
+    eval_logits: dict[str, np.ndarray]
+    profile: dict[str, float]
+
+    def describe(self) -> list[dict[str, object]]:
+        """Per teacher: URI, version, weight and validation accuracy (for tags and the report)."""
+        return [{"uri": t.uri, "version": t.version, "weight": w, "val_accuracy": a}
+                for t, w, a in zip(self.teachers, self.weights, self.val_accuracies)]
+
+
+def _combined_profile(profiles: list[dict[str, float]]) -> dict[str, float]:
+    """Serving every teacher for one request: parameters and latencies add, throughputs combine harmonically."""
+    if len(profiles) == 1:
+        return dict(profiles[0])
+    out = {k: float(sum(p[k] for p in profiles)) for k in profiles[0] if k != "throughput"}
+    out["throughput"] = 1.0 / sum(1.0 / p["throughput"] for p in profiles)
+    return out
+
+
+@task(name="combine-teachers", cache_policy=NO_CACHE)
+def combine_teachers(cfg: DistillConfig, teachers: list[ModelRef], logits: list[dict[str, np.ndarray]],
+                     profiles: list[dict[str, float]], datasets: dict[str, Dataset]) -> TeacherEnsemble:
+    """Weight the teachers (uniform, or by validation accuracy) and combine their stored evaluation logits
+    (:func:`kdflow.ensemble.combine_logits`)."""
+    val = datasets["val"]
+    accs = [metrics.accuracy(z["val"], val.y) for z in logits]
+    weights = teacher_weights(cfg.teacher_weighting, accs).tolist()
+    t = cfg.train.temperature
+    ensemble = TeacherEnsemble(
+        teachers=list(teachers), weights=weights, val_accuracies=accs,
+        train_logits={n: combine_logits([z[n] for z in logits], weights, t) for n in logits[0]},
+        eval_logits={n: combine_logits([z[n] for z in logits], weights, 1.0) for n in logits[0]},
+        profile=_combined_profile(profiles))
+    if len(teachers) > 1:
+        get_run_logger().info("%d teachers combined (%s): %s", len(teachers), cfg.teacher_weighting,
+                              ", ".join(f"{t.name} v{t.version} w={w:.3f} val_acc={a:.4f}"
+                                        for t, w, a in zip(teachers, weights, accs)))
+    return ensemble

@@ -19,7 +19,7 @@ from kdflow.models import CalibratedClassifier
 from kdflow.report import to_markdown, write_report
 from kdflow.sla import PromotionDecision, SLACheck, check_slas, decide_promotion
 from kdflow.train import TrainResult, predict_logits
-from tasks.logits import TeacherOutputs
+from tasks.logits import TeacherEnsemble, TeacherOutputs
 from tasks.tracking import log_artifact, log_metrics
 
 
@@ -66,29 +66,39 @@ def register_student(student: CalibratedClassifier, input_example: np.ndarray, n
     return {"version": version, "aliases": aliases, "model_uri": model_uri, "name": name}
 
 
-def describe_provenance(cfg: DistillConfig, teacher: registry.ModelRef, datasets: dict[str, Dataset],
-                        teacher_out: TeacherOutputs, calibration: dict[str, Any]) -> dict[str, Any]:
-    """What produced this student: teacher version, data fingerprints, logit stores, config hash, temperatures."""
-    return {
-        "teacher_uri": teacher.uri, "teacher_version": teacher.version, "config_hash": config_hash(cfg),
+def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[str, Dataset],
+                        teacher_outs: list[TeacherOutputs], calibration: dict[str, Any]) -> dict[str, Any]:
+    """What produced this student: teacher version(s) and weights, data fingerprints, logit stores, config hash,
+    temperatures."""
+    primary = ensemble.teachers[0]
+    provenance = {
+        "teacher_uri": primary.uri, "teacher_version": primary.version, "config_hash": config_hash(cfg),
         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
-        "logit_store_keys": teacher_out.store_uris,
+        "logit_store_keys": teacher_outs[0].store_uris,
         "calibrated_temperature": calibration["temperature"], "training_temperature": cfg.train.temperature,
     }
+    if len(ensemble.teachers) > 1:
+        provenance["teachers"] = [{**d, "logit_store_keys": out.store_uris}
+                                  for d, out in zip(ensemble.describe(), teacher_outs)]
+        provenance["teacher_weighting"] = cfg.teacher_weighting
+    return provenance
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(cfg: DistillConfig, run_id: str, teacher: registry.ModelRef, teacher_out: TeacherOutputs,
+def publish_report(cfg: DistillConfig, run_id: str, ensemble: TeacherEnsemble, teacher_outs: list[TeacherOutputs],
                    training: TrainResult, calibration: dict[str, Any], evaluation: dict[str, Any],
                    checks: list[SLACheck], decision: PromotionDecision, registration: dict[str, Any],
                    provenance: dict[str, Any]) -> dict[str, Any]:
     """Assemble the report; write report.json / report.md, attach them to the MLflow run and as a Prefect
     markdown artifact; return the report with its file paths."""
+    teacher = ensemble.teachers[0]
     report = {
         "student_name": cfg.registry.student_name, "run_id": run_id,
         "teacher": {"uri": teacher.uri, "name": teacher.name, "version": teacher.version,
-                    "loaded": teacher_out.teacher_loaded},
-        "logits": {n: asdict(s) for n, s in teacher_out.stats.items()},
+                    "loaded": any(out.teacher_loaded for out in teacher_outs)},
+        "teachers": [{**d, "loaded": out.teacher_loaded, "logits": {n: asdict(s) for n, s in out.stats.items()}}
+                     for d, out in zip(ensemble.describe(), teacher_outs)],
+        "logits": {n: asdict(s) for n, s in teacher_outs[0].stats.items()},
         "training": {"best_epoch": training.best_epoch, "best_val_accuracy": training.best_val_accuracy,
                      "steps": training.steps, "history": training.history},
         "calibration": calibration, "evaluation": evaluation,

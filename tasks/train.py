@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -12,32 +13,34 @@ from torch import nn
 
 from kdflow.config import DistillConfig, ModelSpec, TrainConfig
 from kdflow.data import Dataset
+from kdflow.ensemble import combine_logits
 from kdflow.models import build_model, count_parameters
 from kdflow.plots import training_curves
-from kdflow.registry import ModelRef
 from kdflow.stream import ArraySource, StreamingSource
 from kdflow.train import TrainResult, fit, seed_everything
-from tasks.logits import logit_stores
+from tasks.logits import TeacherEnsemble, logit_stores
 from tasks.tracking import log_artifact, log_metrics
 
 
 @task(name="train-student", cache_policy=NO_CACHE)
-def train_student(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset], val_teacher_logits: np.ndarray,
+def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[str, Dataset],
                   run_id: str) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits, streamed shard by shard with the labeled train rows and
-    the unlabeled transfer rows (the teacher never runs here); log curves to MLflow."""
+    the unlabeled transfer rows (no teacher runs here); several teachers' logits are combined per batch
+    (:func:`kdflow.ensemble.combine_logits`). Curves go to MLflow."""
     seed_everything(cfg.train.seed)  # the initial weights too: same config, same student
     model = build_model(cfg.student.arch, cfg.student.args, datasets["train"].input_shape, cfg.data.num_classes)
-    stores = logit_stores(cfg, teacher, datasets)
-    parts = [("train", cfg.data.train, stores["train"], True)]
-    if cfg.data.transfer:
-        parts.append(("transfer", cfg.data.transfer, stores["transfer"], False))
-    source = StreamingSource(parts, cfg.data, teacher.version, {n: d.fingerprint for n, d in datasets.items()},
-                             cfg.store.endpoint_url)
+    per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
+    splits = [("train", cfg.data.train, True)] + ([("transfer", cfg.data.transfer, False)] if cfg.data.transfer else [])
+    parts = [(name, uri, [stores[name] for stores in per_teacher], labeled) for name, uri, labeled in splits]
+    combine = (functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
+               if len(ensemble.teachers) > 1 else None)
+    source = StreamingSource(parts, cfg.data, [t.version for t in ensemble.teachers],
+                             {n: d.fingerprint for n, d in datasets.items()}, cfg.store.endpoint_url, combine=combine)
     get_run_logger().info("student %s: %d parameters, %d training rows streamed from %d row groups",
                           cfg.student.arch, count_parameters(model), len(source), len(source.chunks))
     try:
-        return model, _fit(model, cfg.train, source, datasets["val"], val_teacher_logits, run_id, "student")
+        return model, _fit(model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student")
     finally:
         source.close()
 

@@ -177,3 +177,39 @@ def test_teacher_with_wrong_number_of_classes_is_named_before_training(distill_c
     with pytest.raises(DataValidationError, match=r"val teacher logits.*\(300, 12\)"):
         run_distill(distill_config, tmp_path)
     assert versions(distill_config["registry"]["student_name"]) == []
+
+
+def test_two_teachers_weighted_by_validation_accuracy(distill_config, teacher_config, teacher, tmp_path):
+    """A second (weaker, MLP) teacher: both stores are built, weights follow validation accuracy, and the
+    evaluated teacher is the T=1 mixture of the two stored logit sets."""
+    from flows.teacher import teacher_flow
+    from kdflow.ensemble import combine_logits
+    from kdflow.logits import LogitStore, store_key, teacher_profile_key
+    from kdflow.metrics import accuracy
+    from kdflow.store import open_store
+
+    second_cfg = {**teacher_config, "registry_name": "teacher-mlp", "model": {"arch": "mlp", "args": {"width": 64, "depth": 1}},
+                  "train": {**teacher_config["train"], "epochs": 4}}
+    second = teacher_flow(str(write_yaml(tmp_path / "teacher2.yaml", second_cfg)))
+    distill_config.update(extra_teachers=[second["uri"]], teacher_weighting="val_accuracy")
+    report = run_distill(distill_config, tmp_path)
+
+    teachers = report["teachers"]
+    assert [t["uri"] for t in teachers] == [distill_config["teacher_uri"], second["uri"]]
+    accs = [t["val_accuracy"] for t in teachers]
+    assert [t["weight"] for t in teachers] == pytest.approx([a / sum(accs) for a in accs])
+    assert accs[0] != accs[1]
+    tags = MlflowClient().get_model_version(distill_config["registry"]["student_name"], "1").tags
+    assert [t["version"] for t in json.loads(tags["kdflow.teachers"])] == [t["version"] for t in teachers]
+
+    test = pd.read_parquet(distill_config["data"]["test"])
+    store = open_store(distill_config["store"]["root"])
+    fingerprint = report["provenance"]["data_fingerprints"]["test"]
+    per_teacher = [LogitStore(store, store_key(name, t["version"], fingerprint)).read_aligned(
+                       test["id"].to_numpy(), t["version"], fingerprint)
+                   for name, t in zip((teacher["name"], second["name"]), teachers)]
+    mixture = combine_logits(per_teacher, [t["weight"] for t in teachers], 1.0)
+    assert report["evaluation"]["teacher_accuracy"] == pytest.approx(accuracy(mixture, test["label"].to_numpy()))
+    profiles = [json.loads(store.get(teacher_profile_key(n, t["version"])))
+                for n, t in zip((teacher["name"], second["name"]), teachers)]
+    assert report["evaluation"]["teacher_params"] == sum(int(p["params"]) for p in profiles)

@@ -125,3 +125,44 @@ def test_missing_bucket_names_the_store(s3_endpoint):
     ls = LogitStore(open_store("s3://kdflow-nonexistent/root", endpoint_url=s3_endpoint), KEY)
     with pytest.raises(StoreError, match="kdflow-nonexistent.*NoSuchBucket"):
         ls.precompute(np.arange(N), Counter(), **META)
+
+
+@pytest.fixture()
+def iam_enforced(s3_endpoint, monkeypatch):
+    """moto checks signatures against its IAM only inside ``enable_iam_authentication`` (same process as the
+    threaded server); the default test credentials are then unknown keys — i.e. wrong credentials."""
+    from moto.core.authorization import enable_iam_authentication
+
+    bucket = make_bucket(s3_endpoint, "kdflow-locked")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with enable_iam_authentication():
+        yield bucket
+
+
+def test_wrong_credentials_name_the_store_and_the_problem(s3_endpoint, iam_enforced):
+    ls = LogitStore(open_store(f"s3://{iam_enforced}/root", endpoint_url=s3_endpoint), KEY)
+    teacher = Counter()
+    with pytest.raises(StoreError, match=f"s3://{iam_enforced}/root/.*credentials were rejected"):
+        ls.precompute(np.arange(N), teacher, **META)
+    assert teacher.rows == 0  # refused before the teacher ran on anything
+
+
+@pytest.mark.slow
+def test_distill_with_wrong_store_credentials_trains_and_registers_nothing(distill_config, tmp_path, s3_endpoint,
+                                                                           iam_enforced):
+    from mlflow import MlflowClient
+
+    from flows.distill import distill_flow
+    from tests.conftest import write_yaml
+
+    distill_config["store"] = {"root": f"s3://{iam_enforced}/store", "endpoint_url": s3_endpoint}
+    with pytest.raises(StoreError, match=f"s3://{iam_enforced}/store/.*credentials were rejected"):
+        distill_flow(str(write_yaml(tmp_path / "d.yaml", distill_config)))
+    name = distill_config["registry"]["student_name"]
+    assert MlflowClient().search_model_versions(f"name='{name}'") == []
+    experiment = MlflowClient().get_experiment_by_name(distill_config["registry"].get("experiment", "kdflow"))
+    runs = MlflowClient().search_runs([experiment.experiment_id], "tags.`kdflow.flow` = 'distill'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert not any(k.startswith("student_") for k in runs[0].data.metrics)
