@@ -1,4 +1,5 @@
-"""The distillation flow: validate -> teacher logits (once) -> train -> calibrate -> evaluate -> gate -> register."""
+"""The distillation flow: validate -> teacher logits (once) -> train -> calibrate -> evaluate -> gate -> register
+-> report -> promote."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ from kdflow.config import DistillConfig, load_config
 from tasks.data import validate_inputs
 from tasks.evaluate import calibrate, evaluate
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
-from tasks.registry import describe_provenance, publish_report, register_student, sla_gate
+from tasks.promotion import promote_version
+from tasks.registry import (describe_provenance, publish_report, reference_profile, register_student,
+                            sla_gate, withdraw_version)
 from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
 from tasks.train import train_student
 
 
 @flow(name="distill", log_prints=True)
 def distill_flow(config_path: str) -> dict[str, Any]:
-    """Distil the registered teacher(s) named in the config into a calibrated, gated, registered student."""
+    """Distil the registered teacher(s) named in the config into a calibrated, gated, registered student.
+
+    Promotion is the very last step; a run that fails after registering withdraws its version again."""
     cfg = load_config(config_path, DistillConfig)
+    name = cfg.registry.student_name
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "distill"})
-    status = "FAILED"
+    status, registration = "FAILED", {}
     try:
         datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id,
                                    validation=cfg.validation)
@@ -33,13 +39,22 @@ def distill_flow(config_path: str) -> dict[str, Any]:
         served, calibration = calibrate(model, datasets["val"], cfg.calibration, run_id)
         evaluation = evaluate(served, datasets["test"], ensemble.eval_logits["test"], ensemble.profile,
                               cfg.data.num_classes, cfg.calibration.n_bins, cfg.evaluation, run_id)
-        checks, decision = sla_gate(evaluation, cfg.sla, cfg.registry.student_name, datasets["test"], run_id)
+        checks, decision = sla_gate(evaluation, cfg.sla, name, datasets["test"], run_id, served,
+                                    datasets.get("recent_labeled"))
         provenance = describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration)
-        registration = register_student(served, datasets["test"].x[:5], cfg.registry.student_name, run_id, checks,
-                                        decision, cfg.registry.register_failed_candidates, provenance)
+        profile = reference_profile(served, datasets["val"], ensemble.eval_logits["val"], cfg.drift.psi_bins)
+        registration = register_student(served, datasets["test"].x[:5], name, run_id, checks,
+                                        cfg.registry.register_failed_candidates, provenance, profile)
         report = publish_report(cfg, run_id, ensemble, teacher_outs, training, calibration, evaluation, checks,
                                 decision, registration, provenance)
+        if decision.promote and registration["version"]:
+            report["promotion"] = promote_version(name, registration["version"], decision.reason, "distill-flow")
+            report["registration"] = {**registration, "aliases": [*registration["aliases"], "champion"]}
         status = "FINISHED"
         return report
+    except BaseException as exc:
+        if registration.get("version"):
+            withdraw_version(name, registration["version"], f"the run failed: {exc!r}")
+        raise
     finally:
         end_mlflow_run(run_id, status)

@@ -1,17 +1,28 @@
 """MLflow tracking and model registry: set-up, teacher resolution, logging, registration and aliases.
 
 Promotion uses aliases (``challenger``, ``champion``); stages are deprecated in MLflow 3. Every alias
-move is also recorded as a version tag so the history survives later moves.
+move is recorded twice: as version tags (``kdflow.alias.<alias>.event`` / ``.set_at``, the latest move
+onto that version) and, append-only, as one registered-model tag per move
+(``kdflow.alias_event.<UTC yyyymmddTHHMMSS.ffffff>-<8 hex>``, JSON) — a fresh key each time, never a
+read-modify-write of one tag, so concurrent writers cannot lose history. :func:`history` reads it back.
+
+MLflow gives no atomicity for "read the champion, then move it": :func:`promote` and :func:`rollback`
+take a ``lock`` (:class:`kdflow.locks.FileLock` on one machine, a Prefect global concurrency limit in
+``tasks/promotion.py``) and do the whole read-check-move-record inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import logging
 import re
-import time
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,6 +32,12 @@ from torch import nn
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_PREFIX = "kdflow."
+EVENT_TAG_PREFIX = f"{TAG_PREFIX}alias_event."
+SLA_TAG = f"{TAG_PREFIX}sla_passed"
+KEY_METRIC_TAGS = ("test_accuracy", "calibrated_temperature")  # version tags shown by versions() when present
+MAX_REASON_CHARS = 2000  # MLflow caps tag values at a few thousand characters
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -174,15 +191,283 @@ def tag_version(name: str, version: str, tags: dict[str, object]) -> None:
         client.set_model_version_tag(name, version, key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key, text)
 
 
-def set_alias(name: str, alias: str, version: str, reason: str, actor: str | None = None) -> str | None:
-    """Move ``name@alias`` to ``version``; record who, when, from which version and why. Returns the previous version."""
-    client = _client()
+def set_alias(name: str, alias: str, version: str, reason: str, actor: str | None = None, *,
+              flow_run: str | None = None) -> str | None:
+    """Move ``name@alias`` to ``version``; record who, when, from which version and why. Returns the previous version.
+
+    No lock and no checks: use :func:`promote` to move ``champion`` safely under concurrency."""
     previous = alias_version(name, alias)
-    client.set_registered_model_alias(name, alias, version)
-    event = {
-        "alias": alias, "version": version, "previous": previous, "reason": reason,
-        "actor": actor or getpass.getuser(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    client.set_model_version_tag(name, version, f"{TAG_PREFIX}alias.{alias}.set_at", event["at"])
-    client.set_model_version_tag(name, version, f"{TAG_PREFIX}alias.{alias}.event", json.dumps(event, sort_keys=True))
+    _move_alias(_client(), name, alias, version, previous, reason, actor, flow_run, action="set")
     return previous
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One recorded alias move (``previous`` == ``version`` for a recorded no-op)."""
+
+    key: str
+    alias: str
+    version: str
+    previous: str | None
+    reason: str
+    actor: str
+    at: str  # ISO 8601 UTC with microseconds
+    action: str = "set"  # "set" (set_alias), "promote", "rollback"
+    flow_run: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form stored in the tag (without the key)."""
+        out = {"alias": self.alias, "version": self.version, "previous": self.previous, "reason": self.reason,
+               "actor": self.actor, "at": self.at, "action": self.action}
+        if self.flow_run:
+            out["flow_run"] = self.flow_run
+        return out
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """Outcome of :func:`promote` / :func:`rollback`: the champion now, the one before, and the recorded event."""
+
+    name: str
+    version: str
+    previous: str | None
+    changed: bool
+    event: AliasEvent
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One registered model: its champion, challenger and latest version (``None`` when absent)."""
+
+    name: str
+    champion: str | None
+    challenger: str | None
+    latest: str | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One model version: its aliases, creation time, SLA verdict and key metrics from its tags."""
+
+    version: str
+    aliases: list[str]
+    created: datetime | None
+    sla_passed: bool | None  # None: no SLA record
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _latest_event_time(tags: dict[str, str]) -> datetime | None:
+    """The time in the newest history key among ``tags`` (keys start with a fixed-width UTC timestamp)."""
+    keys = [k for k in tags if k.startswith(EVENT_TAG_PREFIX)]
+    if not keys:
+        return None
+    stamp = max(keys)[len(EVENT_TAG_PREFIX):len(EVENT_TAG_PREFIX) + 22]
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%f").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _move_alias(client, name: str, alias: str, version: str, previous: str | None, reason: str,
+                actor: str | None, flow_run: str | None, action: str, move: bool = True,
+                after: datetime | None = None) -> AliasEvent:
+    """Point the alias (unless ``move`` is false: a recorded no-op) and record the event, per version and in history.
+
+    ``after``: the newest recorded event's time; the new event is stamped later even if this machine's
+    clock is behind the writer before it, so history order stays the order of the (locked) moves."""
+    now = _now()
+    if after is not None and now <= after:
+        now = after + timedelta(microseconds=1)
+    event = AliasEvent(
+        key=f"{EVENT_TAG_PREFIX}{now:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}",
+        alias=alias, version=str(version), previous=previous, reason=str(reason)[:MAX_REASON_CHARS],
+        actor=actor or getpass.getuser(), at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
+        flow_run=flow_run,
+    )
+    payload = json.dumps(event.as_dict(), sort_keys=True)
+    if move:
+        client.set_registered_model_alias(name, alias, event.version)
+        client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{alias}.set_at", event.at)
+        client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{alias}.event", payload)
+    client.set_registered_model_tag(name, event.key, payload)
+    return event
+
+
+def _registered_model(client, name: str):
+    try:
+        return client.get_registered_model(name)
+    except Exception as exc:
+        raise RegistryError(f"registered model {name!r} does not exist or cannot be read: {exc}") from exc
+
+
+def _parse_events(tags: dict[str, str]) -> list[AliasEvent]:
+    events = []
+    for key, value in tags.items():
+        if not key.startswith(EVENT_TAG_PREFIX):
+            continue
+        try:
+            d = json.loads(value)
+            events.append(AliasEvent(
+                key=key, alias=d["alias"], version=str(d["version"]),
+                previous=None if d.get("previous") is None else str(d["previous"]), reason=d.get("reason", ""),
+                actor=d.get("actor", ""), at=d.get("at", ""), action=d.get("action", "set"),
+                flow_run=d.get("flow_run")))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring malformed alias event tag %s: %s", key, exc)
+    # The key starts with a fixed-width UTC timestamp: sorting by key is sorting by time.
+    return sorted(events, key=lambda e: e.key)
+
+
+def history(name: str, alias: str | None = None) -> list[AliasEvent]:
+    """Every recorded alias move of ``name`` (only ``alias``'s when given), oldest first."""
+    events = _parse_events(_registered_model(_client(), name).tags or {})
+    return [e for e in events if alias is None or e.alias == alias]
+
+
+def _version_tags(client, name: str, version: str) -> dict[str, str]:
+    try:
+        return client.get_model_version(name, str(version)).tags or {}
+    except Exception as exc:
+        raise RegistryError(f"{name} version {version} does not exist or cannot be read: {exc}") from exc
+
+
+def _check_sla(client, name: str, version: str) -> None:
+    verdict = _version_tags(client, name, version).get(SLA_TAG)
+    if verdict is None:
+        raise RegistryError(f"refusing to promote {name} version {version}: it has no SLA record ({SLA_TAG} tag)")
+    if verdict != "True":
+        raise RegistryError(f"refusing to promote {name} version {version}: it failed its SLA gate ({SLA_TAG}={verdict})")
+
+
+def promote(name: str, version: str | int, reason: str, actor: str, *,
+            lock: contextlib.AbstractContextManager | None = None, require_sla: bool = True,
+            flow_run: str | None = None) -> PromotionResult:
+    """Make ``version`` the ``champion`` of ``name``, inside ``lock``: re-check its SLA record, move, record.
+
+    Raises :class:`RegistryError` (champion unchanged) when the model or version does not exist or, with
+    ``require_sla``, the version's ``kdflow.sla_passed`` tag is missing or not ``True``. Promoting the
+    current champion records a no-op event (``previous == version``, ``changed`` false)."""
+    version = str(version)
+    with lock if lock is not None else contextlib.nullcontext():
+        client = _client()
+        model = _registered_model(client, name)
+        current = _str_or_none((model.aliases or {}).get(CHAMPION))
+        if require_sla:
+            _check_sla(client, name, version)
+        else:
+            _version_tags(client, name, version)  # must exist
+        event = _move_alias(client, name, CHAMPION, version, current, reason, actor, flow_run,
+                            action="promote", move=current != version, after=_latest_event_time(model.tags or {}))
+    log.info("%s: champion %s -> %s (%s, by %s)", name, current, version, reason, actor)
+    return PromotionResult(name=name, version=version, previous=current, changed=current != version, event=event)
+
+
+def _rollback_target(events: list[AliasEvent], current: str, existing: set[str]) -> str | None:
+    """The champion before ``current``: walk back through the (non-rollback) moves that made each champion.
+
+    Take the latest promotion/set that made ``current`` champion and its ``previous``; if that version has
+    been deleted, continue from the move that made *it* champion, and so on. Rollback events are skipped
+    in the walk, so two rollbacks in a row go two promotions back (v1->v2->v3, rollback: v2, rollback: v1)
+    instead of toggling between the last two."""
+    moves = [e for e in events if e.alias == CHAMPION and e.action != "rollback" and e.previous != e.version]
+    target, end = current, len(moves)
+    while True:
+        i = next((i for i in range(end - 1, -1, -1) if moves[i].version == target), None)
+        if i is None or moves[i].previous is None:
+            return None
+        candidate = moves[i].previous
+        if candidate in existing:
+            return candidate
+        target, end = candidate, i  # deleted since: look further back
+
+
+def rollback(name: str, reason: str, actor: str, *, lock: contextlib.AbstractContextManager | None = None,
+             flow_run: str | None = None) -> PromotionResult:
+    """Move ``champion`` back to the champion before the current one (see :func:`_rollback_target`), inside ``lock``.
+
+    Raises :class:`RegistryError` when ``name`` has no champion, or "no previous champion" when the
+    history holds no earlier champion that still exists. No SLA re-check: it was champion before."""
+    with lock if lock is not None else contextlib.nullcontext():
+        client = _client()
+        model = _registered_model(client, name)
+        current = (model.aliases or {}).get(CHAMPION)
+        if current is None:
+            raise RegistryError(f"cannot roll back {name}: it has no champion")
+        current = str(current)
+        existing = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+        target = _rollback_target(_parse_events(model.tags or {}), current, existing)
+        if target is None:
+            raise RegistryError(f"cannot roll back {name}: no previous champion in its history "
+                                f"(champion is version {current})")
+        event = _move_alias(client, name, CHAMPION, target, current, reason, actor, flow_run, action="rollback",
+                            after=_latest_event_time(model.tags or {}))
+    log.info("%s: champion rolled back %s -> %s (%s, by %s)", name, current, target, reason, actor)
+    return PromotionResult(name=name, version=target, previous=current, changed=True, event=event)
+
+
+def champion_version(name: str) -> str:
+    """The version behind ``name@champion``; :class:`RegistryError` if the model does not exist or has no champion."""
+    version = (_registered_model(_client(), name).aliases or {}).get(CHAMPION)
+    if version is None:
+        raise RegistryError(f"registered model {name!r} has no champion (promote a version first)")
+    return str(version)
+
+
+def list_models() -> list[ModelSummary]:
+    """Every registered model with its champion, challenger and latest version, sorted by name."""
+    client = _client()
+    out, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=1000, page_token=token)
+        for rm in page:
+            aliases = rm.aliases or {}
+            # Every version sits in exactly one (deprecated) stage, so the max of the per-stage latest is the latest.
+            latest = max((int(v.version) for v in rm.latest_versions or []), default=None)
+            out.append(ModelSummary(
+                name=rm.name, champion=_str_or_none(aliases.get(CHAMPION)),
+                challenger=_str_or_none(aliases.get(CHALLENGER)), latest=_str_or_none(latest)))
+        token = page.token
+        if not token:
+            return sorted(out, key=lambda m: m.name)
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _key_metrics(tags: dict[str, str]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    try:
+        for check in json.loads(tags.get(f"{TAG_PREFIX}sla_checks", "[]")):
+            metrics[str(check["metric"])] = float(check["value"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    for name in KEY_METRIC_TAGS:
+        try:
+            metrics[name] = float(tags[TAG_PREFIX + name])
+        except (KeyError, ValueError):
+            pass
+    return metrics
+
+
+def versions(name: str) -> list[VersionInfo]:
+    """Every version of ``name`` (ascending): aliases, creation time, SLA verdict and key metrics from its tags."""
+    client = _client()
+    model = _registered_model(client, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        tags = mv.tags or {}
+        verdict = tags.get(SLA_TAG)
+        created = (datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
+                   if mv.creation_timestamp else None)
+        out.append(VersionInfo(
+            version=str(mv.version), aliases=sorted(by_version.get(str(mv.version), [])), created=created,
+            sla_passed=None if verdict is None else verdict == "True", metrics=_key_metrics(tags)))
+    return sorted(out, key=lambda v: int(v.version))

@@ -62,9 +62,11 @@ class PromotionDecision:
 def decide_promotion(
     checks: list[SLACheck], candidate_accuracy: float, champion_version: str | None,
     champion_accuracy: float | None, tolerance: float,
+    recent: tuple[float, float] | None = None,
 ) -> PromotionDecision:
     """Promote iff every SLA passed and, when a champion exists, the candidate's accuracy on the same test
-    set is at least ``champion_accuracy - tolerance``. The first model is judged on SLAs alone."""
+    set is at least ``champion_accuracy - tolerance`` — and, when ``recent`` = (candidate, champion) accuracy
+    on recent labeled production traffic is given, there too. The first model is judged on SLAs alone."""
     failed = [c.name for c in checks if not c.passed]
     if failed:
         return PromotionDecision(False, f"SLA gate failed: {', '.join(failed)}", champion_version, champion_accuracy)
@@ -77,7 +79,12 @@ def decide_promotion(
             f"{champion_accuracy:.4f} - tolerance {tolerance}",
             champion_version, champion_accuracy,
         )
-    return PromotionDecision(
-        True, f"SLAs passed; accuracy {candidate_accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}",
-        champion_version, champion_accuracy,
-    )
+    reason = f"SLAs passed; accuracy {candidate_accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}"
+    if recent is not None:
+        cand, champ = recent
+        if cand + 1e-12 < champ - tolerance:
+            return PromotionDecision(
+                False, f"worse than champion v{champion_version} on recent labeled traffic: accuracy {cand:.4f} < "
+                       f"{champ:.4f} - tolerance {tolerance}", champion_version, champion_accuracy)
+        reason += f"; on recent labeled traffic {cand:.4f} vs {champ:.4f}"
+    return PromotionDecision(True, reason, champion_version, champion_accuracy)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,54 +18,81 @@ from kdflow.config import DistillConfig, SLAConfig, config_hash
 from kdflow.data import Dataset
 from kdflow.metrics import accuracy
 from kdflow.models import CalibratedClassifier
+from kdflow.profile import build_profile
 from kdflow.report import to_markdown, write_report
 from kdflow.sla import PromotionDecision, SLACheck, check_slas, decide_promotion
 from kdflow.train import TrainResult, predict_logits
 from tasks.logits import TeacherEnsemble, TeacherOutputs
 from tasks.tracking import log_artifact, log_metrics
 
+PROFILE_ARTIFACT = "reference/profile.json"
+
 
 @task(name="sla-gate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def sla_gate(evaluation: dict[str, Any], sla: SLAConfig, student_name: str, test: Dataset,
-             run_id: str) -> tuple[list[SLACheck], PromotionDecision]:
-    """Check every SLA and compare with the current champion on the same test set."""
+def sla_gate(evaluation: dict[str, Any], sla: SLAConfig, student_name: str, test: Dataset, run_id: str,
+             student: CalibratedClassifier | None = None,
+             recent: Dataset | None = None) -> tuple[list[SLACheck], PromotionDecision]:
+    """Check every SLA and compare with the current champion on the same test set — and on the recent
+    labeled production traffic ``recent`` when given (the retrain flow)."""
     checks = check_slas(evaluation, sla)
     champion_version = registry.alias_version(student_name, registry.CHAMPION)
-    champion_accuracy = None
+    champion_accuracy, recent_pair = None, None
     if champion_version is not None:
         champion = registry.load_torch_model(
             registry.ModelRef(f"models:/{student_name}@{registry.CHAMPION}", student_name, champion_version, None))
         champion_accuracy = accuracy(predict_logits(champion, test.x), test.y)
+        if recent is not None and student is not None:
+            recent_pair = (accuracy(predict_logits(student, recent.x), recent.y),
+                           accuracy(predict_logits(champion, recent.x), recent.y))
+            log_metrics(run_id, {"recent_accuracy": recent_pair[0], "recent_champion_accuracy": recent_pair[1]})
     decision = decide_promotion(checks, evaluation["student_accuracy"], champion_version, champion_accuracy,
-                                sla.champion_tolerance)
+                                sla.champion_tolerance, recent_pair)
     log_metrics(run_id, {"sla_passed": float(all(c.passed for c in checks)), "promote": float(decision.promote)})
     get_run_logger().info("gate: %s", decision.reason)
     return checks, decision
 
 
+@task(name="reference-profile", cache_policy=NO_CACHE)
+def reference_profile(student: CalibratedClassifier, val: Dataset, teacher_val_logits: np.ndarray,
+                      n_bins: int) -> dict[str, Any]:
+    """The student's reference profile on the validation set (:func:`kdflow.profile.build_profile`): what
+    the drift check compares production windows with."""
+    probs = predict_logits(student, val.x)  # the served model returns calibrated probabilities
+    return build_profile(probs, val.x, val.y, teacher_val_logits, n_bins=n_bins).to_dict()
+
+
 @task(name="register-student", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def register_student(student: CalibratedClassifier, input_example: np.ndarray, name: str, run_id: str,
-                     checks: list[SLACheck], decision: PromotionDecision, register_failed: bool,
-                     tags: dict[str, Any]) -> dict[str, Any]:
-    """Log and register the served model; alias ``challenger``; ``champion`` only when the decision says so.
-
-    A candidate that failed its SLAs is not registered unless ``register_failed`` is set."""
+                     checks: list[SLACheck], register_failed: bool, tags: dict[str, Any],
+                     profile: dict[str, Any]) -> dict[str, Any]:
+    """Log and register the served model with its reference profile (``reference/profile.json``) and alias it
+    ``challenger``. ``champion`` moves later, in :func:`tasks.promotion.promote_version`, as the flow's last
+    step. A candidate that failed its SLAs is not registered unless ``register_failed`` is set."""
     import mlflow
 
     sla_passed = all(c.passed for c in checks)
     if not sla_passed and not register_failed:
         return {"version": None, "aliases": [], "reason": "not registered: SLA gate failed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(profile))
+        log_artifact(run_id, path, "reference")
     with mlflow.start_run(run_id=run_id):
         model_uri, version = registry.log_torch_model(student, input_example, name)
-    registry.tag_version(name, version, {**tags, "sla_passed": sla_passed,
-                                         "sla_checks": [c.as_dict() for c in checks], "run_id": run_id})
+    registry.tag_version(name, version, {**tags, "sla_passed": sla_passed, "sla_checks": [c.as_dict() for c in checks],
+                                         "run_id": run_id, "reference_profile": PROFILE_ARTIFACT})
     registry.set_alias(name, registry.CHALLENGER, version, reason="new candidate", actor="distill-flow")
-    aliases = [registry.CHALLENGER]
-    if decision.promote:
-        registry.set_alias(name, registry.CHAMPION, version, reason=decision.reason, actor="distill-flow")
-        aliases.append(registry.CHAMPION)
-    get_run_logger().info("registered %s version %s with aliases %s", name, version, aliases)
-    return {"version": version, "aliases": aliases, "model_uri": model_uri, "name": name}
+    get_run_logger().info("registered %s version %s as challenger", name, version)
+    return {"version": version, "aliases": [registry.CHALLENGER], "model_uri": model_uri, "name": name}
+
+
+@task(name="withdraw-version", cache_policy=NO_CACHE)
+def withdraw_version(name: str, version: str, why: str) -> None:
+    """Delete a version registered by a run that then failed: a failed run leaves no registered model."""
+    from mlflow import MlflowClient
+
+    MlflowClient().delete_model_version(name, version)
+    get_run_logger().warning("withdrew %s version %s: %s", name, version, why)
 
 
 def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[str, Dataset],
