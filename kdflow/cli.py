@@ -14,9 +14,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="kdflow: know
 data_app = typer.Typer(no_args_is_help=True, help="Generate datasets offline.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher models.")
 logits_app = typer.Typer(no_args_is_help=True, help="Teacher-logit stores: build, inspect, verify.")
+drift_app = typer.Typer(no_args_is_help=True, help="Drift checks on production inference logs.")
+simulate_app = typer.Typer(no_args_is_help=True, help="Simulated production traffic.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, history, promote, rollback.")
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(logits_app, name="logits")
+app.add_typer(drift_app, name="drift")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(models_app, name="models")
 
 STATE_DIR = Path(".kdflow")
 GATE_FAILED_EXIT = 3
@@ -275,6 +281,165 @@ def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
     )
     if not report["gate_passed"]:
         raise typer.Exit(GATE_FAILED_EXIT)
+
+
+# ----------------------------------------------------------------------------------------------- lifecycle
+AS_OF_HELP = "Run as of this ISO date/time (UTC; default: now) - replays a past day"
+
+
+@drift_app.command("check")
+def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"),
+                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+                retrain_via: str = typer.Option("auto", help="auto | event | subflow | none")) -> None:
+    """Check the champion's recent traffic for drift; on a retrain decision emit the event and retrain."""
+    _embedded_defaults()
+    from flows.drift import drift_check_flow
+
+    result = _run(drift_check_flow, str(config), as_of, retrain_via)
+    typer.echo(f"{result['model']} v{result['version']} at {result['as_of']}: {result['status']}")
+    for name, value in result["signals"].items():
+        typer.echo(f"  {name:<22} {'n/a' if value is None else f'{value:.4f}'}")
+    typer.echo(f"decision: {result['decision']['action']} - {result['decision']['reason']}")
+    if result.get("retrain"):
+        reg = result["retrain"]["report"]["registration"]
+        typer.echo(f"retrained: {reg['name']} v{reg['version']} aliases {', '.join(reg['aliases'])}"
+                   if reg.get("version") else "retrained: nothing registered")
+
+
+@app.command("retrain")
+def retrain(config: Path = typer.Option(..., help="Distillation config YAML"),
+            as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+            reason: str = typer.Option("manual", help="Why (recorded)")) -> None:
+    """Distil again with recent production inputs added to the transfer set; gate also on recent traffic."""
+    _embedded_defaults()
+    from flows.retrain import retrain_flow
+
+    result = _run(_with_runner(retrain_flow, config), str(config), as_of, reason)
+    print_report(result["report"])
+
+
+@app.command("recalibrate")
+def recalibrate(config: Path = typer.Option(..., help="Distillation config YAML"),
+                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP)) -> None:
+    """Refit the champion's temperature on the recent labeled window; register + promote only if ECE improves
+    and every SLA still passes."""
+    _embedded_defaults()
+    from flows.recalibrate import recalibration_flow
+
+    outcome = _run(recalibration_flow, str(config), as_of)
+    typer.echo(outcome["reason"])
+    if outcome.get("version"):
+        typer.echo(f"registered and promoted version {outcome['version']} (parent {outcome['parent_version']})")
+
+
+@simulate_app.command("traffic")
+def simulate_traffic_cmd(config: Path = typer.Option(..., help="Distillation config YAML (model, teacher, logs)"),
+                         days: int = typer.Option(7, help="Days of traffic"),
+                         start: Optional[str] = typer.Option(None, help="First day (YYYY-MM-DD; default: today)"),
+                         rows_per_day: int = typer.Option(1000, help="Predictions per day"),
+                         schedule: str = typer.Option("stable", help="Drift preset or a YAML/JSON schedule file"),
+                         shadow_fraction: float = typer.Option(0.1, help="Share shadow-scored by the teacher"),
+                         label_fraction: float = typer.Option(0.2, help="Share whose label arrives later"),
+                         seed: int = typer.Option(0)) -> None:
+    """Score generated MNIST-1D traffic with the champion and write inference logs day by day."""
+    from datetime import date
+
+    from kdflow.config import DistillConfig, load_config
+    from kdflow.registry import configure_tracking, load_torch_model, resolve
+    from kdflow.simulate import simulate_traffic
+
+    cfg = _run(load_config, config, DistillConfig)
+    configure_tracking(cfg.mlflow.tracking_uri)
+    name = cfg.registry.student_name
+    ref = _run(resolve, f"models:/{name}@champion")
+    teacher = _run(load_torch_model, _run(resolve, cfg.teacher_uri)) if shadow_fraction > 0 else None
+    try:
+        summary = simulate_traffic(_run(load_torch_model, ref), name, ref.version, cfg.logs.root,
+                                   date.fromisoformat(start) if start else date.today(), days, rows_per_day, schedule,
+                                   shadow_fraction, label_fraction, teacher, seed, cfg.logs.endpoint_url)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for day in summary["per_day"]:
+        typer.echo(f"{day['date']}: {day['rows']} rows, accuracy {day['accuracy']:.4f}")
+    typer.echo(f"logs: {cfg.logs.root}")
+
+
+def _registry_from(config: Optional[Path], tracking_uri: Optional[str]) -> None:
+    from kdflow.config import DistillConfig, MlflowConfig, load_config
+    from kdflow.registry import configure_tracking
+
+    uri = tracking_uri or (_run(load_config, config, DistillConfig).mlflow.tracking_uri if config
+                           else os.environ.get("MLFLOW_TRACKING_URI", MlflowConfig().tracking_uri))
+    configure_tracking(uri)
+
+
+CONFIG_OPT = typer.Option(None, "--config", help="Take the MLflow tracking URI from this config")
+TRACKING_OPT = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                                          "the embedded SQLite database)")
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+    """Registered models with their champion, challenger and latest versions."""
+    from kdflow.registry import list_models
+
+    _registry_from(config, tracking_uri)
+    for m in _run(list_models):
+        typer.echo(f"{m.name}: champion {m.champion or '-'}, challenger {m.challenger or '-'}, latest {m.latest}")
+
+
+@models_app.command("history")
+def models_history(name: str = typer.Argument(..., help="Registered model name"),
+                   config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+    """Every version (aliases, SLA result) and every alias move: when, who, from which version, why."""
+    from kdflow.registry import history, versions
+
+    _registry_from(config, tracking_uri)
+    for v in _run(versions, name):
+        typer.echo(f"v{v.version}  {v.created}  sla_passed={v.sla_passed}  aliases={','.join(v.aliases) or '-'}")
+    typer.echo("alias moves:")
+    for e in _run(history, name):
+        typer.echo(f"  {e.at}  {e.alias}: {e.previous or '-'} -> {e.version}  by {e.actor}  ({e.reason})")
+
+
+@models_app.command("promote")
+def models_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
+                   reason: str = typer.Option(..., help="Why (recorded)"),
+                   config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+    """Make VERSION champion after re-checking its SLA report (serialized with every other promotion)."""
+    _embedded_defaults()
+    from tasks.promotion import promote_version
+
+    _registry_from(config, tracking_uri)
+    out = _run(promote_version, name, version, reason, f"cli:{os.environ.get('USER', 'unknown')}")
+    typer.echo(f"{name}: champion {out['previous'] or '-'} -> {out['version']}"
+               + ("" if out["changed"] else " (already champion)"))
+
+
+@models_app.command("rollback")
+def models_rollback(name: str = typer.Argument(...), reason: str = typer.Option(..., help="Why (recorded)"),
+                    config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+    """Move champion back to the previous champion (serialized with every promotion)."""
+    _embedded_defaults()
+    from tasks.promotion import rollback_champion
+
+    _registry_from(config, tracking_uri)
+    out = _run(rollback_champion, name, reason, f"cli:{os.environ.get('USER', 'unknown')}")
+    typer.echo(f"{name}: champion {out['previous']} -> {out['version']} (rolled back)")
+
+
+@app.command("serve")
+def serve(config: Path = typer.Option(..., help="Distillation config YAML the deployments run with")) -> None:
+    """Serve the distill, retrain, drift-check and recalibration deployments (schedules and the drift trigger)
+    from this process against the Prefect server at $PREFECT_API_URL."""
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho("error: PREFECT_API_URL is not set; start a server (infra/start-stack.sh) and point "
+                    "PREFECT_API_URL at it (the embedded API cannot schedule)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    from flows.deployments import serve_all
+
+    _run(serve_all, str(config.resolve()))
 
 
 def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry

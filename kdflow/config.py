@@ -50,6 +50,10 @@ class DataConfig(_Strict):
     val: str
     test: str
     transfer: str | None = None
+    # Set by the retrain flow: recent production inputs (unlabeled, distilled like the transfer set) and the
+    # recent labeled traffic the gate compares candidate and champion on.
+    recent: str | None = None
+    recent_labeled: str | None = None
     num_classes: int = Field(gt=1)
     features: FeatureSpec = FeatureSpec()
     id_column: str = "id"
@@ -189,6 +193,7 @@ class DriftConfig(_Strict):
     window_days: int = Field(default=1, gt=0)
     min_rows: int = Field(default=200, gt=0)  # fewer rows in the window: "cannot decide"
     min_labeled_rows: int = Field(default=50, gt=0)  # fewer labeled rows: the accuracy signal is not computed
+    label_lag_days: int = Field(default=1, ge=0)  # labels arrive late: accuracy uses rows this much further back
     min_shadow_rows: int = Field(default=50, gt=0)  # fewer shadow-scored rows: no flip rate
     psi_bins: int = Field(default=10, gt=1)
     psi_threshold: float = Field(default=0.2, gt=0.0)

@@ -273,8 +273,12 @@ def _accuracy_signals(profile: ReferenceProfile, probs: np.ndarray, window: Wind
     return signals, acc
 
 
-def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig) -> DriftCheck:
+def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig,
+                 labeled_window: WindowData | None = None) -> DriftCheck:
     """Every drift statistic of ``window`` against ``profile`` with ``cfg``'s thresholds.
+
+    ``labeled_window``: where the accuracy signal looks for labeled rows instead of ``window`` — labels
+    arrive late, so a flow passes the window extended back by ``cfg.label_lag_days``.
 
     PSI of confidence, entropy (reference quantile bins) and predicted-class frequencies; KS tests of feature
     summaries; teacher-student flip rate and teacher-entropy PSI (informational) on >= ``min_shadow_rows``
@@ -297,7 +301,14 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
         raise ValueError(f"check_window: teacher logits {np.shape(window.teacher_logits)} != probs {probs.shape}")
 
     tests = feature_tests(profile, window.x, cfg.feature_alpha, cfg.correction)
-    accuracy_signals, acc = _accuracy_signals(profile, probs, window, labeled, cfg)
+    if labeled_window is None:
+        accuracy_signals, acc = _accuracy_signals(profile, probs, window, labeled, cfg)
+    else:
+        lab = labeled_window.labeled()
+        accuracy_signals, acc = _accuracy_signals(profile, np.asarray(labeled_window.probs, dtype=np.float64),
+                                                  labeled_window, lab, cfg)
+        accuracy_signals[1] = _accuracy_signals(profile, probs, window, labeled, cfg)[0][1]  # CBPE: this window
+        counts["n_labeled"] = int(lab.sum())
     signals = [*_output_signals(profile, probs, cfg), _feature_signal(tests, cfg),
                *_teacher_signals(profile, probs, window, shadowed, cfg), *accuracy_signals]
     exceeded = [s for s in signals if s.exceeded]

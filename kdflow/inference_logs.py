@@ -355,6 +355,8 @@ def _join_labels(store: ObjectStore, frame: pd.DataFrame, since: datetime, as_of
     late = late.set_index("request_id")
     joined = frame["request_id"].map(late["label"])
     has = joined.notna().to_numpy()
+    if not has.any():  # e.g. every label arrived after ``as_of``
+        return frame
     frame.loc[has, "label"] = joined[has].astype("int64")
     frame.loc[has, "label_timestamp"] = frame.loc[has, "request_id"].map(late["label_timestamp"])
     return frame

@@ -832,6 +832,10 @@ def dataset_uris(data: DataConfig, with_transfer: bool = True) -> dict[str, tupl
     out = {name: (getattr(data, name), True) for name in LABELED_SPLITS}
     if with_transfer and data.transfer:
         out["transfer"] = (data.transfer, False)
+    if with_transfer and data.recent:
+        out["recent"] = (data.recent, False)
+    if data.recent_labeled:
+        out["recent_labeled"] = (data.recent_labeled, True)
     return out
 
 

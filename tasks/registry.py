@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -57,7 +58,8 @@ def reference_profile(student: CalibratedClassifier, val: Dataset, teacher_val_l
                       n_bins: int) -> dict[str, Any]:
     """The student's reference profile on the validation set (:func:`kdflow.profile.build_profile`): what
     the drift check compares production windows with."""
-    probs = predict_logits(student, val.x)  # the served model returns calibrated probabilities
+    logits = torch.from_numpy(predict_logits(student, val.x))  # raw logits; served: softmax(z / T_calibrated)
+    probs = torch.softmax(logits / float(student.temperature), dim=1).numpy()
     return build_profile(probs, val.x, val.y, teacher_val_logits, n_bins=n_bins).to_dict()
 
 

@@ -26,12 +26,13 @@ from tasks.tracking import log_artifact, log_metrics
 def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[str, Dataset],
                   run_id: str) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits, streamed shard by shard with the labeled train rows and
-    the unlabeled transfer rows (no teacher runs here); several teachers' logits are combined per batch
+    the unlabeled transfer (and, when retraining, recent production) rows (no teacher runs here); several teachers' logits are combined per batch
     (:func:`kdflow.ensemble.combine_logits`). Curves go to MLflow."""
     seed_everything(cfg.train.seed)  # the initial weights too: same config, same student
     model = build_model(cfg.student.arch, cfg.student.args, datasets["train"].input_shape, cfg.data.num_classes)
     per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
-    splits = [("train", cfg.data.train, True)] + ([("transfer", cfg.data.transfer, False)] if cfg.data.transfer else [])
+    splits = [("train", cfg.data.train, True)] + [(n, getattr(cfg.data, n), False) for n in ("transfer", "recent")
+                                                  if getattr(cfg.data, n)]
     parts = [(name, uri, [stores[name] for stores in per_teacher], labeled) for name, uri, labeled in splits]
     combine = (functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
                if len(ensemble.teachers) > 1 else None)

@@ -198,6 +198,23 @@ def test_concept_drift_is_seen_by_labels_not_by_cbpe(profile):
     assert not check.signals["estimated_accuracy"].exceeded  # confidence-based estimate is blind to it
 
 
+def test_late_labels_come_from_the_labeled_window(profile):
+    """Labels of today's rows have not arrived: accuracy is computed on the (older) labeled window, every
+    other signal on today's rows."""
+    today = window(1000, seed=7)
+    today.labels[:] = -1
+    older = window(1000, seed=8)
+    flipped = np.random.default_rng(8).uniform(size=1000) < 0.2
+    older.labels[flipped] = (older.labels[flipped] + 1) % C
+    alone = check_window(profile, today, CFG)
+    assert alone.signals["accuracy"].value is None and alone.n_labeled == 0
+    both = check_window(profile, today, CFG, labeled_window=older)
+    acc = float((older.probs.argmax(1) == older.labels).mean())
+    assert both.signals["accuracy"].value == pytest.approx(profile.accuracy - acc) and both.n_labeled == 1000
+    assert both.signals["estimated_accuracy"].value == alone.signals["estimated_accuracy"].value
+    assert both.signals["psi_confidence"].value == alone.signals["psi_confidence"].value
+
+
 # ------------------------------------------------------------------------------------------- decisions
 def test_decide_needs_consecutive_windows(checks):
     drift, clean, small = checks["drift"], checks["clean"], checks["small"]

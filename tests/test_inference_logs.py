@@ -153,3 +153,17 @@ def test_logs_on_s3_over_http(s3_endpoint):
     assert len(window) == 200 and window.shadow_mask.sum() == 40 and window.label_mask.sum() == 100
     with pytest.raises(InferenceLogError, match=r"s3://kdflow-inference-logs/prod/logs.*date=2024-03-03"):
         read_window(root, DAY, DAY + timedelta(days=3), endpoint_url=s3_endpoint)
+
+
+def test_labels_arriving_after_as_of_are_ignored_without_error(tmp_path):
+    """Every label of the window arrives after ``labels_as_of``: the window reads with no label known."""
+    root = str(tmp_path / "logs")
+    with InferenceLogWriter(root, "m", "1") as w:
+        ids = w.log(np.zeros((3, 4), np.float32), np.full((3, 2), 0.5, np.float32),
+                    datetime(2026, 1, 1, 12, tzinfo=timezone.utc))
+    write_labels(root, ids, [0, 1, 0], datetime(2026, 1, 2, 6, tzinfo=timezone.utc))
+    window = read_window(root, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc),
+                         labels_as_of=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    assert len(window) == 3 and not window.label_mask.any()
+    later = read_window(root, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
+    assert dict(zip(later.request_ids, later.labels.tolist())) == dict(zip(ids, [0, 1, 0]))

@@ -259,3 +259,35 @@ def test_filelock_excludes_a_second_thread_and_is_reusable(tmp_path):
         assert failed
     with lock:  # free again
         pass
+
+
+def _kdflow(*args: str, home: Path) -> subprocess.CompletedProcess:
+    """The real ``kdflow`` console script in a subprocess (its own Prefect home: ephemeral API)."""
+    import os
+
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([str(Path(sys.executable).parent / "kdflow"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_models_cli_list_history_promote_rollback(model, logged_model, tmp_path):
+    uri = logged_model[0]
+    model.add(True, True, False)
+    for version in ("1", "2"):
+        out = _kdflow("models", "promote", model.name, version, "--reason", f"cli {version}", "--tracking-uri", uri,
+                      home=tmp_path / "prefect")
+        assert out.returncode == 0, out.stderr
+    assert registry.alias_version(model.name, "champion") == "2"
+    refused = _kdflow("models", "promote", model.name, "3", "--reason", "bad", "--tracking-uri", uri,
+                      home=tmp_path / "prefect")
+    assert refused.returncode == 2 and "version 3" in refused.stderr and "SLA" in refused.stderr
+    back = _kdflow("models", "rollback", model.name, "--reason", "cli rollback", "--tracking-uri", uri,
+                   home=tmp_path / "prefect")
+    assert back.returncode == 0 and "2 -> 1" in back.stdout, back.stderr
+    listed = _kdflow("models", "list", "--tracking-uri", uri, home=tmp_path / "prefect")
+    assert f"{model.name}: champion 1," in listed.stdout
+    hist = _kdflow("models", "history", model.name, "--tracking-uri", uri, home=tmp_path / "prefect")
+    assert hist.returncode == 0 and "cli rollback" in hist.stdout and "by cli:" in hist.stdout
+    assert [e.version for e in registry.history(model.name, "champion")] == ["1", "2", "1"]

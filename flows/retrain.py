@@ -1,0 +1,25 @@
+"""Retraining: the distill flow with the transfer set extended by recent production inputs (the teacher scores
+them into the logit store) and the gate also comparing with the champion on recent labeled traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.distill import distill_flow
+from kdflow.config import DistillConfig, load_config
+from kdflow.lifecycle import parse_as_of
+from tasks.monitoring import collect_recent_traffic, write_retrain_config
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(config_path: str, as_of: str | None = None, reason: str = "") -> dict[str, Any]:
+    """Retrain at ``as_of`` (default: now) on the last ``retrain.window_days`` of traffic; ``reason`` is recorded."""
+    cfg = load_config(config_path, DistillConfig)
+    when = parse_as_of(as_of)
+    out_dir = Path(cfg.output_dir).resolve() / "retrain" / f"{when:%Y%m%dT%H%M%S}"
+    recent = collect_recent_traffic(cfg, when, out_dir)
+    report = distill_flow(write_retrain_config(config_path, recent, out_dir))
+    return {"as_of": when.isoformat(), "reason": reason, "recent": recent, "report": report}

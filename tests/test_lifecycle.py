@@ -1,0 +1,156 @@
+"""Lifecycle: the library pieces (exact), then drift check -> retrain -> recalibration end to end through the
+real flows (Prefect harness, MLflow on SQLite, logs on a local store) with simulated MNIST-1D traffic."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from kdflow import registry
+from kdflow.calibration import calibration_metrics
+from kdflow.config import CalibrationConfig
+from kdflow.lifecycle import ids_from_request_ids, parse_as_of, refit_temperature, traffic_frames, window_bounds
+from tests.conftest import write_yaml
+
+
+def test_parse_as_of_and_window():
+    assert parse_as_of("2026-01-05") == datetime(2026, 1, 5, tzinfo=timezone.utc)
+    assert parse_as_of("2026-01-05T03:00:00+02:00") == datetime(2026, 1, 5, 1, tzinfo=timezone.utc)
+    start, end = window_bounds(parse_as_of("2026-03-01"), 30)
+    assert (start, end) == (datetime(2026, 1, 30, tzinfo=timezone.utc), datetime(2026, 3, 1, tzinfo=timezone.utc))
+
+
+def test_traffic_frames_sample_inputs_and_keep_labeled_rows():
+    rids = np.array([f"req-{i}" for i in range(100)])
+    x = np.arange(400, dtype=np.float32).reshape(100, 4)
+    labels = np.where(np.arange(100) % 4 == 0, np.arange(100) % 10, -1)
+    inputs, labeled = traffic_frames(rids, x, labels, max_rows=30)
+    assert len(inputs) == 30 and "label" not in inputs and inputs["id"].is_unique
+    assert len(labeled) == 25 and labeled["label"].tolist() == [i % 10 for i in range(0, 100, 4)]
+    assert labeled["id"].tolist() == ids_from_request_ids(rids[::4]).tolist()  # stable across calls
+    assert (ids_from_request_ids(rids) >= 0).all()
+
+
+def test_refit_temperature_repairs_an_overconfident_temperature():
+    """Logits whose true temperature is 2: served at T=0.5 they are overconfident; the refit finds ~2 and the
+    held-out ECE drops; served at the right T there is nothing to gain."""
+    rng = np.random.default_rng(0)
+    n, c = 4000, 10
+    z = rng.normal(0, 3, (n, c))
+    p = np.exp(z / 2.0) / np.exp(z / 2.0).sum(1, keepdims=True)
+    y = np.array([rng.choice(c, p=row) for row in p])
+    bad = refit_temperature(z, y, 0.5, CalibrationConfig())
+    assert bad.new_temperature == pytest.approx(2.0, rel=0.1)
+    assert bad.improved and bad.ece_after < bad.ece_before / 3 and bad.fit_rows + bad.eval_rows == n
+    held = np.random.default_rng(0).permutation(n)[n // 2:]
+    assert bad.ece_before == pytest.approx(calibration_metrics(z[held], y[held], 0.5).ece)
+    good = refit_temperature(z, y, 2.0, CalibrationConfig(), min_improvement=0.01)
+    assert not good.improved and "does not improve" in good.reason
+
+
+# --------------------------------------------------------------------------------------------- end to end
+START = date(2026, 1, 1)
+
+
+def _traffic(cfg: dict, name: str, start: date, days: int, schedule, seed: int) -> dict:
+    from kdflow.simulate import simulate_traffic
+
+    ref = registry.resolve(f"models:/{name}@champion")
+    teacher = registry.load_torch_model(registry.resolve(cfg["teacher_uri"]))
+    return simulate_traffic(registry.load_torch_model(ref), name, ref.version, cfg["logs"]["root"], start, days, 300,
+                            schedule, shadow_fraction=0.2, label_fraction=0.4, teacher=teacher, seed=seed)
+
+
+@pytest.fixture()
+def lifecycle_config(distill_config, tmp_path) -> dict:
+    cfg = distill_config
+    cfg["logs"] = {"root": str(tmp_path / "logs")}
+    # The tiny 4-epoch student (~50% accurate) already disagrees with the teacher on ~40% of rows and is
+    # unconfident, so output-based signals are weak; its inputs' drift is what shows.
+    cfg["drift"] = {"window_days": 1, "min_rows": 200, "min_labeled_rows": 30, "min_shadow_rows": 20,
+                    "max_flip_rate": 0.6, "consecutive_windows": 2, "cooldown_days": 7,
+                    "trigger_on": ["accuracy", "estimated_accuracy", "psi_confidence", "features"],
+                    "monitoring_experiment": f"mon-{tmp_path.name}"}
+    cfg["retrain"] = {"window_days": 3, "min_recent_labeled_rows": 50}
+    cfg["recalibration"] = {"window_days": 30, "min_labeled_rows": 100}
+    return cfg
+
+
+@pytest.mark.slow
+def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
+    from flows.distill import distill_flow
+    from flows.drift import drift_check_flow
+    from flows.recalibrate import recalibration_flow
+
+    cfg = lifecycle_config
+    name = cfg["registry"]["student_name"]
+    path = str(write_yaml(tmp_path / "cfg.yaml", cfg))
+    assert distill_flow(path)["registration"]["version"] == "1"
+    tags = MlflowClient().get_model_version(name, "1").tags
+    assert tags["kdflow.reference_profile"] == "reference/profile.json"
+
+    _traffic(cfg, name, START, 3, "stable", seed=1)
+    stable = drift_check_flow(path, "2026-01-03")
+    assert stable["status"] == "ok" and stable["decision"]["action"] == "none", stable["decision"]["reason"]
+    run = MlflowClient().get_run(stable["mlflow_run_id"])
+    assert run.data.tags["kdflow.action"] == "none" and run.data.params["drift.psi_threshold"] == "0.2"
+    assert {"signal_psi_confidence", "signal_features", "signal_flip_rate", "n_rows"} <= set(run.data.metrics)
+
+    # A sudden shift: more noise and translation than the student was trained on.
+    shifted = _traffic(cfg, name, date(2026, 1, 4), 3, [{"start_day": 0, "iid_noise_scale": 0.08,
+                                                          "max_translation": 72}], seed=2)
+    assert np.mean([d["accuracy"] for d in shifted["per_day"]]) < 0.8
+    first = drift_check_flow(path, "2026-01-05")
+    assert first["status"] == "drift" and first["decision"]["action"] == "none"  # 1 of 2 consecutive windows
+    second = drift_check_flow(path, "2026-01-06")
+    assert second["decision"]["action"] == "retrain" and second["retrain_via"] == "subflow"
+    assert second["event_id"]
+    retrained = second["retrain"]
+    assert retrained["recent"]["recent_rows"] == 900 and retrained["recent"]["recent_labeled"]
+    report = retrained["report"]
+    assert report["registration"]["version"] == "2"
+    assert {"recent", "recent_labeled"} <= set(report["provenance"]["data_fingerprints"])
+    assert "recent labeled traffic" in report["decision"]["reason"]
+    # The cool-down: the next drifted check does not retrain again.
+    third = drift_check_flow(path, "2026-01-07")
+    assert third["decision"]["action"] != "retrain"
+
+    # Recalibration on the labeled month: with an SLA no temperature can meet, nothing is registered.
+    before = registry.versions(name)
+    strict = write_yaml(tmp_path / "strict.yaml", {**cfg, "sla": {**cfg["sla"], "min_accuracy": 0.9999}})
+    outcome = recalibration_flow(str(strict), "2026-01-08")
+    assert outcome["version"] is None and "min_accuracy" in outcome["reason"], outcome["reason"]
+    assert registry.versions(name) == before
+    champion_before = registry.alias_version(name, "champion")
+    outcome = recalibration_flow(path, "2026-01-08")
+    assert outcome["result"]["improved"], outcome["reason"]
+    new = outcome["version"]
+    assert new and registry.alias_version(name, "champion") == new
+    new_tags = MlflowClient().get_model_version(name, new).tags
+    assert new_tags["kdflow.parent_version"] == champion_before and new_tags["kdflow.trigger"] == "recalibration"
+    assert float(new_tags["kdflow.calibrated_temperature"]) == pytest.approx(outcome["result"]["new_temperature"])
+    served = registry.load_torch_model(registry.resolve(f"models:/{name}@champion"))
+    assert float(served.temperature) == pytest.approx(outcome["result"]["new_temperature"])
+
+
+@pytest.mark.slow
+def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, tmp_path):
+    from flows.distill import distill_flow
+    from flows.drift import drift_check_flow
+
+    cfg = lifecycle_config
+    path = str(write_yaml(tmp_path / "cfg.yaml", cfg))
+    with pytest.raises(registry.RegistryError, match="champion"):
+        drift_check_flow(path, "2026-01-02")
+    distill_flow(path)
+    _traffic(cfg, cfg["registry"]["student_name"], START, 1, "stable", seed=3)
+    result = drift_check_flow(path, "2026-01-03")  # the window is 2026-01-02, which has no partition
+    assert result["status"] == "cannot_decide" and result["decision"]["action"] == "cannot_decide"
+    assert "missing log partition" in result["decision"]["reason"] and "2026-01-02" in result["decision"]["reason"]
+    few_cfg = {**cfg, "drift": {**cfg["drift"], "min_rows": 1000, "label_lag_days": 0}}
+    few = drift_check_flow(str(write_yaml(tmp_path / "few.yaml", few_cfg)), "2026-01-02")
+    assert few["decision"]["action"] == "cannot_decide" and "fewer than min_rows=1000" in few["decision"]["reason"]
