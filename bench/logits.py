@@ -80,6 +80,7 @@ from kdflow.models import build_model, count_parameters
 from kdflow.store import LocalStore
 from kdflow.stream import ArraySource, Batch, StreamingSource
 from kdflow.train import TrainResult, fit, predict_logits, train_classifier
+from _common import cpu_model, load_avg, write_json
 
 THREADS = 2
 INPUT_SHAPE = (40,)
@@ -107,20 +108,8 @@ def set_threads() -> None:
     torch.set_num_threads(THREADS)
 
 
-def cpu_model() -> str:
-    """``model name`` from /proc/cpuinfo (or the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def load_avg() -> list[float]:
-    """1/5/15-minute load averages."""
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def median(values: Sequence[float]) -> float:
@@ -716,8 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_avg_after_stage": loads, "bars": bars, "all_bars_pass": all(b["pass"] for b in bars.values()),
             "total_seconds": total,
         }
-        args.json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, payload)
     return 0
 
 

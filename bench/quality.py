@@ -60,6 +60,7 @@ from kdflow.metrics import accuracy
 from kdflow.models import build_model, count_parameters
 from kdflow.store import LocalStore
 from kdflow.train import predict_logits, train_classifier
+from _common import write_json
 
 INPUT_SHAPE = (40,)
 NUM_CLASSES = 10
@@ -342,8 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "all_bars_pass": all(b["pass"] for b in bars.values()),
             "total_seconds": total,
         }
-        args.json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, payload)
     return 0
 
 

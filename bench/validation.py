@@ -43,6 +43,7 @@ import pandas as pd
 from kdflow.config import DataConfig, ValidationConfig
 from kdflow.data import to_frame, write_parquet
 from kdflow.validation import read_split, validate_data, validate_splits
+from _common import cpu_model
 
 DEMO_SIZES = {"train": 4000, "val": 1000, "test": 1000, "transfer": 50_000}
 DEMO_DATA = Path(".kdflow/data/mnist1d")
@@ -106,15 +107,6 @@ def last_distill_seconds(tracking_uri: str) -> tuple[float | None, str]:
     return (info.end_time - info.start_time) / 1000.0, f"MLflow run {info.run_id} ({tracking_uri})"
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
