@@ -31,6 +31,7 @@ GATE_FAILED_EXIT = 3
 def _embedded_defaults() -> None:
     """Keep Prefect's state under ./.kdflow unless the user points it elsewhere (must precede Prefect import)."""
     os.environ.setdefault("PREFECT_HOME", str((STATE_DIR / "prefect").resolve()))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     # The first start migrates a new database, which can take longer than the 20 s default on 2 cores.
@@ -48,13 +49,46 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, LogitStoreError, ModelSpecError, RegistryError, StoreError
 
 
+SERVER_DOWN_EXIT = 4
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code) from None
+
+
+def _health(url: str, timeout: float = 5.0) -> str | None:
+    """``None`` if ``url`` answers (any HTTP status), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except Exception as exc:  # refused, timed out, DNS
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def check_servers(tracking_uri: str | None = None) -> None:
+    """Stop with one line (exit 4) when the Prefect API (``$PREFECT_API_URL``) or an HTTP MLflow tracking
+    server does not answer, before any flow starts - instead of a long retry loop and a traceback."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api and (why := _health(api.rstrip("/") + "/health")):
+        _fail(f"the Prefect server at {api} does not answer ({why}); start it or unset PREFECT_API_URL "
+              "to use the embedded API", SERVER_DOWN_EXIT)
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")) and (
+            why := _health(tracking_uri.rstrip("/") + "/health")):
+        _fail(f"the MLflow tracking server at {tracking_uri} does not answer ({why})", SERVER_DOWN_EXIT)
+
+
 def _run(fn, *args: Any) -> Any:
     """Run a flow; on a known input/configuration error print one line naming it and exit 2."""
     try:
         return fn(*args)
     except _known_errors() as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
 
 
 def _with_runner(flow, config: Path):
@@ -63,7 +97,15 @@ def _with_runner(flow, config: Path):
     from tasks.logits import task_runner_for
 
     cfg = _run(load_config, config, DistillConfig)
+    check_servers(cfg.mlflow.tracking_uri)
     return flow.with_options(task_runner=task_runner_for(cfg.store))
+
+
+def _preflight(config: Path) -> None:
+    """Load the config (exit 2 if bad) and check its servers answer (exit 4 if not)."""
+    from kdflow.config import DistillConfig, load_config
+
+    check_servers(_run(load_config, config, DistillConfig).mlflow.tracking_uri)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -295,6 +337,7 @@ def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"
     _embedded_defaults()
     from flows.drift import drift_check_flow
 
+    _preflight(config)
     result = _run(drift_check_flow, str(config), as_of, retrain_via)
     typer.echo(f"{result['model']} v{result['version']} at {result['as_of']}: {result['status']}")
     for name, value in result["signals"].items():
@@ -326,6 +369,7 @@ def recalibrate(config: Path = typer.Option(..., help="Distillation config YAML"
     _embedded_defaults()
     from flows.recalibrate import recalibration_flow
 
+    _preflight(config)
     outcome = _run(recalibration_flow, str(config), as_of)
     typer.echo(outcome["reason"])
     if outcome.get("version"):
@@ -365,13 +409,16 @@ def simulate_traffic_cmd(config: Path = typer.Option(..., help="Distillation con
     typer.echo(f"logs: {cfg.logs.root}")
 
 
-def _registry_from(config: Optional[Path], tracking_uri: Optional[str]) -> None:
+def _registry_from(config: Optional[Path], tracking_uri: Optional[str]) -> str:
+    """Point MLflow at ``--tracking-uri``, else the config's, else $MLFLOW_TRACKING_URI, else the embedded
+    database; stop (exit 4) if an HTTP tracking server does not answer. Returns the URI."""
     from kdflow.config import DistillConfig, MlflowConfig, load_config
     from kdflow.registry import configure_tracking
 
     uri = tracking_uri or (_run(load_config, config, DistillConfig).mlflow.tracking_uri if config
                            else os.environ.get("MLFLOW_TRACKING_URI", MlflowConfig().tracking_uri))
-    configure_tracking(uri)
+    check_servers(uri)
+    return configure_tracking(uri)
 
 
 CONFIG_OPT = typer.Option(None, "--config", help="Take the MLflow tracking URI from this config")
@@ -439,6 +486,7 @@ def serve(config: Path = typer.Option(..., help="Distillation config YAML the de
         raise typer.Exit(2)
     from flows.deployments import serve_all
 
+    _preflight(config)
     _run(serve_all, str(config.resolve()))
 
 

@@ -73,3 +73,24 @@ def test_logits_inspect_and_verify(tmp_path):
     assert bad.exit_code == 1 and "shard-00001.npz: SHA-256 mismatch" in bad.output
     empty = runner.invoke(app, ["logits", "inspect", "--store", str(tmp_path / "nothing")])
     assert empty.exit_code == 2 and "no complete logit store" in empty.output
+
+
+def test_servers_that_do_not_answer_exit_4_before_anything_runs(monkeypatch, tmp_path):
+    """A Prefect API or an MLflow tracking server on a port nobody listens on: one line, exit 4."""
+    from kdflow.cli import SERVER_DOWN_EXIT, packaged_config
+    from tests.conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("PREFECT_API_URL", f"{dead}/api")
+    result = runner.invoke(app, ["drift", "check", "--config", str(packaged_config("mnist1d_distill.yaml"))])
+    assert result.exit_code == SERVER_DOWN_EXIT
+    assert f"the Prefect server at {dead}/api does not answer" in result.output
+    monkeypatch.delenv("PREFECT_API_URL")
+    result = runner.invoke(app, ["models", "list", "--tracking-uri", dead])
+    assert result.exit_code == SERVER_DOWN_EXIT and f"the MLflow tracking server at {dead}" in result.output
+    cfg = packaged_config("mnist1d_distill.yaml").read_text().replace("tracking_uri: sqlite:///.kdflow/mlflow.db",
+                                                                       f"tracking_uri: {dead}")
+    assert dead in cfg
+    (tmp_path / "d.yaml").write_text(cfg)
+    result = runner.invoke(app, ["recalibrate", "--config", str(tmp_path / "d.yaml")])
+    assert result.exit_code == SERVER_DOWN_EXIT and "MLflow tracking server" in result.output

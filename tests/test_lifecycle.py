@@ -154,3 +154,17 @@ def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, t
     few_cfg = {**cfg, "drift": {**cfg["drift"], "min_rows": 1000, "label_lag_days": 0}}
     few = drift_check_flow(str(write_yaml(tmp_path / "few.yaml", few_cfg)), "2026-01-02")
     assert few["decision"]["action"] == "cannot_decide" and "fewer than min_rows=1000" in few["decision"]["reason"]
+    # A part without the probabilities column: one error naming the file and the column; nothing recorded.
+    import pyarrow.parquet as pq
+
+    from kdflow.inference_logs import InferenceLogError
+
+    part = next((tmp_path / "logs" / "date=2026-01-01").glob("part-*.parquet"))
+    bad = part.with_name("part-bad.parquet")
+    pq.write_table(pq.read_table(part).drop_columns(["probabilities"]), bad)
+    runs_before = len(MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id]))
+    with pytest.raises(InferenceLogError, match=r"part-bad\.parquet.*probabilities"):
+        drift_check_flow(str(write_yaml(tmp_path / "few.yaml", few_cfg)), "2026-01-02")
+    assert len(MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id])) == runs_before
