@@ -112,3 +112,13 @@ def distill_config(tiny_data, state_dir, teacher, request) -> dict[str, Any]:
     cfg["store"] = {"root": str(state_dir / "store"), "rows_per_shard": 512}
     cfg["output_dir"] = str(state_dir / "reports")
     return cfg
+
+
+def chain_is_consistent(events: list, start: str | None = None) -> bool:
+    """Each alias event's ``previous`` is the version set by the event before it (``start`` for the first)."""
+    expected = start
+    for e in events:
+        if e.previous != expected:
+            return False
+        expected = e.version
+    return True

@@ -18,6 +18,7 @@ from torch import nn
 from kdflow import registry
 from kdflow.locks import FileLock, LockTimeout
 from kdflow.registry import RegistryError
+from tests.conftest import chain_is_consistent
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +59,6 @@ class Registered:
                 registry.tag_version(self.name, version, {"sla_passed": passed, "test_accuracy": 0.5 + int(version) / 100})
             out.append(version)
         return out
-
-
-def chain_is_consistent(events: list[registry.AliasEvent], start: str | None = None) -> bool:
-    """Each event's ``previous`` is the version set by the event before it (``start`` for the first)."""
-    expected = start
-    for e in events:
-        if e.previous != expected:
-            return False
-        expected = e.version
-    return True
 
 
 def test_promote_moves_champion_and_records_every_move(model):

@@ -21,7 +21,7 @@ import pytest
 from torch import nn
 
 from kdflow import registry
-from tests.conftest import free_port, make_bucket
+from tests.conftest import chain_is_consistent, free_port, make_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -105,16 +105,6 @@ def register_versions(name: str, count: int) -> list[str]:
     for version in out:
         registry.tag_version(name, version, {"sla_passed": True})
     return out
-
-
-def chain_is_consistent(events: list[registry.AliasEvent], start: str | None = None) -> bool:
-    """Each event's ``previous`` is the version set by the event before it (``start`` for the first)."""
-    expected = start
-    for e in events:
-        if e.previous != expected:
-            return False
-        expected = e.version
-    return True
 
 
 def run_in_threads(target, args_list: list[tuple]) -> tuple[list, list]:
