@@ -179,7 +179,8 @@ def test_concurrent_prefect_promotions_on_the_server_are_serialized(mlflow_serve
 
 
 def test_unlocked_concurrent_promotions_can_break_the_chain(mlflow_server):
-    """Without a lock, read-champion-then-move interleaves: the recorded ``previous`` chain breaks.
+    """Without a lock, read-champion-then-move interleaves: the recorded ``previous`` chain breaks, or
+    MLflow's alias upsert itself collides (a unique-key violation surfaced as an error).
 
     Shown to justify the lock above. Six promotions released together by a barrier; a round in which
     all six happen to run one after another keeps the chain, so up to five rounds are tried."""
@@ -192,7 +193,10 @@ def test_unlocked_concurrent_promotions_can_break_the_chain(mlflow_server):
         start = registry.history(name, "champion")
         before = start[-1].version if start else None
         _, errors = run_in_threads(lambda v: registry.promote(name, v, "unlocked", "server-test"), [(v,) for v in versions])
-        assert errors == []
+        if errors:  # MLflow's own alias upsert can collide too (UniqueViolation on PostgreSQL): also the race
+            assert all("UniqueViolation" in str(e) or "unique" in str(e).lower() for _, e in errors), errors
+            broken_rounds += 1
+            break
         events = registry.history(name, "champion")[len(start):]
         assert len(events) == len(versions)  # unique keys: no event lost even without a lock
         if not chain_is_consistent(events, before):
