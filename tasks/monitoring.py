@@ -111,11 +111,12 @@ def check_drift(champion: Champion, window: LogWindow, cfg: DriftConfig) -> Drif
     """Every drift statistic of the champion's rows in the last ``window_days`` against its reference profile;
     the accuracy signal uses the labeled rows of the whole window read (``label_lag_days`` longer, as labels
     arrive late). Missing partitions or too few rows: "cannot decide", with the reason."""
-    if window.missing_dates:
-        reason = (f"cannot decide: {len(window.missing_dates)} missing log partition(s) in {window.root}: "
-                  + ", ".join(d.isoformat() for d in window.missing_dates))
-        return DriftCheck("cannot_decide", reason, len(window), 0, 0, signals={})
     recent_start = window.end - timedelta(days=cfg.window_days)
+    missing = [d for d in window.missing_dates if d >= recent_start.date()]  # a missing label-lag day only
+    if missing:                                                            # means fewer labeled rows
+        reason = (f"cannot decide: {len(missing)} missing log partition(s) in {window.root}: "
+                  + ", ".join(d.isoformat() for d in missing))
+        return DriftCheck("cannot_decide", reason, len(window), 0, 0, signals={})
     check = check_window(champion.profile, _window_data(window, champion.ref.version, recent_start), cfg,
                          labeled_window=_window_data(window, champion.ref.version))
     get_run_logger().info("drift check: %s", check.reason)
@@ -288,8 +289,9 @@ def parent_evaluation(champion: Champion) -> dict[str, Any]:
     import mlflow.artifacts
 
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=champion.tags.get("kdflow.run_id", champion.ref.run_id),
-                                                   artifact_path="report/report.json")
+        # A recalibrated version has no report of its own: it carries its distillation run as report_run_id.
+        run_id = champion.tags.get("kdflow.report_run_id") or champion.tags.get("kdflow.run_id", champion.ref.run_id)
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report/report.json")
     except Exception as exc:
         raise registry.RegistryError(f"{champion.ref.version_uri}: its distillation report is missing: {exc}") from exc
     return json.loads(Path(path).read_text())["evaluation"]
@@ -316,7 +318,9 @@ def recalibration_tags(champion: Champion, result: Recalibration, start: datetim
             if k.startswith(registry.TAG_PREFIX) and not k.startswith((f"{registry.TAG_PREFIX}alias",
                                                                        f"{registry.TAG_PREFIX}sla_"))
             and k not in (f"{registry.TAG_PREFIX}run_id", f"{registry.TAG_PREFIX}reference_profile")}
-    return {**keep, "parent_version": champion.ref.version, "trigger": "recalibration",
+    tags = champion.tags
+    report_run = tags.get(f"{registry.TAG_PREFIX}report_run_id", tags.get(f"{registry.TAG_PREFIX}run_id"))
+    return {**keep, "parent_version": champion.ref.version, "trigger": "recalibration", "report_run_id": report_run,
             "recalibration_window": f"[{start.isoformat()}, {end.isoformat()})",
             "calibrated_temperature": result.new_temperature, "previous_temperature": result.current_temperature}
 

@@ -135,6 +135,11 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     assert float(new_tags["kdflow.calibrated_temperature"]) == pytest.approx(outcome["result"]["new_temperature"])
     served = registry.load_torch_model(registry.resolve(f"models:/{name}@champion"))
     assert float(served.temperature) == pytest.approx(outcome["result"]["new_temperature"])
+    assert new_tags["kdflow.report_run_id"] == MlflowClient().get_model_version(name, champion_before).tags[
+        "kdflow.run_id"]
+    # Recalibrating a recalibrated champion finds the distillation report through report_run_id.
+    again = recalibration_flow(path, "2026-01-09")
+    assert again["result"] is not None and again["parent_version"] == new, again["reason"]
 
 
 @pytest.mark.slow
@@ -151,6 +156,9 @@ def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, t
     result = drift_check_flow(path, "2026-01-03")  # the window is 2026-01-02, which has no partition
     assert result["status"] == "cannot_decide" and result["decision"]["action"] == "cannot_decide"
     assert "missing log partition" in result["decision"]["reason"] and "2026-01-02" in result["decision"]["reason"]
+    # Only the label-lag day (2025-12-31) is missing: the check decides, with fewer labeled rows.
+    first_day = drift_check_flow(path, "2026-01-02")
+    assert first_day["status"] != "cannot_decide", first_day["decision"]["reason"]
     few_cfg = {**cfg, "drift": {**cfg["drift"], "min_rows": 1000, "label_lag_days": 0}}
     few = drift_check_flow(str(write_yaml(tmp_path / "few.yaml", few_cfg)), "2026-01-02")
     assert few["decision"]["action"] == "cannot_decide" and "fewer than min_rows=1000" in few["decision"]["reason"]
