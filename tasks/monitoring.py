@@ -20,7 +20,7 @@ from kdflow import registry
 from kdflow.config import DistillConfig, DriftConfig, FeatureSpec, SLAConfig
 from kdflow.data import write_parquet
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window, decide
-from kdflow.inference_logs import LogWindow, read_window
+from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
 from kdflow.lifecycle import Recalibration, refit_temperature, traffic_frames, window_bounds
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
@@ -241,8 +241,8 @@ def collect_recent_traffic(cfg: DistillConfig, as_of: datetime, out_dir: Path) -
     gate, written as Parquet in kdflow's layout under ``out_dir``."""
     window = read_logs.fn(cfg, as_of, cfg.retrain.window_days)
     if not len(window):
-        raise ValueError(f"no inference logs in {cfg.logs.root} in the {cfg.retrain.window_days} days before "
-                         f"{as_of.isoformat()}: nothing to retrain on")
+        raise InferenceLogError(f"no inference logs in {cfg.logs.root} in the {cfg.retrain.window_days} days "
+                                f"before {as_of.isoformat()}: nothing to retrain on")
     inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.retrain.max_recent_rows)
     out = {"rows": len(window), "recent_rows": len(inputs), "labeled_rows": len(labeled),
            "recent": str(write_parquet(inputs, out_dir / "recent.parquet")), "recent_labeled": None}

@@ -156,6 +156,11 @@ def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, t
     result = drift_check_flow(path, "2026-01-03")  # the window is 2026-01-02, which has no partition
     assert result["status"] == "cannot_decide" and result["decision"]["action"] == "cannot_decide"
     assert "missing log partition" in result["decision"]["reason"] and "2026-01-02" in result["decision"]["reason"]
+    from flows.retrain import retrain_flow
+    from kdflow.inference_logs import InferenceLogError
+
+    with pytest.raises(InferenceLogError, match="no inference logs .* nothing to retrain on"):
+        retrain_flow(path, "2025-06-01")  # no traffic in the 14 days before: one clear error, nothing trained
     # Only the label-lag day (2025-12-31) is missing: the check decides, with fewer labeled rows.
     first_day = drift_check_flow(path, "2026-01-02")
     assert first_day["status"] != "cannot_decide", first_day["decision"]["reason"]
