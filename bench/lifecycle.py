@@ -278,8 +278,6 @@ class Lifecycle:
 
     # ---- one day
     def day(self, d: int) -> dict[str, Any]:
-        import numpy as np
-
         from flows.drift import drift_check_flow
         from kdflow.calibration import expected_calibration_error
         from kdflow.inference_logs import read_window

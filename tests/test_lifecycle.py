@@ -3,7 +3,6 @@ real flows (Prefect harness, MLflow on SQLite, logs on a local store) with simul
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, timezone
 
 import numpy as np
