@@ -248,29 +248,30 @@ def _teacher_signals(profile: ReferenceProfile, probs: np.ndarray, window: Windo
     return signals
 
 
-def _accuracy_signals(profile: ReferenceProfile, probs: np.ndarray, window: WindowData, labeled: np.ndarray,
-                      cfg: DriftConfig) -> tuple[list[Signal], float | None]:
-    """Drops of the labeled accuracy and of the CBPE estimate below the reference accuracy (signal value: the
-    drop), and the window's labeled accuracy (None when not computed)."""
-    n_labeled, acc = int(labeled.sum()), None
+def _accuracy_signal(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig) -> tuple[Signal, float | None]:
+    """Drop of the labeled accuracy of ``window`` below the reference accuracy (signal value: the drop), and that
+    accuracy (None when not computed)."""
+    labeled = window.labeled()
+    n_labeled = int(labeled.sum())
     if profile.accuracy is None:
-        signals = [Signal("accuracy", None, cfg.max_accuracy_drop, None, "the reference profile has no accuracy")]
-    elif n_labeled < cfg.min_labeled_rows:
-        signals = [Signal("accuracy", None, cfg.max_accuracy_drop, None,
-                          f"{n_labeled} labeled rows, fewer than min_labeled_rows={cfg.min_labeled_rows}")]
-    else:
-        labels = np.asarray(window.labels, dtype=np.float64)[labeled].astype(np.int64)
-        acc = eval_metrics.accuracy(probs[labeled], labels)
-        signals = [_above("accuracy", profile.accuracy - acc, cfg.max_accuracy_drop,
-                          f"accuracy {acc:.4f} on {n_labeled} labeled rows vs reference {profile.accuracy:.4f}: drop")]
+        return Signal("accuracy", None, cfg.max_accuracy_drop, None, "the reference profile has no accuracy"), None
+    if n_labeled < cfg.min_labeled_rows:
+        return Signal("accuracy", None, cfg.max_accuracy_drop, None,
+                      f"{n_labeled} labeled rows, fewer than min_labeled_rows={cfg.min_labeled_rows}"), None
+    labels = np.asarray(window.labels, dtype=np.float64)[labeled].astype(np.int64)
+    acc = eval_metrics.accuracy(np.asarray(window.probs, dtype=np.float64)[labeled], labels)
+    return _above("accuracy", profile.accuracy - acc, cfg.max_accuracy_drop,
+                  f"accuracy {acc:.4f} on {n_labeled} labeled rows vs reference {profile.accuracy:.4f}: drop"), acc
+
+
+def _estimated_accuracy_signal(profile: ReferenceProfile, probs: np.ndarray, cfg: DriftConfig) -> Signal:
+    """Drop of the CBPE estimate (mean calibrated confidence) below the reference accuracy."""
     # Without reference labels, CBPE falls back to the reference mean confidence (the same estimate there).
     ref_name, ref = (("reference accuracy", profile.accuracy) if profile.accuracy is not None
                      else ("reference mean confidence", profile.mean_confidence))
     estimated = estimate_accuracy(probs)
-    signals.append(_above("estimated_accuracy", ref - estimated, cfg.max_estimated_accuracy_drop,
-                          f"estimated accuracy (mean calibrated confidence) {estimated:.4f} vs {ref_name} "
-                          f"{ref:.4f}: drop"))
-    return signals, acc
+    return _above("estimated_accuracy", ref - estimated, cfg.max_estimated_accuracy_drop,
+                  f"estimated accuracy (mean calibrated confidence) {estimated:.4f} vs {ref_name} {ref:.4f}: drop")
 
 
 def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig,
@@ -301,16 +302,12 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
         raise ValueError(f"check_window: teacher logits {np.shape(window.teacher_logits)} != probs {probs.shape}")
 
     tests = feature_tests(profile, window.x, cfg.feature_alpha, cfg.correction)
-    if labeled_window is None:
-        accuracy_signals, acc = _accuracy_signals(profile, probs, window, labeled, cfg)
-    else:
-        lab = labeled_window.labeled()
-        accuracy_signals, acc = _accuracy_signals(profile, np.asarray(labeled_window.probs, dtype=np.float64),
-                                                  labeled_window, lab, cfg)
-        accuracy_signals[1] = _accuracy_signals(profile, probs, window, labeled, cfg)[0][1]  # CBPE: this window
-        counts["n_labeled"] = int(lab.sum())
+    labels_from = labeled_window if labeled_window is not None else window
+    counts["n_labeled"] = int(labels_from.labeled().sum())
+    accuracy_signal, acc = _accuracy_signal(profile, labels_from, cfg)
     signals = [*_output_signals(profile, probs, cfg), _feature_signal(tests, cfg),
-               *_teacher_signals(profile, probs, window, shadowed, cfg), *accuracy_signals]
+               *_teacher_signals(profile, probs, window, shadowed, cfg), accuracy_signal,
+               _estimated_accuracy_signal(profile, probs, cfg)]
     exceeded = [s for s in signals if s.exceeded]
     reason = ("drift: " + "; ".join(f"{s.name}: {s.detail}" for s in exceeded) if exceeded
               else "no signal exceeded its threshold")
