@@ -42,7 +42,8 @@ def distill_flow(config_path: str) -> dict[str, Any]:
         checks, decision = sla_gate(evaluation, cfg.sla, name, datasets["test"], run_id, served,
                                     datasets.get("recent_labeled"))
         provenance = describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration)
-        profile = reference_profile(served, datasets["val"], ensemble.eval_logits["val"], cfg.drift.psi_bins)
+        reference = "recent_labeled" if "recent_labeled" in datasets else "val"  # a retrain: the traffic it serves
+        profile = reference_profile(served, datasets[reference], ensemble.eval_logits.get(reference), cfg.drift.psi_bins)
         registration = register_student(served, datasets["test"].x[:5], name, run_id, checks,
                                         cfg.registry.register_failed_candidates, provenance, profile)
         report = publish_report(cfg, run_id, ensemble, teacher_outs, training, calibration, evaluation, checks,

@@ -329,6 +329,14 @@ def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
 AS_OF_HELP = "Run as of this ISO date/time (UTC; default: now) - replays a past day"
 
 
+def _check_times(*values: str | None) -> None:
+    """Refuse a date/time option that is not ISO 8601 with one line and exit 2, before anything starts."""
+    from kdflow.lifecycle import parse_as_of
+
+    for value in values:
+        _run(parse_as_of, value)
+
+
 @drift_app.command("check")
 def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"),
                 as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
@@ -337,12 +345,15 @@ def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"
     _embedded_defaults()
     from flows.drift import drift_check_flow
 
+    _check_times(as_of)
     _preflight(config)
     result = _run(drift_check_flow, str(config), as_of, retrain_via)
     typer.echo(f"{result['model']} v{result['version']} at {result['as_of']}: {result['status']}")
     for name, value in result["signals"].items():
         typer.echo(f"  {name:<22} {'n/a' if value is None else f'{value:.4f}'}")
     typer.echo(f"decision: {result['decision']['action']} - {result['decision']['reason']}")
+    if result.get("recalibration"):
+        typer.echo(f"recalibration: {result['recalibration']['reason']}")
     if result.get("retrain"):
         reg = result["retrain"]["report"]["registration"]
         typer.echo(f"retrained: {reg['name']} v{reg['version']} aliases {', '.join(reg['aliases'])}"
@@ -357,20 +368,24 @@ def retrain(config: Path = typer.Option(..., help="Distillation config YAML"),
     _embedded_defaults()
     from flows.retrain import retrain_flow
 
+    _check_times(as_of)
     result = _run(_with_runner(retrain_flow, config), str(config), as_of, reason)
     print_report(result["report"])
 
 
 @app.command("recalibrate")
 def recalibrate(config: Path = typer.Option(..., help="Distillation config YAML"),
-                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP)) -> None:
+                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+                since: Optional[str] = typer.Option(None, help="Use no traffic before this ISO date/time (UTC), "
+                                                               "e.g. the start of a known shift")) -> None:
     """Refit the champion's temperature on the recent labeled window; register + promote only if ECE improves
     and every SLA still passes."""
     _embedded_defaults()
     from flows.recalibrate import recalibration_flow
 
+    _check_times(as_of, since)
     _preflight(config)
-    outcome = _run(recalibration_flow, str(config), as_of)
+    outcome = _run(recalibration_flow, str(config), as_of, since, "manual")
     typer.echo(outcome["reason"])
     if outcome.get("version"):
         typer.echo(f"registered and promoted version {outcome['version']} (parent {outcome['parent_version']})")

@@ -50,10 +50,12 @@ class DataConfig(_Strict):
     val: str
     test: str
     transfer: str | None = None
-    # Set by the retrain flow: recent production inputs (unlabeled, distilled like the transfer set) and the
-    # recent labeled traffic the gate compares candidate and champion on.
+    # Set by the retrain flow: recent production inputs (unlabeled, distilled like the transfer set), the
+    # recent labeled traffic the gate compares candidate and champion on (and the new version's reference
+    # profile is built from), and the [start, end) of that traffic (ISO 8601).
     recent: str | None = None
     recent_labeled: str | None = None
+    recent_window: tuple[str, str] | None = None
     num_classes: int = Field(gt=1)
     features: FeatureSpec = FeatureSpec()
     id_column: str = "id"
@@ -186,8 +188,8 @@ class DriftConfig(_Strict):
     """Drift checks (:mod:`kdflow.drift`): every statistic's threshold, and when a signal becomes a decision.
 
     Starting values follow common monitoring practice: flip rate 10%, accuracy gap 2 points, PSI 0.2.
-    A retrain is decided when any signal in ``trigger_on`` exceeds its threshold on ``consecutive_windows``
-    consecutive checks, and not within ``cooldown_days`` of the last retrain."""
+    A signal in ``trigger_on`` that exceeds its threshold on ``consecutive_windows`` consecutive checks triggers a
+    retrain — or, within ``cooldown_days`` of the last retrain, a recalibration (``recalibrate_during_cooldown``)."""
 
     cron: str = "0 2 * * *"  # the scheduled daily check
     window_days: int = Field(default=1, gt=0)
@@ -207,6 +209,9 @@ class DriftConfig(_Strict):
                                  "psi_predicted_class"])
     consecutive_windows: int = Field(default=2, gt=0)
     cooldown_days: float = Field(default=7.0, ge=0.0)
+    # While a retrain is suppressed by the cool-down, refit the champion's temperature on the labeled traffic
+    # since the drift began instead (the recalibration flow, gated like the monthly one).
+    recalibrate_during_cooldown: bool = True
     monitoring_experiment: str = "kdflow-monitoring"
 
 
@@ -215,7 +220,9 @@ class RetrainConfig(_Strict):
 
     window_days: int = Field(default=14, gt=0)  # recent inputs added to the transfer set
     max_recent_rows: int = Field(default=50_000, gt=0)
-    min_recent_labeled_rows: int = Field(default=100, ge=0)  # gate on recent labeled traffic when >= this
+    # With at least this many recent labeled rows, the gate also compares on them and they become the new
+    # version's reference profile (fewer: gate on the test split, profile of the validation split).
+    min_recent_labeled_rows: int = Field(default=300, ge=0)
 
 
 class RecalibrationConfig(_Strict):
@@ -225,6 +232,9 @@ class RecalibrationConfig(_Strict):
     window_days: int = Field(default=30, gt=0)
     min_labeled_rows: int = Field(default=300, gt=0)
     min_ece_improvement: float = Field(default=0.0, ge=0.0)
+    # ECE must be lower in at least this share of paired bootstrap resamples of the window: a gain within the
+    # window's noise does not replace the temperature (0: any gain).
+    min_improvement_confidence: float = Field(default=0.95, ge=0.0, le=1.0)
 
 
 class DistillConfig(_Strict):

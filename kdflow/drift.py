@@ -1,9 +1,9 @@
-"""Drift statistics on a production window against a student's reference profile, and the retrain decision.
+"""Drift statistics on a production window against a student's reference profile, and what to do about it.
 
 Every statistic is a :class:`Signal` (value, threshold, exceeded, a sentence saying why); a statistic that
 cannot be computed (too few labeled or shadow-scored rows) has value ``None`` and the reason. Thresholds come
 from :class:`kdflow.config.DriftConfig`. Checks and decisions are plain JSON-able data so a flow can store
-them (e.g. in MLflow) and pass past checks back to :func:`decide`.
+them (e.g. in MLflow) and pass the previous decision back to :func:`decide`.
 """
 
 from __future__ import annotations
@@ -322,41 +322,75 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
 
 
 # ---------------------------------------------------------------------------------------------- decision
+Action = Literal["retrain", "recalibrate", "none", "cannot_decide"]
+
+
 @dataclass
 class Decision:
-    """What to do after a check: ``retrain``, ``none`` or ``cannot_decide``, and why."""
+    """What to do after a check — ``retrain``, ``recalibrate``, ``none`` or ``cannot_decide`` — and why.
 
-    action: Literal["retrain", "none", "cannot_decide"]
+    ``consecutive`` and ``since`` carry each signal's streak from one check to the next (the flow stores the
+    decision and passes it to the next check's :func:`decide`), so a streak of any length has a known start."""
+
+    action: Action
     reason: str
     triggered: list[str]  # trigger signals exceeded on enough consecutive checks (even when cooling down)
     consecutive: dict[str, int]  # per signal: consecutive checks, ending with the current one, that exceeded it
     cooldown_until: str | None = None  # ISO time, when a retrain was suppressed by the cool-down
+    since: dict[str, str] = field(default_factory=dict)  # per signal in a streak: ISO start of its first window
+
+    @property
+    def episode_start(self) -> datetime | None:
+        """Start of the earliest window of the triggering streaks: where the drift this decision answers began
+        (None when nothing triggered)."""
+        starts = [datetime.fromisoformat(self.since[name]) for name in self.triggered if name in self.since]
+        return min(starts) if starts else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return asdict(self)
 
-
-def _streak(checks: list[DriftCheck], name: str) -> int:
-    """Consecutive checks, newest first, in which ``name`` was exceeded; ``cannot_decide`` breaks the streak."""
-    count = 0
-    for check in reversed(checks):
-        signal = check.signals.get(name)
-        if check.status == "cannot_decide" or signal is None or not signal.exceeded:
-            break
-        count += 1
-    return count
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        """Inverse of :meth:`to_dict`; a decision stored before ``since`` existed restores with no streak starts."""
+        return cls(action=d["action"], reason=d.get("reason", ""), triggered=list(d.get("triggered", [])),
+                   consecutive={k: int(v) for k, v in d.get("consecutive", {}).items()},
+                   cooldown_until=d.get("cooldown_until"), since=dict(d.get("since", {})))
 
 
-def decide(history: Sequence[DriftCheck | dict[str, Any]], current: DriftCheck, cfg: DriftConfig,
+def _streaks(previous: Decision | None, current: DriftCheck, window_start: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Each signal's streak after ``current``: one more than before if exceeded again, else 0; a new streak
+    starts at ``window_start``. (A previous decision stored without ``since`` keeps its counts; its streaks
+    are then dated from the current window.)"""
+    consecutive, since = {}, {}
+    for name, signal in current.signals.items():
+        if not signal.exceeded:
+            consecutive[name] = 0
+            continue
+        before = previous.consecutive.get(name, 0) if previous is not None else 0
+        consecutive[name] = before + 1
+        since[name] = previous.since.get(name, window_start) if before else window_start
+    return consecutive, since
+
+
+def decide(previous: Decision | dict[str, Any] | None, current: DriftCheck, cfg: DriftConfig,
            last_retrain_at: datetime | None, now: datetime) -> Decision:
-    """Retrain when a signal in ``cfg.trigger_on`` was exceeded on the current check and each of the previous
-    ``consecutive_windows - 1`` checks (``history`` oldest first, as DriftChecks or their dicts), unless
-    ``now - last_retrain_at < cooldown_days``. ``now`` and ``last_retrain_at`` must both be naive or both aware."""
+    """The action after ``current``, the check of the window ``[now - window_days, now)``.
+
+    ``previous`` is the decision of the champion version's previous check (a Decision or its dict; None for
+    the first). A signal's streak counts the consecutive checks that exceeded it (``cannot_decide`` breaks
+    every streak). A signal in ``cfg.trigger_on`` whose streak reaches ``consecutive_windows`` triggers:
+
+    - ``retrain``, unless ``now - last_retrain_at < cooldown_days``;
+    - during the cool-down: ``recalibrate`` (refit the champion's temperature on the labeled traffic since the
+      streak began: cheap, and gated like the monthly one) when ``recalibrate_during_cooldown``, else ``none``.
+
+    ``now`` and ``last_retrain_at`` must both be naive or both aware."""
+    if isinstance(previous, dict):
+        previous = Decision.from_dict(previous)
     if current.status == "cannot_decide":
         return Decision("cannot_decide", current.reason, [], {name: 0 for name in current.signals})
-    checks = [h if isinstance(h, DriftCheck) else DriftCheck.from_dict(h) for h in history] + [current]
-    consecutive = {name: _streak(checks, name) for name in current.signals}
+    consecutive, since = _streaks(previous, current, (now - timedelta(days=cfg.window_days)).isoformat())
     need = cfg.consecutive_windows
     triggered = [name for name in cfg.trigger_on if consecutive.get(name, 0) >= need]
     if not triggered:
@@ -364,13 +398,16 @@ def decide(history: Sequence[DriftCheck | dict[str, Any]], current: DriftCheck, 
                    for name in cfg.trigger_on if consecutive.get(name, 0) > 0]
         reason = (f"no retrain: no trigger signal exceeded its threshold on {need} consecutive checks"
                   + ("; so far: " + "; ".join(pending) if pending else ""))
-        return Decision("none", reason, [], consecutive)
+        return Decision("none", reason, [], consecutive, since=since)
     why = "; ".join(f"{name}: {current.signals[name].detail} on {consecutive[name]} consecutive checks "
-                    f"(needs {need})" for name in triggered)
+                    f"(needs {need}, since {since[name]})" for name in triggered)
     if last_retrain_at is not None:
         until = last_retrain_at + timedelta(days=cfg.cooldown_days)
         if now < until:
-            reason = (f"retrain suppressed: cool-down after the retrain at {last_retrain_at.isoformat()} lasts "
-                      f"until {until.isoformat()} ({cfg.cooldown_days:g} days); would trigger on {why}")
-            return Decision("none", reason, triggered, consecutive, until.isoformat())
-    return Decision("retrain", f"retrain: {why}", triggered, consecutive)
+            cooling = (f"retrain suppressed: cool-down after the retrain at {last_retrain_at.isoformat()} lasts "
+                       f"until {until.isoformat()} ({cfg.cooldown_days:g} days); would trigger on {why}")
+            if cfg.recalibrate_during_cooldown:
+                return Decision("recalibrate", f"recalibrate: {cooling}", triggered, consecutive, until.isoformat(),
+                                since)
+            return Decision("none", cooling, triggered, consecutive, until.isoformat(), since)
+    return Decision("retrain", f"retrain: {why}", triggered, consecutive, since=since)

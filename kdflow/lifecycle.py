@@ -12,9 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
-from kdflow.calibration import calibration_metrics, fit_temperature
-from kdflow.config import CalibrationConfig
+from kdflow.calibration import calibration_metrics, ece_improvement_confidence, fit_temperature
+from kdflow.config import CalibrationConfig, ConfigError
 from kdflow.data import to_frame
 
 
@@ -24,7 +25,11 @@ def parse_as_of(as_of: str | datetime | None) -> datetime:
     can replay days."""
     if as_of is None or as_of == "":
         return datetime.now(timezone.utc)
-    value = as_of if isinstance(as_of, datetime) else datetime.fromisoformat(str(as_of))
+    try:
+        value = as_of if isinstance(as_of, datetime) else datetime.fromisoformat(str(as_of))
+    except ValueError as exc:
+        raise ConfigError(f"not an ISO 8601 date or date-time: {as_of!r} (e.g. 2026-03-01 or "
+                          f"2026-03-01T03:00:00+00:00)") from exc
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -52,9 +57,23 @@ def traffic_frames(request_ids: np.ndarray, x: np.ndarray, labels: np.ndarray, m
     return to_frame(ids[keep], x[keep]), to_frame(ids[labeled], x[labeled], np.asarray(labels)[labeled])
 
 
+def recalibration_window(as_of: datetime, days: int, *not_before: datetime | None) -> tuple[datetime, datetime]:
+    """``[start, as_of)``: the last ``days`` days, starting no earlier than any bound in ``not_before`` (None:
+    no bound) — the start of the traffic the champion's reference profile describes, and the first window of
+    the drift episode that asked for the recalibration. A temperature fitted across a shift fits neither side
+    of it, so traffic from before the current regime is left out."""
+    start = as_of - timedelta(days=days)
+    for bound in not_before:
+        if bound is not None and bound > start:
+            start = bound
+    if start >= as_of:
+        raise ValueError(f"recalibration window [{start.isoformat()}, {as_of.isoformat()}) is empty")
+    return start, as_of
+
+
 @dataclass
 class Recalibration:
-    """A temperature refit on a labeled production window, judged on a held-out half of it."""
+    """A temperature refit on a labeled production window, judged out of sample by 2-fold cross-fitting."""
 
     current_temperature: float
     new_temperature: float
@@ -67,27 +86,53 @@ class Recalibration:
     accuracy: float
     improved: bool
     reason: str
+    fold_temperatures: tuple[float, float] = (float("nan"), float("nan"))
+    improvement_confidence: float = float("nan")  # share of bootstrap resamples in which ECE improved
 
-    def as_dict(self) -> dict[str, float | int | bool | str]:
+    def as_dict(self) -> dict[str, float | int | bool | str | list[float]]:
         """Plain dict for MLflow and reports."""
-        return asdict(self)
+        d = asdict(self)
+        d["fold_temperatures"] = list(self.fold_temperatures)
+        return d
 
 
 def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperature: float, cfg: CalibrationConfig,
-                      min_improvement: float = 0.0, seed: int = 0) -> Recalibration:
-    """Refit the temperature by NLL (Guo et al. 2017) on a random half of the window and compare ECE at the
-    current and the new temperature on the other half (fitting and judging on the same rows would flatter the
-    new temperature). ``improved`` iff ``ECE_after < ECE_before - min_improvement``."""
-    n = len(labels)
+                      min_improvement: float = 0.0, min_confidence: float = 0.0, seed: int = 0) -> Recalibration:
+    """Refit the temperature by NLL (Guo et al. 2017) on the whole window, and judge the refit out of sample.
+
+    2-fold cross-fitting: the rows are split at random into halves A and B; A is scored at the temperature
+    fitted on B and B at the one fitted on A. ECE and NLL of these out-of-fold probabilities (every row, none
+    scored by a temperature fitted on it) are compared with the current temperature's on the same rows.
+    Fitting and judging on the same rows would flatter the refit; judging on one held-out half only would
+    leave ECE, whose sampling noise grows as 1/sqrt(rows), on half the rows.
+
+    ``improved`` iff ``ECE_after < ECE_before - min_improvement`` and ECE is lower in at least ``min_confidence``
+    of paired bootstrap resamples of the window (:func:`kdflow.calibration.ece_improvement_confidence`): a
+    gain within the window's noise does not replace the temperature in production."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    n = len(y)
     if n < 4:
         raise ValueError(f"refit_temperature: {n} labeled rows are too few to fit and evaluate")
     perm = np.random.default_rng(seed).permutation(n)
-    fit, held = perm[: n // 2], perm[n // 2:]
-    new_t = fit_temperature(logits[fit], labels[fit], cfg.t_min, cfg.t_max, cfg.max_iter)
-    before = calibration_metrics(logits[held], labels[held], current_temperature, cfg.n_bins)
-    after = calibration_metrics(logits[held], labels[held], new_t, cfg.n_bins)
-    improved = after.ece < before.ece - min_improvement
-    reason = (f"held-out ECE {before.ece:.4f} at T={current_temperature:.4f} -> {after.ece:.4f} at T={new_t:.4f} "
-              f"({'improves' if improved else 'does not improve'} by more than {min_improvement:g})")
-    return Recalibration(float(current_temperature), float(new_t), len(fit), len(held), before.ece, after.ece,
-                         before.nll, after.nll, before.accuracy, bool(improved), reason)
+    halves = (perm[: n // 2], perm[n // 2:])
+    out_of_fold = np.empty_like(z)
+    fold_t = []
+    for fit, held in (halves, halves[::-1]):
+        t = fit_temperature(z[fit], y[fit], cfg.t_min, cfg.t_max, cfg.max_iter)
+        out_of_fold[held] = z[held] / t
+        fold_t.append(float(t))
+    new_t = fit_temperature(z, y, cfg.t_min, cfg.t_max, cfg.max_iter)
+    before = calibration_metrics(z, y, current_temperature, cfg.n_bins)
+    after = calibration_metrics(out_of_fold, y, 1.0, cfg.n_bins)
+    confidence = ece_improvement_confidence(softmax(z / current_temperature, axis=1), softmax(out_of_fold, axis=1),
+                                            y, cfg.n_bins, seed=seed)
+    ece_better = after.ece < before.ece - min_improvement
+    improved = ece_better and confidence >= min_confidence
+    verdict = ("improves" if improved else "does not improve" if not ece_better
+               else "the gain is within the window's noise")
+    reason = (f"ECE {before.ece:.4f} at T={current_temperature:.4f} -> {after.ece:.4f} out of fold at T={new_t:.4f} "
+              f"on {n} labeled rows (lower in {confidence:.0%} of bootstrap resamples): {verdict} (needs a gain "
+              f"> {min_improvement:g} in at least {min_confidence:.0%})")
+    return Recalibration(float(current_temperature), float(new_t), n, n, before.ece, after.ece, before.nll,
+                         after.nll, before.accuracy, bool(improved), reason, (fold_t[0], fold_t[1]), confidence)

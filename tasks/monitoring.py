@@ -18,10 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from kdflow import registry
 from kdflow.config import DistillConfig, DriftConfig, FeatureSpec, SLAConfig
-from kdflow.data import write_parquet
+from kdflow.data import Dataset, write_parquet
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window, decide
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
-from kdflow.lifecycle import Recalibration, refit_temperature, traffic_frames, window_bounds
+from kdflow.lifecycle import Recalibration, ids_from_request_ids, refit_temperature, traffic_frames, window_bounds
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
 from kdflow.sla import SLACheck, check_slas
@@ -81,13 +81,12 @@ def load_champion(tracking_uri: str, name: str) -> Champion:
 
 
 @task(name="read-logs", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def read_logs(cfg: DistillConfig, as_of: datetime, days: int) -> LogWindow:
-    """The last ``days`` days of inference logs before ``as_of`` with the labels known by then, validated with
-    the ``kdflow-inference-logs`` GX suite (bad logs stop the flow with one error naming the problem).
+def read_logs(cfg: DistillConfig, start: datetime, end: datetime) -> LogWindow:
+    """The inference logs of ``[start, end)`` with the labels known by ``end``, validated with the
+    ``kdflow-inference-logs`` GX suite (bad logs stop the flow with one error naming the problem).
     Missing date partitions do not raise: they are listed on the window (the check then cannot decide)."""
-    start, end = window_bounds(as_of, days)
     window = read_window(cfg.logs.root, start, end, cfg.logs.endpoint_url, require_all_partitions=False,
-                         labels_as_of=as_of)
+                         labels_as_of=end)
     if len(window):
         report = validate_inference_logs(window.frame, cfg.data.num_classes, FeatureSpec(column="x"), cfg.validation,
                                          name="inference_logs", uri=window.root, id_column="request_id")
@@ -128,9 +127,9 @@ def _monitoring_experiment(cfg: DistillConfig) -> str:
 
 
 @task(name="drift-history", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def drift_history(cfg: DistillConfig, champion: Champion, as_of: datetime) -> tuple[list[dict[str, Any]], datetime | None]:
-    """The checks of this champion version before ``as_of`` needed for the consecutive-window rule (oldest
-    first), and when the last retrain of the model was decided (for the cool-down)."""
+def drift_history(cfg: DistillConfig, champion: Champion, as_of: datetime) -> tuple[dict[str, Any] | None, datetime | None]:
+    """The decision of this champion version's last check before ``as_of`` (it carries every signal's streak;
+    None for the version's first check), and when the last retrain of the model was decided (for the cool-down)."""
     import mlflow.artifacts
     from mlflow import MlflowClient
 
@@ -138,22 +137,23 @@ def drift_history(cfg: DistillConfig, champion: Champion, as_of: datetime) -> tu
     name, before = champion.ref.name, as_of.timestamp()
     base = f"tags.`kdflow.model` = '{name}' AND metrics.as_of_ts < {before}"
     runs = client.search_runs([exp], f"{base} AND tags.`kdflow.model_version` = '{champion.ref.version}'",
-                              order_by=["metrics.as_of_ts DESC"], max_results=max(cfg.drift.consecutive_windows - 1, 1))
-    history = []
-    for run in reversed(runs[: cfg.drift.consecutive_windows - 1]):
-        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="check.json")
-        history.append(json.loads(Path(path).read_text()))
+                              order_by=["metrics.as_of_ts DESC"], max_results=1)
+    previous = None
+    if runs:
+        path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
+        previous = json.loads(Path(path).read_text())
     retrains = client.search_runs([exp], f"{base} AND tags.`kdflow.action` = 'retrain'",
                                   order_by=["metrics.as_of_ts DESC"], max_results=1)
     last = datetime.fromisoformat(retrains[0].data.tags["kdflow.as_of"]) if retrains else None
-    return history, last
+    return previous, last
 
 
-@task(name="decide-retrain", cache_policy=NO_CACHE)
-def decide_retrain(history: list[dict[str, Any]], check: DriftCheck, cfg: DriftConfig, last_retrain_at: datetime | None,
-                   as_of: datetime) -> Decision:
-    """Apply the consecutive-window rule and the cool-down (:func:`kdflow.drift.decide`)."""
-    decision = decide(history, check, cfg, last_retrain_at, as_of)
+@task(name="decide-action", cache_policy=NO_CACHE)
+def decide_action(previous: dict[str, Any] | None, check: DriftCheck, cfg: DriftConfig,
+                  last_retrain_at: datetime | None, as_of: datetime) -> Decision:
+    """Carry the signals' streaks on, apply the consecutive-window rule and the cool-down
+    (:func:`kdflow.drift.decide`): retrain, recalibrate, none or cannot decide."""
+    decision = decide(previous, check, cfg, last_retrain_at, as_of)
     get_run_logger().info("decision %s: %s", decision.action, decision.reason)
     return decision
 
@@ -182,6 +182,8 @@ def record_drift_check(cfg: DistillConfig, champion: Champion, as_of: datetime, 
     tags = {"kdflow.flow": "drift-check", "kdflow.model": name, "kdflow.model_version": version,
             "kdflow.as_of": as_of.isoformat(), "kdflow.status": check.status, "kdflow.action": decision.action,
             "kdflow.triggered": ",".join(decision.triggered), "kdflow.reason": decision.reason[:5000]}
+    if decision.episode_start is not None:
+        tags["kdflow.episode_start"] = decision.episode_start.isoformat()
     run = client.create_run(exp, run_name=f"drift-{name}-v{version}-{as_of:%Y%m%dT%H%M}", tags=tags)
     run_id = run.info.run_id
     params = {f"drift.{k}": v for k, v in cfg.drift.model_dump(mode="json").items()}
@@ -239,12 +241,14 @@ def retrain_deployment_exists() -> bool:
 def collect_recent_traffic(cfg: DistillConfig, as_of: datetime, out_dir: Path) -> dict[str, Any]:
     """Recent production inputs as an extra (unlabeled) transfer split, and the recent labeled rows for the
     gate, written as Parquet in kdflow's layout under ``out_dir``."""
-    window = read_logs.fn(cfg, as_of, cfg.retrain.window_days)
+    start, end = window_bounds(as_of, cfg.retrain.window_days)
+    window = read_logs.fn(cfg, start, end)
     if not len(window):
         raise InferenceLogError(f"no inference logs in {cfg.logs.root} in the {cfg.retrain.window_days} days "
                                 f"before {as_of.isoformat()}: nothing to retrain on")
     inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.retrain.max_recent_rows)
     out = {"rows": len(window), "recent_rows": len(inputs), "labeled_rows": len(labeled),
+           "window": [start.isoformat(), end.isoformat()],
            "recent": str(write_parquet(inputs, out_dir / "recent.parquet")), "recent_labeled": None}
     if len(labeled) >= max(cfg.retrain.min_recent_labeled_rows, 1):
         out["recent_labeled"] = str(write_parquet(labeled, out_dir / "recent_labeled.parquet"))
@@ -255,21 +259,27 @@ def collect_recent_traffic(cfg: DistillConfig, as_of: datetime, out_dir: Path) -
 
 @task(name="write-retrain-config", cache_policy=NO_CACHE)
 def write_retrain_config(config_path: str, recent: dict[str, Any], out_dir: Path) -> str:
-    """The distill config with ``data.recent`` / ``data.recent_labeled`` set, written beside the traffic files
-    (relative paths in it still resolve against the working directory, as in the original)."""
+    """The distill config with ``data.recent`` / ``data.recent_labeled`` / ``data.recent_window`` set, written
+    beside the traffic files (relative paths in it still resolve against the working directory, as in the
+    original)."""
     raw = yaml.safe_load(Path(config_path).read_text())
-    raw["data"].update(recent=recent["recent"], recent_labeled=recent["recent_labeled"])
+    raw["data"].update(recent=recent["recent"], recent_labeled=recent["recent_labeled"], recent_window=recent["window"])
     path = out_dir / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return str(path)
 
 
 @task(name="labeled-window", cache_policy=NO_CACHE)
-def labeled_window(cfg: DistillConfig, as_of: datetime, days: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The labeled rows (features, labels) of the last ``days`` days, and the window's total row count."""
-    window = read_logs.fn(cfg, as_of, days)
+def labeled_window(cfg: DistillConfig, start: datetime, end: datetime) -> tuple[Dataset, int]:
+    """The labeled rows of the logs in ``[start, end)`` (labels known by ``end``) as a dataset (ids from the
+    request ids), and the window's total row count."""
+    window = read_logs.fn(cfg, start, end)
     known = window.label_mask
-    return window.x[known], window.labels[known], len(window)
+    labeled = Dataset("recalibration_window", window.root, ids_from_request_ids(window.request_ids[known]),
+                      window.x[known], window.labels[known])
+    get_run_logger().info("labeled window %s [%s, %s): %d of %d rows labeled", window.root, start.isoformat(),
+                          end.isoformat(), len(labeled), len(window))
+    return labeled, len(window)
 
 
 @task(name="refit-temperature", cache_policy=NO_CACHE)
@@ -277,7 +287,7 @@ def refit_champion_temperature(champion: Champion, x: np.ndarray, y: np.ndarray,
     """Refit the champion's temperature on the labeled window (:func:`kdflow.lifecycle.refit_temperature`)."""
     logits = predict_logits(champion.model.model, x)
     result = refit_temperature(logits, y, float(champion.model.temperature), cfg.calibration,
-                               cfg.recalibration.min_ece_improvement)
+                               cfg.recalibration.min_ece_improvement, cfg.recalibration.min_improvement_confidence)
     get_run_logger().info("recalibration of %s v%s: %s", champion.ref.name, champion.ref.version, result.reason)
     return result
 
@@ -300,7 +310,7 @@ def parent_evaluation(champion: Champion) -> dict[str, Any]:
 @task(name="judge-recalibration", cache_policy=NO_CACHE)
 def judge_recalibration(result: Recalibration, evaluation: dict[str, Any], sla: SLAConfig
                         ) -> tuple[list[SLACheck], bool, str]:
-    """Every SLA on the recalibrated model (the parent's evaluation with the new held-out ECE and temperature)
+    """Every SLA on the recalibrated model (the parent's evaluation with the new out-of-fold ECE and temperature)
     and whether to register it: only if ECE improved and every SLA still passes."""
     checks = check_slas({**evaluation, "student_ece": result.ece_after, "served_temperature": result.new_temperature},
                         sla)
@@ -312,8 +322,17 @@ def judge_recalibration(result: Recalibration, evaluation: dict[str, Any], sla: 
     return checks, True, f"recalibrated: {result.reason}; every SLA passes"
 
 
-def recalibration_tags(champion: Champion, result: Recalibration, start: datetime, end: datetime) -> dict[str, Any]:
-    """The parent's provenance (teacher, data, config) plus what this recalibration did."""
+def reference_window_start(champion: Champion) -> datetime | None:
+    """Where the production traffic the champion's reference profile describes begins (tag
+    ``kdflow.reference_window_start``; None for a profile of the validation split)."""
+    start = champion.tags.get(f"{registry.TAG_PREFIX}reference_window_start")
+    return datetime.fromisoformat(start) if start else None
+
+
+def recalibration_tags(champion: Champion, result: Recalibration, start: datetime, end: datetime,
+                       trigger: str) -> dict[str, Any]:
+    """The parent's provenance (teacher, data, config) plus what this recalibration did; the new version's
+    reference profile is the window it was refit on."""
     keep = {k.removeprefix(registry.TAG_PREFIX): v for k, v in champion.tags.items()
             if k.startswith(registry.TAG_PREFIX) and not k.startswith((f"{registry.TAG_PREFIX}alias",
                                                                        f"{registry.TAG_PREFIX}sla_"))
@@ -321,7 +340,9 @@ def recalibration_tags(champion: Champion, result: Recalibration, start: datetim
     tags = champion.tags
     report_run = tags.get(f"{registry.TAG_PREFIX}report_run_id", tags.get(f"{registry.TAG_PREFIX}run_id"))
     return {**keep, "parent_version": champion.ref.version, "trigger": "recalibration", "report_run_id": report_run,
-            "recalibration_window": f"[{start.isoformat()}, {end.isoformat()})",
+            "recalibration_trigger": trigger, "recalibration_window": f"[{start.isoformat()}, {end.isoformat()})",
+            "reference": "production", "reference_window_start": start.isoformat(),
+            "reference_window_end": end.isoformat(),
             "calibrated_temperature": result.new_temperature, "previous_temperature": result.current_temperature}
 
 

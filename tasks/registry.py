@@ -54,13 +54,14 @@ def sla_gate(evaluation: dict[str, Any], sla: SLAConfig, student_name: str, test
 
 
 @task(name="reference-profile", cache_policy=NO_CACHE)
-def reference_profile(student: CalibratedClassifier, val: Dataset, teacher_val_logits: np.ndarray,
+def reference_profile(student: CalibratedClassifier, reference: Dataset, teacher_logits: np.ndarray | None,
                       n_bins: int) -> dict[str, Any]:
-    """The student's reference profile on the validation set (:func:`kdflow.profile.build_profile`): what
+    """The student's reference profile (:func:`kdflow.profile.build_profile`) on ``reference`` — the validation
+    split, or for a retrained or recalibrated version the labeled production traffic it was fitted to: what
     the drift check compares production windows with."""
-    logits = torch.from_numpy(predict_logits(student, val.x))  # raw logits; served: softmax(z / T_calibrated)
+    logits = torch.from_numpy(predict_logits(student, reference.x))  # raw logits; served: softmax(z / T_calibrated)
     probs = torch.softmax(logits / float(student.temperature), dim=1).numpy()
-    return build_profile(probs, val.x, val.y, teacher_val_logits, n_bins=n_bins).to_dict()
+    return build_profile(probs, reference.x, reference.y, teacher_logits, n_bins=n_bins).to_dict()
 
 
 @task(name="register-student", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -107,7 +108,12 @@ def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets:
         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
         "logit_store_keys": teacher_outs[0].store_uris,
         "calibrated_temperature": calibration["temperature"], "training_temperature": cfg.train.temperature,
+        "reference": "validation",
     }
+    if "recent_labeled" in datasets:  # a retrain: the reference profile is the recent labeled traffic
+        provenance["reference"] = "production"
+        if cfg.data.recent_window:
+            provenance["reference_window_start"], provenance["reference_window_end"] = cfg.data.recent_window
     if len(ensemble.teachers) > 1:
         provenance["teachers"] = [{**d, "logit_store_keys": out.store_uris}
                                   for d, out in zip(ensemble.describe(), teacher_outs)]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from kdflow.calibration import calibration_metrics, expected_calibration_error, fit_temperature, nll
+from kdflow.calibration import (bin_gaps, calibration_metrics, ece_improvement_confidence, expected_calibration_error,
+                                fit_temperature, nll, weighted_ece)
 
 
 def synthetic_overconfident(n: int, c: int, true_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +55,25 @@ def test_scaling_reduces_ece_of_overconfident_model():
 def test_fit_temperature_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="need logits"):
         fit_temperature(np.zeros((3, 2)), np.zeros(4, dtype=int))
+
+
+def test_weighted_ece_is_the_ece_of_repeated_rows():
+    logits, labels = synthetic_overconfident(3_000, 5, 2.0, seed=4)
+    probs, y = torch.softmax(logits, 1).numpy(), labels.numpy()
+    bins, gaps = bin_gaps(probs, y, 15)
+    assert weighted_ece(bins, gaps, np.ones(len(y)), 15) == pytest.approx(expected_calibration_error(probs, y, 15))
+    w = np.random.default_rng(0).integers(0, 3, len(y))
+    repeated = np.repeat(np.arange(len(y)), w)
+    assert weighted_ece(bins, gaps, w, 15) == pytest.approx(expected_calibration_error(probs[repeated], y[repeated], 15))
+    both = weighted_ece(bins, gaps, np.stack([np.ones(len(y)), w]), 15)
+    assert both.shape == (2,) and both[1] == pytest.approx(weighted_ece(bins, gaps, w, 15))
+
+
+def test_ece_improvement_confidence_separates_a_real_gain_from_noise():
+    logits, labels = synthetic_overconfident(4_000, 10, 2.0, seed=5)  # calibrated at T = 2
+    y = labels.numpy()
+    at = {t: torch.softmax(logits / t, 1).numpy() for t in (1.0, 2.0, 2.04)}
+    assert ece_improvement_confidence(at[1.0], at[2.0], y) == 1.0  # overconfident -> calibrated: every resample
+    assert ece_improvement_confidence(at[2.0], at[1.0], y) == 0.0
+    assert ece_improvement_confidence(at[2.0], at[2.0], y) == 0.0  # "lower" is strict
+    assert 0.05 < ece_improvement_confidence(at[2.04], at[2.0], y) < 0.95  # 2% apart: not distinguishable

@@ -94,3 +94,13 @@ def test_servers_that_do_not_answer_exit_4_before_anything_runs(monkeypatch, tmp
     (tmp_path / "d.yaml").write_text(cfg)
     result = runner.invoke(app, ["recalibrate", "--config", str(tmp_path / "d.yaml")])
     assert result.exit_code == SERVER_DOWN_EXIT and "MLflow tracking server" in result.output
+
+
+def test_a_date_that_is_not_iso_8601_exits_2_before_anything_runs():
+    from kdflow.cli import packaged_config
+
+    cfg = str(packaged_config("mnist1d_distill.yaml"))
+    result = runner.invoke(app, ["recalibrate", "--config", cfg, "--since", "last tuesday"])
+    assert result.exit_code == 2 and "not an ISO 8601 date or date-time: 'last tuesday'" in result.output
+    result = runner.invoke(app, ["drift", "check", "--config", cfg, "--as-of", "2026-13-01"])
+    assert result.exit_code == 2 and "'2026-13-01'" in result.output

@@ -15,8 +15,8 @@ from scipy.special import softmax
 from scipy.stats import false_discovery_control
 
 from kdflow.config import DriftConfig
-from kdflow.drift import (SIGNALS, DriftCheck, WindowData, check_window, correct_pvalues, decide, estimate_accuracy,
-                          feature_tests, flip_rate, psi, psi_binned)
+from kdflow.drift import (SIGNALS, Decision, DriftCheck, WindowData, check_window, correct_pvalues, decide,
+                          estimate_accuracy, feature_tests, flip_rate, psi, psi_binned)
 from kdflow.generators import mnist1d_arrays
 from kdflow.profile import FEATURE_SUMMARIES, ReferenceProfile, build_profile, entropy, summarize_features
 
@@ -216,33 +216,53 @@ def test_late_labels_come_from_the_labeled_window(profile):
 
 
 # ------------------------------------------------------------------------------------------- decisions
+DAY = timedelta(days=1)
+
+
+def stored(decision: Decision) -> dict:
+    """A decision as the flow stores it (decision.json) and hands to the next check."""
+    return json.loads(json.dumps(decision.to_dict()))
+
+
 def test_decide_needs_consecutive_windows(checks):
     drift, clean, small = checks["drift"], checks["clean"], checks["small"]
-    first = decide([], drift, CFG, None, NOW)
+    first = decide(None, drift, CFG, None, NOW)
     assert first.action == "none" and first.consecutive["psi_predicted_class"] == 1 and "1 of 2" in first.reason
-    assert decide([clean], drift, CFG, None, NOW).action == "none"
-    assert decide([drift, small], drift, CFG, None, NOW).action == "none"  # cannot_decide breaks the streak
+    assert first.since["psi_predicted_class"] == (NOW - DAY).isoformat()  # the start of this check's window
+    assert first.episode_start is None  # nothing triggered yet
+    assert decide(decide(None, clean, CFG, None, NOW), drift, CFG, None, NOW + DAY).action == "none"
+    broken = decide(decide(first, small, CFG, None, NOW + DAY), drift, CFG, None, NOW + 2 * DAY)
+    assert broken.action == "none" and broken.consecutive["psi_predicted_class"] == 1  # cannot_decide broke it
 
-    history = [json.loads(json.dumps(drift.to_dict()))]  # as stored by the flow
-    second = decide(history, drift, CFG, None, NOW)
+    second = decide(stored(first), drift, CFG, None, NOW + DAY)
     assert second.action == "retrain" and second.triggered == ["psi_predicted_class"]
     assert second.consecutive["psi_predicted_class"] == 2 and "psi_predicted_class" in second.reason
     assert f"{CFG.psi_threshold:g}" in second.reason
-    assert decide([], drift, DriftConfig(consecutive_windows=1), None, NOW).action == "retrain"
-    assert decide(history, drift, DriftConfig(trigger_on=["accuracy", "flip_rate"]), None, NOW).action == "none"
-    assert decide([drift], small, CFG, None, NOW).action == "cannot_decide"
+    assert second.episode_start == NOW - DAY  # where the streak began, one window before this check's
+    third = decide(stored(second), drift, CFG, None, NOW + 2 * DAY)
+    assert third.consecutive["psi_predicted_class"] == 3 and third.episode_start == NOW - DAY
+    assert decide(None, drift, DriftConfig(consecutive_windows=1), None, NOW).action == "retrain"
+    assert decide(first, drift, DriftConfig(trigger_on=["accuracy", "flip_rate"]), None, NOW + DAY).action == "none"
+    assert decide(first, small, CFG, None, NOW + DAY).action == "cannot_decide"
+    # A decision stored before streak starts were recorded still carries its counts; the start is then this window.
+    legacy = {k: v for k, v in stored(first).items() if k != "since"}
+    carried = decide(legacy, drift, CFG, None, NOW + DAY)
+    assert carried.action == "retrain" and carried.episode_start == NOW
 
 
-def test_decide_cooldown(checks):
+def test_decide_cooldown_recalibrates_instead(checks):
     drift = checks["drift"]
+    first = decide(None, drift, CFG, None, NOW - DAY)
     recent = NOW - timedelta(days=3)
-    held = decide([drift], drift, CFG, recent, NOW)
+    held = decide(stored(first), drift, CFG, recent, NOW)
     until = recent + timedelta(days=CFG.cooldown_days)
-    assert held.action == "none" and held.triggered == ["psi_predicted_class"]
+    assert held.action == "recalibrate" and held.triggered == ["psi_predicted_class"]
     assert "cool-down" in held.reason and until.isoformat() in held.reason
-    assert held.cooldown_until == until.isoformat()
-    assert decide([drift], drift, CFG, NOW - timedelta(days=8), NOW).action == "retrain"
-    assert json.loads(json.dumps(held.to_dict()))["action"] == "none"
+    assert held.cooldown_until == until.isoformat() and held.episode_start == NOW - 2 * DAY
+    quiet = decide(stored(first), drift, DriftConfig(recalibrate_during_cooldown=False), recent, NOW)
+    assert quiet.action == "none" and quiet.triggered == ["psi_predicted_class"] and "cool-down" in quiet.reason
+    assert decide(stored(first), drift, CFG, NOW - timedelta(days=8), NOW).action == "retrain"
+    assert Decision.from_dict(stored(held)) == held
 
 
 def test_drift_check_round_trip(checks):
