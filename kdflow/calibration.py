@@ -77,13 +77,17 @@ class CalibrationMetrics:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
 
+def _bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """The equal-width confidence bin of each row: this matches torchmetrics' ``bucketize(right=True) - 1``."""
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    return (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+
+
 def confidence_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-bin (count, accuracy, mean confidence) over equal-width bins of top-label confidence."""
     conf, pred = probs.max(dim=1)
     correct = (pred == labels).to(torch.float64)
-    # Bin m holds confidences in ((m-1)/M, m/M]; this matches torchmetrics' bucketize(right=True) - 1.
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+    idx = _bin_index(conf, n_bins)
     count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf))
     acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
@@ -120,11 +124,9 @@ def calibration_metrics(
 
 def bin_gaps(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: its confidence bin (as in :func:`confidence_bins`) and ``correct - confidence``."""
-    p = np.asarray(probs, dtype=np.float64)
-    conf, pred = p.max(axis=1), p.argmax(axis=1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-    return bins, (pred == np.asarray(labels)).astype(np.float64) - conf
+    conf, pred = as_tensor(probs).max(dim=1)
+    gaps = (pred == as_tensor(labels, torch.long)).to(torch.float64) - conf
+    return _bin_index(conf, n_bins).numpy(), gaps.numpy()
 
 
 def weighted_ece(bins: np.ndarray, gaps: np.ndarray, weights: np.ndarray, n_bins: int) -> np.ndarray:

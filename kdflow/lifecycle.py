@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,11 +90,9 @@ class Recalibration:
     fold_temperatures: tuple[float, float] = (float("nan"), float("nan"))
     improvement_confidence: float = float("nan")  # share of bootstrap resamples in which ECE improved
 
-    def as_dict(self) -> dict[str, float | int | bool | str | list[float]]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict for MLflow and reports."""
-        d = asdict(self)
-        d["fold_temperatures"] = list(self.fold_temperatures)
-        return d
+        return asdict(self)
 
 
 def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperature: float, cfg: CalibrationConfig,
