@@ -65,7 +65,6 @@ def scaling_run(n: int, root: Path, config: ValidationConfig) -> dict[str, float
     data = DataConfig(train=train, val=val, test=val, num_classes=CLASSES)
     t0 = time.perf_counter()
     reference = {"train": read_split("train", train, True)}
-    t1 = time.perf_counter()
     ref_report, _ = validate_splits(reference, data, config, root / f"docs-ref-{n}")
     t2 = time.perf_counter()
     both = {**reference, "val": read_split("val", val, True)}

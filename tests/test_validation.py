@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdflow.cli import app
-from kdflow.config import ConfigError, DataConfig, DistillConfig, FeatureSpec, ValidationConfig, load_config
+from kdflow.config import ConfigError, DataConfig, DistillConfig, ValidationConfig, load_config
 from kdflow.data import DataError, to_frame, write_parquet
 from kdflow.validation import (DataValidationError, FeatureRanges, deterministic_sample, expand_uri, read_split,
                                validate_data, validate_inference_logs, validate_splits, validate_teacher_logits)
