@@ -125,7 +125,11 @@ fi
 
 echo "export PREFECT_API_URL=http://$host:$prefect_port/api"
 if [[ "${KDFLOW_LOCAL_S3:-0}" == 1 ]]; then
-    echo "export MLFLOW_S3_ENDPOINT_URL=$MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL_S3=$MLFLOW_S3_ENDPOINT_URL" \
-         "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION"
+    # Credentials go to a file only its owner can read, never to the terminal or a log: print how to load them.
+    creds="$stack/s3-credentials.env"
+    (umask 077; printf 'export AWS_ACCESS_KEY_ID=%q AWS_SECRET_ACCESS_KEY=%q AWS_DEFAULT_REGION=%q\n' \
+        "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$AWS_DEFAULT_REGION" > "$creds")
+    echo "export MLFLOW_S3_ENDPOINT_URL=$MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL_S3=$MLFLOW_S3_ENDPOINT_URL"
+    echo ". $creds  # AWS credentials of the stack's S3 (mode 600; values not printed)"
 fi
 log "stack up; stop it with infra/stop-stack.sh"

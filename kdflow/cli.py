@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import typer
 
+from kdflow.redact import actor
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kdflow: knowledge distillation pipeline.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate datasets offline.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher models.")
@@ -474,7 +476,7 @@ def models_promote(name: str = typer.Argument(...), version: str = typer.Argumen
     from tasks.promotion import promote_version
 
     _registry_from(config, tracking_uri)
-    out = _run(promote_version, name, version, reason, f"cli:{os.environ.get('USER', 'unknown')}")
+    out = _run(promote_version, name, version, reason, actor("cli"))
     typer.echo(f"{name}: champion {out['previous'] or '-'} -> {out['version']}"
                + ("" if out["changed"] else " (already champion)"))
 
@@ -487,7 +489,7 @@ def models_rollback(name: str = typer.Argument(...), reason: str = typer.Option(
     from tasks.promotion import rollback_champion
 
     _registry_from(config, tracking_uri)
-    out = _run(rollback_champion, name, reason, f"cli:{os.environ.get('USER', 'unknown')}")
+    out = _run(rollback_champion, name, reason, actor("cli"))
     typer.echo(f"{name}: champion {out['previous']} -> {out['version']} (rolled back)")
 
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kdflow.redact import redact
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -76,6 +78,7 @@ def write_report(report: dict[str, Any], directory: str | Path) -> tuple[Path, P
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "report.json"
     md_path = directory / "report.md"
+    report = redact(report)  # a URI with a password (a PostgreSQL tracking URI, say) never reaches a reader
     json_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     md_path.write_text(to_markdown(report))
     return json_path, md_path
