@@ -81,6 +81,24 @@ class ValidationConfig(_Strict):
     probability_mostly: float = Field(default=1.0, ge=0.0, le=1.0)
     max_examples: int = Field(default=5, gt=0)  # example values / ids per failed expectation
     data_docs: bool = True  # build GX Data Docs (HTML) for the report
+    # Cross-split ids: train, val, test and transfer must not share ids (a shared id is a leak that inflates
+    # every figure measured on val/test). The transfer set may share ids with the labeled splits listed here:
+    # train by default (distilling on the training inputs is the classic transfer set, Hinton et al. 2015);
+    # add "test" only for deliberately transductive distillation, whose test figures are then optimistic.
+    disjoint_ids: bool = True
+    transfer_overlap_allowed: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train"])
+    # Feature scale: each split in scale_datasets is compared with train, per feature, both ways (a train on a
+    # larger scale fails as surely as a val on a smaller one). A feature fails when its standardized mean
+    # difference |mean - mean_train| / pooled sd exceeds max_mean_shift, or |ln(sd / sd_train)| exceeds
+    # max_log_sd_ratio (0.693: a factor of 2), AND the difference exceeds scale_z standard errors (so small or
+    # heavy-tailed samples are not failed on noise). Sds below scale_sd_floor x train's RMS feature sd are
+    # raised to it (near-constant features, e.g. always-blank pixels). Computed on the deterministic sample.
+    feature_scale: bool = True
+    scale_datasets: list[str] = Field(default_factory=lambda: ["val", "test", "transfer"])
+    max_mean_shift: float = Field(default=0.5, gt=0.0)
+    max_log_sd_ratio: float = Field(default=0.693, gt=0.0)
+    scale_z: float = Field(default=6.0, ge=0.0)
+    scale_sd_floor: float = Field(default=0.1, ge=0.0)
 
 
 class ModelSpec(_Strict):

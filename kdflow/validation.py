@@ -22,6 +22,19 @@ length) and ``x__range`` ("in range" or the first feature outside the range lear
 nulls in these column-map expectations, so each row is judged once, by the first thing wrong with it.
 Cheap checks (schema, nulls, ids, labels, finiteness) run on every row; only the range check is sampled.
 
+Two cross-split checks are plain kdflow checks in the same report (a GX expectation sees one batch, and a
+per-feature expectation would cost tens of ms per feature):
+
+- ``ids.disjoint``: train, val, test and transfer must not share ids; each pair that does is one failure on the
+  later split, naming both splits, the count and a few ids. The transfer set may share ids with the splits in
+  ``ValidationConfig.transfer_overlap_allowed`` (train by default: the training inputs are the classic transfer
+  set). The retrain flow's ``recent`` traffic has ids of its own (hashed request ids) and is not compared.
+- ``features.scale``: each split in ``scale_datasets`` against train, per feature and both ways, on the
+  deterministic sample: standardized mean difference and ``|ln(sd / sd_train)|`` against thresholds that widen
+  to ``scale_z`` standard errors for small or heavy-tailed samples (:func:`scale_differences`). The range check
+  only asks whether a split falls inside train's range, so a train on a larger scale than the others passes it;
+  this check does not. Superseded by an earlier failure on the feature column (e.g. the range check).
+
 GX's cost is mostly per expectation (tens of ms each, whatever the rows), so a dataset gets one suite of
 ~15 expectations: one per-row status column per concern rather than one expectation per feature.
 
@@ -62,6 +75,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 SUITE_VERSION = 1
 LABELED_SPLITS = ("train", "val", "test")
+DISJOINT_SPLITS = ("train", "val", "test", "transfer")  # checked pairwise for shared ids
 REFERENCE = "train"
 _DOCS_SITE = "local_site"
 INTEGER_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -502,6 +516,87 @@ def add_range_status(profile: FeatureProfile, ranges: FeatureRanges, n_rows: int
     return len(sample)
 
 
+@dataclass
+class FeatureMoments:
+    """Per-feature mean, standard deviation and kurtosis of a (sampled) feature matrix, for the scale check."""
+
+    names: list[str]
+    n: int
+    mean: np.ndarray
+    sd: np.ndarray
+    kurtosis: np.ndarray     # m4 / m2^2 (3 for a normal feature); 1 where the feature is constant
+
+    @classmethod
+    def of(cls, names: list[str], matrix: np.ndarray) -> "FeatureMoments | None":
+        """Moments of each column of ``matrix`` (float64 arithmetic); None below 2 rows."""
+        if matrix.ndim != 2 or len(matrix) < 2:
+            return None
+        x = np.asarray(matrix, dtype=np.float64)
+        mean = x.mean(axis=0)
+        squares = np.square(x - mean)
+        m2 = squares.mean(axis=0)
+        m4 = np.square(squares, out=squares).mean(axis=0)
+        kurtosis = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
+        return cls(list(names), len(x), mean, np.sqrt(m2 * len(x) / (len(x) - 1)), np.maximum(kurtosis, 1.0))
+
+
+@dataclass
+class ScaleDifference:
+    """One feature whose location or spread differs from train's beyond the configured limits."""
+
+    feature: str
+    mean: float
+    train_mean: float
+    sd: float
+    train_sd: float
+    mean_shift: float        # |mean - train mean| / pooled sd
+    mean_limit: float        # max(max_mean_shift, scale_z x its standard error)
+    log_sd_ratio: float      # |ln(sd / train sd)|, sds floored
+    log_sd_limit: float      # max(max_log_sd_ratio, scale_z x its standard error)
+
+    @property
+    def severity(self) -> float:
+        """How far past its limit the worse statistic is (> 1 for every reported difference)."""
+        return max(self.mean_shift / self.mean_limit, self.log_sd_ratio / self.log_sd_limit)
+
+    def describe(self) -> str:
+        """e.g. ``x[3]: sd 9.8 vs train 0.98 (|ln sd ratio| 2.30, allowed <= 0.69)``."""
+        parts = []
+        if self.log_sd_ratio > self.log_sd_limit:
+            parts.append(f"sd {self.sd:.4g} vs train {self.train_sd:.4g} "
+                         f"(|ln sd ratio| {self.log_sd_ratio:.2f}, allowed <= {self.log_sd_limit:.2f})")
+        if self.mean_shift > self.mean_limit:
+            parts.append(f"mean {self.mean:.4g} vs train {self.train_mean:.4g} "
+                         f"(standardized mean difference {self.mean_shift:.2f}, allowed <= {self.mean_limit:.2f})")
+        return f"{self.feature}: " + "; ".join(parts)
+
+
+def scale_differences(train: FeatureMoments, other: FeatureMoments, config: ValidationConfig) -> list[ScaleDifference]:
+    """The features of ``other`` whose mean or spread differs from train's, most severe first.
+
+    Two-sided per feature: the standardized mean difference ``|mean - mean_t| / sqrt((sd^2 + sd_t^2) / 2)``
+    and ``|ln(sd / sd_t)|``, each against ``max(threshold, scale_z x standard error)``. Standard errors:
+    ``sqrt(1/n + 1/n_t)`` for the mean difference, ``sqrt((kurtosis_t - 1) / 4 x (1/n + 1/n_t))`` for the log sd
+    ratio (the delta method; a normal feature's kurtosis is 3), so a small split or a heavy-tailed feature
+    (a pixel that is rarely non-zero) is not failed on sampling noise. Sds are floored at ``scale_sd_floor``
+    times train's root-mean-square feature sd."""
+    if train.names != other.names:
+        return []
+    floor = max(config.scale_sd_floor * float(np.sqrt(np.mean(train.sd ** 2))), 1e-12)
+    sd_t, sd_o = np.maximum(train.sd, floor), np.maximum(other.sd, floor)
+    pooled = np.maximum(np.sqrt((train.sd ** 2 + other.sd ** 2) / 2), floor)
+    mean_shift = np.abs(other.mean - train.mean) / pooled
+    log_ratio = np.abs(np.log(sd_o / sd_t))
+    inv_n = 1.0 / other.n + 1.0 / train.n
+    mean_limit = max(config.max_mean_shift, config.scale_z * float(np.sqrt(inv_n)))
+    log_limit = np.maximum(config.max_log_sd_ratio, config.scale_z * np.sqrt((train.kurtosis - 1.0) / 4.0 * inv_n))
+    out = [ScaleDifference(train.names[j], float(other.mean[j]), float(train.mean[j]), float(other.sd[j]),
+                           float(train.sd[j]), float(mean_shift[j]), mean_limit, float(log_ratio[j]),
+                           float(log_limit[j]))
+           for j in np.flatnonzero((mean_shift > mean_limit) | (log_ratio > log_limit))]
+    return sorted(out, key=lambda d: -d.severity)
+
+
 # ------------------------------------------------------------------------------------------- suites
 
 
@@ -865,6 +960,7 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
     spec = data.features
     width = int(np.prod(spec.shape)) if spec.shape else (len(spec.columns) if spec.columns else None)
     ranges: FeatureRanges | None = None
+    train_moments: FeatureMoments | None = None
     for name in sorted(splits, key=lambda n: n != REFERENCE):
         split = splits[name]
         files = list(split.frames)
@@ -893,11 +989,13 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
         profile = profile_features(df, spec, width)
         if name == REFERENCE:
             width = width or profile.width
+            sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
             if config.feature_ranges:
-                sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
                 ranges = FeatureRanges.learn(profile.names, profile.matrix[sample], config.range_margin)
                 ds.notes.append(f"feature ranges learned from {len(sample):,} sampled row(s) "
                                 f"(seed {config.sample_seed})")
+            if config.feature_scale:
+                train_moments = FeatureMoments.of(profile.names, profile.matrix[sample])
         range_mostly = None
         if ranges is not None and name != REFERENCE:
             sampled = add_range_status(profile, ranges, len(df), config.sample_size, config.sample_seed)
@@ -916,7 +1014,13 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
         extra = {"columns": list(df.columns), "rows": len(df), "min_rows": min_rows, "width": profile.width,
                  "num_classes": data.num_classes, "range_mostly": config.range_mostly}
         ds.checks += _collect(name, split.uri, results, id_col, config.max_examples, extra)
+        if train_moments is not None and name != REFERENCE and name in config.scale_datasets:
+            scale = _scale_check(ds, profile, train_moments, report.datasets[REFERENCE].uri, spec, config)
+            if scale is not None:
+                ds.checks.append(scale)
     _cross_split_drift(report, schemas, {n: s.labeled for n, s in splits.items()}, data.label_column)
+    if config.disjoint_ids:
+        _split_overlaps(report, frames, data.id_column, config)
     if runner is not None:
         runner.build_docs()
         report.gx_results = runner.results
@@ -942,6 +1046,61 @@ def _cross_split_drift(report: ValidationReport, schemas: dict[str, dict[str, st
                 report.datasets[name].checks.append(_plain(
                     name, "schema.drift", column, False,
                     f"{report.datasets[name].uri}: schema drift: {what} ({name} vs train {ref.uri})"))
+
+
+def _scale_check(ds: DatasetReport, profile: FeatureProfile, train: FeatureMoments, train_uri: str,
+                 spec: FeatureSpec, config: ValidationConfig) -> CheckResult | None:
+    """``features.scale`` for one dataset against train's moments (on the deterministic sample), or None when
+    its features cannot be compared (no well-formed rows, or another width: already reported). Superseded
+    when an expectation on the feature column (e.g. the range check) already failed in this dataset."""
+    source = "features" if spec.columns else spec.column
+    sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
+    moments = FeatureMoments.of(profile.names, profile.matrix[sample])
+    if moments is None or moments.names != train.names:
+        ds.notes.append("feature scale not compared with train: too few well-formed rows or another feature width")
+        return None
+    found = scale_differences(train, moments, config)
+    check = CheckResult(dataset=ds.name, check="features.scale", expectation="kdflow.features.scale", column=source,
+                        success=not found, unexpected_count=len(found), sampled=True,
+                        examples=[d.feature for d in found[:config.max_examples]])
+    ds.notes.append(f"feature scale compared with train on {moments.n:,} vs {train.n:,} sampled row(s)")
+    if found:
+        shown = "; ".join(d.describe() for d in found[:config.max_examples])
+        more = f"; and {len(found) - config.max_examples} more" if len(found) > config.max_examples else ""
+        check.message = (f"{ds.uri}: feature scale differs from train's ({train_uri}) in {len(found)} of "
+                         f"{len(train.names)} feature(s), compared on {moments.n:,} vs {train.n:,} sampled row(s): "
+                         f"{shown}{more}")
+        earlier = next((c for c in ds.failures if c.column == source), None)
+        if earlier is not None:
+            check.skipped = f"superseded by {earlier.check} on {source!r}"
+    return check
+
+
+def _split_overlaps(report: ValidationReport, frames: dict[str, pd.DataFrame], id_column: str,
+                    config: ValidationConfig) -> None:
+    """``ids.disjoint``: for each pair of train, val, test and transfer (those read with an id column), the
+    ids they share. Reported on the later split of the pair, naming both, the count and a few ids; the
+    transfer set may share ids with the splits in ``config.transfer_overlap_allowed``."""
+    names = [n for n in DISJOINT_SPLITS if n in frames and id_column in frames[n].columns]
+    ids = {n: pd.Index(pd.unique(frames[n][id_column].dropna().to_numpy())) for n in names}
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if second == "transfer" and first in config.transfer_overlap_allowed:
+                continue
+            try:
+                shared = ids[first].intersection(ids[second])
+                shown = list(shared.sort_values()[:config.max_examples])
+            except TypeError:  # ids of different types: schema drift reports it; nothing is shared
+                shared, shown = pd.Index([]), []
+            ds, other = report.datasets[second], report.datasets[first]
+            message = ""
+            if len(shared):
+                hint = (f" (validation.transfer_overlap_allowed lists the splits the transfer set may share ids "
+                        f"with: now {config.transfer_overlap_allowed})" if second == "transfer" else "")
+                message = (f"{ds.uri}: {len(shared):,} of {len(ids[second]):,} id(s) in {second} are also in {first} "
+                           f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
+                           f"on them){hint}; e.g. ids {_jsonable(shown)}")
+            ds.checks.append(_plain(second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown))
 
 
 def validate_data(data: DataConfig, config: ValidationConfig, endpoint_url: str | None = None,

@@ -6,7 +6,7 @@ import pytest
 
 from kdflow.config import DataConfig
 from kdflow.data import DataError, load_dataset, to_frame, write_parquet
-from kdflow.generators import mnist1d_arrays, write_digits
+from kdflow.generators import mnist1d_arrays, write_digits, write_mnist1d
 
 CFG = DataConfig(train="-", val="-", test="-", num_classes=3)
 
@@ -88,5 +88,16 @@ def test_digits_writer(tmp_path):
     train = load_dataset("train", str(paths["train"]), cfg)
     test = load_dataset("test", str(paths["test"]), cfg)
     assert train.x.shape[1:] == (8, 8) and len(train) + len(test) + len(load_dataset("val", str(paths["val"]), cfg)) == 1797
-    assert not set(train.ids) & set(test.ids)
-    assert load_dataset("transfer", str(paths["transfer"]), cfg, labeled=False).y is None
+    val = load_dataset("val", str(paths["val"]), cfg)
+    assert not set(train.ids) & set(test.ids) and not set(train.ids) & set(val.ids) and not set(val.ids) & set(test.ids)
+    transfer = load_dataset("transfer", str(paths["transfer"]), cfg, labeled=False)
+    # the transfer set is the train inputs under their own ids (allowed: validation.transfer_overlap_allowed)
+    assert transfer.y is None and np.array_equal(transfer.ids, train.ids) and np.array_equal(transfer.x, train.x)
+
+
+def test_mnist1d_writer_gives_each_split_its_own_ids(tmp_path):
+    paths = write_mnist1d(tmp_path, transfer_size=40, sizes={"train": 30, "val": 20, "test": 20})
+    ids = {name: pd.read_parquet(path)["id"].to_numpy() for name, path in paths.items()}
+    assert {n: len(v) for n, v in ids.items()} == {"train": 30, "val": 20, "test": 20, "transfer": 40}
+    everything = np.concatenate(list(ids.values()))
+    assert len(np.unique(everything)) == len(everything) == 110

@@ -4,6 +4,7 @@ drift, sampled ranges, reports, inference logs, teacher logits and the ``kdflow 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from kdflow.cli import app
-from kdflow.config import ConfigError, DataConfig, DistillConfig, ValidationConfig, load_config
+from kdflow.config import ConfigError, DataConfig, DistillConfig, FeatureSpec, ValidationConfig, load_config
 from kdflow.data import DataError, to_frame, write_parquet
-from kdflow.validation import (DataValidationError, FeatureRanges, deterministic_sample, expand_uri, read_split,
-                               validate_data, validate_inference_logs, validate_splits, validate_teacher_logits)
+from kdflow.generators import write_digits
+from kdflow.validation import (DataValidationError, FeatureMoments, FeatureRanges, deterministic_sample, expand_uri,
+                               read_split, scale_differences, validate_data, validate_inference_logs, validate_splits,
+                               validate_teacher_logits)
 from tests.conftest import make_bucket, write_yaml
 
 C, WIDTH = 3, 8
@@ -196,7 +199,9 @@ def test_feature_ranges_are_learned_from_train_and_checked_on_a_deterministic_sa
     assert failure.message.startswith(f"{data.val}: ") and "of 20 sampled row(s)" in failure.message
     assert "outside the range learned from train, more than the 10.00% allowed, e.g. ['x[0]=" in failure.message
     assert "feature ranges checked on 20 sampled row(s) (seed 0)" in first.datasets["val"].notes
-    assert validate_data(data, config.model_copy(update={"feature_ranges": False}))[0].success
+    [scale] = validate_data(data, config.model_copy(update={"feature_ranges": False}))[0].failures
+    assert scale.check == "features.scale" and "x[0]: sd " in scale.message  # then the scale check sees it
+    assert validate_data(data, config.model_copy(update={"feature_ranges": False, "feature_scale": False}))[0].success
     assert np.array_equal(deterministic_sample(1000, 10, 3), deterministic_sample(1000, 10, 3))
     assert len(deterministic_sample(5, 10, 0)) == 5
 
@@ -205,6 +210,147 @@ def test_feature_range_margin():
     ranges = FeatureRanges.learn(["a", "b"], np.array([[0.0, 5.0], [1.0, 5.0]]), margin=0.5)
     assert ranges.as_dict() == {"a": [-0.5, 1.5], "b": [2.5, 7.5]}
     assert ranges.status(np.array([[1.4, 5.0], [1.6, 5.0]])).tolist() == ["in range", "a=1.6 > 1.5"]
+
+
+def test_ids_shared_between_splits_fail_naming_both_splits(tmp_path):
+    data = write_all(tmp_path, val=frame(30, 1, 55))  # ids 55..84: 55..59 are also train's
+    report, _ = validate_data(data, FAST)
+    [failure] = report.failures
+    assert (failure.dataset, failure.check, failure.unexpected_count) == ("val", "ids.disjoint", 5)
+    assert failure.message == (f"{data.val}: 5 of 30 id(s) in val are also in train ({data.train}): splits must not "
+                               "share ids (a leak that inflates every figure measured on them); "
+                               "e.g. ids [55, 56, 57, 58, 59]")
+    with pytest.raises(DataValidationError, match=r"(?s)1 failed check\(s\) in val .*\[kdflow\.ids\.disjoint\(id\)\]$"):
+        report.raise_for_failures()
+    same = write_all(tmp_path)
+    same = same.model_copy(update={"test": same.val})  # one file as val and as test
+    [failure] = validate_data(same, FAST)[0].failures
+    assert failure.dataset == "test" and f"30 of 30 id(s) in test are also in val ({same.val})" in failure.message
+    assert validate_data(same, FAST.model_copy(update={"disjoint_ids": False}))[0].success
+
+
+def test_the_transfer_set_may_share_ids_with_train_only_by_default(tmp_path):
+    train_inputs = frame(60, 0).drop(columns=["label"])  # the training inputs as the transfer set (Hinton et al.)
+    data = write_all(tmp_path, transfer=train_inputs)
+    assert validate_data(data, FAST)[0].success
+    [failure] = validate_data(data, FAST.model_copy(update={"transfer_overlap_allowed": []}))[0].failures
+    assert failure.dataset == "transfer" and "60 of 60 id(s) in transfer are also in train" in failure.message
+    data = write_all(tmp_path, transfer=frame(30, 2, 90, labeled=False))  # the test inputs: transductive
+    [failure] = validate_data(data, FAST)[0].failures
+    assert f"30 of 30 id(s) in transfer are also in test ({data.test})" in failure.message
+    assert "validation.transfer_overlap_allowed lists the splits the transfer set may share ids with: now ['train']" \
+        in failure.message
+    assert validate_data(data, FAST.model_copy(update={"transfer_overlap_allowed": ["train", "test"]}))[0].success
+
+
+def scaled(df: pd.DataFrame, factor: float, feature: int | None = None, shift: float = 0.0) -> pd.DataFrame:
+    """Every feature (or just ``feature``) times ``factor`` plus ``shift``."""
+    def change(v):
+        v = v.copy()
+        cols = slice(None) if feature is None else feature
+        v[cols] = v[cols] * factor + shift
+        return v.astype(np.float32)
+    return df.assign(x=[change(v) for v in df["x"]])
+
+
+SCALE_LINE = r"x\[\d\]: sd \d+\.\d+ vs train \d+\.\d+ \(\|ln sd ratio\| \d\.\d\d, allowed <= \d\.\d\d\)"
+
+
+def test_a_train_split_on_a_larger_scale_fails_every_split_compared_with_it(tmp_path):
+    data = write_all(tmp_path, train=scaled(frame(60, 0), 10.0))
+    # The range check alone passes this: every other split lies well inside train's wider range.
+    assert validate_data(data, FAST.model_copy(update={"feature_scale": False}))[0].success
+    report, _ = validate_data(data, FAST)
+    assert [(c.dataset, c.check) for c in report.failures] == [
+        ("val", "features.scale"), ("test", "features.scale"), ("transfer", "features.scale")]
+    val = report.failures[0]
+    assert val.message.startswith(f"{data.val}: feature scale differs from train's ({data.train}) in 8 of 8 "
+                                  "feature(s), compared on 30 vs 60 sampled row(s): x[")
+    assert len(re.findall(SCALE_LINE, val.message)) == 5 and val.message.endswith("; and 3 more")
+    assert val.examples and all(re.fullmatch(r"x\[\d\]", e) for e in val.examples)
+
+
+def test_a_split_on_a_smaller_scale_is_one_failure(tmp_path):
+    data = write_all(tmp_path, val=scaled(frame(30, 1, 60), 0.1))
+    [failure] = validate_data(data, FAST)[0].failures
+    assert failure.dataset == "val" and failure.check == "features.scale" and failure.sampled
+    assert "in 8 of 8 feature(s)" in failure.message and re.search(SCALE_LINE, failure.message)
+    with pytest.raises(DataValidationError, match=r"(?s)in val .*\[kdflow\.features\.scale\(x\)\]$"):
+        validate_data(data, FAST)[0].raise_for_failures()
+
+
+def test_a_mean_shift_in_one_feature_names_that_feature(tmp_path):
+    data = write_all(tmp_path, val=scaled(frame(30, 1, 60), 1.0, feature=2, shift=3.0))
+    config = FAST.model_copy(update={"feature_ranges": False})
+    [failure] = validate_data(data, config)[0].failures
+    assert "in 1 of 8 feature(s)" in failure.message and failure.examples == ["x[2]"]
+    assert re.search(r": x\[2\]: mean \d\.\d+ vs train -?0\.\d+ \(standardized mean difference \d\.\d\d, "
+                     r"allowed <= 1\.34\)$", failure.message), failure.message
+
+
+def test_a_split_outside_the_range_is_reported_by_the_range_check_not_twice(tmp_path):
+    data = write_all(tmp_path, val=scaled(frame(30, 1, 60), 10.0))
+    report, _ = validate_data(data, FAST)
+    [failure] = report.failures
+    assert failure.check == "features.range"
+    [scale] = [c for c in report.datasets["val"].checks if c.check == "features.scale"]
+    assert not scale.success and scale.skipped == "superseded by features.range on 'x'"
+
+
+def test_a_named_column_in_other_units_is_named(tmp_path):
+    features = {"columns": ["a", "b"]}
+
+    def named(n, seed, first, b_scale=1.0, labeled=True):
+        rng = np.random.default_rng(seed)
+        df = pd.DataFrame({"id": np.arange(first, first + n), "a": rng.normal(5, 2, n),
+                           "b": rng.normal(0, 1, n) * b_scale})
+        return df.assign(label=np.arange(n) % C) if labeled else df
+
+    data = write_all(tmp_path, train=named(60, 0, 0), val=named(30, 1, 60, b_scale=0.05), test=named(30, 2, 90),
+                     transfer=named(45, 3, 120, labeled=False)).model_copy(update={"features": FeatureSpec(**features)})
+    [failure] = validate_data(data, FAST)[0].failures
+    assert failure.check == "features.scale" and failure.column == "features" and failure.examples == ["b"]
+    assert re.search(r"in 1 of 2 feature\(s\), compared on 30 vs 60 sampled row\(s\): b: sd 0\.0\d+ vs train "
+                     r"\d\.\d+ \(\|ln sd ratio\| \d\.\d\d", failure.message), failure.message
+
+
+def test_scale_limits_widen_with_sampling_noise_and_floor_near_constant_features():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 1))
+    names = ["f"]
+    for n, fails in ((10, False), (2000, True)):  # the same 2.5x spread: noise at 10 rows, a fault at 2,000
+        train, other = FeatureMoments.of(names, x[:n]), FeatureMoments.of(names, x[n:2 * n] * 2.5)
+        found = scale_differences(train, other, ValidationConfig())
+        assert bool(found) == fails
+        # two-sided: the same comparison the other way round gives the same verdict
+        assert bool(scale_differences(other, train, ValidationConfig())) == fails
+    [d] = found
+    assert d.log_sd_ratio == pytest.approx(np.log(2.5), abs=0.1) and d.log_sd_limit == pytest.approx(0.693)
+    blank = np.zeros((500, 2))
+    blank[:, 0] = rng.normal(size=500)
+    speck = blank.copy()
+    speck[:, 1] = rng.normal(scale=1e-6, size=500)  # a near-constant feature: sd floored at 0.1 x train's RMS sd
+    names = ["f", "blank"]
+    assert scale_differences(FeatureMoments.of(names, blank), FeatureMoments.of(names, speck), ValidationConfig()) == []
+    moved = blank.copy()
+    moved[:, 1] = 5.0  # constant in both, but another constant
+    [d] = scale_differences(FeatureMoments.of(names, blank), FeatureMoments.of(names, moved), ValidationConfig())
+    assert d.feature == "blank" and "mean 5 vs train 0" in d.describe()
+    assert FeatureMoments.of(names, blank[:1]) is None
+
+
+def test_generated_splits_pass_the_cross_split_checks_with_a_wide_margin(tmp_path, tiny_data):
+    """The MNIST-1D splits at the tests' sizes (600/300/300/1,200) and the digits splits pass even with every
+    scale limit halved; their ids are disjoint (digits' transfer set is the train inputs, allowed)."""
+    half = ValidationConfig(data_docs=False, max_mean_shift=0.25, max_log_sd_ratio=0.3465, scale_z=3.0)
+    mnist = DataConfig(num_classes=10, **{k: str(v) for k, v in tiny_data.items()})
+    digits = DataConfig(num_classes=10, **{k: str(v) for k, v in write_digits(tmp_path).items()})
+    for data in (mnist, digits):
+        report, _ = validate_data(data, half)
+        assert report.success, report.error_message()
+        checks = [(c.dataset, c.check) for d in report.datasets.values() for c in d.checks]
+        assert {("val", "features.scale"), ("test", "features.scale"), ("transfer", "features.scale")} <= set(checks)
+        assert checks.count(("test", "ids.disjoint")) == 2
 
 
 def test_min_rows_and_required_classes_are_configuration(tmp_path):
@@ -334,3 +480,16 @@ def test_cli_validate_passes_and_fails_with_exit_codes(tmp_path):
     assert only.exit_code == 0 and "[PASS] val" in only.output and "[PASS] train" not in only.output
     unknown = runner.invoke(app, ["validate", "--config", str(path), "--dataset", "holdout"])
     assert unknown.exit_code == 2 and "unknown dataset 'holdout'" in unknown.output
+
+
+def test_cli_validate_stops_a_leak_and_a_rescaled_split_with_one_message_each(tmp_path):
+    data = write_all(tmp_path)
+    leak = runner.invoke(app, ["validate", "--config", str(cli_config(tmp_path, data.model_copy(update={"test": data.val})))])
+    assert leak.exit_code == 2 and "[FAIL] test" in leak.output and leak.output.count("\n  - ") == 1
+    assert f"30 of 30 id(s) in test are also in val ({data.val}): splits must not share ids" in leak.output
+    write_parquet(scaled(frame(30, 1, 60), 0.1), tmp_path / "val.parquet")
+    small = runner.invoke(app, ["validate", "--config", str(cli_config(tmp_path, data))])
+    assert small.exit_code == 2 and "[FAIL] val" in small.output and small.output.count("\n  - ") == 1
+    assert f"{data.val}: feature scale differs from train's ({data.train}) in 8 of 8 feature(s)" in small.output
+    only = runner.invoke(app, ["validate", "--config", str(cli_config(tmp_path, data)), "--dataset", "test"])
+    assert only.exit_code == 0, only.output

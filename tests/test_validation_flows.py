@@ -177,3 +177,40 @@ def test_transfer_garbage_label(distill_config, tmp_path, tiny_data):
     local = Path(MlflowClient().download_artifacts(report["run_id"], "validation/summary.json", str(tmp_path / "dl")))
     notes = json.loads(local.read_text())["datasets"]["transfer"]["notes"]
     assert "column 'label' ignored: the transfer set is unlabeled" in notes
+
+
+def test_leaking_test_split(distill_config, tmp_path, tiny_data):
+    """30 train rows copied into test (a leak that would inflate every SLA figure): stopped before compute."""
+    train, test = pd.read_parquet(tiny_data["train"]), pd.read_parquet(tiny_data["test"])
+    leaking = tmp_path / "test_leaking.parquet"
+    pd.concat([test, train.iloc[:30]], ignore_index=True).to_parquet(leaking)
+    distill_config["data"]["test"] = str(leaking)
+    distill_config["store"]["root"] = str(tmp_path / "store")
+    distill_config["validation"] = {"data_docs": False}
+    with pytest.raises(DataValidationError) as exc:
+        run_distill(distill_config, tmp_path)
+    assert str(exc.value).splitlines() == [
+        f"data validation failed: 1 failed check(s) in test ({leaking})",
+        f"  - test: {leaking}: 30 of 330 id(s) in test are also in train ({tiny_data['train']}): splits must not "
+        "share ids (a leak that inflates every figure measured on them); e.g. ids [0, 1, 2, 3, 4] "
+        "[kdflow.ids.disjoint(id)]"]
+    assert_nothing_ran(distill_config)
+
+
+def test_train_on_a_larger_scale(distill_config, tmp_path, tiny_data):
+    """train x10 lies around every other split, so the range check passes it; the scale check stops it."""
+    rescaled = tmp_path / "train_x10.parquet"
+    train = pd.read_parquet(tiny_data["train"])
+    train.assign(x=[(v * 10).astype(np.float32) for v in train["x"]]).to_parquet(rescaled)
+    distill_config["data"]["train"] = str(rescaled)
+    distill_config["store"]["root"] = str(tmp_path / "store")
+    distill_config["validation"] = {"data_docs": False}
+    with pytest.raises(DataValidationError) as exc:
+        run_distill(distill_config, tmp_path)
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith("data validation failed: 3 failed check(s) in val (")
+    for line, split, rows in zip(lines[1:], ("val", "test", "transfer"), ("300", "300", "1,200")):
+        assert line.startswith(f"  - {split}: {tiny_data[split]}: feature scale differs from train's ({rescaled}) "
+                               f"in 40 of 40 feature(s), compared on {rows} vs 600 sampled row(s): x["), line
+        assert line.endswith("; and 35 more [kdflow.features.scale(x)]") and "|ln sd ratio| 2." in line
+    assert_nothing_ran(distill_config)
