@@ -1,4 +1,4 @@
-"""Teacher flow: validate -> train on hard labels -> evaluate -> register with an alias (``champion``)."""
+"""Teacher flow: validate -> train on hard labels -> evaluate -> register as ``challenger`` -> gate -> ``champion``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 from prefect import flow
 
 from kdflow.config import TeacherConfig, load_config
+from kdflow.registry import CHAMPION
 from tasks.data import validate_inputs
+from tasks.promotion import promote_version
 from tasks.registry import register_teacher
 from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
 from tasks.train import train_teacher
@@ -15,7 +17,8 @@ from tasks.train import train_teacher
 
 @flow(name="train-teacher", log_prints=True)
 def teacher_flow(config_path: str) -> dict[str, Any]:
-    """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI."""
+    """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI; it
+    becomes ``cfg.alias`` only if it passes ``cfg.gate`` (``result["promoted"]``), else stays ``challenger``."""
     cfg = load_config(config_path, TeacherConfig)
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "train-teacher"})
@@ -24,7 +27,11 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
         datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False, run_id=run_id,
                                    validation=cfg.validation)
         model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id)
-        result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training)
+        result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training, cfg.gate)
+        if result["promote"] and cfg.alias == CHAMPION:  # gate passed: the serialized, SLA-checked move
+            result["promotion"] = promote_version(cfg.registry_name, result["version"], result["reason"],
+                                                  "train-teacher-flow")
+        result["promoted"] = result["promote"]
         status = "FINISHED"
         return result
     finally:

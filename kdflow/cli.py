@@ -155,12 +155,16 @@ def data_digits(out: Path = typer.Option(..., help="Output directory"), seed: in
 
 @teacher_app.command("train")
 def teacher_train(config: Path = typer.Option(..., help="Teacher config YAML")) -> None:
-    """Train a teacher and register it in MLflow under the configured name and alias."""
+    """Train a teacher and register it in MLflow under the configured name; it gets the configured alias only if
+    it passes the teacher gate (``gate`` in the config), else it stays ``challenger`` and this exits 3."""
     _embedded_defaults()
     from flows.teacher import teacher_flow
 
     result = _run(teacher_flow, str(config))
     typer.echo(f"teacher {result['uri']} -> version {result['version']}, test accuracy {result['test_accuracy']:.4f}")
+    typer.echo(f"gate {'PASSED' if result['promoted'] else 'FAILED'}: {result['reason']}")
+    if not result["promoted"]:
+        raise typer.Exit(GATE_FAILED_EXIT)
 
 
 @app.command("distill")

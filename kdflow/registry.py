@@ -183,6 +183,102 @@ def log_torch_model(
     return info.model_uri, (str(version) if version is not None else None)
 
 
+def _quote(value: str) -> str:
+    """``value`` as a single-quoted MLflow filter literal (one with a quote in it is refused)."""
+    if "'" in str(value):
+        raise RegistryError(f"cannot search the registry for {value!r}: it contains a single quote")
+    return f"'{value}'"
+
+
+def run_version(name: str, run_id: str) -> tuple[str, str] | None:
+    """``(model_uri, version)`` of the version of ``name`` registered from MLflow run ``run_id``, or ``None``.
+
+    With several (registered before registration was idempotent) the oldest is the run's version."""
+    found = _client().search_model_versions(f"name={_quote(name)} and run_id={_quote(run_id)}")
+    if not found:
+        return None
+    mv = min(found, key=lambda v: int(v.version))
+    return str(mv.source), str(mv.version)
+
+
+def _logged_model_of_run(run_id: str, artifact_name: str) -> str | None:
+    """The URI of a complete (READY) logged model ``artifact_name`` of run ``run_id``, or ``None``."""
+    client = _client()
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(
+        experiment_ids=[experiment], filter_string=f"source_run_id={_quote(run_id)} and name={_quote(artifact_name)}")
+    # Filtered here: the SQL store matches no status in a filter string (MLflow 3.17).
+    ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
+    return ready[0].model_uri if ready else None
+
+
+def register_run_model(model: nn.Module, input_example: np.ndarray, name: str, run_id: str,
+                       artifact_name: str = "model") -> tuple[str, str, bool]:
+    """Register ``model`` as a version of ``name`` from run ``run_id`` exactly once: idempotent under retries.
+
+    A repeat (a retried task whose first attempt registered, then failed) finds the version the run already
+    registered and returns it; one that had logged the model but not registered it registers that logged model
+    instead of logging another. Returns ``(model_uri, version, reused)``; ``reused`` is true when no new version
+    was created."""
+    import mlflow
+
+    existing = run_version(name, run_id)
+    if existing is not None:
+        log.info("%s: run %s already registered version %s; reusing it", name, run_id, existing[1])
+        return existing[0], existing[1], True
+    logged = _logged_model_of_run(run_id, artifact_name)
+    if logged is not None:
+        version = str(mlflow.register_model(logged, name).version)
+        log.info("%s: registered run %s's logged model %s as version %s", name, run_id, logged, version)
+        return logged, version, False
+    with mlflow.start_run(run_id=run_id):
+        model_uri, version = log_torch_model(model, input_example, name, artifact_name)
+    assert version is not None  # a registered name always yields a version
+    return model_uri, version, False
+
+
+RUN_KEY_TAG = f"{TAG_PREFIX}run_key"
+
+
+def open_run(experiment_id: str, run_key: str | None, run_name: str | None, tags: dict[str, str],
+             params: dict[str, Any] | None = None) -> tuple[str, bool]:
+    """The MLflow run tagged ``kdflow.run_key=run_key`` in ``experiment_id`` — created (with ``tags`` and
+    ``params``) if there is none. Returns ``(run_id, reused)``.
+
+    ``run_key`` is the caller's identity for "this one logical run" (e.g. the id of the Prefect task run that
+    opens it, which stays the same across its retries), so a repeat returns the run the first attempt created
+    instead of a second one. Tags and params are (re)written on a reused run too: MLflow accepts a param logged
+    again with the same value, so a first attempt that failed half-way through them is completed. Without a
+    ``run_key`` every call creates a run."""
+    from mlflow.entities import Param
+
+    client = _client()
+    run_id, reused = None, False
+    if run_key:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = {_quote(run_key)}",
+                                   max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            run_id, reused = found[0].info.run_id, True
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={**tags, **({RUN_KEY_TAG: run_key} if run_key else {})}).info.run_id
+    items = [Param(key[:250], str(value)[:6000]) for key, value in (params or {}).items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+    return run_id, reused
+
+
+def ensure_alias(name: str, alias: str, version: str, reason: str, actor: str | None = None) -> bool:
+    """:func:`set_alias` unless ``name@alias`` already is ``version`` (then nothing is recorded): what a retried
+    registration calls, so a repeat adds no second history event. Returns whether the alias moved."""
+    if alias_version(name, alias) == str(version):
+        return False
+    set_alias(name, alias, version, reason=reason, actor=actor)
+    return True
+
+
 def tag_version(name: str, version: str, tags: dict[str, object]) -> None:
     """Set ``kdflow.*`` tags on a model version (values stringified; dicts as JSON)."""
     client = _client()
@@ -214,6 +310,7 @@ class AliasEvent:
     at: str  # ISO 8601 UTC with microseconds
     action: str = "set"  # "set" (set_alias), "promote", "rollback"
     flow_run: str | None = None
+    request: str | None = None  # the caller's id for this promotion (a Prefect task run): a retry reuses the event
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form stored in the tag (without the key)."""
@@ -221,6 +318,8 @@ class AliasEvent:
                "actor": self.actor, "at": self.at, "action": self.action}
         if self.flow_run:
             out["flow_run"] = self.flow_run
+        if self.request:
+            out["request"] = self.request
         return out
 
 
@@ -274,11 +373,14 @@ def _latest_event_time(tags: dict[str, str]) -> datetime | None:
 
 def _move_alias(client, name: str, alias: str, version: str, previous: str | None, reason: str,
                 actor: str | None, flow_run: str | None, action: str, move: bool = True,
-                after: datetime | None = None) -> AliasEvent:
-    """Point the alias (unless ``move`` is false: a recorded no-op) and record the event, per version and in history.
+                after: datetime | None = None, request: str | None = None) -> AliasEvent:
+    """Record the event in history, then point the alias (unless ``move`` is false: a recorded no-op) and record
+    it on the version.
 
     ``after``: the newest recorded event's time; the new event is stamped later even if this machine's
-    clock is behind the writer before it, so history order stays the order of the (locked) moves."""
+    clock is behind the writer before it, so history order stays the order of the (locked) moves. History is
+    written first so that a move interrupted after it can be completed by a retry carrying the same ``request``
+    (see :func:`promote`); written last, the retry would find the alias moved and no record of what it replaced."""
     now = _now()
     if after is not None and now <= after:
         now = after + timedelta(microseconds=1)
@@ -286,15 +388,20 @@ def _move_alias(client, name: str, alias: str, version: str, previous: str | Non
         key=f"{EVENT_TAG_PREFIX}{now:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}",
         alias=alias, version=str(version), previous=previous, reason=str(reason)[:MAX_REASON_CHARS],
         actor=actor or getpass.getuser(), at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
-        flow_run=flow_run,
+        flow_run=flow_run, request=request,
     )
-    payload = json.dumps(event.as_dict(), sort_keys=True)
+    client.set_registered_model_tag(name, event.key, json.dumps(event.as_dict(), sort_keys=True))
     if move:
-        client.set_registered_model_alias(name, alias, event.version)
-        client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{alias}.set_at", event.at)
-        client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{alias}.event", payload)
-    client.set_registered_model_tag(name, event.key, payload)
+        _apply_move(client, name, event)
     return event
+
+
+def _apply_move(client, name: str, event: AliasEvent) -> None:
+    """Point ``event.alias`` at ``event.version`` and record the event on that version (idempotent)."""
+    payload = json.dumps(event.as_dict(), sort_keys=True)
+    client.set_registered_model_alias(name, event.alias, event.version)
+    client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{event.alias}.set_at", event.at)
+    client.set_model_version_tag(name, event.version, f"{TAG_PREFIX}alias.{event.alias}.event", payload)
 
 
 def _registered_model(client, name: str):
@@ -315,7 +422,7 @@ def _parse_events(tags: dict[str, str]) -> list[AliasEvent]:
                 key=key, alias=d["alias"], version=str(d["version"]),
                 previous=None if d.get("previous") is None else str(d["previous"]), reason=d.get("reason", ""),
                 actor=d.get("actor", ""), at=d.get("at", ""), action=d.get("action", "set"),
-                flow_run=d.get("flow_run")))
+                flow_run=d.get("flow_run"), request=d.get("request")))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed alias event tag %s: %s", key, exc)
     # The key starts with a fixed-width UTC timestamp: sorting by key is sorting by time.
@@ -345,23 +452,38 @@ def _check_sla(client, name: str, version: str) -> None:
 
 def promote(name: str, version: str | int, reason: str, actor: str, *,
             lock: contextlib.AbstractContextManager | None = None, require_sla: bool = True,
-            flow_run: str | None = None) -> PromotionResult:
+            flow_run: str | None = None, request: str | None = None) -> PromotionResult:
     """Make ``version`` the ``champion`` of ``name``, inside ``lock``: re-check its SLA record, move, record.
 
     Raises :class:`RegistryError` (champion unchanged) when the model or version does not exist or, with
     ``require_sla``, the version's ``kdflow.sla_passed`` tag is missing or not ``True``. Promoting the
-    current champion records a no-op event (``previous == version``, ``changed`` false)."""
+    current champion records a no-op event (``previous == version``, ``changed`` false).
+
+    ``request``: the caller's id for this one promotion (a Prefect task run id, the same across its retries).
+    When history already holds an event with it, nothing new is recorded: the recorded result is returned, and
+    if that event is the latest champion move but the alias does not point at it yet (the first attempt failed
+    between recording and moving), the move is completed."""
     version = str(version)
     with lock if lock is not None else contextlib.nullcontext():
         client = _client()
         model = _registered_model(client, name)
         current = _str_or_none((model.aliases or {}).get(CHAMPION))
+        if request:
+            moves = [e for e in _parse_events(model.tags or {}) if e.alias == CHAMPION]
+            prior = next((e for e in moves if e.request == request), None)
+            if prior is not None:
+                if prior is moves[-1] and current != prior.version:
+                    _apply_move(client, name, prior)
+                log.info("%s: promotion %s already recorded (%s); not repeated", name, request, prior.key)
+                return PromotionResult(name=name, version=prior.version, previous=prior.previous,
+                                       changed=prior.previous != prior.version, event=prior)
         if require_sla:
             _check_sla(client, name, version)
         else:
             _version_tags(client, name, version)  # must exist
         event = _move_alias(client, name, CHAMPION, version, current, reason, actor, flow_run,
-                            action="promote", move=current != version, after=_latest_event_time(model.tags or {}))
+                            action="promote", move=current != version, after=_latest_event_time(model.tags or {}),
+                            request=request)
     log.info("%s: champion %s -> %s (%s, by %s)", name, current, version, reason, actor)
     return PromotionResult(name=name, version=version, previous=current, changed=current != version, event=event)
 
@@ -471,3 +593,56 @@ def versions(name: str) -> list[VersionInfo]:
             version=str(mv.version), aliases=sorted(by_version.get(str(mv.version), [])), created=created,
             sla_passed=None if verdict is None else verdict == "True", metrics=_key_metrics(tags)))
     return sorted(out, key=lambda v: int(v.version))
+
+
+GATE_REASON_TAG = f"{TAG_PREFIX}gate_reason"
+
+
+@dataclass(frozen=True)
+class TeacherVerdict:
+    """The teacher gate's decision: ``passed`` is the absolute floor (the version's ``kdflow.sla_passed``),
+    ``promote`` also requires not being worse than the current champion."""
+
+    passed: bool
+    promote: bool
+    reason: str
+    test_accuracy: float
+    champion_version: str | None = None
+    champion_accuracy: float | None = None
+
+    def tags(self) -> dict[str, object]:
+        """The version tags that record this verdict."""
+        out: dict[str, object] = {"sla_passed": self.passed, "gate_promote": self.promote,
+                                  "gate_reason": self.reason[:MAX_REASON_CHARS]}
+        if self.champion_version is not None:
+            out["gate_champion_version"] = self.champion_version
+        if self.champion_accuracy is not None:
+            out["gate_champion_accuracy"] = self.champion_accuracy
+        return out
+
+
+def judge_teacher(test_accuracy: float, min_accuracy: float, champion_tolerance: float,
+                  champion_version: str | None = None, champion_accuracy: float | None = None,
+                  champion_error: str | None = None) -> TeacherVerdict:
+    """Gate a trained teacher: ``test_accuracy >= min_accuracy`` and, when a champion exists, not more than
+    ``champion_tolerance`` below ``champion_accuracy`` (the champion scored on the same test set). A champion
+    that could not be scored (``champion_error``) blocks promotion: nothing says the new one is not worse."""
+    def verdict(passed: bool, promote: bool, reason: str) -> TeacherVerdict:
+        return TeacherVerdict(passed, promote, reason, test_accuracy, champion_version, champion_accuracy)
+
+    if test_accuracy < min_accuracy:
+        return verdict(False, False, f"not promoted: test accuracy {test_accuracy:.4f} < gate.min_accuracy "
+                                     f"{min_accuracy}")
+    if champion_version is None:
+        return verdict(True, True, f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy "
+                                   f"{min_accuracy}; no champion yet")
+    if champion_error is not None or champion_accuracy is None:
+        return verdict(True, False, f"not promoted: champion version {champion_version} could not be scored on "
+                                    f"this test set ({champion_error})")
+    if test_accuracy < champion_accuracy - champion_tolerance:
+        return verdict(True, False, f"not promoted: test accuracy {test_accuracy:.4f} is below champion version "
+                                    f"{champion_version}'s {champion_accuracy:.4f} by more than "
+                                    f"gate.champion_tolerance {champion_tolerance}")
+    return verdict(True, True, f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy {min_accuracy} "
+                               f"and within {champion_tolerance} of champion version {champion_version}'s "
+                               f"{champion_accuracy:.4f}")

@@ -173,9 +173,13 @@ def _markdown(name: str, version: str, as_of: datetime, check: DriftCheck, decis
 def record_drift_check(cfg: DistillConfig, champion: Champion, as_of: datetime, check: DriftCheck,
                        decision: Decision) -> str:
     """One MLflow run per check in the monitoring experiment (every statistic, its threshold, the decision and
-    why; ``check.json`` for the next checks) and a Prefect markdown artifact. Returns the MLflow run id."""
+    why; ``check.json`` for the next checks) and a Prefect markdown artifact. Returns the MLflow run id.
+
+    Idempotent under retries: the run is keyed by this task run's id (:func:`kdflow.registry.open_run`), so a
+    retry completes the run its first attempt created instead of adding a second check to the drift history;
+    metrics are re-logged with the same values and the JSON artifacts overwritten in place."""
     from mlflow import MlflowClient
-    from mlflow.entities import Param
+    from prefect.runtime import task_run
 
     client, exp = MlflowClient(), _monitoring_experiment(cfg)
     name, version = champion.ref.name, champion.ref.version
@@ -184,10 +188,10 @@ def record_drift_check(cfg: DistillConfig, champion: Champion, as_of: datetime, 
             "kdflow.triggered": ",".join(decision.triggered), "kdflow.reason": decision.reason[:5000]}
     if decision.episode_start is not None:
         tags["kdflow.episode_start"] = decision.episode_start.isoformat()
-    run = client.create_run(exp, run_name=f"drift-{name}-v{version}-{as_of:%Y%m%dT%H%M}", tags=tags)
-    run_id = run.info.run_id
     params = {f"drift.{k}": v for k, v in cfg.drift.model_dump(mode="json").items()}
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    key = task_run.get_id()
+    run_id, _ = registry.open_run(exp, f"record-drift-check:{key}" if key else None,
+                                  f"drift-{name}-v{version}-{as_of:%Y%m%dT%H%M}", tags, params)
     metrics = {"as_of_ts": as_of.timestamp(), "n_rows": check.n_rows, "n_labeled": check.n_labeled,
                "n_shadow": check.n_shadow, "retrain": float(decision.action == "retrain"),
                **{f"signal_{s.name}": s.value for s in check.signals.values() if s.value is not None},
@@ -348,7 +352,11 @@ def recalibration_tags(champion: Champion, result: Recalibration, start: datetim
 
 @task(name="record-recalibration", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record_recalibration(run_id: str, champion: Champion, as_of: datetime, outcome: dict[str, Any]) -> None:
-    """Metrics, ``recalibration.json`` and a Prefect markdown artifact saying what changed, or why nothing did."""
+    """Metrics, ``recalibration.json`` and a Prefect markdown artifact saying what changed, or why nothing did.
+
+    A repeat is harmless, so it is retried as is: it creates no run and no version; metrics are logged again with
+    the same values at the same step, ``recalibration.json`` is overwritten in place, and the markdown artifact
+    is written last, so an attempt that created it did not fail before it."""
     result = outcome.get("result") or {}
     log_metrics(run_id, {"labeled_rows": outcome["labeled_rows"], "registered": float(bool(outcome.get("version"))),
                          **{k: float(v) for k, v in result.items() if isinstance(v, (int, float))}})

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
 from kdflow import registry
 
@@ -86,11 +86,15 @@ def promote_version(name: str, version: str, reason: str, actor: str,
                     tracking_uri: str | None = None) -> dict[str, Any]:
     """Make ``version`` champion of ``name`` under the model's promotion limit (SLA re-checked inside it).
 
-    A retry after a lost response records a no-op (the version already is champion), never a second move."""
+    Idempotent under retries: the event carries this task run's id (the same across Prefect's retries) as its
+    ``request``; a retry finds it and records nothing new, completing the alias move if the first attempt
+    failed between recording and moving (:func:`kdflow.registry.promote`)."""
     if tracking_uri:
         registry.configure_tracking(tracking_uri)
     who, run_id = run_actor(actor)
-    result = registry.promote(name, version, reason, who, lock=promotion_slot(name), flow_run=run_id)
+    request = task_run.get_id()
+    result = registry.promote(name, version, reason, who, lock=promotion_slot(name), flow_run=run_id,
+                              request=str(request) if request else None)
     get_run_logger().info("%s: champion %s -> %s%s", name, result.previous, result.version,
                           "" if result.changed else " (already champion: recorded no-op)")
     return {"name": name, "version": result.version, "previous": result.previous, "changed": result.changed,

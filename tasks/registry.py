@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from kdflow import registry
-from kdflow.config import DistillConfig, SLAConfig, config_hash
+from kdflow.config import DistillConfig, SLAConfig, TeacherGateConfig, config_hash
 from kdflow.data import Dataset
 from kdflow.metrics import accuracy
 from kdflow.models import CalibratedClassifier
@@ -70,9 +70,11 @@ def register_student(student: CalibratedClassifier, input_example: np.ndarray, n
                      profile: dict[str, Any]) -> dict[str, Any]:
     """Log and register the served model with its reference profile (``reference/profile.json``) and alias it
     ``challenger``. ``champion`` moves later, in :func:`tasks.promotion.promote_version`, as the flow's last
-    step. A candidate that failed its SLAs is not registered unless ``register_failed`` is set."""
-    import mlflow
+    step. A candidate that failed its SLAs is not registered unless ``register_failed`` is set.
 
+    Idempotent under retries: the version is the one run ``run_id`` registered, if any
+    (:func:`kdflow.registry.register_run_model`); tags are rewritten with the same values, the profile artifact
+    overwritten in place, and the alias moved (and recorded) only if it is not already on the version."""
     sla_passed = all(c.passed for c in checks)
     if not sla_passed and not register_failed:
         return {"version": None, "aliases": [], "reason": "not registered: SLA gate failed"}
@@ -80,11 +82,10 @@ def register_student(student: CalibratedClassifier, input_example: np.ndarray, n
         path = Path(tmp) / "profile.json"
         path.write_text(json.dumps(profile))
         log_artifact(run_id, path, "reference")
-    with mlflow.start_run(run_id=run_id):
-        model_uri, version = registry.log_torch_model(student, input_example, name)
+    model_uri, version, _ = registry.register_run_model(student, input_example, name, run_id)
     registry.tag_version(name, version, {**tags, "sla_passed": sla_passed, "sla_checks": [c.as_dict() for c in checks],
                                          "run_id": run_id, "reference_profile": PROFILE_ARTIFACT})
-    registry.set_alias(name, registry.CHALLENGER, version, reason="new candidate", actor="distill-flow")
+    registry.ensure_alias(name, registry.CHALLENGER, version, reason="new candidate", actor="distill-flow")
     get_run_logger().info("registered %s version %s as challenger", name, version)
     return {"version": version, "aliases": [registry.CHALLENGER], "model_uri": model_uri, "name": name}
 
@@ -152,21 +153,61 @@ def publish_report(cfg: DistillConfig, run_id: str, ensemble: TeacherEnsemble, t
     return report
 
 
+def champion_test_accuracy(name: str, test: Dataset) -> tuple[str | None, float | None, str | None]:
+    """``(version, test accuracy, error)`` of ``name@champion`` scored on ``test``; all ``None`` without a
+    champion; ``error`` says why a champion that exists could not be scored (it then blocks promotion)."""
+    version = registry.alias_version(name, registry.CHAMPION)
+    if version is None:
+        return None, None, None
+    try:
+        champion = registry.load_torch_model(
+            registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None))
+        return version, accuracy(predict_logits(champion, test.x), test.y), None
+    except Exception as exc:  # another architecture or input width: no comparison possible
+        return version, None, f"{type(exc).__name__}: {exc}"[:500]
+
+
 @task(name="register-teacher", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def register_teacher(model, datasets: dict[str, Dataset], name: str, alias: str, run_id: str,
-                     training: TrainResult) -> dict[str, Any]:
-    """Log the teacher (raw logits out) with its test accuracy, register it and point ``alias`` at it."""
-    import mlflow
+                     training: TrainResult, gate: TeacherGateConfig | None = None) -> dict[str, Any]:
+    """Log the teacher (raw logits out) with its test accuracy, register it as ``challenger`` and judge it
+    with ``gate`` (:func:`kdflow.registry.judge_teacher`): its test accuracy against ``gate.min_accuracy`` and
+    against the current champion's on the same test set. The verdict and reason are recorded as version tags
+    (``kdflow.sla_passed``, ``kdflow.gate_reason``) and run tags (``kdflow.gate_reason``, ``kdflow.promote``).
 
+    Moves no ``champion``: the flow promotes ``result["promote"]`` teachers through
+    :func:`tasks.promotion.promote_version` (serialized, SLA re-checked). Any other ``alias`` is set here when
+    the gate passed. Idempotent under retries, like :func:`register_student`."""
+    from mlflow import MlflowClient
+
+    gate = gate or TeacherGateConfig()
     test = datasets["test"]
     test_accuracy = accuracy(predict_logits(model, test.x), test.y)
     log_metrics(run_id, {"teacher_test_accuracy": test_accuracy})
-    with mlflow.start_run(run_id=run_id):
-        model_uri, version = registry.log_torch_model(model, test.x[:5], name)
+    champion_version, champion_accuracy, champion_error = champion_test_accuracy(name, test)
+    verdict = registry.judge_teacher(test_accuracy, gate.min_accuracy, gate.champion_tolerance,
+                                     champion_version, champion_accuracy, champion_error)
+    if champion_accuracy is not None:
+        log_metrics(run_id, {"champion_test_accuracy": champion_accuracy})
+    model_uri, version, _ = registry.register_run_model(model, test.x[:5], name, run_id)
     registry.tag_version(name, version, {"test_accuracy": test_accuracy, "run_id": run_id,
-                                         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()}})
-    registry.set_alias(name, alias, version, reason=f"trained teacher, test accuracy {test_accuracy:.4f}",
-                       actor="train-teacher-flow")
-    get_run_logger().info("teacher %s version %s (test accuracy %.4f) -> @%s", name, version, test_accuracy, alias)
-    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
-            "test_accuracy": test_accuracy, "best_val_accuracy": training.best_val_accuracy, "run_id": run_id}
+                                         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
+                                         **verdict.tags()})
+    client = MlflowClient()
+    client.set_tag(run_id, registry.GATE_REASON_TAG, verdict.reason[:5000])
+    client.set_tag(run_id, f"{registry.TAG_PREFIX}promote", str(verdict.promote))
+    registry.ensure_alias(name, registry.CHALLENGER, version, reason=f"trained teacher, test accuracy "
+                          f"{test_accuracy:.4f}", actor="train-teacher-flow")
+    aliases = [registry.CHALLENGER]
+    if verdict.promote and alias not in (registry.CHAMPION, registry.CHALLENGER):
+        registry.ensure_alias(name, alias, version, reason=verdict.reason, actor="train-teacher-flow")
+        aliases.append(alias)
+    log = get_run_logger()
+    (log.info if verdict.promote else log.warning)("teacher %s version %s (test accuracy %.4f): %s",
+                                                   name, version, test_accuracy, verdict.reason)
+    uri_alias = alias if verdict.promote else registry.CHALLENGER
+    return {"name": name, "version": version, "alias": uri_alias, "aliases": aliases,
+            "uri": f"models:/{name}@{uri_alias}", "model_uri": model_uri, "test_accuracy": test_accuracy,
+            "best_val_accuracy": training.best_val_accuracy, "run_id": run_id, "promote": verdict.promote,
+            "gate_passed": verdict.passed,
+            "reason": verdict.reason, "champion_version": champion_version, "champion_accuracy": champion_accuracy}

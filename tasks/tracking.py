@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
 from kdflow import registry
 
@@ -16,23 +16,22 @@ from kdflow import registry
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str | None,
                      params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-    """Create the MLflow run for this flow run (named after it) and log the flattened config as params."""
-    from mlflow import MlflowClient
+    """Create the MLflow run for this flow run (named after it) and log the flattened config as params.
 
+    Idempotent: the run is tagged ``kdflow.run_key`` with this task run's id, which a Prefect retry keeps, and
+    a retry returns the run its first attempt created (completing its params) instead of creating a second."""
     exp_id = registry.configure(tracking_uri, experiment, artifact_location)
     run_tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
-    from mlflow.entities import Param
-
-    client = MlflowClient()
-    run = client.create_run(exp_id, run_name=flow_run.get_name() or None, tags={**run_tags, **(tags or {})})
-    items = [Param(key[:250], str(value)[:6000]) for key, value in params.items()]
-    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
+    key = task_run.get_id()
+    run_id, _ = registry.open_run(exp_id, f"start-mlflow-run:{key}" if key else None, flow_run.get_name() or None,
+                                  {**run_tags, **(tags or {})}, params)
+    return run_id
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-    """Log numeric metrics to ``run_id`` (NaN-free, names sanitised for MLflow)."""
+    """Log numeric metrics to ``run_id`` (NaN-free, names sanitised for MLflow).
+
+    A repeat (a retried task) appends the same values again at the same step: the metric's value is unchanged."""
     from mlflow import MlflowClient
 
     from mlflow.entities import Metric
@@ -45,7 +44,7 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
 
 
 def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    """Upload a local file to the run's artifacts."""
+    """Upload a local file to the run's artifacts. A repeat overwrites the same artifact path: harmless."""
     from mlflow import MlflowClient
 
     MlflowClient().log_artifact(run_id, str(path), artifact_path)

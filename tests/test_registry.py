@@ -87,6 +87,18 @@ def test_promoting_the_champion_again_is_a_recorded_no_op(model):
     assert len(events) == 2 and (events[1].previous, events[1].version, events[1].flow_run) == ("1", "1", "run-123")
 
 
+def test_a_promotion_repeated_with_its_request_id_records_nothing_new(model):
+    model.add(True, True)
+    first = registry.promote(model.name, "1", "first", "tester", request="task-a")
+    again = registry.promote(model.name, "1", "first", "tester", request="task-a")
+    assert again.event == first.event and again.changed and len(registry.history(model.name)) == 1
+    # A later move by another request is not undone by a late repeat of the first one.
+    registry.promote(model.name, "2", "second", "tester", request="task-b")
+    late = registry.promote(model.name, "1", "first", "tester", request="task-a")
+    assert late.event == first.event and registry.alias_version(model.name, "champion") == "2"
+    assert [e.request for e in registry.history(model.name)] == ["task-a", "task-b"]
+
+
 def test_history_stays_in_move_order_when_a_writer_clock_was_ahead(model):
     model.add(True, True)
     registry.promote(model.name, "1", "first", "tester")
