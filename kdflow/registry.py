@@ -14,7 +14,6 @@ take a ``lock`` (:class:`kdflow.locks.FileLock` on one machine, a Prefect global
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import logging
 import re
@@ -28,6 +27,9 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from torch import nn
+
+from kdflow.redact import actor as audit_actor
+from kdflow.redact import redact, redact_text
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -253,6 +255,7 @@ def open_run(experiment_id: str, run_key: str | None, run_name: str | None, tags
     from mlflow.entities import Param
 
     client = _client()
+    tags, params = redact(tags), redact(params or {})  # a URI's password never becomes a param or tag
     run_id, reused = None, False
     if run_key:
         found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = {_quote(run_key)}",
@@ -264,7 +267,7 @@ def open_run(experiment_id: str, run_key: str | None, run_name: str | None, tags
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=run_name,
                                    tags={**tags, **({RUN_KEY_TAG: run_key} if run_key else {})}).info.run_id
-    items = [Param(key[:250], str(value)[:6000]) for key, value in (params or {}).items()]
+    items = [Param(key[:250], redact_text(str(value))[:6000]) for key, value in params.items()]
     for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
     return run_id, reused
@@ -283,7 +286,7 @@ def tag_version(name: str, version: str, tags: dict[str, object]) -> None:
     """Set ``kdflow.*`` tags on a model version (values stringified; dicts as JSON)."""
     client = _client()
     for key, value in tags.items():
-        text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        text = redact_text(json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value))
         client.set_model_version_tag(name, version, key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key, text)
 
 
@@ -387,7 +390,7 @@ def _move_alias(client, name: str, alias: str, version: str, previous: str | Non
     event = AliasEvent(
         key=f"{EVENT_TAG_PREFIX}{now:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}",
         alias=alias, version=str(version), previous=previous, reason=str(reason)[:MAX_REASON_CHARS],
-        actor=actor or getpass.getuser(), at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
+        actor=actor or audit_actor("kdflow"), at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
         flow_run=flow_run, request=request,
     )
     client.set_registered_model_tag(name, event.key, json.dumps(event.as_dict(), sort_keys=True))

@@ -133,3 +133,26 @@ def test_start_stack_never_prints_the_s3_secret(tmp_path):
                 os.killpg(int(pid_file.read_text()), signal.SIGTERM)
             except (ProcessLookupError, ValueError):
                 pass
+
+
+def test_mlflow_params_tags_and_version_tags_are_redacted(tmp_path):
+    """A run opened with a config holding a PostgreSQL URI with a password: MLflow stores it masked, in the run's
+    params and tags and in a model version's tags; the audit actor of an alias move defaults to user@host."""
+    from mlflow import MlflowClient
+
+    from kdflow import registry
+
+    exp = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "redact", str(tmp_path / "artifacts"))
+    uri = f"postgresql://kd:{SECRET}@db:5432/mlflow"
+    run_id, _ = registry.open_run(exp, "k1", "r", {"kdflow.source": uri}, {"mlflow.tracking_uri": uri, "n": 3})
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params == {"mlflow.tracking_uri": "postgresql://kd:***@db:5432/mlflow", "n": "3"}
+    assert run.data.tags["kdflow.source"] == "postgresql://kd:***@db:5432/mlflow"
+    client = MlflowClient()
+    client.create_registered_model("m")
+    version = client.create_model_version("m", f"runs:/{run_id}/model", run_id).version
+    registry.tag_version("m", version, {"store": {"uri": f"s3://b/p?X-Amz-Signature={SECRET}"}})
+    assert SECRET not in client.get_model_version("m", version).tags["kdflow.store"]
+    registry.set_alias("m", "challenger", version, reason="test")
+    (event,) = registry.history("m")
+    assert event.actor.startswith("kdflow:") and "@" in event.actor
