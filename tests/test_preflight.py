@@ -136,15 +136,6 @@ def test_output_locations_from_a_config(monkeypatch):
         output_locations(cfg, ("bucket",))
 
 
-def test_store_classifies_permanent_s3_errors(s3_endpoint):
-    with pytest.raises(PermanentStoreError, match="bucket 'kdflow-preflight-nobucket' does not exist") as err:
-        open_store("s3://kdflow-preflight-nobucket/p", endpoint_url=s3_endpoint).put("k", b"1")
-    assert err.value.code == "NoSuchBucket"
-    with pytest.raises(PermanentStoreError) as err:  # a HEAD has no body: only the status says what went wrong
-        open_store(f"s3://{make_bucket(s3_endpoint, 'kdflow-preflight-head')}/p", endpoint_url=s3_endpoint).size("gone")
-    assert err.value.code == "404"
-
-
 def test_retry_condition_skips_only_permanent_store_errors():
     from prefect.states import Failed
 
