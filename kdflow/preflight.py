@@ -92,9 +92,11 @@ def _s3_reason(store: S3Store, exc: StoreError) -> str:
     at = f" at {store.client.meta.endpoint_url}"
     if code == "NoSuchBucket":
         return f"bucket {store.bucket!r} does not exist{at} (NoSuchBucket)"
-    if code in REJECTED_CREDENTIALS or code == "NoCredentials":
-        return (f"the credentials were rejected{at} ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                "or the profile boto3 uses")
+    check = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses"
+    if code == "NoCredentials":
+        return f"no usable AWS credentials found for{at}; {check}"
+    if code in REJECTED_CREDENTIALS:
+        return f"the credentials were rejected{at} ({code}); {check}"
     if code in ACCESS_DENIED:
         return f"access denied{at} ({code}): the credentials may not write to bucket {store.bucket!r}"
     return str(exc)
