@@ -11,6 +11,7 @@ from kdflow.config import DistillConfig, load_config
 from tasks.data import validate_inputs
 from tasks.evaluate import calibrate, evaluate
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
+from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.registry import (describe_provenance, publish_report, reference_profile, register_student,
                             sla_gate, withdraw_version)
@@ -24,6 +25,7 @@ def distill_flow(config_path: str) -> dict[str, Any]:
 
     Promotion is the very last step; a run that fails after registering withdraws its version again."""
     cfg = load_config(config_path, DistillConfig)
+    check_outputs(cfg, ("store", "reports", "mlflow"))  # fail before compute: every output writable
     name = cfg.registry.student_name
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "distill"})

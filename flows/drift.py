@@ -14,6 +14,7 @@ from kdflow.config import DistillConfig, load_config
 from kdflow.lifecycle import parse_as_of, window_bounds
 from tasks.monitoring import (check_drift, decide_action, drift_history, emit_drift_event, load_champion, read_logs,
                               record_drift_check, retrain_deployment_exists)
+from tasks.preflight import check_outputs
 
 
 @flow(name="drift-check", log_prints=True)
@@ -26,6 +27,7 @@ def drift_check_flow(config_path: str, as_of: str | None = None,
     (``event`` when a retrain deployment exists on the API, else ``subflow``). A recalibrate decision runs the
     recalibration flow here as a sub-flow (seconds of work), except with ``none``, which only records."""
     cfg = load_config(config_path, DistillConfig)
+    check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
     when = parse_as_of(as_of)
     champion = load_champion(cfg.mlflow.tracking_uri, cfg.registry.student_name)
     window = read_logs(cfg, *window_bounds(when, cfg.drift.window_days + cfg.drift.label_lag_days))

@@ -9,12 +9,14 @@ from prefect import flow
 from kdflow.config import DistillConfig, load_config
 from tasks.data import validate_inputs
 from tasks.logits import precompute_teacher_logits, resolve_teacher
+from tasks.preflight import check_outputs
 
 
 @flow(name="precompute-logits", log_prints=True)
 def precompute_flow(config_path: str) -> dict[str, Any]:
     """Build (or confirm) the logit stores a distillation config needs, without training anything."""
     cfg = load_config(config_path, DistillConfig)
+    check_outputs(cfg, ("store",))  # fail before compute: every output writable
     datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
     results = {}
     for uri in cfg.teacher_uris:

@@ -15,6 +15,7 @@ from kdflow.models import CalibratedClassifier
 from tasks.monitoring import (judge_recalibration, labeled_window, load_champion, parent_evaluation,
                               recalibration_tags, record_recalibration, reference_window_start,
                               refit_champion_temperature)
+from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.registry import reference_profile, register_student, withdraw_version
 from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
@@ -27,6 +28,7 @@ def recalibration_flow(config_path: str, as_of: str | None = None, since: str | 
     last ``recalibration.window_days``, starting no earlier than ``since`` (the drift episode a drift check
     recalibrates for) nor than the traffic the champion's reference profile describes."""
     cfg = load_config(config_path, DistillConfig)
+    check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
     when, not_before = parse_as_of(as_of), parse_as_of(since) if since else None
     name = cfg.registry.student_name
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,

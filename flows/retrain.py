@@ -12,12 +12,14 @@ from flows.distill import distill_flow
 from kdflow.config import DistillConfig, load_config
 from kdflow.lifecycle import parse_as_of
 from tasks.monitoring import collect_recent_traffic, write_retrain_config
+from tasks.preflight import check_outputs
 
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(config_path: str, as_of: str | None = None, reason: str = "") -> dict[str, Any]:
     """Retrain at ``as_of`` (default: now) on the last ``retrain.window_days`` of traffic; ``reason`` is recorded."""
     cfg = load_config(config_path, DistillConfig)
+    check_outputs(cfg, ("reports", "store", "mlflow"))  # fail before compute: every output writable
     when = parse_as_of(as_of)
     out_dir = Path(cfg.output_dir).resolve() / "retrain" / f"{when:%Y%m%dT%H%M%S}"
     recent = collect_recent_traffic(cfg, when, out_dir)

@@ -9,6 +9,7 @@ from prefect import flow
 from kdflow.config import TeacherConfig, load_config
 from kdflow.registry import CHAMPION
 from tasks.data import validate_inputs
+from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.registry import register_teacher
 from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
@@ -20,6 +21,7 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
     """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI; it
     becomes ``cfg.alias`` only if it passes ``cfg.gate`` (``result["promoted"]``), else stays ``challenger``."""
     cfg = load_config(config_path, TeacherConfig)
+    check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.experiment, cfg.mlflow.artifact_location,
                               flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "train-teacher"})
     status = "FAILED"

@@ -45,10 +45,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from kdflow.data import DataError
     from kdflow.logits import LogitStoreError
     from kdflow.models import ModelSpecError
+    from kdflow.preflight import PreflightError
     from kdflow.registry import RegistryError
     from kdflow.store import StoreError
 
-    return ConfigError, DataError, LogitStoreError, ModelSpecError, RegistryError, StoreError
+    # PreflightError: an output location is not writable (exit 2, one line naming each), before any compute
+    return ConfigError, DataError, LogitStoreError, ModelSpecError, PreflightError, RegistryError, StoreError
 
 
 SERVER_DOWN_EXIT = 4

@@ -16,12 +16,40 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-_CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
-                      "InvalidToken", "403", "Forbidden"}
+# S3 error codes that no retry can fix: the credentials are wrong, lack permission, or the bucket/object is
+# not there. Anything else (throttling, 5xx, a dropped connection) may pass and is retried.
+REJECTED_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                                  "TokenRefreshRequired", "AuthorizationHeaderMalformed"})
+ACCESS_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"})
+MISSING = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404"})
+PERMANENT_S3_ERRORS = REJECTED_CREDENTIALS | ACCESS_DENIED | MISSING | {"InvalidBucketName", "PermanentRedirect", "301"}
 
 
 class StoreError(RuntimeError):
     """An object store operation failed; the message names the store and the key."""
+
+
+class PermanentStoreError(StoreError):
+    """A store operation failed in a way no retry can fix (missing bucket, rejected or insufficient
+    credentials); ``code`` is the S3 error code (or ``NoCredentials``)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def s3_error_code(exc: BaseException) -> str:
+    """The S3 error code of ``exc`` or of an exception it wraps (``""`` if none): ``NoSuchBucket``,
+    ``AccessDenied``, ``403`` (a HEAD has no body, only the status)..."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = (getattr(e, "response", None) or {}).get("Error", {}).get("Code", "")
+        if code:
+            return str(code)
+        e = e.__cause__ or e.__context__
+    return ""
 
 
 def validate_key(key: str) -> str:
@@ -138,11 +166,24 @@ class S3Store(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, op: str, key: str, exc: Exception) -> StoreError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in _CREDENTIAL_ERRORS:
-            return StoreError(f"S3 {op} failed for {self.url(key)}: the credentials were rejected ({code}); check "
-                              f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses: {exc}")
-        return StoreError(f"S3 {op} failed for {self.url(key)}: {exc}")
+        """The :class:`StoreError` for a failed S3 call: a :class:`PermanentStoreError` when retrying cannot help."""
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        code, where = s3_error_code(exc), f"S3 {op} failed for {self.url(key)}"
+        check = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses"
+        if code in REJECTED_CREDENTIALS:
+            return PermanentStoreError(f"{where}: the credentials were rejected ({code}); {check}: {exc}", code)
+        if code in ACCESS_DENIED:
+            return PermanentStoreError(f"{where}: access denied ({code}): the credentials were rejected or lack "
+                                       f"permission here; {check}: {exc}", code)
+        if code == "NoSuchBucket":
+            return PermanentStoreError(f"{where}: bucket {self.bucket!r} does not exist ({code}); create it or fix "
+                                       f"the URI: {exc}", code)
+        if code in PERMANENT_S3_ERRORS:
+            return PermanentStoreError(f"{where}: {exc}", code)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return PermanentStoreError(f"{where}: no usable AWS credentials; {check}: {exc}", "NoCredentials")
+        return StoreError(f"{where}: {exc}")
 
     def put(self, key: str, data: bytes) -> None:
         import io

@@ -22,6 +22,7 @@ from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
 from kdflow.train import predict_logits
 from kdflow.validation import validate_teacher_logits
+from tasks.preflight import retry_unless_permanent
 
 
 @task(name="resolve-teacher", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -85,7 +86,8 @@ class TeacherOutputs:
     teacher_loaded: bool
 
 
-@task(name="plan-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="plan-teacher-logits", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE)
 def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> LogitPlan:
     """Find, per split, whether a complete store exists and which shards an interrupted run left valid."""
     plan = LogitPlan()
@@ -110,7 +112,8 @@ def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[st
     return plan
 
 
-@task(name="compute-logit-shard", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="compute-logit-shard", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE)
 def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, job: ShardJob, ids: np.ndarray, x: np.ndarray,
                         fingerprint: str) -> tuple[ShardJob, ShardInfo, int]:
     """Run the teacher on one shard's rows and store the shard (independent of every other shard)."""
@@ -121,7 +124,8 @@ def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, job: ShardJob, id
     return job, info, clipped
 
 
-@task(name="finalize-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="finalize-teacher-logits", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE)
 def finalize_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset], plan: LogitPlan,
                             results: list[tuple[ShardJob, ShardInfo, int]], seconds: float) -> TeacherOutputs:
     """Write each completed split's manifest (last), and the teacher's size/latency profile once."""
@@ -170,7 +174,8 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: d
     return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
 
 
-@task(name="load-teacher-logits", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="load-teacher-logits", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
+      cache_policy=NO_CACHE)
 def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset],
                         splits: tuple[str, ...] = ("val", "test")) -> dict[str, np.ndarray]:
     """Read the small evaluation splits' stored logits into memory, verifying checksums, provenance and ids

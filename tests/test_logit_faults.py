@@ -157,12 +157,11 @@ def test_distill_with_wrong_store_credentials_trains_and_registers_nothing(disti
     from tests.conftest import write_yaml
 
     distill_config["store"] = {"root": f"s3://{iam_enforced}/store", "endpoint_url": s3_endpoint}
-    with pytest.raises(StoreError, match=f"s3://{iam_enforced}/store/.*credentials were rejected"):
+    with pytest.raises(StoreError, match=f"s3://{iam_enforced}/store.*credentials were rejected"):
         distill_flow(str(write_yaml(tmp_path / "d.yaml", distill_config)))
     name = distill_config["registry"]["student_name"]
     assert MlflowClient().search_model_versions(f"name='{name}'") == []
+    # the flow's first step (the output preflight) stopped it: no MLflow run was even started
     experiment = MlflowClient().get_experiment_by_name(distill_config["registry"].get("experiment", "kdflow"))
-    runs = MlflowClient().search_runs([experiment.experiment_id], "tags.`kdflow.flow` = 'distill'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    assert runs[0].info.status == "FAILED"
-    assert not any(k.startswith("student_") for k in runs[0].data.metrics)
+    assert experiment is None or MlflowClient().search_runs(
+        [experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []

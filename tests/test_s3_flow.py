@@ -50,3 +50,46 @@ def test_distill_on_s3_matches_local(distill_config, tmp_path, tiny_data, s3_end
     assert any(k.endswith("report/report.json") for k in mlflow_keys)
     assert any(k.endswith("plots/reliability_diagram.png") for k in mlflow_keys)
     assert remote["registration"]["version"] == "1"
+
+
+def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(distill_config, tmp_path, s3_endpoint,
+                                                                            monkeypatch):
+    """A fresh machine's first run with a store bucket nobody created: one line naming the bucket, exit 2, in
+    seconds; one S3 request (the probe, not retried); no validation, no teacher logits, no MLflow run or model."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from typer.testing import CliRunner
+
+    from kdflow.cli import app
+    from tests.s3_proxy import FaultyS3Proxy
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    with FaultyS3Proxy(s3_endpoint, failures=0) as proxy:  # forwards every request to moto, counting them
+        distill_config["store"] = {"root": "s3://kdflow-never-created/store", "endpoint_url": proxy.url}
+        path = write_yaml(tmp_path / "missing-bucket.yaml", distill_config)
+        start = time.perf_counter()
+        result = CliRunner().invoke(app, ["distill", "--config", str(path)])
+        seconds = time.perf_counter() - start
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        "error: 1 output location(s) not writable; stopped before any compute: store.root "
+        f"s3://kdflow-never-created/store: bucket 'kdflow-never-created' does not exist at {proxy.url} (NoSuchBucket)"]
+    assert seconds < 20, seconds
+    assert proxy.forwarded == 1  # the probe's PUT, attempted once
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    assert "kdflow-never-created" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    name = distill_config["registry"]["student_name"]
+    assert MlflowClient().search_model_versions(f"name='{name}'") == []
+    experiment = MlflowClient().get_experiment_by_name(distill_config["registry"].get("experiment", "kdflow"))
+    assert experiment is None or MlflowClient().search_runs(
+        [experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []  # no run was even started
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["distill"])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert run.state.is_failed()
+    assert [(t.name.rsplit("-", 1)[0], t.run_count) for t in tasks] == [("check-outputs-writable", 1)]

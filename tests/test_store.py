@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdflow.store import LocalStore, StoreError, open_store, validate_key
+from kdflow.store import LocalStore, PermanentStoreError, StoreError, open_store, s3_error_code, validate_key
 from tests.conftest import make_bucket
 
 
@@ -53,3 +53,29 @@ def test_missing_bucket_is_a_clear_error(s3_endpoint):
     store = open_store("s3://no-such-bucket-kdflow/p", endpoint_url=s3_endpoint)
     with pytest.raises(StoreError, match="no-such-bucket-kdflow"):
         store.put("k", b"1")
+
+
+def test_store_classifies_permanent_s3_errors(s3_endpoint):
+    with pytest.raises(PermanentStoreError, match="bucket 'kdflow-preflight-nobucket' does not exist") as err:
+        open_store("s3://kdflow-preflight-nobucket/p", endpoint_url=s3_endpoint).put("k", b"1")
+    assert err.value.code == "NoSuchBucket"
+    with pytest.raises(PermanentStoreError) as err:  # a HEAD has no body: only the status says what went wrong
+        open_store(f"s3://{make_bucket(s3_endpoint, 'kdflow-preflight-head')}/p", endpoint_url=s3_endpoint).size("gone")
+    assert err.value.code == "404"
+    with pytest.raises(StoreError, match="object not found") as err:  # a missing object is an answer, not a fault
+        open_store(f"s3://{make_bucket(s3_endpoint, 'kdflow-store-get')}/p", endpoint_url=s3_endpoint).get("gone")
+    assert not isinstance(err.value, PermanentStoreError)
+
+
+def test_s3_error_code_is_found_through_wrapping_exceptions():
+    from botocore.exceptions import ClientError
+
+    inner = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"}}, "PutObject")
+    try:
+        try:
+            raise inner
+        except ClientError:
+            raise RuntimeError("Failed to upload")  # how boto3's S3UploadFailedError wraps it (implicit context)
+    except RuntimeError as outer:
+        assert s3_error_code(outer) == "NoSuchBucket"
+    assert s3_error_code(ValueError("no response")) == ""
