@@ -192,7 +192,8 @@ def logits_precompute(config: Path = typer.Option(..., help="Distillation config
         typer.echo(teacher)
         for name, uri in out["stores"].items():
             st = out["stats"][name]
-            what = "reused" if st["reused"] else f"{st['rows_computed']} rows computed"
+            what = ("reused" if st["reused"] else f"{st['shards_computed']} of {st['shards_total']} shards computed, "
+                    f"{st['shards_kept']} kept from an earlier run, {st['rows_computed']} rows")
             typer.echo(f"  {name}: {uri} ({what})")
 
 

@@ -3,8 +3,17 @@
 Layout under an object store (``<key>`` from :func:`store_key`)::
 
     <key>/shard-00000.npz      ids (n,) and logits (n, C) float16
-    <key>/shard-00000.sha256   SHA-256 of the shard bytes (written after the shard: resume marker)
+    <key>/shard-00000.sha256   JSON: SHA-256 of the shard bytes, rows, clipped count, clip and top-k
+                               (written after the shard: the resume marker)
     <key>/manifest.json        written last; a store without it is incomplete and never read
+
+The key names the teacher version, the data fingerprint and every setting that changes the stored values
+(dtype, clip, top-k), so a changed setting never reuses old logits.
+
+A precomputation is three steps, the one implementation both :meth:`LogitStore.precompute` and the Prefect
+tasks in ``tasks/logits.py`` call: :func:`plan_shards` (reuse a complete store, else keep the shards an
+interrupted run left valid), :func:`compute_shard` per missing shard (independent, parallelizable) and
+:func:`finalize_shards` (write the manifest last).
 
 Raw logits (not softened) are stored so any later temperature applies exactly. Values outside
 ``[-clip, clip]`` are clipped (and counted) before the fp16 cast, whose range ends at 65504.
@@ -18,9 +27,11 @@ kept classes up to that rule.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +44,7 @@ from kdflow import __version__
 from kdflow.store import ObjectStore, StoreError
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
@@ -83,11 +95,17 @@ class Manifest:
         return cls(**data)
 
 
-def store_key(teacher_name: str, teacher_version: str | int, data_fingerprint: str, top_k: int | None = None) -> str:
-    """``logits/<teacher>/v<version>/<fingerprint[:32]>[-top<k>]``: one store per teacher version, dataset
-    content and storage mode."""
+def store_key(teacher_name: str, teacher_version: str | int, data_fingerprint: str, top_k: int | None = None,
+              clip_value: float | None = 50.0) -> str:
+    """``logits/<teacher>/v<version>/<fingerprint[:32]>-f16-clip<c>`` (``-f16u16-clip<c>-top<k>`` in top-k mode:
+    fp16 log-probs and uint16 class indices): one store per teacher version,
+    dataset content and every setting that changes the stored values (dtype, clip, top-k), so changing any of
+    them computes a new store instead of silently reusing old logits. ``clip<c>`` is ``repr(float(c))`` (exact)
+    or ``noclip``."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", teacher_name)
-    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}" + (f"-top{top_k}" if top_k else "")
+    clip = "noclip" if clip_value is None else f"clip{float(clip_value)!r}"
+    values = f"f16u16-{clip}-top{top_k}" if top_k else f"f16-{clip}"
+    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}-{values}"
 
 
 def teacher_profile_key(teacher_name: str, teacher_version: str | int) -> str:
@@ -148,9 +166,62 @@ def _decode_shard(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
         return npz["ids"], topk_to_logprobs(npz["topk_logprobs"], npz["topk_index"], int(npz["num_classes"]))
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything one logit store is computed from: teacher, data, shard size and the stored-value settings."""
+
+    teacher_uri: str
+    teacher_name: str
+    teacher_version: str
+    data_fingerprint: str
+    dataset: str
+    rows_per_shard: int = 8192
+    clip_value: float | None = 50.0
+    top_k: int | None = None
+
+    @property
+    def key(self) -> str:
+        """This spec's :func:`store_key`."""
+        return store_key(self.teacher_name, self.teacher_version, self.data_fingerprint, self.top_k, self.clip_value)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard still to compute: its index and row range in the dataset."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        """The shard's rows as a slice of the dataset."""
+        return slice(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One verified or freshly written shard: its index, manifest entry and clipped-value count."""
+
+    index: int
+    info: ShardInfo
+    clipped: int
+
+
+@dataclass
+class ShardPlan:
+    """What :func:`plan_shards` found: a complete store (``reused``), or the shards an earlier run left valid
+    (``kept``) and the ones still to compute (``jobs``)."""
+
+    shards_total: int
+    reused: Manifest | None = None
+    kept: list[ShardResult] = field(default_factory=list)
+    jobs: list[ShardJob] = field(default_factory=list)
+
+
 @dataclass
 class PrecomputeStats:
-    """What one :meth:`LogitStore.precompute` call did."""
+    """What one precomputation did: reused a complete store, or kept/computed which shards."""
 
     reused: bool
     shards_total: int
@@ -158,6 +229,7 @@ class PrecomputeStats:
     rows_computed: int
     clipped_values: int
     seconds: float
+    shards_kept: int = 0
 
 
 class LogitStore:
@@ -184,8 +256,10 @@ class LogitStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise LogitStoreError(f"{self.uri}/{MANIFEST}: unreadable manifest ({exc})") from exc
 
-    def existing_shard(self, index: int, expected_ids: np.ndarray) -> tuple[ShardInfo, int] | None:
-        """(info, clipped count) of an already written shard whose checksum and ids verify, else ``None``."""
+    def existing_shard(self, index: int, expected_ids: np.ndarray, *, clip_value: float | None,
+                       top_k: int | None) -> tuple[ShardInfo, int] | None:
+        """(info, clipped count) of an already written shard whose checksum, ids and stored-value settings
+        (clip, top-k, recorded in its marker) verify, else ``None`` (then it is recomputed, never trusted)."""
         shard, marker = self._k(shard_name(index)), self._k(marker_name(index))
         if not (self.store.exists(shard) and self.store.exists(marker)):
             return None
@@ -197,6 +271,8 @@ class LogitStore:
         except Exception:
             return None
         if _sha256(raw) != meta.get("sha256") or not np.array_equal(ids, expected_ids):
+            return None
+        if meta.get("clip_value", "absent") != clip_value or meta.get("top_k", "absent") != top_k:
             return None
         return ShardInfo(key=shard_name(index), rows=len(ids), sha256=meta["sha256"]), int(meta.get("clipped", 0))
 
@@ -217,21 +293,28 @@ class LogitStore:
         raw = _encode_shard(ids, logits, top_k)
         sha = _sha256(raw)
         self.store.put(self._k(shard_name(index)), raw)
-        marker = {"sha256": sha, "rows": len(ids), "clipped": clipped}
+        marker = {"sha256": sha, "rows": len(ids), "clipped": clipped, "clip_value": clip_value, "top_k": top_k}
         self.store.put(self._k(marker_name(index)), json.dumps(marker).encode())
         return ShardInfo(key=shard_name(index), rows=len(ids), sha256=sha), clipped
 
-    def reusable(self, teacher_version: str, data_fingerprint: str) -> Manifest | None:
-        """The manifest if this store is complete for this teacher version and data; error if it names others."""
+    def reusable(self, teacher_version: str, data_fingerprint: str, *, clip_value: float | None,
+                 top_k: int | None) -> Manifest | None:
+        """The manifest if this store is complete for this teacher version, data, clip and top-k; a clear
+        error if it names others; ``None`` while the store is incomplete."""
         existing = self.manifest()
         if existing is None:
             return None
-        if existing.teacher_version == str(teacher_version) and existing.data_fingerprint == data_fingerprint:
-            return existing
-        raise LogitStoreError(
-            f"{self.uri}: manifest is for teacher version {existing.teacher_version} / data "
-            f"{existing.data_fingerprint[:12]}, expected {teacher_version} / {data_fingerprint[:12]}"
-        )
+        if existing.teacher_version != str(teacher_version) or existing.data_fingerprint != data_fingerprint:
+            raise LogitStoreError(
+                f"{self.uri}: manifest is for teacher version {existing.teacher_version} / data "
+                f"{existing.data_fingerprint[:12]}, expected {teacher_version} / {data_fingerprint[:12]}"
+            )
+        if (existing.clip_value != clip_value or existing.top_k != top_k):
+            raise LogitStoreError(
+                f"{self.uri}: manifest holds logits stored with clip {existing.clip_value} / top_k {existing.top_k}, "
+                f"expected clip {clip_value} / top_k {top_k}; use the store key of these settings (store_key)"
+            )
+        return existing
 
     def write_manifest(self, shards: list[ShardInfo], clipped: int, *, teacher_uri: str, teacher_name: str,
                        teacher_version: str, data_fingerprint: str, dataset: str, clip_value: float | None,
@@ -248,50 +331,24 @@ class LogitStore:
         self.store.put(self._k(MANIFEST), manifest.to_json())
         return manifest
 
-    def precompute(
-        self,
-        ids: np.ndarray,
-        teacher_fn: Callable[[slice], np.ndarray],
-        *,
-        teacher_uri: str,
-        teacher_name: str,
-        teacher_version: str,
-        data_fingerprint: str,
-        dataset: str,
-        rows_per_shard: int = 8192,
-        clip_value: float | None = 50.0,
-        top_k: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> PrecomputeStats:
+    def precompute(self, ids: np.ndarray, teacher_fn: Callable[[slice], np.ndarray], *, teacher_uri: str,
+                   teacher_name: str, teacher_version: str, data_fingerprint: str, dataset: str,
+                   rows_per_shard: int = 8192, clip_value: float | None = 50.0,
+                   top_k: int | None = None) -> PrecomputeStats:
         """Compute and store teacher logits unless a complete store for this teacher and data exists.
 
-        ``teacher_fn(rows)`` returns float32 logits (len(rows), C) for ``ids[rows]``. With ``top_k`` the
-        shards keep only the k largest log-probabilities per row (see the module docstring). Shards already
-        written by an interrupted run are kept when their checksum and ids verify; only the missing or
-        bad ones are recomputed. The manifest is written last. (Prefect flows run the same steps as one
-        task per shard: :meth:`existing_shard`, :meth:`write_shard`, :meth:`write_manifest`.)
+        ``teacher_fn(rows)`` returns float32 logits (len(rows), C) for ``ids[rows]``. This only sequences
+        :func:`plan_shards`, :func:`compute_shard` per missing shard and :func:`finalize_shards` - the same
+        functions the Prefect flows run as one task each (``tasks/logits.py``).
         """
+        spec = StoreSpec(teacher_uri=teacher_uri, teacher_name=teacher_name, teacher_version=str(teacher_version),
+                         data_fingerprint=data_fingerprint, dataset=dataset, rows_per_shard=rows_per_shard,
+                         clip_value=clip_value, top_k=top_k)
         start = time.perf_counter()
-        slices = shard_slices(len(ids), rows_per_shard)
-        existing = self.reusable(teacher_version, data_fingerprint)
-        if existing is not None:
-            return PrecomputeStats(True, len(slices), 0, 0, existing.clipped_values, time.perf_counter() - start)
-        shards: list[ShardInfo] = []
-        computed = rows = clipped = 0
-        for i, rows_slice in enumerate(slices):
-            found = self.existing_shard(i, ids[rows_slice])
-            if found is None:
-                found = self.write_shard(i, ids[rows_slice], teacher_fn(rows_slice), clip_value, top_k)
-                computed += 1
-                rows += rows_slice.stop - rows_slice.start
-            shards.append(found[0])
-            clipped += found[1]
-            if progress:
-                progress(rows_slice.stop - rows_slice.start)
-        self.write_manifest(shards, clipped, teacher_uri=teacher_uri, teacher_name=teacher_name,
-                            teacher_version=teacher_version, data_fingerprint=data_fingerprint, dataset=dataset,
-                            clip_value=clip_value, top_k=top_k)
-        return PrecomputeStats(False, len(slices), computed, rows, clipped, time.perf_counter() - start)
+        plan = plan_shards(self, spec, ids)
+        results = [compute_shard(self, spec, job, ids[job.rows], functools.partial(teacher_fn, job.rows))
+                   for job in plan.jobs]
+        return finalize_shards(self, spec, plan, results, time.perf_counter() - start)
 
     def iter_shards(self, manifest: Manifest | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids, logits fp16)`` per shard, verifying every checksum before use."""
@@ -332,6 +389,57 @@ class LogitStore:
         if missing.any():
             raise LogitStoreError(f"{self.uri}: {int(missing.sum())} dataset id(s) have no stored logits, e.g. {ids[missing][:3].tolist()}")
         return logits[pos]
+
+
+def plan_shards(ls: LogitStore, spec: StoreSpec, ids: np.ndarray) -> ShardPlan:
+    """Step 1 of a precomputation: reuse a complete store for ``spec``, else list which shards an interrupted
+    run left valid (checksum, ids and settings verify) and which must be computed."""
+    slices = shard_slices(len(ids), spec.rows_per_shard)
+    plan = ShardPlan(shards_total=len(slices))
+    plan.reused = ls.reusable(spec.teacher_version, spec.data_fingerprint, clip_value=spec.clip_value, top_k=spec.top_k)
+    if plan.reused is not None:
+        return plan
+    for i, rows in enumerate(slices):
+        found = ls.existing_shard(i, ids[rows], clip_value=spec.clip_value, top_k=spec.top_k)
+        if found is None:
+            plan.jobs.append(ShardJob(i, rows.start, rows.stop))
+        else:
+            plan.kept.append(ShardResult(i, *found))
+    log.info("%s: %d of %d shard(s) to compute, %d kept from an earlier run", ls.uri, len(plan.jobs),
+             plan.shards_total, len(plan.kept))
+    return plan
+
+
+def compute_shard(ls: LogitStore, spec: StoreSpec, job: ShardJob, ids: np.ndarray,
+                  teacher_fn: Callable[[], np.ndarray]) -> ShardResult:
+    """Step 2, once per planned job and independent of every other shard: run ``teacher_fn()`` (float32
+    logits for this shard's ``ids``, i.e. ``ids[job.rows]`` of the dataset), clip and store the shard, then
+    its checksum marker."""
+    if len(ids) != job.stop - job.start:
+        raise LogitStoreError(f"{ls.uri}: shard {job.index} covers rows [{job.start}, {job.stop}) but got {len(ids)} ids")
+    info, clipped = ls.write_shard(job.index, ids, teacher_fn(), spec.clip_value, spec.top_k)
+    return ShardResult(job.index, info, clipped)
+
+
+def finalize_shards(ls: LogitStore, spec: StoreSpec, plan: ShardPlan, results: list[ShardResult],
+                    seconds: float) -> PrecomputeStats:
+    """Step 3: once every planned shard is stored, write the manifest (last, marking the store complete) and
+    say what was reused, kept and computed."""
+    if plan.reused is not None:
+        return PrecomputeStats(True, plan.shards_total, 0, 0, plan.reused.clipped_values, seconds)
+    shards = {r.index: r for r in plan.kept}
+    shards.update({r.index: r for r in results})
+    missing = sorted(set(range(plan.shards_total)) - set(shards))
+    if missing:
+        raise LogitStoreError(f"{ls.uri}: cannot finalize, {len(missing)} shard(s) not computed, e.g. {missing[:5]}")
+    ordered = [shards[i] for i in range(plan.shards_total)]
+    clipped = sum(r.clipped for r in ordered)
+    ls.write_manifest([r.info for r in ordered], clipped, teacher_uri=spec.teacher_uri, teacher_name=spec.teacher_name,
+                      teacher_version=spec.teacher_version, data_fingerprint=spec.data_fingerprint,
+                      dataset=spec.dataset, clip_value=spec.clip_value, top_k=spec.top_k)
+    computed = {r.index for r in results}
+    return PrecomputeStats(False, plan.shards_total, len(computed), sum(r.info.rows for r in results), clipped,
+                           seconds, shards_kept=len(plan.kept))
 
 
 def find_stores(store: ObjectStore, prefix: str = "logits/") -> list[str]:

@@ -17,7 +17,8 @@ from kdflow import metrics, registry
 from kdflow.config import DistillConfig, StoreConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import combine_logits, teacher_weights
-from kdflow.logits import LogitStore, PrecomputeStats, ShardInfo, shard_slices, store_key, teacher_profile_key
+from kdflow.logits import (LogitStore, PrecomputeStats, ShardJob, ShardPlan, ShardResult, StoreSpec, compute_shard,
+                           finalize_shards, plan_shards, teacher_profile_key)
 from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
 from kdflow.train import predict_logits
@@ -33,11 +34,18 @@ def resolve_teacher(uri: str) -> ModelRef:
     return ref
 
 
+def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: Dataset) -> StoreSpec:
+    """What split ``name``'s logit store is computed from: teacher version, data, shard size, clip and top-k."""
+    return StoreSpec(teacher_uri=teacher.uri, teacher_name=teacher.name, teacher_version=str(teacher.version),
+                     data_fingerprint=ds.fingerprint, dataset=name, rows_per_shard=cfg.store.rows_per_shard,
+                     clip_value=cfg.train.teacher_logit_clip, top_k=cfg.store.top_k)
+
+
 def logit_stores(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> dict[str, LogitStore]:
-    """One logit store per split, keyed by teacher version and that split's data fingerprint."""
+    """One logit store per split, keyed by teacher version, that split's data fingerprint and the settings that
+    change the stored values (:func:`kdflow.logits.store_key`)."""
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
-    return {name: LogitStore(store, store_key(teacher.name, teacher.version, ds.fingerprint, cfg.store.top_k))
-            for name, ds in datasets.items()}
+    return {name: LogitStore(store, store_spec(cfg, teacher, name, ds).key) for name, ds in datasets.items()}
 
 
 def task_runner_for(store: StoreConfig):
@@ -57,23 +65,16 @@ def _teacher_model(tracking_uri: str, ref: ModelRef) -> nn.Module:
 
 
 @dataclass
-class ShardJob:
-    """One shard of one split that still has to be computed."""
-
-    split: str
-    index: int
-    start: int
-    stop: int
-
-
-@dataclass
 class LogitPlan:
-    """Which shards each split needs; splits with a complete store are reused as they are."""
+    """Per split, what :func:`kdflow.logits.plan_shards` found; and whether the teacher profile is missing."""
 
-    jobs: list[ShardJob] = field(default_factory=list)
-    kept: dict[str, dict[int, tuple[ShardInfo, int]]] = field(default_factory=dict)
-    reused: dict[str, PrecomputeStats] = field(default_factory=dict)
+    splits: dict[str, ShardPlan] = field(default_factory=dict)
     need_profile: bool = False
+
+    @property
+    def jobs(self) -> list[tuple[str, ShardJob]]:
+        """Every shard still to compute, as (split, job)."""
+        return [(name, job) for name, plan in self.splits.items() for job in plan.jobs]
 
 
 @dataclass
@@ -89,60 +90,40 @@ class TeacherOutputs:
 @task(name="plan-teacher-logits", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
       cache_policy=NO_CACHE)
 def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> LogitPlan:
-    """Find, per split, whether a complete store exists and which shards an interrupted run left valid."""
-    plan = LogitPlan()
-    for name, ls in logit_stores(cfg, teacher, datasets).items():
-        ds = datasets[name]
-        slices = shard_slices(len(ds), cfg.store.rows_per_shard)
-        manifest = ls.reusable(teacher.version, ds.fingerprint)
-        if manifest is not None:
-            plan.reused[name] = PrecomputeStats(True, len(slices), 0, 0, manifest.clipped_values, 0.0)
-            continue
-        plan.kept[name] = {}
-        for i, rows in enumerate(slices):
-            found = ls.existing_shard(i, ds.ids[rows])
-            if found is None:
-                plan.jobs.append(ShardJob(name, i, rows.start, rows.stop))
-            else:
-                plan.kept[name][i] = found
+    """:func:`kdflow.logits.plan_shards` per split: reuse a complete store, else keep the shards an interrupted
+    run left valid and list the rest."""
+    stores = logit_stores(cfg, teacher, datasets)
+    plan = LogitPlan(splits={name: plan_shards(stores[name], store_spec(cfg, teacher, name, ds), ds.ids)
+                             for name, ds in datasets.items()})
     plan.need_profile = not open_store(cfg.store.root, cfg.store.endpoint_url).exists(
         teacher_profile_key(teacher.name, teacher.version))
-    get_run_logger().info("teacher logits: %d split(s) reused, %d shard(s) to compute, %d kept from an earlier run",
-                          len(plan.reused), len(plan.jobs), sum(len(k) for k in plan.kept.values()))
+    get_run_logger().info(
+        "teacher logits: %d split(s) reused, %d shard(s) to compute, %d kept from an earlier run",
+        sum(p.reused is not None for p in plan.splits.values()), len(plan.jobs),
+        sum(len(p.kept) for p in plan.splits.values()))
     return plan
 
 
 @task(name="compute-logit-shard", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
       cache_policy=NO_CACHE)
-def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, job: ShardJob, ids: np.ndarray, x: np.ndarray,
-                        fingerprint: str) -> tuple[ShardJob, ShardInfo, int]:
-    """Run the teacher on one shard's rows and store the shard (independent of every other shard)."""
+def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, job: ShardJob, ids: np.ndarray,
+                        x: np.ndarray) -> ShardResult:
+    """:func:`kdflow.logits.compute_shard` on one shard's rows (``ids``, ``x``), independent of every other shard."""
     model = _teacher_model(cfg.mlflow.tracking_uri, teacher)
-    store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
-    ls = LogitStore(store, store_key(teacher.name, teacher.version, fingerprint, cfg.store.top_k))
-    info, clipped = ls.write_shard(job.index, ids, predict_logits(model, x), cfg.train.teacher_logit_clip, cfg.store.top_k)
-    return job, info, clipped
+    ls = LogitStore(open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url), spec.key)
+    return compute_shard(ls, spec, job, ids, functools.partial(predict_logits, model, x))
 
 
 @task(name="finalize-teacher-logits", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent,
       cache_policy=NO_CACHE)
 def finalize_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset], plan: LogitPlan,
-                            results: list[tuple[ShardJob, ShardInfo, int]], seconds: float) -> TeacherOutputs:
-    """Write each completed split's manifest (last), and the teacher's size/latency profile once."""
+                            results: list[tuple[str, ShardResult]], seconds: float) -> TeacherOutputs:
+    """:func:`kdflow.logits.finalize_shards` per split (manifest written last), and the teacher's size/latency
+    profile once."""
     stores = logit_stores(cfg, teacher, datasets)
-    stats = dict(plan.reused)
-    for name, kept in plan.kept.items():
-        shards = dict(kept)
-        computed = [(job, info, clipped) for job, info, clipped in results if job.split == name]
-        shards.update({job.index: (info, clipped) for job, info, clipped in computed})
-        ordered = [shards[i] for i in sorted(shards)]
-        clipped_total = sum(c for _, c in ordered)
-        stores[name].write_manifest([info for info, _ in ordered], clipped_total, teacher_uri=teacher.uri,
-                                    teacher_name=teacher.name, teacher_version=teacher.version,
-                                    data_fingerprint=datasets[name].fingerprint, dataset=name,
-                                    clip_value=cfg.train.teacher_logit_clip, top_k=cfg.store.top_k)
-        stats[name] = PrecomputeStats(False, len(ordered), len(computed), sum(j.stop - j.start for j, _, _ in computed),
-                                      clipped_total, seconds)
+    stats = {name: finalize_shards(stores[name], store_spec(cfg, teacher, name, datasets[name]), split_plan,
+                                   [r for split, r in results if split == name], seconds)
+             for name, split_plan in plan.splits.items()}
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
     key = teacher_profile_key(teacher.name, teacher.version)
     if plan.need_profile:
@@ -154,23 +135,25 @@ def finalize_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dic
         profile = json.loads(store.get(key))
     logger = get_run_logger()
     for name, st in stats.items():
-        logger.info("%s logits at %s: %s (%d rows computed, %d clipped)", name, stores[name].uri,
-                    "reused" if st.reused else "computed", st.rows_computed, st.clipped_values)
+        logger.info("%s logits at %s: %s (%d of %d shards computed, %d kept, %d rows, %d values clipped)",
+                    name, stores[name].uri, "reused" if st.reused else "computed", st.shards_computed,
+                    st.shards_total, st.shards_kept, st.rows_computed, st.clipped_values)
     return TeacherOutputs(stats=stats, store_uris={n: s.uri for n, s in stores.items()}, profile=profile,
                           teacher_loaded=bool(plan.jobs) or plan.need_profile)
 
 
 def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: dict[str, Dataset]) -> TeacherOutputs:
     """Plan, compute the missing shards as independent tasks (in parallel under the flow's task runner),
-    then finalize. Called from a flow body; the teacher is loaded only if some shard or its profile is missing."""
+    then finalize: the steps of :meth:`kdflow.logits.LogitStore.precompute`, one task each. Called from a flow
+    body; the teacher is loaded only if some shard or its profile is missing."""
     start = time.perf_counter()
     plan = plan_teacher_logits(cfg, teacher, datasets)
-    futures = [
-        compute_logit_shard.submit(cfg, teacher, job, datasets[job.split].ids[job.start:job.stop],
-                                   datasets[job.split].x[job.start:job.stop], datasets[job.split].fingerprint)
-        for job in plan.jobs
-    ]
-    results = [f.result() for f in futures]
+    futures = []
+    for name, job in plan.jobs:
+        ds = datasets[name]
+        futures.append((name, compute_logit_shard.submit(cfg, teacher, store_spec(cfg, teacher, name, ds), job,
+                                                         ds.ids[job.rows], ds.x[job.rows])))
+    results = [(name, f.result()) for name, f in futures]
     return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
 
 

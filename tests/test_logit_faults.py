@@ -1,20 +1,23 @@
-"""Fault tests for the logit store: a precomputation killed by a signal, transient S3 errors, bad stores."""
+"""Fault tests for the logit store: a ``kdflow logits precompute`` killed by SIGKILL, transient S3 errors,
+bad stores."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kdflow.config import DistillConfig, load_config
 from kdflow.logits import LogitStore, LogitStoreError, store_key
 from kdflow.store import StoreError, open_store
-from tests.conftest import make_bucket
+from tests.conftest import TINY_SIZES, TINY_TRANSFER, make_bucket, write_yaml
 from tests.s3_proxy import FaultyS3Proxy
 
 N, C, ROWS = 2000, 4, 250
@@ -24,27 +27,9 @@ KEY = store_key("t", "1", "a" * 64)
 
 
 def teacher_logits(rows: slice) -> np.ndarray:
-    """A deterministic stand-in teacher (same in the child process and here)."""
+    """A deterministic stand-in teacher."""
     idx = np.arange(rows.start, rows.stop)
     return np.stack([np.sin(idx * (k + 1) * 0.01) * 5 for k in range(C)], axis=1).astype(np.float32)
-
-
-CHILD = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from kdflow.logits import LogitStore
-    from kdflow.store import open_store
-    from tests.test_logit_faults import KEY, META, N, teacher_logits
-
-    def slow_teacher(rows):
-        time.sleep(0.4)  # one shard every 0.4 s: the parent kills us midway
-        print("shard", rows.start, flush=True)
-        return teacher_logits(rows)
-
-    LogitStore(open_store(sys.argv[1], endpoint_url=sys.argv[2] or None), KEY).precompute(
-        np.arange(N), slow_teacher, **META)
-    print("finished", flush=True)
-""")
 
 
 class Counter:
@@ -56,35 +41,128 @@ class Counter:
         return teacher_logits(rows)
 
 
+REPO = Path(__file__).resolve().parents[1]
+KDFLOW = Path(sys.executable).parent / "kdflow"
+ROWS_KILL = 8
+SUMMARY = re.compile(r"^  (\w+): (\S+) \((\d+) of (\d+) shards computed, (\d+) kept from an earlier run, (\d+) rows\)$", re.M)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a ``kdflow`` subprocess: this checkout first on the path, and the session's Prefect
+    test API (so the child starts no ephemeral server of its own that a SIGKILL would orphan)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    return env
+
+
+def precompute_cli(config: Path, **kwargs) -> subprocess.Popen:
+    """``kdflow logits precompute --config CONFIG`` as a real process in its own process group."""
+    return subprocess.Popen([str(KDFLOW), "logits", "precompute", "--config", str(config)], cwd=REPO,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen) -> dict[str, tuple[str, int, int, int, int]]:
+    """Wait for a precompute command; per split: (store uri, shards computed, total, kept, rows computed)."""
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    found = {m[0]: (m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in SUMMARY.findall(out)}
+    assert set(found) == {"train", "val", "test", "transfer"}, out
+    return found
+
+
+def shard_writes(store, backend: str, root: str, endpoint: str | None) -> dict[str, tuple]:
+    """Per shard and marker object: what identifies that write (local: inode and mtime - the store replaces a
+    file on every put; S3 with versioning: every version id), to tell kept objects from rewritten ones."""
+    keys = [k for k in store.list("logits/") if "/shard-" in k]
+    if backend == "local":
+        stats = {k: (Path(root) / k).stat() for k in keys}
+        return {k: ((st.st_ino, st.st_mtime_ns),) for k, st in stats.items()}
+    import boto3
+
+    bucket, prefix = root[len("s3://"):].split("/", 1)
+    pages = boto3.client("s3", endpoint_url=endpoint).get_paginator("list_object_versions").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/logits/")
+    versions: dict[str, list[str]] = {}
+    for page in pages:
+        for v in page.get("Versions", []):
+            versions.setdefault(v["Key"][len(prefix) + 1:], []).append(v["VersionId"])
+    return {k: tuple(sorted(v)) for k, v in versions.items() if "/shard-" in k}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_killed_precomputation_resumes_with_only_missing_shards(backend, tmp_path, request):
-    endpoint = ""
-    root = str(tmp_path / "store")
-    if backend == "s3":
+def test_killed_precompute_command_resumes_with_only_missing_shards(backend, distill_config, tmp_path, request):
+    """SIGKILL a real ``kdflow logits precompute`` once some (not all) shards are stored, run the same command
+    again: it computes exactly the missing shards, leaves the earlier ones untouched, and the stored logits
+    equal an uninterrupted run's."""
+    def store_cfg(name: str) -> dict:
+        if backend == "local":
+            return {"root": str(tmp_path / name)}
         endpoint = request.getfixturevalue("s3_endpoint")
-        root = f"s3://{make_bucket(endpoint, 'kdflow-kill')}/root"
-    store = open_store(root, endpoint_url=endpoint or None)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, endpoint], stdout=subprocess.PIPE, text=True,
-                            cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
-    started = 0
-    deadline = time.time() + 60
-    while started < 3 and time.time() < deadline:  # wait until at least 3 shards were handed to the teacher
-        line = proc.stdout.readline()
-        started += line.startswith("shard")
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+        bucket = make_bucket(endpoint, f"kdflow-kill-{name}")
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # every put becomes a version
+        return {"root": f"s3://{bucket}/root", "endpoint_url": endpoint}
+
+    # 2,400 rows in 8-row shards: 300 shard tasks (~10-20 per second here), so the kill lands mid-run
+    configs = {}
+    for name in ("killed", "reference"):
+        distill_config["store"] = {**store_cfg(name), "rows_per_shard": ROWS_KILL, "workers": 2}
+        configs[name] = write_yaml(tmp_path / f"{name}.yaml", distill_config)
+    total = sum(-(-n // ROWS_KILL) for n in (*TINY_SIZES.values(), TINY_TRANSFER))
+    cfg = load_config(configs["killed"], DistillConfig)
+    store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
+
+    proc = precompute_cli(configs["killed"])
+    try:
+        deadline = time.time() + 300
+        while len([k for k in store.list("logits/") if k.endswith(".sha256")]) < 20:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own group: the command and anything it started
+        proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
-    ls = LogitStore(store, KEY)
-    assert ls.manifest() is None  # never trusted as complete
-    done = len([k for k in store.list(KEY) if k.endswith(".sha256")])
-    assert 2 <= done < N // ROWS
-    counter = Counter()
-    stats = ls.precompute(np.arange(N), counter, **META)
-    assert counter.rows == N - done * ROWS and stats.shards_computed == N // ROWS - done
-    expected = teacher_logits(slice(0, N)).astype(np.float16).astype(np.float32)
-    assert np.array_equal(ls.read_aligned(np.arange(N), "1", "a" * 64), expected)
+    listed = store.list("logits/")
+    assert not [k for k in listed if k.endswith("manifest.json")]  # an interrupted store is never complete
+    markers = {k for k in listed if k.endswith(".sha256")}
+    kept = {k for m in markers for k in (m, m[: -len(".sha256")] + ".npz")}  # a marker is written after its shard
+    orphans = {k for k in listed if k.endswith(".npz")} - kept  # shard stored, marker not yet: not trusted
+    assert 20 <= len(markers) < total
+    before = shard_writes(store, backend, cfg.store.root, cfg.store.endpoint_url)
+
+    resumed = finish(precompute_cli(configs["killed"]))
+    assert sum(s[1] for s in resumed.values()) == total - len(markers)  # only the missing shards ...
+    assert sum(s[3] for s in resumed.values()) == len(markers)  # ... the rest kept
+    assert all(s[2] == -(-TINY_SIZES.get(n, TINY_TRANSFER) // ROWS_KILL) for n, s in resumed.items())
+    after = shard_writes(store, backend, cfg.store.root, cfg.store.endpoint_url)
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}  # untouched by the re-run
+    assert len(after) == 2 * total
+    rewritten = {k for k in after if k not in kept}
+    assert orphans <= rewritten and all(after[k] != before.get(k) for k in rewritten)
+    if backend == "s3":  # one new version per missing shard object: nothing was written twice
+        assert sum(len(after[k]) - len(before.get(k, ())) for k in rewritten) == len(rewritten)
+
+    reference = finish(precompute_cli(configs["reference"]))
+    assert all(s[1] == s[2] and s[3] == 0 for s in reference.values())
+    ref_cfg = load_config(configs["reference"], DistillConfig)
+    ref_store = open_store(ref_cfg.store.root, endpoint_url=ref_cfg.store.endpoint_url)
+    for split, (uri, *_) in resumed.items():
+        key = uri.split("/logits/", 1)[1]
+        assert reference[split][0].endswith(key)  # same teacher, data and settings: same key
+        got, want = LogitStore(store, f"logits/{key}"), LogitStore(ref_store, f"logits/{key}")
+        m_got, m_want = got.require_manifest(), want.require_manifest()
+        assert (m_got.num_rows, m_got.clipped_values, len(m_got.shards)) == (
+            m_want.num_rows, m_want.clipped_values, len(m_want.shards))
+        for (ids_a, z_a), (ids_b, z_b) in zip(got.iter_shards(m_got), want.iter_shards(m_want), strict=True):
+            assert np.array_equal(ids_a, ids_b) and z_a.dtype == z_b.dtype == np.float16
+            assert z_a.tobytes() == z_b.tobytes()  # identical stored fp16 values, bit for bit
 
 
 @pytest.mark.parametrize("status", [503, 500])

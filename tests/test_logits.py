@@ -157,3 +157,80 @@ def test_topk_bytes_per_row_are_smaller_for_many_classes(tmp_path):
 def test_topk_must_leave_some_classes_out(ls):
     with pytest.raises(LogitStoreError, match="top_k must be in"):
         ls.precompute(IDS, CountingTeacher(), rows_per_shard=300, top_k=C, **META)
+
+
+def test_store_key_names_every_setting_that_changes_stored_values():
+    base = store_key("t", "3", "f" * 64)
+    assert base == store_key("t", "3", "f" * 64, top_k=None, clip_value=50.0) == f"logits/t/v3/{'f' * 32}-f16-clip50.0"
+    variants = [store_key("t", "3", "f" * 64, clip_value=20.0), store_key("t", "3", "f" * 64, clip_value=None),
+                store_key("t", "3", "f" * 64, clip_value=50.000001), store_key("t", "3", "f" * 64, top_k=5),
+                store_key("t", "3", "f" * 64, top_k=5, clip_value=20.0), store_key("t", "4", "f" * 64),
+                store_key("t", "3", "e" * 64)]
+    assert len({base, *variants}) == 1 + len(variants)
+    assert variants[1].endswith("-f16-noclip") and variants[3].endswith("-f16u16-clip50.0-top5")
+    assert store_key("t", "3", "f" * 64, clip_value=50) == base  # an int clip is the same setting
+
+
+def test_changed_teacher_logit_clip_gets_its_own_store_and_recomputes(tmp_path):
+    """Two precomputations differing only in the clip: different keys, and the second runs the teacher on every
+    row instead of reusing the first one's (differently clipped) logits."""
+    from kdflow.logits import StoreSpec
+
+    big = LOGITS * 10  # |logits| up to ~150: both clips bite
+    store = LocalStore(tmp_path)
+    specs = [StoreSpec(**META, rows_per_shard=300, clip_value=c) for c in (50.0, 20.0)]
+    assert specs[0].key != specs[1].key
+    backs = []
+    for spec in specs:
+        teacher = CountingTeacher()
+        ls = LogitStore(store, spec.key)
+        stats = ls.precompute(IDS, lambda rows: (teacher(rows), big[rows])[1], rows_per_shard=300,
+                              clip_value=spec.clip_value, **META)
+        assert not stats.reused and stats.shards_computed == 4 and teacher.rows == N
+        backs.append(ls.read_aligned(IDS, "3", "f" * 64))
+        assert ls.require_manifest().clip_value == spec.clip_value
+    assert np.abs(backs[0]).max() == 50.0 and np.abs(backs[1]).max() == 20.0
+    again = CountingTeacher()
+    assert LogitStore(store, specs[1].key).precompute(IDS, again, rows_per_shard=300, clip_value=20.0, **META).reused
+    assert again.calls == 0
+
+
+def test_store_with_other_clip_at_the_same_key_is_never_reused(ls):
+    """Defence in depth for hand-chosen keys: a complete store with another clip is refused, and shards an
+    interrupted run wrote with another clip are recomputed (their marker records the clip)."""
+    ls.precompute(IDS, CountingTeacher(), rows_per_shard=300, clip_value=50.0, **META)
+    with pytest.raises(LogitStoreError, match="clip 50.0 / top_k None, expected clip 20.0"):
+        ls.precompute(IDS, CountingTeacher(), rows_per_shard=300, clip_value=20.0, **META)
+    ls.store.delete(f"{ls.key}/manifest.json")  # as if the clip-50 run had been killed before its manifest
+    teacher = CountingTeacher()
+    stats = ls.precompute(IDS, teacher, rows_per_shard=300, clip_value=20.0, **META)
+    assert teacher.rows == N and stats.shards_kept == 0 and stats.shards_computed == 4
+
+
+def test_flow_store_keys_follow_teacher_logit_clip_and_top_k():
+    """The flows' keys (tasks.logits.logit_stores) change with train.teacher_logit_clip and store.top_k."""
+    import copy
+
+    import yaml
+
+    from kdflow.cli import packaged_config
+    from kdflow.config import DistillConfig
+    from kdflow.data import Dataset
+    from kdflow.registry import ModelRef
+    from tasks.logits import logit_stores
+
+    raw = yaml.safe_load(packaged_config("mnist1d_distill.yaml").read_text())
+    raw["store"]["root"] = "/nonexistent-never-written"
+    teacher = ModelRef(uri="models:/t@champion", name="t", version="3", run_id=None)
+    datasets = {"train": Dataset("train", "mem://train", IDS, np.zeros((N, 4), np.float32), np.zeros(N, np.int64))}
+
+    def key(train: dict, store: dict) -> str:
+        cfg = copy.deepcopy(raw)
+        cfg["train"].update(train)
+        cfg["store"].update(store)
+        return logit_stores(DistillConfig(**cfg), teacher, datasets)["train"].key
+
+    keys = [key({}, {}), key({"teacher_logit_clip": 20.0}, {}), key({"teacher_logit_clip": None}, {}),
+            key({}, {"top_k": 3}), key({}, {"rows_per_shard": 100})]
+    assert len(set(keys[:4])) == 4 and keys[4] == keys[0]  # shard size changes the layout, not the values
+    assert keys[1].endswith("-f16-clip20.0")
