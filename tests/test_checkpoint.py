@@ -233,9 +233,12 @@ def test_training_key_names_what_the_training_computes():
 
 # --- end to end: a real `kdflow teacher train` process, SIGKILLed mid-run and re-run -------------------------------
 
+EPOCHS = 20  # ~0.5 s each at batch 16 here: the kill lands early in the run
+
+
 def _teacher_cfg(teacher_config: dict, state: Path) -> Path:
     cfg = json.loads(json.dumps(teacher_config))
-    cfg["train"].update(epochs=40, batch_size=16, num_threads=1, early_stopping_patience=None,
+    cfg["train"].update(epochs=EPOCHS, batch_size=16, num_threads=1, early_stopping_patience=None,
                         checkpoint_every_epochs=1)
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state}/mlflow.db", "artifact_location": str(state / "artifacts")}
     cfg["store"] = {"root": str(state / "store")}
@@ -288,10 +291,24 @@ def _final(state: Path) -> tuple[dict, dict]:
 @pytest.mark.slow
 def test_sigkilled_teacher_training_resumes_and_ends_where_an_uninterrupted_run_does(teacher_config, tmp_path):
     killed_state, clean_state = tmp_path / "killed", tmp_path / "clean"
+    started: list[subprocess.Popen] = []
+    try:
+        _kill_resume_compare(teacher_config, killed_state, clean_state, started)
+    finally:
+        for proc in started:  # only what this test started, by its process group
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _kill_resume_compare(teacher_config: dict, killed_state: Path, clean_state: Path,
+                         started: list[subprocess.Popen]) -> None:
     config = _teacher_cfg(teacher_config, killed_state)
     store = LocalStore(killed_state / "store")
-
+    # The uninterrupted reference runs alongside (one torch thread each: the result does not depend on the load).
+    clean, clean_log = _start(_teacher_cfg(teacher_config, clean_state), clean_state, "run.log")
     proc, log1 = _start(config, killed_state, "run1.log")
+    started += [clean, proc]
     seen_epoch, deadline = 0, time.monotonic() + 300
     while seen_epoch < 2:
         assert proc.poll() is None, "the first run ended before a checkpoint of epoch 2:\n" + log1.read_text()[-3000:]
@@ -308,16 +325,17 @@ def test_sigkilled_teacher_training_resumes_and_ends_where_an_uninterrupted_run_
     pointers = [k for k in store.list("checkpoints/") if k.endswith("/latest.json")]
     assert len(pointers) == 1
     killed_at = json.loads(store.get(pointers[0]))["epoch"]
-    assert 2 <= seen_epoch <= killed_at < 40
+    assert 2 <= seen_epoch <= killed_at < EPOCHS
 
     proc, log2 = _start(config, killed_state, "run2.log")
+    started.append(proc)
     text = _finish(proc, log2)
     assert f"teacher resumed from the checkpoint after epoch {killed_at}" in text
+    assert f"teacher epoch {killed_at + 1}:" in text and f"teacher epoch {killed_at}:" not in text
     assert store.list("checkpoints/") == []  # finished: the checkpoint is gone
 
-    proc, log3 = _start(_teacher_cfg(teacher_config, clean_state), clean_state, "run.log")
-    clean_text = _finish(proc, log3)
-    assert "resumed" not in clean_text
+    clean_text = _finish(clean, clean_log)
+    assert "resumed from the checkpoint" not in clean_text and "teacher epoch 1:" in clean_text
 
     resumed_weights, resumed_metrics = _final(killed_state)
     clean_weights, clean_metrics = _final(clean_state)
