@@ -344,3 +344,17 @@ def _kill_resume_compare(teacher_config: dict, killed_state: Path, clean_state: 
     assert _same_weights(resumed_weights, clean_weights)
     assert resumed_metrics["teacher_best_val_accuracy"] == clean_metrics["teacher_best_val_accuracy"]
     assert resumed_metrics["teacher_test_accuracy"] == clean_metrics["teacher_test_accuracy"]
+
+
+def test_config_fields_default_to_every_epoch_and_reject_zero(tmp_path):
+    from kdflow.cli import packaged_config
+    from kdflow.config import ConfigError, DistillConfig, TeacherConfig, load_config
+
+    teacher = load_config(packaged_config("mnist1d_teacher.yaml"), TeacherConfig)
+    assert teacher.train.checkpoint_every_epochs == 1 and teacher.store.root == ".kdflow/store"
+    assert load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).train.checkpoint_every_epochs == 1
+    assert TrainConfig().checkpoint_every_epochs == 1 and TrainConfig(checkpoint_every_epochs=None).checkpoint_every_epochs is None
+    raw = packaged_config("mnist1d_teacher.yaml").read_text().replace("checkpoint_every_epochs: 1", "checkpoint_every_epochs: 0")
+    (tmp_path / "t.yaml").write_text(raw)
+    with pytest.raises(ConfigError, match=r"train\.checkpoint_every_epochs: Input should be greater than 0"):
+        load_config(tmp_path / "t.yaml", TeacherConfig)
