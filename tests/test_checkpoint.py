@@ -358,3 +358,39 @@ def test_config_fields_default_to_every_epoch_and_reject_zero(tmp_path):
     (tmp_path / "t.yaml").write_text(raw)
     with pytest.raises(ConfigError, match=r"train\.checkpoint_every_epochs: Input should be greater than 0"):
         load_config(tmp_path / "t.yaml", TeacherConfig)
+
+
+def test_student_resume_from_streamed_logits_is_bit_identical(tmp_path):
+    """The student path: Parquet row groups joined with stored teacher logits (StreamingSource), KD loss."""
+    from kdflow.config import DataConfig
+    from kdflow.data import to_frame, write_parquet
+    from kdflow.logits import LogitStore, store_key
+    from kdflow.stream import StreamingSource
+
+    x, y, xv, yv = _data()
+    ids = np.arange(1000, 1000 + len(x))
+    z = (np.eye(3)[y] * 4 + np.random.default_rng(1).normal(size=(len(x), 3))).astype(np.float32)
+    path = write_parquet(to_frame(ids, x, y), tmp_path / "train.parquet", row_group_size=50)
+    ls = LogitStore(LocalStore(tmp_path / "logits"), store_key("t", "1", "f" * 64))
+    ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
+                  data_fingerprint="f" * 64, dataset="train", rows_per_shard=64)
+    data = DataConfig(train=str(path), val="-", test="-", num_classes=3)
+    cfg = CFG.model_copy(update={"alpha": 0.7, "temperature": 2.0, "epochs": 4})
+    key = "student-" + "c" * 32
+
+    def run(ckpt: Checkpoints, on_epoch=None):
+        source = StreamingSource([("train", str(path), ls, True)], data, "1", {"train": "f" * 64}, buffer_chunks=2)
+        model = _model()
+        try:
+            return model, fit(model, source, xv, yv, cfg, on_epoch=on_epoch, progress=False, checkpoints=ckpt)
+        finally:
+            source.close()
+
+    reference, ref_result = run(Checkpoints(LocalStore(tmp_path / "a"), key))
+    ckpt = Checkpoints(LocalStore(tmp_path / "b"), key)
+    with pytest.raises(Kill):
+        run(ckpt, lambda m: (_ for _ in ()).throw(Kill) if m["epoch"] == 3 else None)
+    model, result = run(ckpt)
+    assert result.resumed_from_epoch == 2 and ref_result.resumed_from_epoch == 0
+    assert ref_result.history[0]["soft_loss"] > 0  # really distilling
+    assert _same_weights(model.state_dict(), reference.state_dict())
