@@ -28,7 +28,7 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
     try:
         datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False, run_id=run_id,
                                    validation=cfg.validation)
-        model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id)
+        model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id, cfg.store)
         result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training, cfg.gate)
         if result["promote"] and cfg.alias == CHAMPION:  # gate passed: the serialized, SLA-checked move
             result["promotion"] = promote_version(cfg.registry_name, result["version"], result["reason"],

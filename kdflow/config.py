@@ -133,6 +133,9 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(default=5, gt=0)
     seed: int = 0
     num_threads: int | None = Field(default=None, gt=0)
+    # Save the full training state to the store's checkpoints/<training key>/ every this many epochs, so a killed
+    # run resumes where it stopped (kdflow.checkpoint); None: no checkpoints.
+    checkpoint_every_epochs: int | None = Field(default=1, gt=0)
 
 
 class CalibrationConfig(_Strict):
@@ -329,6 +332,9 @@ class TeacherConfig(_Strict):
     experiment: str = "kdflow-teacher"
     mlflow: MlflowConfig = MlflowConfig()
     validation: ValidationConfig = ValidationConfig()
+    # Where training checkpoints go (checkpoints/<training key>/); only root and endpoint_url are used here.
+    # The default is the distillation config's default store, so both keep their state in one place.
+    store: StoreConfig = StoreConfig()
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdflow.checkpoint import Checkpoints, rng_state, set_rng_state
 from kdflow.config import TrainConfig
 from kdflow.losses import kd_loss
 from kdflow.models import raw_logits
@@ -31,6 +32,7 @@ class TrainResult:
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
     steps: int = 0
+    resumed_from_epoch: int = 0  # the checkpointed epoch this training continued from (0: started fresh)
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +57,35 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _restore(saved: dict, model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+             gen: torch.Generator, checkpoints: Checkpoints) -> bool:
+    """Load a checkpoint's states into the training objects; on any failure put every one back as it was,
+    warn, and return False (the checkpoint is not used)."""
+    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()),
+              gen.get_state(), rng_state())
+    try:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        set_rng_state(saved["rng"])
+        missing = [k for k in ("best_state", "step", "stale", "history", "best_epoch", "best_val_accuracy")
+                   if k not in saved]
+        if missing:
+            raise KeyError(f"the checkpoint lacks {missing}")
+        model.load_state_dict(saved["best_state"])  # the best state fits this model too
+        model.load_state_dict(saved["model"])
+        return True
+    except Exception as exc:
+        model.load_state_dict(before[0])
+        opt.load_state_dict(before[1])
+        sched.load_state_dict(before[2])
+        gen.set_state(before[3])
+        set_rng_state(before[4])
+        checkpoints.warn_ignored(f"it does not fit this model and optimizer: {type(exc).__name__}: {exc}")
+        return False
 
 
 @torch.no_grad()
@@ -95,12 +126,20 @@ def fit(
     teacher_val_logits: np.ndarray | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on batches from ``source`` and leave it at its best-validation-accuracy weights.
 
     When the source carries teacher logits the loss is :func:`kdflow.losses.kd_loss` (``alpha`` weights the
     soft term; rows labeled ``-1`` contribute only to the soft term); otherwise plain cross-entropy on the
     labels. Teacher logits are clipped to ``±teacher_logit_clip``. Early stopping watches validation accuracy.
+
+    With ``checkpoints``, the full training state (weights, optimizer, LR schedule and step, RNG states, the
+    shuffling generator, best state, early-stopping counter, history) is saved after every
+    ``checkpoints.every_epochs`` epochs; a trusted checkpoint found at the start is resumed from, so the result
+    is bit-identical to an uninterrupted run on the same machine and thread count. ``on_epoch`` is called only
+    for epochs trained in this call (the restored ones are in ``result.history``). A finished training deletes
+    its checkpoint.
     """
     seed_everything(cfg.seed)
     if cfg.num_threads:
@@ -121,8 +160,23 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
     step = 0
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=None if progress else True, leave=False, mininterval=2.0)
-    for epoch in range(1, epochs + 1):
+    start_epoch = 1
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        geometry = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "num_rows": len(source)}
+        found = {k: saved.get(k) for k in geometry}
+        if found != geometry:
+            checkpoints.warn_ignored(f"it was written for {found}, this run has {geometry}")
+        elif _restore(saved, model, opt, sched, gen, checkpoints):
+            best_state, stale, step = saved["best_state"], int(saved["stale"]), int(saved["step"])
+            result.history = [dict(m) for m in saved["history"]]
+            result.best_epoch, result.best_val_accuracy = int(saved["best_epoch"]), float(saved["best_val_accuracy"])
+            result.resumed_from_epoch = int(saved["epoch"])
+            start_epoch = result.resumed_from_epoch + 1
+            log.info("resuming from the checkpoint after epoch %d (step %d) at %s", result.resumed_from_epoch, step,
+                     checkpoints.store.url(checkpoints.prefix))
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None if progress else True, leave=False, mininterval=2.0)
+    for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         model.train()
         sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
@@ -178,8 +232,21 @@ def fit(
                 break
         if step >= total_steps:
             break
+        if checkpoints is not None and checkpoints.due(epoch):
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "generator": gen.get_state(), "rng": rng_state(), "step": step, "best_state": best_state,
+                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "stale": stale,
+                     "history": result.history, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                     "num_rows": len(source)}
+            try:
+                checkpoints.save(epoch, state)
+            except Exception as exc:  # a checkpoint only protects progress: never fail the training over it
+                log.warning("could not save the checkpoint after epoch %d to %s: %s", epoch,
+                            checkpoints.store.url(checkpoints.prefix), exc)
     bar.close()
     result.steps = step
+    if checkpoints is not None:
+        checkpoints.clear()  # finished: a later deliberate re-run trains from the start
     model.load_state_dict(best_state)
     model.eval()
     return result

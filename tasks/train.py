@@ -11,11 +11,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from kdflow.config import DistillConfig, ModelSpec, TrainConfig
+from kdflow.checkpoint import Checkpoints, training_key
+from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import combine_logits
 from kdflow.models import build_model, count_parameters
 from kdflow.plots import training_curves
+from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
 from kdflow.train import TrainResult, fit, seed_everything
 from tasks.logits import TeacherEnsemble, logit_stores
@@ -40,34 +42,56 @@ def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[
                              {n: d.fingerprint for n, d in datasets.items()}, cfg.store.endpoint_url, combine=combine)
     get_run_logger().info("student %s: %d parameters, %d training rows streamed from %d row groups",
                           cfg.student.arch, count_parameters(model), len(source), len(source.chunks))
+    teachers = [{"name": t.name, "version": str(t.version), "weight": w,
+                 "logit_keys": {name: ls.key for name, ls in sorted(stores.items())}}
+                for t, w, stores in zip(ensemble.teachers, ensemble.weights, per_teacher)]
+    key = training_key("student", cfg.student, cfg.train, cfg.data.num_classes, datasets["train"].input_shape,
+                       {n: d.fingerprint for n, d in datasets.items()}, teachers)
+    checkpoints = Checkpoints(open_store(cfg.store.root, cfg.store.endpoint_url), key, cfg.train.checkpoint_every_epochs)
     try:
-        return model, _fit(model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student")
+        return model, _fit(model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student",
+                           checkpoints)
     finally:
         source.close()
 
 
 @task(name="train-teacher", cache_policy=NO_CACHE)
 def train_teacher(spec: ModelSpec, train_cfg: TrainConfig, num_classes: int, datasets: dict[str, Dataset],
-                  run_id: str) -> tuple[nn.Module, TrainResult]:
-    """Train a teacher on the labeled train split with cross-entropy."""
+                  run_id: str, store: StoreConfig | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train a teacher on the labeled train split with cross-entropy, checkpointing to ``store`` (when given)
+    so a re-run of the same training resumes."""
     seed_everything(train_cfg.seed)
     model = build_model(spec.arch, spec.args, datasets["train"].input_shape, num_classes)
     get_run_logger().info("teacher %s: %d parameters", spec.arch, count_parameters(model))
     ds = datasets["train"]
-    return model, _fit(model, train_cfg, ArraySource(ds.x, ds.y), datasets["val"], None, run_id, "teacher")
+    checkpoints = None
+    if store is not None:
+        key = training_key("teacher", spec, train_cfg, num_classes, ds.input_shape,
+                           {n: d.fingerprint for n, d in datasets.items()})
+        checkpoints = Checkpoints(open_store(store.root, store.endpoint_url), key, train_cfg.checkpoint_every_epochs)
+    return model, _fit(model, train_cfg, ArraySource(ds.x, ds.y), datasets["val"], None, run_id, "teacher",
+                       checkpoints)
 
 
 def _fit(model: nn.Module, cfg: TrainConfig, source: ArraySource | StreamingSource, val: Dataset,
-         z_val: np.ndarray | None, run_id: str, who: str) -> TrainResult:
+         z_val: np.ndarray | None, run_id: str, who: str, checkpoints: Checkpoints | None) -> TrainResult:
     logger = get_run_logger()
+    if checkpoints is not None and checkpoints.enabled:
+        logger.info("%s training %s: checkpoints every %d epoch(s) at %s", who, checkpoints.key,
+                    checkpoints.every_epochs, checkpoints.store.url(checkpoints.prefix))
 
     def on_epoch(m: dict[str, float]) -> None:
         log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
         logger.info("%s epoch %d: loss %.4f (soft %.4f, hard %.4f) val_acc %.4f (%.1fs)", who, int(m["epoch"]),
                     m["loss"], m["soft_loss"], m["hard_loss"], m["val_accuracy"], m["epoch_seconds"])
 
-    result = fit(model, source, val.x, val.y, cfg, teacher_val_logits=z_val, on_epoch=on_epoch)
-    log_metrics(run_id, {f"{who}_best_epoch": result.best_epoch, f"{who}_best_val_accuracy": result.best_val_accuracy})
+    result = fit(model, source, val.x, val.y, cfg, teacher_val_logits=z_val, on_epoch=on_epoch, checkpoints=checkpoints)
+    if result.resumed_from_epoch:
+        logger.info("%s resumed from the checkpoint after epoch %d", who, result.resumed_from_epoch)
+        for m in result.history[: result.resumed_from_epoch]:  # this run's curves cover the restored epochs too
+            log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
+    log_metrics(run_id, {f"{who}_best_epoch": result.best_epoch, f"{who}_best_val_accuracy": result.best_val_accuracy,
+                         f"{who}_resumed_from_epoch": result.resumed_from_epoch})
     with tempfile.TemporaryDirectory() as tmp:
         log_artifact(run_id, training_curves(result.history, Path(tmp) / f"{who}_training_curves.png"), "plots")
     return result

@@ -87,6 +87,7 @@ def teacher_config(tiny_data, state_dir) -> dict[str, Any]:
     cfg["train"].update(epochs=12, early_stopping_patience=None, batch_size=64)
     cfg["gate"]["min_accuracy"] = 0.2  # a floor for 600 training rows (chance is 0.1); the packaged one is 0.85
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state_dir}/mlflow.db", "artifact_location": str(state_dir / "artifacts")}
+    cfg["store"] = {"root": str(state_dir / "store")}  # training checkpoints stay in the tmp state
     return cfg
 
 
