@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from kdflow.config import DistillConfig, load_config
+from kdflow.config import DistillConfig, RecentTraffic, load_config, with_recent
 from tasks.data import validate_inputs
 from tasks.evaluate import calibrate, evaluate
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
@@ -20,11 +20,13 @@ from tasks.train import train_student
 
 
 @flow(name="distill", log_prints=True)
-def distill_flow(config_path: str) -> dict[str, Any]:
-    """Distil the registered teacher(s) named in the config into a calibrated, gated, registered student.
+def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[str, Any]:
+    """Distil the registered teacher(s) named in the config into a calibrated, gated, registered student;
+    ``recent`` (the retrain flow) adds recent production traffic to the transfer set and the gate.
 
     Promotion is the very last step; a run that fails after registering withdraws its version again."""
     cfg = load_config(config_path, DistillConfig)
+    cfg = with_recent(cfg, recent) if recent else cfg
     check_outputs(cfg, ("store", "reports", "mlflow"))  # fail before compute: every output writable
     name = cfg.registry.student_name
     run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.registry.experiment, cfg.mlflow.artifact_location,

@@ -11,7 +11,7 @@ from prefect import flow
 from flows.distill import distill_flow
 from kdflow.config import DistillConfig, load_config
 from kdflow.lifecycle import parse_as_of
-from tasks.monitoring import collect_recent_traffic, write_retrain_config
+from tasks.monitoring import collect_recent_traffic
 from tasks.preflight import check_outputs
 
 
@@ -23,5 +23,5 @@ def retrain_flow(config_path: str, as_of: str | None = None, reason: str = "") -
     when = parse_as_of(as_of)
     out_dir = Path(cfg.output_dir).resolve() / "retrain" / f"{when:%Y%m%dT%H%M%S}"
     recent = collect_recent_traffic(cfg, when, out_dir)
-    report = distill_flow(write_retrain_config(config_path, recent, out_dir))
-    return {"as_of": when.isoformat(), "reason": reason, "recent": recent, "report": report}
+    report = distill_flow(config_path, recent=recent)  # typed parameters: the user's config is never rewritten
+    return {"as_of": when.isoformat(), "reason": reason, "recent": recent.model_dump(mode="json"), "report": report}

@@ -360,6 +360,27 @@ def load_config(path: str | Path, model: type[C]) -> C:
         raise ConfigError(f"{path}: {problems}") from exc
 
 
+class RecentTraffic(_Strict):
+    """Recent production traffic handed from the retrain flow to the distill flow as a typed parameter: the
+    unlabeled inputs added to the transfer set, the labeled rows the gate also compares on (``None``: too few),
+    the ``[start, end)`` window (ISO 8601) and row counts."""
+
+    recent: str
+    recent_labeled: str | None = None
+    window: tuple[str, str]
+    rows: int = Field(ge=0)
+    recent_rows: int = Field(ge=0)
+    labeled_rows: int = Field(ge=0)
+
+
+def with_recent(cfg: DistillConfig, traffic: RecentTraffic) -> DistillConfig:
+    """``cfg`` with ``data.recent`` / ``data.recent_labeled`` / ``data.recent_window`` set from ``traffic``
+    (validated again, so the result is as strict as a loaded config)."""
+    data = {**cfg.data.model_dump(), "recent": traffic.recent, "recent_labeled": traffic.recent_labeled,
+            "recent_window": traffic.window}
+    return DistillConfig.model_validate({**cfg.model_dump(), "data": data})
+
+
 def config_hash(cfg: BaseModel) -> str:
     """A stable SHA-256 of the validated config (sorted JSON), for tagging what produced a model."""
     payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from kdflow import registry
-from kdflow.config import DistillConfig, DriftConfig, FeatureSpec, SLAConfig
+from kdflow.config import DistillConfig, DriftConfig, FeatureSpec, RecentTraffic, SLAConfig
 from kdflow.data import Dataset, write_parquet
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window, decide
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
@@ -242,35 +241,24 @@ def retrain_deployment_exists() -> bool:
 
 
 @task(name="collect-recent-traffic", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def collect_recent_traffic(cfg: DistillConfig, as_of: datetime, out_dir: Path) -> dict[str, Any]:
+def collect_recent_traffic(cfg: DistillConfig, as_of: datetime, out_dir: Path) -> RecentTraffic:
     """Recent production inputs as an extra (unlabeled) transfer split, and the recent labeled rows for the
-    gate, written as Parquet in kdflow's layout under ``out_dir``."""
+    gate, written as Parquet in kdflow's layout under ``out_dir`` (a retry overwrites the same files)."""
     start, end = window_bounds(as_of, cfg.retrain.window_days)
     window = read_logs.fn(cfg, start, end)
     if not len(window):
         raise InferenceLogError(f"no inference logs in {cfg.logs.root} in the {cfg.retrain.window_days} days "
                                 f"before {as_of.isoformat()}: nothing to retrain on")
     inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.retrain.max_recent_rows)
-    out = {"rows": len(window), "recent_rows": len(inputs), "labeled_rows": len(labeled),
-           "window": [start.isoformat(), end.isoformat()],
-           "recent": str(write_parquet(inputs, out_dir / "recent.parquet")), "recent_labeled": None}
-    if len(labeled) >= max(cfg.retrain.min_recent_labeled_rows, 1):
-        out["recent_labeled"] = str(write_parquet(labeled, out_dir / "recent_labeled.parquet"))
+    enough = len(labeled) >= max(cfg.retrain.min_recent_labeled_rows, 1)
+    traffic = RecentTraffic(
+        recent=str(write_parquet(inputs, out_dir / "recent.parquet")),
+        recent_labeled=str(write_parquet(labeled, out_dir / "recent_labeled.parquet")) if enough else None,
+        window=(start.isoformat(), end.isoformat()), rows=len(window), recent_rows=len(inputs),
+        labeled_rows=len(labeled))
     get_run_logger().info("recent traffic: %d inputs added to the transfer set; %d labeled rows %s", len(inputs),
-                          len(labeled), "for the gate" if out["recent_labeled"] else "(too few: gate on test only)")
-    return out
-
-
-@task(name="write-retrain-config", cache_policy=NO_CACHE)
-def write_retrain_config(config_path: str, recent: dict[str, Any], out_dir: Path) -> str:
-    """The distill config with ``data.recent`` / ``data.recent_labeled`` / ``data.recent_window`` set, written
-    beside the traffic files (relative paths in it still resolve against the working directory, as in the
-    original)."""
-    raw = yaml.safe_load(Path(config_path).read_text())
-    raw["data"].update(recent=recent["recent"], recent_labeled=recent["recent_labeled"], recent_window=recent["window"])
-    path = out_dir / "retrain.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return str(path)
+                          len(labeled), "for the gate" if enough else "(too few: gate on test only)")
+    return traffic
 
 
 @task(name="labeled-window", cache_policy=NO_CACHE)

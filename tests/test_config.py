@@ -1,6 +1,7 @@
 """Config loading: strict schema, defaults, shipped examples."""
 
 import pytest
+from pydantic import ValidationError
 
 from kdflow.cli import packaged_config
 from kdflow.config import ConfigError, DistillConfig, TeacherConfig, config_hash, load_config
@@ -56,3 +57,18 @@ def test_config_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(b)
     b.train.temperature = 2.0
     assert config_hash(a) != config_hash(b)
+
+
+def test_with_recent_sets_the_recent_traffic_on_a_validated_copy():
+    """The retrain flow hands recent traffic to the distill flow as a typed parameter, never by rewriting YAML."""
+    from kdflow.config import RecentTraffic, with_recent
+
+    cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
+    traffic = RecentTraffic(recent="r.parquet", recent_labeled=None, window=("2026-01-01T00:00:00+00:00",
+                            "2026-01-04T00:00:00+00:00"), rows=10, recent_rows=10, labeled_rows=0)
+    updated = with_recent(cfg, traffic)
+    assert (updated.data.recent, updated.data.recent_labeled, updated.data.recent_window) == (
+        "r.parquet", None, ("2026-01-01T00:00:00+00:00", "2026-01-04T00:00:00+00:00"))
+    assert cfg.data.recent is None and updated.model_dump(exclude={"data"}) == cfg.model_dump(exclude={"data"})
+    with pytest.raises(ValidationError):
+        RecentTraffic(recent="r.parquet", window=("a", "b"), rows=-1, recent_rows=0, labeled_rows=0)

@@ -153,6 +153,7 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     assert second["event_id"]
     retrained = second["retrain"]
     assert retrained["recent"]["recent_rows"] == 900 and retrained["recent"]["recent_labeled"]
+    assert not list(Path(retrained["recent"]["recent"]).parent.glob("*.yaml"))  # no rewritten config
     report = retrained["report"]
     assert report["registration"]["version"] == "2" and report["promotion"]["version"] == "2"
     assert {"recent", "recent_labeled"} <= set(report["provenance"]["data_fingerprints"])
