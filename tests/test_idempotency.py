@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from prefect import flow
 from torch import nn
 
-from kdflow import registry
+from kdflow import promotion, registry
 from kdflow.data import Dataset
 from kdflow.train import TrainResult
 
@@ -160,8 +160,8 @@ def test_retried_promote_version_moves_and_records_once(prefect_harness, trackin
     _register_passing_versions(name, _run_id(tracking), 2)
     registry.promote(name, "1", "first", "tester")
     if where == "between recording and moving":
-        fault = FailOnce(registry._apply_move, before=True)  # history has the event, the alias has not moved
-        monkeypatch.setattr(registry, "_apply_move", fault)
+        fault = FailOnce(promotion._apply_move, before=True)  # history has the event, the alias has not moved
+        monkeypatch.setattr(promotion, "_apply_move", fault)
     else:
         fault = FailOnce(registry.promote)  # moved and recorded, then the response is lost
         monkeypatch.setattr(registry, "promote", fault)

@@ -1,4 +1,5 @@
-"""Registry promotion, rollback and alias history on MLflow over SQLite; FileLock across processes."""
+"""Registry promotion, rollback and alias history on MLflow over SQLite (the Prefect promotion lock that serializes
+``kdflow models promote`` across processes is tested in test_registry_server.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 from torch import nn
 
 from kdflow import registry
-from kdflow.locks import FileLock, LockTimeout
 from kdflow.registry import RegistryError
 from tests.conftest import chain_is_consistent
 
@@ -201,9 +200,11 @@ def test_list_models_and_versions(model):
     assert infos[0].created is not None and infos[0].created.tzinfo is not None
 
 
-def test_concurrent_promotions_under_a_filelock_keep_one_consistent_chain(model, tmp_path):
+def test_concurrent_promotions_under_a_lock_keep_one_consistent_chain(model):
+    """promote() does its whole read-check-move-record inside the caller's lock (any context manager; in kdflow the
+    Prefect concurrency slot of tasks/promotion.py), so racing promotions still form one chain."""
     versions = model.add(*[True] * 5)
-    lock = FileLock(tmp_path / "promote.lock", timeout=60)
+    lock = threading.Lock()
     start, errors = threading.Barrier(len(versions)), []
 
     def promote(version: str) -> None:
@@ -222,46 +223,6 @@ def test_concurrent_promotions_under_a_filelock_keep_one_consistent_chain(model,
     events = registry.history(model.name, "champion")
     assert sorted(e.version for e in events) == versions and chain_is_consistent(events)
     assert registry.alias_version(model.name, "champion") == events[-1].version
-
-
-HOLDER = """
-import sys
-from kdflow.locks import FileLock
-with FileLock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.read()  # hold until the parent closes our stdin
-"""
-
-
-def test_filelock_excludes_a_second_process(tmp_path):
-    path = tmp_path / "locks" / "model.lock"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        started = time.monotonic()
-        with pytest.raises(LockTimeout, match=rf"could not acquire lock .*model\.lock within 0\.3 s \(held by pid {holder.pid}\)"):
-            with FileLock(path, timeout=0.3):
-                pass
-        assert time.monotonic() - started >= 0.3
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
-    assert holder.returncode == 0
-    with FileLock(path, timeout=5) as lock:  # released by the holder's exit
-        assert "pid" in Path(lock.path).read_text()
-
-
-def test_filelock_excludes_a_second_thread_and_is_reusable(tmp_path):
-    lock = FileLock(tmp_path / "t.lock", timeout=0)
-    with lock:
-        failed = []
-        worker = threading.Thread(target=lambda: failed.append(pytest.raises(LockTimeout, lock.acquire)))
-        worker.start()
-        worker.join()
-        assert failed
-    with lock:  # free again
-        pass
 
 
 def _kdflow(*args: str, home: Path) -> subprocess.CompletedProcess:
