@@ -183,10 +183,6 @@ class OnlineTeacherSource:
     def __len__(self) -> int:
         return len(self.inner)
 
-    @property
-    def has_teacher(self) -> bool:
-        return True
-
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for xb, yb, _ in self.inner.batches(batch_size, generator):
             with torch.no_grad():

@@ -51,9 +51,9 @@ class MLP(nn.Module):
 
 class CNN1D(nn.Module):
     """1-D CNN for sequences ``(B, L)``: ``depth`` conv blocks (conv-BN-ReLU, stride 2 after the first),
-    global average + max pooling, linear head."""
+    global average + max pooling, linear head. Any length works: the pooling is global."""
 
-    def __init__(self, length: int, num_classes: int, channels: int = 32, depth: int = 3, kernel_size: int = 5,
+    def __init__(self, num_classes: int, channels: int = 32, depth: int = 3, kernel_size: int = 5,
                  dropout: float = 0.0):
         super().__init__()
         blocks: list[nn.Module] = []
@@ -107,8 +107,11 @@ def build_mlp(input_shape: tuple[int, ...], num_classes: int, **kw: Any) -> nn.M
 
 @register("cnn1d")
 def build_cnn1d(input_shape: tuple[int, ...], num_classes: int, **kw: Any) -> nn.Module:
-    """1-D CNN; input is flattened to one sequence."""
-    return CNN1D(math.prod(input_shape), num_classes, **kw)
+    """1-D CNN; input is flattened to one sequence (its length comes from the data, never from ``args``)."""
+    if "length" in kw:
+        raise ModelSpecError(f"cnn1d takes no 'length' argument (got length={kw['length']!r}): the sequence is the "
+                             f"flattened input of shape {list(input_shape)}; remove 'length' from the model's args")
+    return CNN1D(num_classes, **kw)
 
 
 @register("cnn2d")

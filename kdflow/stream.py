@@ -46,11 +46,6 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.x)
 
-    @property
-    def has_teacher(self) -> bool:
-        """Whether batches carry teacher logits."""
-        return self.z is not None
-
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch of shuffled batches."""
         perm = torch.randperm(len(self.x), generator=generator)
@@ -133,11 +128,6 @@ class StreamingSource:
 
     def __len__(self) -> int:
         return self.num_rows
-
-    @property
-    def has_teacher(self) -> bool:
-        """Batches always carry teacher logits."""
-        return True
 
     def _shard(self, part: int, teacher: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         key = (part, teacher, index)

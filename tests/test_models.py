@@ -44,6 +44,12 @@ def test_feature_width_the_model_cannot_take_is_named():
         build_model("cnn2d", {}, (40,), 10)
 
 
+def test_cnn1d_length_argument_is_a_clear_error():
+    """The sequence length is the flattened input's; a config that still passes ``length`` is told so."""
+    with pytest.raises(ModelSpecError, match=r"cnn1d takes no 'length' argument \(got length=40\).*shape \[40\]"):
+        build_model("cnn1d", {"length": 40, "channels": 8}, (40,), 10)
+
+
 def test_served_probabilities_are_softmax_of_logits_over_calibrated_temperature():
     torch.manual_seed(0)
     inner = build_model("mlp", {"width": 16}, (6,), 4)
