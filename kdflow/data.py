@@ -2,6 +2,12 @@
 
 Features are either one fixed-length float array column (default ``x``) or named numeric columns.
 Files are addressed by local path, ``file://`` or ``s3://`` URI (read through :mod:`kdflow.store`).
+
+Duties: this module reads files and converts frames; it holds no rule on their content. :func:`read_frame`
+fails only on a file it cannot read at all (missing, empty, not Parquet); every rule on what a dataset holds
+(columns, ids, feature kind, width and finiteness, labels, row counts, cross-split checks) is one expectation of
+the Great Expectations suites in :mod:`kdflow.validation`, which run first in every flow. :func:`dataset_from_frame`
+converts a frame that passed them.
 """
 
 from __future__ import annotations
@@ -73,88 +79,33 @@ def read_frame(uri: str, endpoint_url: str | None = None) -> pd.DataFrame:
         raise DataError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
 
 
-def _features(df: pd.DataFrame, spec: FeatureSpec, uri: str) -> np.ndarray:
-    """Stack the feature column(s) into a float32 (n, d) array with schema errors that name the column."""
+def _features(df: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Stack the feature column(s) of a validated frame into a float32 (n, d) array."""
     if spec.columns:
-        missing = [c for c in spec.columns if c not in df.columns]
-        if missing:
-            raise DataError(f"{uri}: missing feature column(s) {missing}; found columns {list(df.columns)}")
-        bad = [c for c in spec.columns if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])]
-        if bad:
-            kinds = {c: str(df[c].dtype) for c in bad}
-            raise DataError(f"{uri}: feature column(s) must be numeric, found {kinds}")
         return df[spec.columns].to_numpy(dtype=np.float32)
-    col = spec.column
-    if col not in df.columns:
-        raise DataError(f"{uri}: missing feature column {col!r}; found columns {list(df.columns)}")
-    values = df[col].to_numpy()
+    values = df[spec.column].to_numpy()
     if len(values) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    if any(v is None for v in values):
-        n = sum(v is None for v in values)
-        raise DataError(f"{uri}: feature column {col!r} has {n} null row(s)")
-    lengths = np.fromiter((len(v) if hasattr(v, "__len__") and not isinstance(v, str) else -1 for v in values),
-                          dtype=np.int64, count=len(values))
-    if (lengths < 0).any():
-        raise DataError(f"{uri}: feature column {col!r} must hold float arrays, found {type(values[int(np.argmax(lengths < 0))]).__name__}")
-    if lengths.min() != lengths.max():
-        common = int(np.bincount(lengths).argmax())
-        bad = np.flatnonzero(lengths != common)
-        raise DataError(
-            f"{uri}: feature column {col!r} has arrays of different lengths: expected {common}, "
-            f"found {sorted(set(lengths[bad].tolist()))[:5]} in {len(bad)} row(s)"
-        )
-    try:
-        return np.stack(values).astype(np.float32)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{uri}: feature column {col!r} is not numeric: {exc}") from exc
+    return np.stack(values).astype(np.float32)
 
 
 def dataset_from_frame(df: pd.DataFrame, name: str, uri: str, cfg: DataConfig, labeled: bool) -> Dataset:
-    """Convert a frame to a :class:`Dataset`, checking schema, finiteness, width and label range."""
-    if cfg.id_column not in df.columns:
-        raise DataError(f"{uri}: missing id column {cfg.id_column!r}; found columns {list(df.columns)}")
-    if len(df) < cfg.min_rows:
-        raise DataError(f"{uri}: {len(df)} row(s), expected at least {cfg.min_rows}")
-    ids = df[cfg.id_column].to_numpy()
-    if pd.isna(df[cfg.id_column]).any():
-        raise DataError(f"{uri}: id column {cfg.id_column!r} has {int(pd.isna(df[cfg.id_column]).sum())} null value(s)")
-    dup = pd.Index(ids).duplicated()
-    if dup.any():
-        raise DataError(f"{uri}: id column {cfg.id_column!r} has {int(dup.sum())} duplicated id(s), e.g. {ids[dup][:3].tolist()}")
-    if ids.dtype.kind not in "iu":
-        ids = ids.astype(str)
-    x = _features(df, cfg.features, uri)
-    bad_rows = ~np.isfinite(x).all(axis=1)
-    if bad_rows.any():
-        raise DataError(f"{uri}: {int(bad_rows.sum())} row(s) with NaN or infinite features, e.g. ids {ids[bad_rows][:3].tolist()}")
-    if cfg.features.shape:
-        width = int(np.prod(cfg.features.shape))
-        if x.shape[1] != width:
-            raise DataError(f"{uri}: feature width {x.shape[1]}, expected {width} for shape {cfg.features.shape}")
-        x = x.reshape(len(x), *cfg.features.shape)
-    y = None
-    if labeled:
-        col = cfg.label_column
-        if col not in df.columns:
-            raise DataError(f"{uri}: missing label column {col!r}")
-        labels = df[col]
-        if labels.isna().any():
-            raise DataError(f"{uri}: label column {col!r} has {int(labels.isna().sum())} null value(s)")
-        if not pd.api.types.is_integer_dtype(labels):
-            raise DataError(f"{uri}: label column {col!r} must be integer, found {labels.dtype}")
-        y = labels.to_numpy(dtype=np.int64)
-        out = (y < 0) | (y >= cfg.num_classes)
-        if out.any():
-            raise DataError(
-                f"{uri}: {int(out.sum())} label(s) outside [0, {cfg.num_classes}), e.g. {sorted(set(y[out].tolist()))[:5]}"
-            )
+    """Convert a frame that passed validation (:func:`kdflow.validation.validate_data`) to a :class:`Dataset`.
+
+    No checks of its own: every rule on the content lives in the validation suites. A frame that skipped them
+    and cannot be converted is one :class:`DataError` naming the file and pointing at validation."""
+    try:
+        ids = df[cfg.id_column].to_numpy()
+        if ids.dtype.kind not in "iu":
+            ids = ids.astype(str)
+        x = _features(df, cfg.features)
+        if cfg.features.shape:
+            x = x.reshape(len(x), *cfg.features.shape)
+        y = df[cfg.label_column].to_numpy(dtype=np.int64) if labeled else None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{uri}: {name} cannot be converted to arrays ({type(exc).__name__}: {exc}); "
+                        "validate it first (kdflow.validation.validate_data names what is wrong)") from exc
     return Dataset(name=name, uri=uri, ids=ids, x=x, y=y)
-
-
-def load_dataset(name: str, uri: str, cfg: DataConfig, labeled: bool = True, endpoint_url: str | None = None) -> Dataset:
-    """Read and check one split."""
-    return dataset_from_frame(read_frame(uri, endpoint_url), name, uri, cfg, labeled)
 
 
 def to_frame(ids: np.ndarray, x: np.ndarray, y: np.ndarray | None = None, feature_column: str = "x") -> pd.DataFrame:

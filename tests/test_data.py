@@ -1,14 +1,19 @@
-"""Dataset files: round trip, fingerprints, generators, and one clear error per kind of bad input."""
+"""Dataset files: round trip, fingerprints, generators, and one clear error per kind of bad input.
+
+Every file goes the flow's way: read, validated by the GX suites (kdflow.validation, the only place rules on the
+data live), then converted by kdflow.data."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kdflow.config import DataConfig
-from kdflow.data import DataError, load_dataset, to_frame, write_parquet
+from kdflow.config import DataConfig, ValidationConfig
+from kdflow.data import Dataset, DataError, dataset_from_frame, read_frame, to_frame, write_parquet
 from kdflow.generators import mnist1d_arrays, write_digits, write_mnist1d
+from kdflow.validation import read_split, validate_data, validate_splits
 
 CFG = DataConfig(train="-", val="-", test="-", num_classes=3)
+FAST = ValidationConfig(data_docs=False)
 
 
 def frame(n=6, width=4, seed=0):
@@ -16,8 +21,19 @@ def frame(n=6, width=4, seed=0):
     return to_frame(np.arange(n), rng.normal(size=(n, width)), np.arange(n) % 3)
 
 
-def load(tmp_path, df, labeled=True, cfg=CFG):
-    return load_dataset("train", str(write_parquet(df, tmp_path / "d.parquet")), cfg, labeled)
+def load(tmp_path, df, labeled=True, cfg=CFG) -> Dataset:
+    """Write ``df``, validate it as the flow does (raising its one DataValidationError), convert it."""
+    uri = str(write_parquet(df, tmp_path / "d.parquet"))
+    report, frames = validate_splits({"train": read_split("train", uri, labeled)}, cfg, FAST)
+    report.raise_for_failures()
+    return dataset_from_frame(frames["train"], "train", uri, cfg, labeled)
+
+
+def load_all(cfg: DataConfig) -> dict[str, Dataset]:
+    """Every split of ``cfg``, validated together (cross-split checks included) and converted."""
+    report, frames = validate_data(cfg, FAST)
+    report.raise_for_failures()
+    return {n: dataset_from_frame(f, n, report.datasets[n].uri, cfg, n != "transfer") for n, f in frames.items()}
 
 
 def test_round_trip_and_fingerprint(tmp_path):
@@ -31,10 +47,10 @@ def test_round_trip_and_fingerprint(tmp_path):
 
 
 def test_named_numeric_columns(tmp_path):
-    df = pd.DataFrame({"id": [1, 2], "a": [0.1, 0.2], "b": [1, 2], "label": [0, 2]})
+    df = pd.DataFrame({"id": [1, 2, 3], "a": [0.1, 0.2, 0.3], "b": [1, 2, 3], "label": [0, 2, 1]})
     cfg = DataConfig(train="-", val="-", test="-", num_classes=3, features={"columns": ["a", "b"]})
     ds = load(tmp_path, df, cfg=cfg)
-    assert np.allclose(ds.x, [[0.1, 1.0], [0.2, 2.0]])
+    assert np.allclose(ds.x, [[0.1, 1.0], [0.2, 2.0], [0.3, 3.0]]) and ds.y.tolist() == [0, 2, 1]
 
 
 def test_unlabeled_transfer_ignores_label_column(tmp_path):
@@ -52,26 +68,32 @@ def test_unlabeled_transfer_ignores_label_column(tmp_path):
     (lambda d: d.assign(label=[-1] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\)"),
     (lambda d: d.assign(label=[3] + list(d.label[1:])), r"outside \[0, 3\), e.g. \[3\]"),
     (lambda d: d.assign(label=d.label.astype(float) + 0.5), "must be integer, found float64"),
-    (lambda d: d.assign(id=[0, 0, 1, 2, 3, 4]), "1 duplicated id"),
+    (lambda d: d.assign(id=[0, 0, 1, 2, 3, 4]), r"2 row\(s\) with duplicated id\(s\), e.g. \[0\]"),
     (lambda d: d.assign(id=[None, 1.0, 2.0, 3.0, 4.0, 5.0]), "null value"),
     (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, mutate, message):
     with pytest.raises(DataError, match=message) as exc:
         load(tmp_path, mutate(frame()))
-    assert "d.parquet" in str(exc.value)
+    assert "d.parquet" in str(exc.value) and "1 failed check(s)" in str(exc.value)
+
+
+def test_a_frame_that_skipped_validation_is_one_clear_error(tmp_path):
+    bad = frame().assign(x=[np.zeros(3, dtype=np.float32)] + list(frame().x[1:]))
+    with pytest.raises(DataError, match=r"d.parquet: train cannot be converted to arrays .*validate it first"):
+        dataset_from_frame(bad, "train", "d.parquet", CFG, labeled=True)
 
 
 def test_missing_empty_and_corrupt_files(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        load_dataset("train", str(tmp_path / "missing.parquet"), CFG)
+        read_frame(str(tmp_path / "missing.parquet"))
     (tmp_path / "empty.parquet").write_bytes(b"")
     with pytest.raises(DataError, match="file is empty"):
-        load_dataset("train", str(tmp_path / "empty.parquet"), CFG)
+        read_frame(str(tmp_path / "empty.parquet"))
     good = write_parquet(frame(), tmp_path / "good.parquet").read_bytes()
     (tmp_path / "trunc.parquet").write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match="not a readable Parquet file"):
-        load_dataset("train", str(tmp_path / "trunc.parquet"), CFG)
+        read_frame(str(tmp_path / "trunc.parquet"))
 
 
 def test_mnist1d_generator_is_offline_and_seeded():
@@ -84,13 +106,11 @@ def test_mnist1d_generator_is_offline_and_seeded():
 
 def test_digits_writer(tmp_path):
     paths = write_digits(tmp_path)
-    cfg = DataConfig(train="-", val="-", test="-", num_classes=10, features={"shape": [8, 8]})
-    train = load_dataset("train", str(paths["train"]), cfg)
-    test = load_dataset("test", str(paths["test"]), cfg)
-    assert train.x.shape[1:] == (8, 8) and len(train) + len(test) + len(load_dataset("val", str(paths["val"]), cfg)) == 1797
-    val = load_dataset("val", str(paths["val"]), cfg)
+    cfg = DataConfig(num_classes=10, features={"shape": [8, 8]}, **{n: str(p) for n, p in paths.items()})
+    datasets = load_all(cfg)
+    train, val, test, transfer = (datasets[n] for n in ("train", "val", "test", "transfer"))
+    assert train.x.shape[1:] == (8, 8) and len(train) + len(test) + len(val) == 1797
     assert not set(train.ids) & set(test.ids) and not set(train.ids) & set(val.ids) and not set(val.ids) & set(test.ids)
-    transfer = load_dataset("transfer", str(paths["transfer"]), cfg, labeled=False)
     # the transfer set is the train inputs under their own ids (allowed: validation.transfer_overlap_allowed)
     assert transfer.y is None and np.array_equal(transfer.ids, train.ids) and np.array_equal(transfer.x, train.x)
 

@@ -54,6 +54,10 @@ Modules, in the order a validation runs: :mod:`~kdflow.validation.reading` (file
 suites), :mod:`~kdflow.validation.runner` (GX context, results to messages), :mod:`~kdflow.validation.datasets`
 (the datasets of a config, cross-split checks), :mod:`~kdflow.validation.inference` (inference logs, teacher
 logits) and :mod:`~kdflow.validation.results` (the report). Import public names from this package.
+
+Split of duties with :mod:`kdflow.data`: every rule on what a dataset holds is an expectation here, written once;
+``kdflow.data`` only reads a file (failing on one it cannot read at all: missing, empty, not Parquet, recorded
+here as ``file.readable``) and converts a frame that passed (:func:`kdflow.data.dataset_from_frame`).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class _Failure:
         return sorted({str(e) for e in self.examples})
 
 
-# One template per check; the wording of kdflow.data's pre-GX errors is kept where it existed.
+# One template per check: the only wording of these rules (kdflow.data reads and converts, it checks nothing).
 _MESSAGES: dict[str, Callable[[_Failure], str]] = {
     "rows.min": lambda f: f"{f.res.get('observed_value')} row(s), expected at least {f.extra['min_rows']}",
     "schema.columns": lambda f: (
