@@ -273,7 +273,7 @@ class Lifecycle:
                        version=outcome.get("version"), promoted=bool(outcome.get("promotion")),
                        decided=outcome.get("result") is not None,
                        **{k: result.get(k) for k in ("current_temperature", "new_temperature", "ece_before",
-                                                    "ece_after", "improved", "fit_rows", "eval_rows")})
+                                                    "ece_after", "improved")})
         except Exception as exc:  # recorded; the calendar goes on
             rec.update(error=error_record(exc), decided=False)
         rec["champion_after"] = self.champion()

@@ -3,7 +3,6 @@ them into the logit store) and the gate also comparing with the champion on rece
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -21,7 +20,7 @@ def retrain_flow(config_path: str, as_of: str | None = None, reason: str = "") -
     cfg = load_config(config_path, DistillConfig)
     check_outputs(cfg, ("reports", "store", "mlflow"))  # fail before compute: every output writable
     when = parse_as_of(as_of)
-    out_dir = Path(cfg.output_dir).resolve() / "retrain" / f"{when:%Y%m%dT%H%M%S}"
-    recent = collect_recent_traffic(cfg, when, out_dir)
+    recent = collect_recent_traffic(cfg.logs, cfg.validation, cfg.data.num_classes, cfg.retrain, when,
+                                    cfg.output_dir)
     report = distill_flow(config_path, recent=recent)  # typed parameters: the user's config is never rewritten
     return {"as_of": when.isoformat(), "reason": reason, "recent": recent.model_dump(mode="json"), "report": report}

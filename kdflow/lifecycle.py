@@ -1,23 +1,30 @@
 """Library side of the lifecycle flows: time windows, turning logged traffic into datasets, recalibration.
 
-Everything here is plain computation on arrays and frames; the flows in ``flows/`` (drift check, retrain,
-recalibration) compose it with the registry and the inference logs.
+Everything here is plain computation on arrays and frames: the temperature refit and the rule that decides
+whether a refit is registered (:func:`judge_refit`). :mod:`kdflow.monitor` composes it with the registry and
+the inference logs for the flows in ``flows/`` (drift check, retrain, recalibration).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
 from kdflow.calibration import calibration_metrics, ece_improvement_confidence, fit_temperature
-from kdflow.config import CalibrationConfig, ConfigError
+from kdflow.config import CalibrationConfig, ConfigError, SLAConfig
 from kdflow.data import to_frame
+from kdflow.sla import SLACheck, check_slas
+
+if TYPE_CHECKING:
+    from kdflow.models import CalibratedClassifier
+
+RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # who asked: the monthly schedule, a drift check, a person
 
 
 def parse_as_of(as_of: str | datetime | None) -> datetime:
@@ -78,8 +85,6 @@ class Recalibration:
 
     current_temperature: float
     new_temperature: float
-    fit_rows: int
-    eval_rows: int
     ece_before: float
     ece_after: float
     nll_before: float
@@ -133,5 +138,68 @@ def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperatur
     reason = (f"ECE {before.ece:.4f} at T={current_temperature:.4f} -> {after.ece:.4f} out of fold at T={new_t:.4f} "
               f"on {n} labeled rows (lower in {confidence:.0%} of bootstrap resamples): {verdict} (needs a gain "
               f"> {min_improvement:g} in at least {min_confidence:.0%})")
-    return Recalibration(float(current_temperature), float(new_t), n, n, before.ece, after.ece, before.nll,
+    return Recalibration(float(current_temperature), float(new_t), before.ece, after.ece, before.nll,
                          after.nll, before.accuracy, bool(improved), reason, (fold_t[0], fold_t[1]), confidence)
+
+
+@dataclass
+class RecalibrationOutcome:
+    """What one recalibration of a champion found and did: the window it looked at, the refit (None when it
+    could not decide), the SLA checks of the recalibrated model, whether to register it and why; the flow adds
+    the registered ``version`` and the ``promotion``."""
+
+    parent_version: str
+    trigger: RecalibrationTrigger
+    start: datetime
+    end: datetime
+    rows: int  # every logged row in the window
+    labeled_rows: int
+    reason: str = ""
+    result: Recalibration | None = None
+    sla_checks: list[SLACheck] | None = None
+    register: bool = False
+    version: str | None = None
+    promotion: dict[str, Any] | None = None
+    served: CalibratedClassifier | None = field(default=None, repr=False)  # to register: same weights, new T
+    tags: dict[str, Any] = field(default_factory=dict)  # the version tags to register it with
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-able outcome the recalibration flow returns and records (``recalibration.json``)."""
+        out: dict[str, Any] = {"parent_version": self.parent_version, "trigger": self.trigger,
+                               "window": [self.start.isoformat(), self.end.isoformat()], "rows": self.rows,
+                               "labeled_rows": self.labeled_rows, "version": self.version,
+                               "result": self.result.as_dict() if self.result else None, "reason": self.reason}
+        if self.sla_checks is not None:
+            out["sla_checks"] = [c.as_dict() for c in self.sla_checks]
+        if self.promotion is not None:
+            out["promotion"] = self.promotion
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics: row counts, whether a version was registered, and every number of the refit."""
+        result = self.result.as_dict() if self.result else {}
+        return {"labeled_rows": float(self.labeled_rows), "registered": float(bool(self.version)),
+                **{k: float(v) for k, v in result.items() if isinstance(v, (int, float))}}
+
+    def markdown(self, name: str, as_of: datetime) -> str:
+        """A short markdown summary: what changed, or why nothing did."""
+        return (f"# Recalibration of {name} v{self.parent_version} at {as_of.isoformat()}\n\n{self.reason}\n\n"
+                f"New version: {self.version or 'none'}")
+
+
+def judge_refit(outcome: RecalibrationOutcome, result: Recalibration, evaluation: dict[str, Any],
+                sla: SLAConfig) -> RecalibrationOutcome:
+    """Whether to register the refit: only if its out-of-fold ECE improved (``result.improved``) and every SLA
+    still passes on the recalibrated model — the parent's ``evaluation`` (accuracy, gap, flip rate, latency,
+    size: unchanged by a temperature) with the new ECE and temperature. Returns ``outcome`` with the refit,
+    the SLA checks, the verdict and why."""
+    checks = check_slas({**evaluation, "student_ece": result.ece_after, "served_temperature": result.new_temperature},
+                        sla)
+    failed = [c.name for c in checks if not c.passed]
+    if not result.improved:
+        register, reason = False, f"nothing changed: {result.reason}"
+    elif failed:
+        register, reason = False, f"nothing changed: the recalibrated model would fail SLA(s) {', '.join(failed)}"
+    else:
+        register, reason = True, f"recalibrated: {result.reason}; every SLA passes"
+    return replace(outcome, result=result, sla_checks=checks, register=register, reason=reason)

@@ -183,13 +183,13 @@ def test_retried_record_drift_check_creates_one_run(prefect_harness, tmp_path, m
     from kdflow.cli import packaged_config
     from kdflow.config import DistillConfig, load_config
     from kdflow.drift import Decision, DriftCheck, Signal
-    from tasks.monitoring import Champion, record_drift_check
+    from tasks.drift import record_drift_check
 
     cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).model_copy(update={"mlflow": {
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "artifacts")}})
     cfg = DistillConfig.model_validate(cfg.model_dump(mode="json"))
     # record_drift_check reads only the champion's ref: no model or profile is needed to record a check.
-    champion = Champion(ref=registry.ModelRef("models:/s@champion", "s", "3", None), model=None, profile=None)
+    ref = registry.ModelRef("models:/s@champion", "s", "3", None)
     check = DriftCheck("drift", "psi exceeded", 500, 100, 50,
                        {"psi": Signal("psi", 0.4, 0.2, True, "max feature PSI")}, metrics={"accuracy": 0.9})
     decision = Decision("none", "one check so far", [], {"psi": 1})
@@ -198,7 +198,8 @@ def test_retried_record_drift_check_creates_one_run(prefect_harness, tmp_path, m
 
     @flow
     def record() -> str:
-        return record_drift_check(cfg, champion, datetime(2026, 3, 1, tzinfo=timezone.utc), check, decision)
+        return record_drift_check(cfg.mlflow, cfg.drift, ref, datetime(2026, 3, 1, tzinfo=timezone.utc), check,
+                                  decision)
 
     run_id = record()
     assert metrics.calls >= 2

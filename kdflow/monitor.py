@@ -1,0 +1,378 @@
+"""Monitoring a served champion: load it with its reference profile, read and validate windows of its production
+logs, check them for drift, keep the drift history in MLflow, hand recent traffic to a retrain, and recalibrate.
+
+The domain side of the drift-check, retrain and recalibration flows. Each Prefect task in ``tasks/`` wraps one
+function here (retries, logging, artifacts); like every library module, this one never imports Prefect. Steps
+hand each other the typed results defined here (:class:`Champion`, :class:`DriftHistory`, :class:`DriftEvent`,
+:class:`DriftCheckResult`, :class:`LabeledWindow`) and in :mod:`kdflow.lifecycle` (:class:`RecalibrationOutcome`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from kdflow import registry
+from kdflow.config import (CalibrationConfig, DriftConfig, FeatureSpec, LogsConfig, RecalibrationConfig, RecentTraffic,
+                           RetrainConfig, SLAConfig, ValidationConfig)
+from kdflow.data import Dataset, write_parquet
+from kdflow.drift import Decision, DriftCheck, WindowData, check_window
+from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
+from kdflow.lifecycle import (RecalibrationOutcome, RecalibrationTrigger, ids_from_request_ids, judge_refit,
+                              refit_temperature, traffic_frames, window_bounds)
+from kdflow.models import CalibratedClassifier
+from kdflow.profile import ReferenceProfile
+from kdflow.train import predict_logits
+from kdflow.validation import validate_inference_logs
+
+DRIFT_EVENT = "kdflow.drift.detected"  # emitted on a retrain decision; a deployment trigger on it retrains
+PROFILE_ARTIFACT = "reference/profile.json"  # a registered student's reference profile, in its run's artifacts
+REPORT_ARTIFACT = "report/report.json"  # a distillation run's report
+RetrainVia = Literal["auto", "event", "subflow", "none"]  # who retrains after a retrain decision
+_P = registry.TAG_PREFIX
+
+
+def _log_metrics(client: Any, run_id: str, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` at step 0, NaN skipped (a repeat logs the same values at the same step: unchanged)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v])
+
+
+# ------------------------------------------------------------------------------------------------ champion
+@dataclass
+class Champion:
+    """The current champion: pinned version, the served module, its reference profile and version tags."""
+
+    ref: registry.ModelRef
+    model: CalibratedClassifier
+    profile: ReferenceProfile
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reference_window_start(self) -> datetime | None:
+        """Where the production traffic the reference profile describes begins (tag
+        ``kdflow.reference_window_start``; None for a profile of the validation split)."""
+        start = self.tags.get(f"{_P}reference_window_start")
+        return datetime.fromisoformat(start) if start else None
+
+    @property
+    def report_run_id(self) -> str | None:
+        """The distillation run whose report describes these weights: a recalibrated version has no report of
+        its own and carries its distillation run as ``kdflow.report_run_id``."""
+        return self.tags.get(f"{_P}report_run_id") or self.tags.get(f"{_P}run_id", self.ref.run_id)
+
+
+def load_champion(tracking_uri: str, name: str) -> Champion:
+    """Resolve ``name@champion`` (a clear :class:`~kdflow.registry.RegistryError` when there is none), load it
+    and the reference profile stored at its registration."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    registry.configure_tracking(tracking_uri)
+    registry.champion_version(name)  # "no such model" / "has no champion", named
+    ref = registry.resolve(f"models:/{name}@{registry.CHAMPION}")
+    model = registry.load_torch_model(ref)
+    if not isinstance(model, CalibratedClassifier):
+        raise registry.RegistryError(f"{ref.version_uri} is not a calibrated kdflow student ({type(model).__name__})")
+    tags = dict(MlflowClient().get_model_version(ref.name, ref.version).tags)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=tags.get(
+            f"{_P}reference_profile", PROFILE_ARTIFACT))
+    except Exception as exc:
+        raise registry.RegistryError(f"{ref.version_uri} has no reference profile ({PROFILE_ARTIFACT} of run "
+                                     f"{ref.run_id}): {exc}") from exc
+    return Champion(ref, model, ReferenceProfile.from_dict(json.loads(Path(path).read_text())), tags)
+
+
+def parent_evaluation(champion: Champion) -> dict[str, Any]:
+    """The evaluation in the champion's distillation report (accuracy, gap, flip rate, latency, size: all
+    unchanged by a new temperature)."""
+    import mlflow.artifacts
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion.report_run_id, artifact_path=REPORT_ARTIFACT)
+    except Exception as exc:
+        raise registry.RegistryError(f"{champion.ref.version_uri}: its distillation report is missing: {exc}") from exc
+    return json.loads(Path(path).read_text())["evaluation"]
+
+
+# ------------------------------------------------------------------------------------------------ logs
+def read_logs(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
+              end: datetime) -> LogWindow:
+    """The inference logs of ``[start, end)`` with the labels known by ``end``, validated with the
+    ``kdflow-inference-logs`` GX suite (bad logs raise one error naming the problem). Missing date partitions
+    do not raise: they are listed on the window (a drift check then cannot decide)."""
+    window = read_window(logs.root, start, end, logs.endpoint_url, require_all_partitions=False, labels_as_of=end)
+    if len(window):
+        validate_inference_logs(window.frame, num_classes, FeatureSpec(column="x"), validation, name="inference_logs",
+                                uri=window.root, id_column="request_id").raise_for_failures()
+    return window
+
+
+def retrain_dir(output_dir: str, as_of: datetime) -> Path:
+    """Where a retrain at ``as_of`` writes the recent traffic it trains on: ``<output_dir>/retrain/<as_of>``."""
+    return Path(output_dir).resolve() / "retrain" / f"{as_of:%Y%m%dT%H%M%S}"
+
+
+def collect_recent_traffic(logs: LogsConfig, validation: ValidationConfig, num_classes: int, cfg: RetrainConfig,
+                           as_of: datetime, output_dir: str) -> RecentTraffic:
+    """The last ``cfg.window_days`` of logs before ``as_of`` as an extra (unlabeled) transfer split — at most
+    ``cfg.max_recent_rows``, a deterministic sample — and the labeled rows for the gate (None when fewer than
+    ``cfg.min_recent_labeled_rows``), written as Parquet in kdflow's layout under :func:`retrain_dir` (a repeat
+    overwrites the same files). No logs at all: :class:`InferenceLogError`, nothing to retrain on."""
+    start, end = window_bounds(as_of, cfg.window_days)
+    window = read_logs(logs, validation, num_classes, start, end)
+    if not len(window):
+        raise InferenceLogError(f"no inference logs in {logs.root} in the {cfg.window_days} days before "
+                                f"{as_of.isoformat()}: nothing to retrain on")
+    inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.max_recent_rows)
+    out_dir = retrain_dir(output_dir, as_of)
+    enough = len(labeled) >= max(cfg.min_recent_labeled_rows, 1)
+    return RecentTraffic(
+        recent=str(write_parquet(inputs, out_dir / "recent.parquet")),
+        recent_labeled=str(write_parquet(labeled, out_dir / "recent_labeled.parquet")) if enough else None,
+        window=(start.isoformat(), end.isoformat()), rows=len(window), recent_rows=len(inputs),
+        labeled_rows=len(labeled))
+
+
+# ------------------------------------------------------------------------------------------------ drift check
+def drift_window(as_of: datetime, cfg: DriftConfig) -> tuple[datetime, datetime]:
+    """The logs a check at ``as_of`` reads: the last ``window_days``, plus ``label_lag_days`` further back
+    for the accuracy signal (labels arrive late)."""
+    return window_bounds(as_of, cfg.window_days + cfg.label_lag_days)
+
+
+def version_rows(window: LogWindow, version: str, since: datetime | None = None) -> WindowData:
+    """The rows of ``window`` served by model ``version`` (from ``since`` on, when given)."""
+    rows = (window.frame["model_version"].astype(str) == str(version)).to_numpy()
+    if since is not None:
+        rows = rows & (window.frame["timestamp"] >= since).to_numpy()
+    return WindowData(probs=window.probs[rows], x=window.x[rows], labels=window.labels[rows],
+                      teacher_logits=window.teacher_logits[rows], shadow_mask=window.shadow_mask[rows])
+
+
+def check_version(profile: ReferenceProfile, version: str, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
+    """Every drift statistic (:func:`kdflow.drift.check_window`) of ``version``'s rows in the last
+    ``window_days`` of ``window`` against its reference ``profile``; the accuracy signal uses the labeled rows
+    of the whole window (``label_lag_days`` longer, as labels arrive late). A missing log partition in the last
+    ``window_days`` means "cannot decide", with the dates; a missing label-lag day only means fewer labels."""
+    recent_start = window.end - timedelta(days=cfg.window_days)
+    missing = [d for d in window.missing_dates if d >= recent_start.date()]
+    if missing:
+        reason = (f"cannot decide: {len(missing)} missing log partition(s) in {window.root}: "
+                  + ", ".join(d.isoformat() for d in missing))
+        return DriftCheck("cannot_decide", reason, len(window), 0, 0, signals={})
+    return check_window(profile, version_rows(window, version, recent_start), cfg,
+                        labeled_window=version_rows(window, version))
+
+
+@dataclass(frozen=True)
+class DriftHistory:
+    """What a check needs from the checks before it: the decision of the same version's last check (it carries
+    every signal's streak; None for the version's first check) and when a retrain was last decided."""
+
+    previous: Decision | None
+    last_retrain_at: datetime | None
+
+
+def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) -> DriftHistory:
+    """The drift history of model ``name`` before ``as_of``, from the checks :func:`record_drift_check` stored
+    in ``experiment_id``: the last check of ``version`` and the last retrain decision of any version (for the
+    cool-down)."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    base = f"tags.`{_P}model` = '{name}' AND metrics.as_of_ts < {as_of.timestamp()}"
+    runs = client.search_runs([experiment_id], f"{base} AND tags.`{_P}model_version` = '{version}'",
+                              order_by=["metrics.as_of_ts DESC"], max_results=1)
+    previous = None
+    if runs:
+        path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
+        previous = Decision.from_dict(json.loads(Path(path).read_text()))
+    retrains = client.search_runs([experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'",
+                                  order_by=["metrics.as_of_ts DESC"], max_results=1)
+    last = datetime.fromisoformat(retrains[0].data.tags[f"{_P}as_of"]) if retrains else None
+    return DriftHistory(previous, last)
+
+
+def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dict[str, float]:
+    """The MLflow metrics of one check: ``as_of_ts`` (what :func:`drift_history` orders by), row counts, each
+    computed signal (``signal_*``) and whether it exceeded its threshold (``exceeded_*``), the window's raw
+    metrics (``window_*``) and ``retrain`` (1 on a retrain decision)."""
+    signals = check.signals.values()
+    return {"as_of_ts": as_of.timestamp(), "n_rows": check.n_rows, "n_labeled": check.n_labeled,
+            "n_shadow": check.n_shadow, "retrain": float(decision.action == "retrain"),
+            **{f"signal_{s.name}": s.value for s in signals if s.value is not None},
+            **{f"exceeded_{s.name}": float(bool(s.exceeded)) for s in signals if s.exceeded is not None},
+            **{f"window_{k}": v for k, v in check.metrics.items()}}
+
+
+def record_drift_check(experiment_id: str, run_key: str | None, ref: registry.ModelRef, as_of: datetime,
+                       check: DriftCheck, decision: Decision, cfg: DriftConfig) -> str:
+    """Store one check as a finished MLflow run in ``experiment_id``: tags (model, version, as_of, status,
+    action, triggered signals, reason, episode start), the drift config as params, :func:`drift_metrics`,
+    ``check.json`` and ``decision.json`` (what the next check reads back). Returns the run id.
+
+    ``run_key`` (:func:`kdflow.registry.open_run`): a repeat with the same key completes the run the first call
+    created instead of adding a second check to the history; metrics and the JSON files are rewritten with the
+    same values."""
+    from mlflow import MlflowClient
+
+    tags = {f"{_P}flow": "drift-check", f"{_P}model": ref.name, f"{_P}model_version": ref.version,
+            f"{_P}as_of": as_of.isoformat(), f"{_P}status": check.status, f"{_P}action": decision.action,
+            f"{_P}triggered": ",".join(decision.triggered), f"{_P}reason": decision.reason[:5000]}
+    if decision.episode_start is not None:
+        tags[f"{_P}episode_start"] = decision.episode_start.isoformat()
+    run_id, _ = registry.open_run(experiment_id, run_key, f"drift-{ref.name}-v{ref.version}-{as_of:%Y%m%dT%H%M}",
+                                  tags, {f"drift.{k}": v for k, v in cfg.model_dump(mode="json").items()})
+    client = MlflowClient()
+    _log_metrics(client, run_id, drift_metrics(as_of, check, decision))
+    client.log_dict(run_id, check.to_dict(), "check.json")
+    client.log_dict(run_id, decision.to_dict(), "decision.json")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def drift_markdown(ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision) -> str:
+    """A markdown summary of one check: the decision and why, row counts, and a table of every signal."""
+    lines = [f"# Drift check: {ref.name} v{ref.version} at {as_of.isoformat()}", "",
+             f"**Decision: {decision.action}** — {decision.reason}", "",
+             f"{check.n_rows} rows, {check.n_labeled} labeled, {check.n_shadow} shadow-scored.", "",
+             "| signal | value | threshold | exceeded | detail |", "|---|---|---|---|---|"]
+    for s in check.signals.values():
+        value = "n/a" if s.value is None else f"{s.value:.4g}"
+        lines.append(f"| {s.name} | {value} | {s.threshold} | {s.exceeded} | {s.detail} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """The ``kdflow.drift.detected`` event of a retrain decision: its resource (``kdflow.model.<name>``) and
+    payload (the config to retrain with, ``as_of``, model, version, statistics, triggered signals, reason)."""
+
+    event: str
+    resource: dict[str, str]
+    payload: dict[str, Any]
+
+
+def drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck,
+                decision: Decision) -> DriftEvent:
+    """The event announcing ``decision`` (a retrain) for ``ref``; a deployment trigger on it starts the retrain
+    deployment with the payload's ``config_path`` (absolute) and ``as_of``."""
+    return DriftEvent(
+        DRIFT_EVENT,
+        {"prefect.resource.id": f"kdflow.model.{ref.name}", "kdflow.model": ref.name, "kdflow.version": str(ref.version)},
+        {"config_path": str(Path(config_path).resolve()), "as_of": as_of.isoformat(), "model": ref.name,
+         "version": str(ref.version), "statistics": {s.name: s.value for s in check.signals.values()
+                                                     if s.value is not None},
+         "triggered": decision.triggered, "reason": decision.reason})
+
+
+@dataclass
+class DriftCheckResult:
+    """One drift check: the champion checked, the check, the decision, its MLflow run, and what followed it
+    (the drift event and who retrains, the retrain's or the recalibration's result)."""
+
+    ref: registry.ModelRef
+    as_of: datetime
+    check: DriftCheck
+    decision: Decision
+    mlflow_run_id: str
+    event_id: str | None = None
+    retrain_via: RetrainVia | None = None
+    retrain: dict[str, Any] | None = None
+    recalibration: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-able result the drift-check flow returns; ``event_id`` and ``retrain_via`` only after a
+        retrain decision."""
+        out: dict[str, Any] = {
+            "model": self.ref.name, "version": self.ref.version, "as_of": self.as_of.isoformat(),
+            "status": self.check.status, "decision": self.decision.to_dict(), "mlflow_run_id": self.mlflow_run_id,
+            "signals": {n: s.value for n, s in self.check.signals.items()}, "retrain": self.retrain,
+            "recalibration": self.recalibration}
+        if self.decision.action == "retrain":
+            out.update(event_id=self.event_id, retrain_via=self.retrain_via)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ recalibration
+@dataclass
+class LabeledWindow:
+    """The labeled rows of ``[start, end)`` as a dataset (ids from the request ids), and how many rows the
+    window had in all."""
+
+    start: datetime
+    end: datetime
+    labeled: Dataset
+    rows: int
+
+
+def labeled_rows(window: LogWindow) -> LabeledWindow:
+    """The rows of ``window`` whose label is known, as the dataset ``recalibration_window``."""
+    known = window.label_mask
+    dataset = Dataset("recalibration_window", window.root, ids_from_request_ids(window.request_ids[known]),
+                      window.x[known], window.labels[known])
+    return LabeledWindow(window.start, window.end, dataset, len(window))
+
+
+def read_labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
+                        end: datetime) -> LabeledWindow:
+    """The labeled rows of the (validated) logs in ``[start, end)``, labels known by ``end``."""
+    return labeled_rows(read_logs(logs, validation, num_classes, start, end))
+
+
+def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dict[str, Any]:
+    """The version tags of a recalibrated champion: the parent's provenance (teacher, data, config) plus what
+    this recalibration did; its reference profile is the window it was refit on."""
+    keep = {k.removeprefix(_P): v for k, v in champion.tags.items()
+            if k.startswith(_P) and not k.startswith((f"{_P}alias", f"{_P}sla_"))
+            and k not in (f"{_P}run_id", f"{_P}reference_profile")}
+    start, end = outcome.start.isoformat(), outcome.end.isoformat()
+    return {**keep, "parent_version": champion.ref.version, "trigger": "recalibration",
+            "report_run_id": champion.report_run_id, "recalibration_trigger": outcome.trigger,
+            "recalibration_window": f"[{start}, {end})", "reference": "production", "reference_window_start": start,
+            "reference_window_end": end, "calibrated_temperature": outcome.result.new_temperature,
+            "previous_temperature": outcome.result.current_temperature}
+
+
+def recalibrate(champion: Champion, window: LabeledWindow, trigger: RecalibrationTrigger, cfg: RecalibrationConfig,
+                calibration: CalibrationConfig, sla: SLAConfig) -> RecalibrationOutcome:
+    """Refit the champion's temperature on ``window``'s labeled rows and judge it.
+
+    Fewer than ``cfg.min_labeled_rows`` labeled rows: "cannot decide", nothing refit. Otherwise the temperature
+    is refit and judged out of fold (:func:`kdflow.lifecycle.refit_temperature`, gated by
+    ``min_ece_improvement`` and ``min_improvement_confidence``), then against every SLA with the parent's
+    evaluation (:func:`kdflow.lifecycle.judge_refit`). When it is to be registered, the outcome carries the
+    served module (the same weights at the new temperature) and its version tags."""
+    outcome = RecalibrationOutcome(champion.ref.version, trigger, window.start, window.end, window.rows,
+                                   len(window.labeled))
+    if outcome.labeled_rows < cfg.min_labeled_rows:
+        outcome.reason = (f"cannot decide: {outcome.labeled_rows} labeled rows in the window, fewer than "
+                          f"recalibration.min_labeled_rows={cfg.min_labeled_rows}")
+        return outcome
+    logits = predict_logits(champion.model.model, window.labeled.x)
+    result = refit_temperature(logits, window.labeled.y, float(champion.model.temperature), calibration,
+                               cfg.min_ece_improvement, cfg.min_improvement_confidence)
+    outcome = judge_refit(outcome, result, parent_evaluation(champion), sla)
+    if outcome.register:
+        outcome.served = CalibratedClassifier(champion.model.model, result.new_temperature)
+        outcome.tags = recalibration_tags(champion, outcome)
+    return outcome
+
+
+def record_recalibration(run_id: str, outcome: RecalibrationOutcome) -> None:
+    """Log the outcome's metrics and ``recalibration.json`` to run ``run_id``. A repeat logs the same values at
+    the same step and overwrites the file in place: harmless."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    _log_metrics(client, run_id, outcome.metrics())
+    client.log_dict(run_id, outcome.as_dict(), "recalibration.json")

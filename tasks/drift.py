@@ -1,0 +1,97 @@
+"""Drift-check tasks: statistics of a champion's window, its drift history and decision in MLflow, and the
+``kdflow.drift.detected`` event (:mod:`kdflow.monitor`, :mod:`kdflow.drift`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kdflow import monitor, registry
+from kdflow.config import DriftConfig, MlflowConfig
+from kdflow.drift import Decision, DriftCheck, decide
+from kdflow.inference_logs import LogWindow
+from kdflow.monitor import Champion, DriftHistory, RetrainVia
+
+
+def _monitoring_experiment(mlflow: MlflowConfig, drift: DriftConfig) -> str:
+    return registry.configure(mlflow.tracking_uri, drift.monitoring_experiment, mlflow.artifact_location)
+
+
+@task(name="check-drift", cache_policy=NO_CACHE)
+def check_drift(champion: Champion, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
+    """Every drift statistic of the champion's rows against its reference profile
+    (:func:`kdflow.monitor.check_version`): drift, ok, or "cannot decide" with the reason."""
+    check = monitor.check_version(champion.profile, champion.ref.version, window, cfg)
+    get_run_logger().info("drift check: %s", check.reason)
+    return check
+
+
+@task(name="drift-history", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def drift_history(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime) -> DriftHistory:
+    """The decision of this version's last check before ``as_of`` and when a retrain was last decided
+    (:func:`kdflow.monitor.drift_history`, from the monitoring experiment)."""
+    return monitor.drift_history(_monitoring_experiment(mlflow, drift), ref.name, ref.version, as_of)
+
+
+@task(name="decide-action", cache_policy=NO_CACHE)
+def decide_action(history: DriftHistory, check: DriftCheck, cfg: DriftConfig, as_of: datetime) -> Decision:
+    """Carry the signals' streaks on, apply the consecutive-window rule and the cool-down
+    (:func:`kdflow.drift.decide`): retrain, recalibrate, none or cannot decide."""
+    decision = decide(history.previous, check, cfg, history.last_retrain_at, as_of)
+    get_run_logger().info("decision %s: %s", decision.action, decision.reason)
+    return decision
+
+
+@task(name="record-drift-check", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_drift_check(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime,
+                       check: DriftCheck, decision: Decision) -> str:
+    """One MLflow run per check in the monitoring experiment (:func:`kdflow.monitor.record_drift_check`) and a
+    Prefect markdown artifact. Returns the MLflow run id.
+
+    Idempotent under retries: the run is keyed by this task run's id, which a retry keeps, so a retry completes
+    the run its first attempt created instead of adding a second check to the drift history."""
+    from prefect.runtime import task_run
+
+    key = task_run.get_id()
+    run_id = monitor.record_drift_check(_monitoring_experiment(mlflow, drift),
+                                        f"record-drift-check:{key}" if key else None, ref, as_of, check, decision,
+                                        drift)
+    create_markdown_artifact(markdown=monitor.drift_markdown(ref, as_of, check, decision), key="kdflow-drift-check",
+                             description=f"drift check of {ref.name} v{ref.version}: {decision.action}")
+    return run_id
+
+
+@task(name="emit-drift-event", cache_policy=NO_CACHE)
+def emit_drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck,
+                     decision: Decision) -> str | None:
+    """Emit ``kdflow.drift.detected`` (:func:`kdflow.monitor.drift_event`); a deployment trigger on it starts
+    the retrain deployment. Returns the event id."""
+    from prefect.events import emit_event
+
+    event = monitor.drift_event(config_path, ref, as_of, check, decision)
+    emitted = emit_event(event=event.event, resource=event.resource, payload=event.payload)
+    get_run_logger().info("emitted %s for %s v%s", event.event, ref.name, ref.version)
+    return str(emitted.id) if emitted is not None else None
+
+
+def retrain_deployment_exists() -> bool:
+    """Whether a ``retrain`` deployment is registered on the Prefect API (then its event trigger retrains)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    try:
+        with get_client(sync_client=True) as client:
+            return bool(client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"]))))
+    except Exception:
+        return False
+
+
+def retrain_route(retrain_via: RetrainVia) -> RetrainVia:
+    """Who retrains after a retrain decision: ``retrain_via``, where ``auto`` means ``event`` when a retrain
+    deployment exists on the Prefect API (its trigger on the event retrains) and ``subflow`` otherwise."""
+    if retrain_via != "auto":
+        return retrain_via
+    return "event" if retrain_deployment_exists() else "subflow"

@@ -1,0 +1,48 @@
+"""Recalibration tasks: the labeled window, the refit judged against ECE and every SLA, and its record
+(:mod:`kdflow.monitor`, :mod:`kdflow.lifecycle`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kdflow import monitor
+from kdflow.config import CalibrationConfig, LogsConfig, RecalibrationConfig, SLAConfig, ValidationConfig
+from kdflow.lifecycle import RecalibrationOutcome, RecalibrationTrigger
+from kdflow.monitor import Champion, LabeledWindow
+
+
+@task(name="labeled-window", cache_policy=NO_CACHE)
+def labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
+                   end: datetime) -> LabeledWindow:
+    """The labeled rows of the validated logs in ``[start, end)`` (:func:`kdflow.monitor.read_labeled_window`)."""
+    window = monitor.read_labeled_window(logs, validation, num_classes, start, end)
+    get_run_logger().info("labeled window [%s, %s): %d of %d rows labeled", start.isoformat(), end.isoformat(),
+                          len(window.labeled), window.rows)
+    return window
+
+
+@task(name="refit-and-judge", cache_policy=NO_CACHE)
+def refit_and_judge(champion: Champion, window: LabeledWindow, trigger: RecalibrationTrigger,
+                      cfg: RecalibrationConfig, calibration: CalibrationConfig, sla: SLAConfig) -> RecalibrationOutcome:
+    """Refit the champion's temperature on the labeled window and judge it against ECE and every SLA
+    (:func:`kdflow.monitor.recalibrate`)."""
+    outcome = monitor.recalibrate(champion, window, trigger, cfg, calibration, sla)
+    get_run_logger().info("recalibration of %s v%s: %s", champion.ref.name, champion.ref.version, outcome.reason)
+    return outcome
+
+
+@task(name="record-recalibration", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_recalibration(run_id: str, name: str, as_of: datetime, outcome: RecalibrationOutcome) -> None:
+    """Metrics, ``recalibration.json`` (:func:`kdflow.monitor.record_recalibration`) and a Prefect markdown
+    artifact saying what changed, or why nothing did.
+
+    A repeat is harmless, so it is retried as is: it creates no run and no version; the markdown artifact is
+    written last, so an attempt that created it did not fail before it."""
+    monitor.record_recalibration(run_id, outcome)
+    create_markdown_artifact(key="kdflow-recalibration", markdown=outcome.markdown(name, as_of),
+                             description=f"recalibration of {name} v{outcome.parent_version}")
+    get_run_logger().info("recalibration: %s", outcome.reason)
