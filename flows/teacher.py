@@ -12,7 +12,7 @@ from tasks.data import validate_inputs
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.registry import register_teacher
-from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
+from tasks.tracking import flatten, mlflow_run
 from tasks.train import train_teacher
 
 
@@ -22,10 +22,8 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
     becomes ``cfg.alias`` only if it passes ``cfg.gate`` (``result["promoted"]``), else stays ``challenger``."""
     cfg = load_config(config_path, TeacherConfig)
     check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
-    run_id = start_mlflow_run(cfg.mlflow.tracking_uri, cfg.experiment, cfg.mlflow.artifact_location,
-                              flatten("", cfg.model_dump(mode="json")), {"kdflow.flow": "train-teacher"})
-    status = "FAILED"
-    try:
+    params = flatten("", cfg.model_dump(mode="json"))
+    with mlflow_run(cfg.mlflow, cfg.experiment, params, {"kdflow.flow": "train-teacher"}) as run_id:
         datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False, run_id=run_id,
                                    validation=cfg.validation)
         model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id, cfg.store)
@@ -33,8 +31,4 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
         if result["promote"] and cfg.alias == CHAMPION:  # gate passed: the serialized, SLA-checked move
             result["promotion"] = promote_version(cfg.registry_name, result["version"], result["reason"],
                                                   "train-teacher-flow")
-        result["promoted"] = result["promote"]
-        status = "FINISHED"
-        return result
-    finally:
-        end_mlflow_run(run_id, status)
+        return {**result, "promoted": result["promote"]}

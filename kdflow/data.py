@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,70 @@ def write_parquet(df: pd.DataFrame, path: str | Path, row_group_size: int = 8192
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, index=False, row_group_size=row_group_size)
     return path
+
+
+class Datasets(Mapping[str, Dataset]):
+    """The validated splits of one run by name (``train``, ``val``, ``test`` and the optional ``transfer``,
+    ``recent``, ``recent_labeled``), all with one feature shape. Reads like a ``dict[str, Dataset]``; the
+    splits every flow needs are attributes."""
+
+    def __init__(self, splits: Mapping[str, Dataset]) -> None:
+        self._splits = dict(splits)
+        shapes = {name: ds.input_shape for name, ds in self._splits.items()}
+        if len(set(shapes.values())) > 1:
+            raise DataError(f"feature shapes differ between splits: {shapes}")
+
+    def __getitem__(self, name: str) -> Dataset:
+        return self._splits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._splits)
+
+    def __len__(self) -> int:
+        return len(self._splits)
+
+    def __repr__(self) -> str:
+        return f"Datasets({', '.join(f'{n}={len(d)}' for n, d in self._splits.items())})"
+
+    @property
+    def train(self) -> Dataset:
+        """The labeled training split."""
+        return self._splits["train"]
+
+    @property
+    def val(self) -> Dataset:
+        """The labeled validation split (early stopping, calibration, teacher weights)."""
+        return self._splits["val"]
+
+    @property
+    def test(self) -> Dataset:
+        """The labeled test split (evaluation, the gate)."""
+        return self._splits["test"]
+
+    @property
+    def recent_labeled(self) -> Dataset | None:
+        """Recent labeled production traffic (a retrain), else ``None``."""
+        return self._splits.get("recent_labeled")
+
+    @property
+    def reference(self) -> Dataset:
+        """What the student's reference profile describes (what drift checks compare production with): the
+        recent labeled traffic a retrained student serves, else the validation split."""
+        return self.recent_labeled if self.recent_labeled is not None else self.val
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The per-sample feature shape shared by every split."""
+        return next(iter(self._splits.values())).input_shape
+
+    def fingerprints(self) -> dict[str, str]:
+        """Content fingerprint of each split, by name (store keys, checkpoints, provenance)."""
+        return {name: ds.fingerprint for name, ds in self._splits.items()}
+
+
+def datasets_from_frames(frames: Mapping[str, pd.DataFrame], uris: Mapping[str, str], labeled: Mapping[str, bool],
+                         cfg: DataConfig) -> Datasets:
+    """Build every validated split (:func:`dataset_from_frame`) into one :class:`Datasets`; a split whose
+    feature shape differs from the others' is an error naming every split's shape."""
+    return Datasets({name: dataset_from_frame(frame, name, uris[name], cfg, labeled[name])
+                     for name, frame in frames.items()})

@@ -17,9 +17,13 @@ Weights are uniform (``mean``) or proportional to each teacher's validation accu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from kdflow.metrics import accuracy
+from kdflow.registry import ModelRef
 
 Weighting = Literal["mean", "val_accuracy"]
 
@@ -62,3 +66,67 @@ def combine_logits(logits: Sequence[np.ndarray], weights: Sequence[float], tempe
     top = terms.max(axis=0)
     log_p = top + np.log(np.exp(terms - top).sum(axis=0))
     return (t * log_p).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TeacherLogits:
+    """One teacher's stored logits of the small evaluation splits (``val``, ``test``), read into memory by split
+    name and aligned with those splits' rows. Training splits are streamed by the trainer instead."""
+
+    teacher: ModelRef
+    splits: dict[str, np.ndarray]
+
+    def __getitem__(self, split: str) -> np.ndarray:
+        return self.splits[split]
+
+
+@dataclass
+class TeacherEnsemble:
+    """The teachers as one: weights, combined evaluation-split logits and the combined size/speed profile.
+
+    ``train_logits`` are combined at the training temperature (what the student is trained towards, used for
+    the validation soft loss); ``eval_logits`` at T=1 (teacher accuracy, flip rate, teacher ECE). One teacher:
+    both are its own logits."""
+
+    teachers: list[ModelRef]
+    weights: list[float]
+    val_accuracies: list[float]
+    train_logits: dict[str, np.ndarray]
+    eval_logits: dict[str, np.ndarray]
+    profile: dict[str, float]
+
+    @property
+    def primary(self) -> ModelRef:
+        """The first teacher named in the config (``teacher_uri``)."""
+        return self.teachers[0]
+
+    def describe(self) -> list[dict[str, object]]:
+        """Per teacher: URI, version, weight and validation accuracy (for tags and the report)."""
+        return [{"uri": t.uri, "version": t.version, "weight": w, "val_accuracy": a}
+                for t, w, a in zip(self.teachers, self.weights, self.val_accuracies)]
+
+
+def combined_profile(profiles: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Serving every teacher for one request: parameters and latencies add, throughputs combine harmonically."""
+    if len(profiles) == 1:
+        return dict(profiles[0])
+    out = {k: float(sum(p[k] for p in profiles)) for k in profiles[0] if k != "throughput"}
+    out["throughput"] = 1.0 / sum(1.0 / p["throughput"] for p in profiles)
+    return out
+
+
+def combine_teachers(logits: Sequence[TeacherLogits], profiles: Sequence[dict[str, float]],
+                     val_labels: np.ndarray, weighting: Weighting, temperature: float) -> TeacherEnsemble:
+    """Weight the teachers (:func:`teacher_weights` from their validation accuracy on ``val_labels``) and
+    combine their evaluation logits split by split, at ``temperature`` for training and at T=1 for
+    evaluation (:func:`combine_logits`)."""
+    if not logits or len(logits) != len(profiles):
+        raise ValueError(f"need one profile per teacher: {len(logits)} teachers' logits, {len(profiles)} profiles")
+    accs = [accuracy(z["val"], val_labels) for z in logits]
+    weights = teacher_weights(weighting, accs).tolist()
+    splits = list(logits[0].splits)
+    return TeacherEnsemble(
+        teachers=[z.teacher for z in logits], weights=weights, val_accuracies=accs,
+        train_logits={n: combine_logits([z[n] for z in logits], weights, temperature) for n in splits},
+        eval_logits={n: combine_logits([z[n] for z in logits], weights, 1.0) for n in splits},
+        profile=combined_profile(profiles))

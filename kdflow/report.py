@@ -1,13 +1,114 @@
-"""The distillation report: one JSON document and its Markdown rendering."""
+"""The distillation report: what a run produced (:class:`DistillReport`), its provenance, one JSON document and
+its Markdown rendering."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kdflow.config import DistillConfig, config_hash
 from kdflow.redact import redact
+
+if TYPE_CHECKING:
+    from kdflow.data import Datasets
+    from kdflow.ensemble import TeacherEnsemble
+    from kdflow.evaluation import Calibration, Evaluation
+    from kdflow.precompute import TeacherOutputs
+    from kdflow.sla import Gate
+    from kdflow.train import TrainResult
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A candidate's registration: its version (``None`` when not registered, with ``reason``) and aliases."""
+
+    name: str
+    version: str | None = None
+    aliases: tuple[str, ...] = ()
+    model_uri: str | None = None
+    reason: str | None = None
+
+    def with_alias(self, alias: str) -> Registration:
+        """The same registration with ``alias`` added (``champion`` once promoted)."""
+        return replace(self, aliases=(*self.aliases, alias))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's ``registration`` section."""
+        if self.version is None:
+            return {"version": None, "aliases": list(self.aliases), "reason": self.reason}
+        return {"version": self.version, "aliases": list(self.aliases), "model_uri": self.model_uri,
+                "name": self.name}
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style read of :meth:`as_dict` (``registration["version"]``) for callers written against the dict."""
+        return self.as_dict()[key]
+
+
+def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Datasets,
+                        teacher_outs: list[TeacherOutputs], temperature: float) -> dict[str, Any]:
+    """What produced this student: teacher version(s) and weights, data fingerprints, logit stores, config hash,
+    the calibrated and the training temperature, and what its reference profile describes."""
+    primary = ensemble.primary
+    provenance: dict[str, Any] = {
+        "teacher_uri": primary.uri, "teacher_version": primary.version, "config_hash": config_hash(cfg),
+        "data_fingerprints": datasets.fingerprints(), "logit_store_keys": teacher_outs[0].store_uris,
+        "calibrated_temperature": temperature, "training_temperature": cfg.train.temperature,
+        "reference": "validation",
+    }
+    if datasets.recent_labeled is not None:  # a retrain: the reference profile is the recent labeled traffic
+        provenance["reference"] = "production"
+        if cfg.data.recent_window:
+            provenance["reference_window_start"], provenance["reference_window_end"] = cfg.data.recent_window
+    if len(ensemble.teachers) > 1:
+        provenance["teachers"] = [{**d, "logit_store_keys": out.store_uris}
+                                  for d, out in zip(ensemble.describe(), teacher_outs)]
+        provenance["teacher_weighting"] = cfg.teacher_weighting
+    return provenance
+
+
+@dataclass(frozen=True, eq=False)
+class DistillReport:
+    """Everything one distill run produced, assembled once after promotion; :meth:`as_dict` is the report."""
+
+    student_name: str
+    run_id: str
+    ensemble: TeacherEnsemble
+    teacher_outs: list[TeacherOutputs]
+    training: TrainResult
+    calibration: Calibration
+    evaluation: Evaluation
+    gate: Gate
+    registration: Registration
+    provenance: dict[str, Any]
+    promotion: dict[str, Any] | None = field(default=None)
+
+    def registration_after_promotion(self) -> Registration:
+        """The registration with ``champion`` among its aliases once promoted."""
+        return self.registration.with_alias("champion") if self.promotion is not None else self.registration
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data (report.json, the flow's return value)."""
+        teacher = self.ensemble.primary
+        report = {
+            "student_name": self.student_name, "run_id": self.run_id,
+            "teacher": {"uri": teacher.uri, "name": teacher.name, "version": teacher.version,
+                        "loaded": any(out.teacher_loaded for out in self.teacher_outs)},
+            "teachers": [{**d, "loaded": out.teacher_loaded, "logits": {n: asdict(s) for n, s in out.stats.items()}}
+                         for d, out in zip(self.ensemble.describe(), self.teacher_outs)],
+            "logits": {n: asdict(s) for n, s in self.teacher_outs[0].stats.items()},
+            "training": {"best_epoch": self.training.best_epoch, "best_val_accuracy": self.training.best_val_accuracy,
+                         "steps": self.training.steps, "history": self.training.history},
+            "calibration": self.calibration.as_dict(), "evaluation": self.evaluation.as_dict(),
+            "sla_checks": [c.as_dict() for c in self.gate.checks], "gate_passed": self.gate.passed,
+            "decision": asdict(self.gate.decision), "registration": self.registration_after_promotion().as_dict(),
+            "provenance": self.provenance,
+        }
+        if self.promotion is not None:
+            report["promotion"] = self.promotion
+        return report
 
 
 def _fmt(value: Any) -> str:

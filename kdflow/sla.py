@@ -1,13 +1,24 @@
-"""The SLA gate: thresholds from config applied to evaluation metrics, and the champion comparison."""
+"""The SLA gate: thresholds from config applied to an :class:`~kdflow.evaluation.Evaluation`, and the comparison
+with the current champion on the same test set (students: :func:`gate_candidate`; teachers:
+:func:`judge_teacher_model`)."""
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from kdflow.config import SLAConfig
+from torch import nn
 
-# (metric key in the evaluation, SLA field, comparison the value must satisfy)
+from kdflow import registry
+from kdflow.config import SLAConfig, TeacherGateConfig
+from kdflow.data import Dataset
+from kdflow.evaluation import Evaluation
+from kdflow.metrics import accuracy
+from kdflow.train import predict_logits
+
+# (Evaluation attribute, SLA field, comparison the value must satisfy)
 CHECKS: list[tuple[str, str, str]] = [
     ("student_accuracy", "min_accuracy", ">="),
     ("teacher_gap", "max_teacher_gap", "<="),
@@ -35,17 +46,18 @@ class SLACheck:
         return asdict(self)
 
 
-def check_slas(metrics: dict[str, float], sla: SLAConfig) -> list[SLACheck]:
-    """Apply every configured SLA threshold to ``metrics``; thresholds set to ``None`` are skipped."""
+def check_slas(evaluation: Evaluation | Mapping[str, Any], sla: SLAConfig) -> list[SLACheck]:
+    """Apply every configured SLA threshold to ``evaluation``; thresholds set to ``None`` are skipped. A mapping
+    (a report's ``evaluation`` section read back) is read as :meth:`Evaluation.from_dict`."""
+    if isinstance(evaluation, Mapping):
+        evaluation = Evaluation.from_dict(evaluation)
     checks = []
-    for metric, field, op in CHECKS:
-        threshold = getattr(sla, field)
+    for metric, name, op in CHECKS:
+        threshold = getattr(sla, name)
         if threshold is None:
             continue
-        if metric not in metrics:
-            raise KeyError(f"SLA {field} needs metric {metric!r}, which the evaluation did not produce")
-        value = float(metrics[metric])
-        checks.append(SLACheck(field, metric, value, op, float(threshold), bool(_OPS[op](value, threshold))))
+        value = float(getattr(evaluation, metric))
+        checks.append(SLACheck(name, metric, value, op, float(threshold), bool(_OPS[op](value, threshold))))
     return checks
 
 
@@ -88,3 +100,76 @@ def decide_promotion(
                        f"{champ:.4f} - tolerance {tolerance}", champion_version, champion_accuracy)
         reason += f"; on recent labeled traffic {cand:.4f} vs {champ:.4f}"
     return PromotionDecision(True, reason, champion_version, champion_accuracy)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A candidate student's gate: every SLA check, the promotion decision, and (a retrain) the candidate's and
+    the champion's accuracy on recent labeled production traffic."""
+
+    checks: list[SLACheck]
+    decision: PromotionDecision
+    recent_accuracy: float | None = None
+    recent_champion_accuracy: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Every SLA check passed (the champion comparison aside)."""
+        return all(c.passed for c in self.checks)
+
+    def metrics(self) -> dict[str, float]:
+        """What the gate logs to the MLflow run."""
+        out = {"sla_passed": float(self.passed), "promote": float(self.decision.promote)}
+        if self.recent_accuracy is not None and self.recent_champion_accuracy is not None:
+            out.update(recent_accuracy=self.recent_accuracy, recent_champion_accuracy=self.recent_champion_accuracy)
+        return out
+
+
+def _champion(name: str) -> tuple[str | None, nn.Module | None]:
+    """``name@champion``'s version and model; ``(None, None)`` when there is no champion."""
+    version = registry.alias_version(name, registry.CHAMPION)
+    if version is None:
+        return None, None
+    return version, registry.load_torch_model(
+        registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None))
+
+
+def gate_candidate(evaluation: Evaluation, sla: SLAConfig, student_name: str, test: Dataset,
+                   student: nn.Module | None = None, recent: Dataset | None = None) -> Gate:
+    """Check every SLA and compare with ``student_name``'s current champion on the same test set — and on the
+    recent labeled production traffic ``recent`` (scoring ``student`` there) when given (a retrain)."""
+    checks = check_slas(evaluation, sla)
+    champion_version, champion = _champion(student_name)
+    champion_accuracy, recent_pair = None, None
+    if champion is not None:
+        champion_accuracy = accuracy(predict_logits(champion, test.x), test.y)
+        if recent is not None and student is not None:
+            recent_pair = (accuracy(predict_logits(student, recent.x), recent.y),
+                           accuracy(predict_logits(champion, recent.x), recent.y))
+    decision = decide_promotion(checks, evaluation.student_accuracy, champion_version, champion_accuracy,
+                                sla.champion_tolerance, recent_pair)
+    return Gate(checks, decision, *(recent_pair or (None, None)))
+
+
+def champion_test_accuracy(name: str, test: Dataset) -> tuple[str | None, float | None, str | None]:
+    """``(version, test accuracy, error)`` of ``name@champion`` scored on ``test``; all ``None`` without a
+    champion; ``error`` says why a champion that exists could not be scored (it then blocks promotion)."""
+    version = registry.alias_version(name, registry.CHAMPION)
+    if version is None:
+        return None, None, None
+    try:
+        champion = registry.load_torch_model(
+            registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None))
+        return version, accuracy(predict_logits(champion, test.x), test.y), None
+    except Exception as exc:  # another architecture or input width: no comparison possible
+        return version, None, f"{type(exc).__name__}: {exc}"[:500]
+
+
+def judge_teacher_model(model: nn.Module, test: Dataset, name: str,
+                        gate: TeacherGateConfig | None = None) -> registry.TeacherVerdict:
+    """Gate a trained teacher (:func:`kdflow.registry.judge_teacher`): its test accuracy against
+    ``gate.min_accuracy`` and against ``name``'s current champion scored on the same ``test``."""
+    gate = gate or TeacherGateConfig()
+    champion_version, champion_accuracy, champion_error = champion_test_accuracy(name, test)
+    return registry.judge_teacher(accuracy(predict_logits(model, test.x), test.y), gate.min_accuracy,
+                                  gate.champion_tolerance, champion_version, champion_accuracy, champion_error)

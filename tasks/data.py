@@ -5,14 +5,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from kdflow.config import DataConfig, ModelSpec, ValidationConfig
-from kdflow.data import Dataset, DataError, dataset_from_frame
+from kdflow.data import Datasets, datasets_from_frames
 from kdflow.models import build_model
 from kdflow.validation import ValidationReport, dataset_uris, validate_data
+from tasks import kdflow_task
 from tasks.tracking import log_metrics
 
 
@@ -32,17 +32,18 @@ def publish_validation_report(report: ValidationReport, run_id: str | None, out_
     return paths
 
 
-@task(name="validate-inputs", cache_policy=NO_CACHE)
+@kdflow_task(name="validate-inputs")
 def validate_inputs(data: DataConfig, model: ModelSpec, endpoint_url: str | None = None,
                     with_transfer: bool = True, run_id: str | None = None,
-                    validation: ValidationConfig | None = None) -> dict[str, Dataset]:
-    """Validate train/val/test (labeled) and the transfer set (unlabeled) with the GX suites, attach the
-    report to the MLflow run ``run_id`` and to the flow run, then build the datasets and check that ``model``
-    takes their feature shape. Any failure stops the flow with ONE :class:`DataValidationError` naming each
-    dataset, file, failed expectation, offending-row count and example ids."""
+                    validation: ValidationConfig | None = None) -> Datasets:
+    """Validate train/val/test (labeled) and the transfer set (unlabeled) with the GX suites
+    (:func:`kdflow.validation.validate_data`), attach the report to the MLflow run ``run_id`` and to the flow
+    run, then build the datasets and check that ``model`` takes their feature shape. Any failure stops the flow
+    with ONE :class:`DataValidationError` naming each dataset, file, failed expectation, offending-row count and
+    example ids."""
     logger = get_run_logger()
     validation = validation or ValidationConfig()
-    with tempfile.TemporaryDirectory(prefix="kdflow-validation-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kdflow-validation-") as tmp:  # report files and data docs: a tree
         report, frames = validate_data(data, validation, endpoint_url, with_transfer,
                                        docs_dir=Path(tmp) / "site" if validation.data_docs else None)
         publish_validation_report(report, run_id, Path(tmp) / "report")
@@ -51,12 +52,8 @@ def validate_inputs(data: DataConfig, model: ModelSpec, endpoint_url: str | None
                     "pass" if d.success else "FAIL", d.rows, len(d.checks), len(d.failures))
     report.raise_for_failures()
     labeled = {name: flag for name, (_, flag) in dataset_uris(data, with_transfer).items()}
-    datasets = {name: dataset_from_frame(frame, name, report.datasets[name].uri, data, labeled[name])
-                for name, frame in frames.items()}
-    widths = {name: ds.input_shape for name, ds in datasets.items()}
-    if len(set(widths.values())) != 1:
-        raise DataError(f"feature shapes differ between splits: {widths}")
-    build_model(model.arch, model.args, datasets["train"].input_shape, data.num_classes)  # raises ModelSpecError
+    datasets = datasets_from_frames(frames, {n: d.uri for n, d in report.datasets.items()}, labeled, data)
+    build_model(model.arch, model.args, datasets.input_shape, data.num_classes)  # raises ModelSpecError
     for name, ds in datasets.items():
         logger.info("%s: %d rows, input shape %s, fingerprint %s", name, len(ds), ds.input_shape, ds.fingerprint[:12])
     return datasets

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from kdflow.preflight import PreflightError, check_writable, output_locations
 from kdflow.store import PermanentStoreError
+from tasks import kdflow_task
 
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
@@ -29,7 +29,7 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-@task(name="check-outputs-writable", cache_policy=NO_CACHE)
+@kdflow_task(name="check-outputs-writable")
 def check_outputs(cfg: Any, outputs: tuple[str, ...]) -> list[str]:
     """Write and delete a probe at each of ``outputs`` of ``cfg`` (``store``, ``reports``, ``mlflow``, ``logs``;
     see :func:`kdflow.preflight.output_locations`): stop the flow with ONE :class:`PreflightError` naming every

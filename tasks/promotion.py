@@ -14,11 +14,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.runtime import flow_run, task_run
 
 from kdflow import registry
+from tasks import kdflow_task
 
 LOCK_PREFIX = "kdflow-promote-"
 ACQUIRE_TIMEOUT_S = 300.0  # waiting longer than this for another promotion means something is stuck
@@ -80,8 +80,7 @@ def _not_a_refusal(task, task_run, state) -> bool:
     return True
 
 
-@task(name="promote-version", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_a_refusal,
-      cache_policy=NO_CACHE)
+@kdflow_task(name="promote-version", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_a_refusal)
 def promote_version(name: str, version: str, reason: str, actor: str,
                     tracking_uri: str | None = None) -> dict[str, Any]:
     """Make ``version`` champion of ``name`` under the model's promotion limit (SLA re-checked inside it).
@@ -101,7 +100,7 @@ def promote_version(name: str, version: str, reason: str, actor: str,
             "event": result.event.key}
 
 
-@task(name="rollback-champion", retries=0, cache_policy=NO_CACHE)
+@kdflow_task(name="rollback-champion", retries=0)
 def rollback_champion(name: str, reason: str, actor: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Move ``champion`` of ``name`` back to the champion before it, under the model's promotion limit.
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
 from kdflow import registry
+from kdflow.config import MlflowConfig
+from tasks import kdflow_task
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="start-mlflow-run", retries=2, retry_delay_seconds=2)
 def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str | None,
                      params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """Create the MLflow run for this flow run (named after it) and log the flattened config as params.
@@ -26,6 +28,27 @@ def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str 
     run_id, _ = registry.open_run(exp_id, f"start-mlflow-run:{key}" if key else None, flow_run.get_name() or None,
                                   {**run_tags, **(tags or {})}, params)
     return run_id
+
+
+def end_mlflow_run(run_id: str, status: str) -> None:
+    """Close the run as FINISHED or FAILED (a failed flow leaves a FAILED run, never a registered model)."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def mlflow_run(mlflow: MlflowConfig, experiment: str, params: dict[str, Any],
+               tags: dict[str, str] | None = None) -> Iterator[str]:
+    """The flow run's MLflow run, from start to end: yields its id; ends it FINISHED when the block completes
+    and FAILED when it raises (anything, interrupts included), then re-raises."""
+    run_id = start_mlflow_run(mlflow.tracking_uri, experiment, mlflow.artifact_location, params, tags)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        end_mlflow_run(run_id, status)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
@@ -50,11 +73,11 @@ def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None
     MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
-def end_mlflow_run(run_id: str, status: str) -> None:
-    """Close the run as FINISHED or FAILED (a failed flow leaves a FAILED run, never a registered model)."""
+def log_dict(run_id: str, data: Any, artifact_file: str) -> None:
+    """Write ``data`` as JSON (or YAML, by extension) to the run's ``artifact_file``; a repeat overwrites it."""
     from mlflow import MlflowClient
 
-    MlflowClient().set_terminated(run_id, status=status)
+    MlflowClient().log_dict(run_id, data, artifact_file)
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:

@@ -6,26 +6,28 @@ import functools
 import tempfile
 from pathlib import Path
 
+from collections.abc import Mapping
+
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from torch import nn
 
 from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
 from kdflow.data import Dataset
-from kdflow.ensemble import combine_logits
+from kdflow.ensemble import TeacherEnsemble, combine_logits
 from kdflow.models import build_model, count_parameters
 from kdflow.plots import training_curves
 from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
+from kdflow.precompute import logit_stores
 from kdflow.train import TrainResult, fit, seed_everything
-from tasks.logits import TeacherEnsemble, logit_stores
+from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_metrics
 
 
-@task(name="train-student", cache_policy=NO_CACHE)
-def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[str, Dataset],
+@kdflow_task(name="train-student")
+def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset],
                   run_id: str) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits, streamed shard by shard with the labeled train rows and
     the unlabeled transfer (and, when retraining, recent production) rows (no teacher runs here); several teachers' logits are combined per batch
@@ -55,8 +57,8 @@ def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: dict[
         source.close()
 
 
-@task(name="train-teacher", cache_policy=NO_CACHE)
-def train_teacher(spec: ModelSpec, train_cfg: TrainConfig, num_classes: int, datasets: dict[str, Dataset],
+@kdflow_task(name="train-teacher")
+def train_teacher(spec: ModelSpec, train_cfg: TrainConfig, num_classes: int, datasets: Mapping[str, Dataset],
                   run_id: str, store: StoreConfig | None = None) -> tuple[nn.Module, TrainResult]:
     """Train a teacher on the labeled train split with cross-entropy, checkpointing to ``store`` (when given)
     so a re-run of the same training resumes."""
@@ -92,6 +94,6 @@ def _fit(model: nn.Module, cfg: TrainConfig, source: ArraySource | StreamingSour
             log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
     log_metrics(run_id, {f"{who}_best_epoch": result.best_epoch, f"{who}_best_val_accuracy": result.best_val_accuracy,
                          f"{who}_resumed_from_epoch": result.resumed_from_epoch})
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # a PNG file: MLflow uploads files
         log_artifact(run_id, training_curves(result.history, Path(tmp) / f"{who}_training_curves.png"), "plots")
     return result

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow.ensemble import combine_logits, teacher_weights
+from kdflow.ensemble import TeacherLogits, combine_logits, combine_teachers, combined_profile, teacher_weights
 from kdflow.losses import soft_kd_term
+from kdflow.registry import ModelRef
 
 
 def _softmax(z: np.ndarray, t: float) -> np.ndarray:
@@ -105,3 +106,35 @@ def test_streaming_source_combines_two_teachers_joined_by_id(tmp_path):
                                atol=1e-5)
     with pytest.raises(ValueError, match="combine"):
         StreamingSource([("train", str(path), stores, True)], cfg, ["1", "7"], {"train": "f" * 64})
+
+
+def _profile(params: float, p50: float, p95: float, throughput: float) -> dict[str, float]:
+    return {"params": params, "latency_p50_ms": p50, "latency_p95_ms": p95, "throughput": throughput, "threads": 2.0}
+
+
+def test_combined_profile_adds_sizes_and_latencies_and_throughputs_harmonically():
+    a, b = _profile(1000, 0.2, 0.3, 400.0), _profile(3000, 0.4, 0.5, 100.0)
+    assert combined_profile([a]) == a and combined_profile([a]) is not a
+    both = combined_profile([a, b])
+    assert both["params"] == 4000 and both["latency_p95_ms"] == pytest.approx(0.8)
+    assert both["throughput"] == pytest.approx(80.0)  # one request through both: 1 / (1/400 + 1/100)
+
+
+def test_combine_teachers_weights_by_validation_accuracy_and_mixes_each_split():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 50)
+    good = np.eye(4)[y] * 6 + rng.normal(0, 0.5, (50, 4))  # right on (nearly) every row
+    poor = rng.normal(0, 1, (50, 4))
+    refs = [ModelRef(f"models:/t{i}@champion", f"t{i}", str(i + 1), None) for i in range(2)]
+    logits = [TeacherLogits(r, {"val": z, "test": z[:20]}) for r, z in zip(refs, (good, poor))]
+    ens = combine_teachers(logits, [_profile(10, 1, 1, 10), _profile(30, 1, 2, 10)], y, "val_accuracy", 4.0)
+    accs = [float((z.argmax(1) == y).mean()) for z in (good, poor)]
+    assert ens.teachers == refs and ens.primary == refs[0] and ens.val_accuracies == accs
+    assert ens.weights == pytest.approx([a / sum(accs) for a in accs]) and ens.weights[0] > ens.weights[1]
+    np.testing.assert_allclose(ens.eval_logits["test"], combine_logits([good[:20], poor[:20]], ens.weights, 1.0))
+    np.testing.assert_allclose(ens.train_logits["val"], combine_logits([good, poor], ens.weights, 4.0))
+    assert ens.profile["params"] == 40 and [d["version"] for d in ens.describe()] == ["1", "2"]
+    one = combine_teachers(logits[:1], [_profile(10, 1, 1, 10)], y, "mean", 4.0)
+    np.testing.assert_array_equal(one.train_logits["val"], good.astype(np.float32))  # one teacher: its own logits
+    with pytest.raises(ValueError, match="one profile per teacher"):
+        combine_teachers(logits, [_profile(10, 1, 1, 10)], y, "mean", 4.0)

@@ -104,7 +104,7 @@ def test_failing_sla_leaves_champion_unchanged(distill_config, tmp_path):
     distill_config["sla"]["min_accuracy"] = 0.9999
     failed = run_distill(distill_config, tmp_path, "strict.yaml")
     assert not failed["gate_passed"] and failed["registration"]["version"] is None
-    assert versions(name) == ["1"] and registry.alias_version(name, "champion") == "1"
+    assert versions(name) == ["2"] and registry.alias_version(name, "champion") == "2"  # MLflow never reuses "1"
     distill_config["registry"]["register_failed_candidates"] = True
     kept = run_distill(distill_config, tmp_path, "keep.yaml")
     assert kept["registration"] == {**kept["registration"], "version": "2", "aliases": ["challenger"]}
@@ -213,3 +213,29 @@ def test_two_teachers_weighted_by_validation_accuracy(distill_config, teacher_co
     profiles = [json.loads(store.get(teacher_profile_key(n, t["version"])))
                 for n, t in zip((teacher["name"], second["name"]), teachers)]
     assert report["evaluation"]["teacher_params"] == sum(int(p["params"]) for p in profiles)
+
+
+def test_a_run_failing_after_registering_withdraws_its_version_unless_champion(distill_config, tmp_path, monkeypatch):
+    """The flow's transaction rolls back register_student: a failed run leaves no registered challenger, and
+    its MLflow run ends FAILED; a version already promoted to champion stays. Writing the report is made to
+    fail by a patched write_report (a full disk cannot be caused portably after the preflight's probe)."""
+    import tasks.registry
+
+    name = distill_config["registry"]["student_name"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tasks.registry, "write_report", disk_full)
+    distill_config["registry"]["experiment"] = f"withdraw-{name}"  # this test's runs only
+    distill_config["sla"]["min_accuracy"] = 0.9999  # fails the gate: registered (as asked) but never promoted
+    distill_config["registry"]["register_failed_candidates"] = True
+    with pytest.raises(OSError, match="No space left"):
+        run_distill(distill_config, tmp_path, "failed.yaml")
+    assert versions(name) == []
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(f"withdraw-{name}").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    distill_config["sla"]["min_accuracy"] = 0.5  # passes: promoted before the report fails, so it stays
+    with pytest.raises(OSError, match="No space left"):
+        run_distill(distill_config, tmp_path, "promoted.yaml")
+    assert versions(name) == ["2"] and registry.alias_version(name, "champion") == "2"  # MLflow never reuses "1"
