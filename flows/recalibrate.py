@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.transactions import transaction
 
 from kdflow.config import DistillConfig, load_config
 from kdflow.lifecycle import RecalibrationTrigger, parse_as_of, recalibration_window
@@ -16,8 +17,7 @@ from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.recalibration import labeled_window, record_recalibration, refit_and_judge
 from tasks.registry import reference_profile, register_student
-from tasks.runs import tracked_run
-from tasks.tracking import flatten
+from tasks.tracking import flatten, mlflow_run
 
 
 @flow(name="recalibrate", log_prints=True)
@@ -30,21 +30,20 @@ def recalibration_flow(config_path: str, as_of: str | None = None, since: str | 
     check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
     when, not_before = parse_as_of(as_of), parse_as_of(since) if since else None
     name = cfg.registry.student_name
-    with tracked_run(cfg.mlflow, cfg.registry.experiment, name,
-                     flatten("recalibration", cfg.recalibration.model_dump(mode="json")),
-                     {"kdflow.flow": "recalibrate", "kdflow.as_of": when.isoformat(),
-                      "kdflow.recalibration_trigger": trigger}) as run:
+    params = flatten("recalibration", cfg.recalibration.model_dump(mode="json"))
+    tags = {"kdflow.flow": "recalibrate", "kdflow.as_of": when.isoformat(), "kdflow.recalibration_trigger": trigger}
+    # As in the distill flow: one MLflow run, and one transaction whose rollback (register_student's hook)
+    # withdraws a version registered by a run that then fails before it is champion.
+    with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, tags) as run_id, transaction():
         champion = load_champion(cfg.mlflow.tracking_uri, name)
         window = labeled_window(cfg.logs, cfg.validation, cfg.data.num_classes, *recalibration_window(
             when, cfg.recalibration.window_days, champion.reference_window_start, not_before))
         outcome = refit_and_judge(champion, window, trigger, cfg.recalibration, cfg.calibration, cfg.sla)
         if outcome.register:
             profile = reference_profile(outcome.served, window.labeled, None, cfg.drift.psi_bins)
-            outcome.version = register_student(outcome.served, window.labeled.x[:5], name, run.run_id,
-                                               outcome.sla_checks, False, outcome.tags, profile)["version"]
-            run.registered(outcome.version)
-        record_recalibration(run.run_id, name, when, outcome)
+            outcome.version = register_student(outcome.served, window.labeled.x[:5], name, run_id,
+                                               outcome.sla_checks, False, outcome.tags, profile).version
+        record_recalibration(run_id, name, when, outcome)
         if outcome.version:
             outcome.promotion = promote_version(name, outcome.version, outcome.reason, f"recalibrate-flow ({trigger})")
-            run.promoted()
         return outcome.as_dict()

@@ -42,10 +42,6 @@ class Registration:
         return {"version": self.version, "aliases": list(self.aliases), "model_uri": self.model_uri,
                 "name": self.name}
 
-    def __getitem__(self, key: str) -> Any:
-        """Dict-style read of :meth:`as_dict` (``registration["version"]``) for callers written against the dict."""
-        return self.as_dict()[key]
-
 
 def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Datasets,
                         teacher_outs: list[TeacherOutputs], temperature: float) -> dict[str, Any]:
