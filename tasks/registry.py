@@ -20,10 +20,10 @@ from kdflow.profile import build_profile
 from kdflow.report import DistillReport, Registration, to_markdown, write_report
 from kdflow.sla import Gate, SLACheck, gate_candidate, judge_teacher_model
 from kdflow.train import TrainResult, predict_logits
+from kdflow.monitor import PROFILE_ARTIFACT
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_dict, log_metrics
 
-PROFILE_ARTIFACT = "reference/profile.json"
 
 
 @kdflow_task(name="sla-gate", retries=1, retry_delay_seconds=2)
@@ -92,12 +92,6 @@ def _withdraw_on_rollback(txn: Transaction) -> None:
         get_run_logger().warning("kept %s version %s although the run failed: it is already champion", name, version)
         return
     _withdraw(name, version, "the run failed after registering it")
-
-
-@kdflow_task(name="withdraw-version")
-def withdraw_version(name: str, version: str, why: str) -> None:
-    """Delete a version registered by a run that then failed: a failed run leaves no registered model."""
-    _withdraw(name, version, why)
 
 
 @kdflow_task(name="publish-report")
