@@ -5,22 +5,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from kdflow import monitor, registry
 from kdflow.config import DriftConfig, MlflowConfig
 from kdflow.drift import Decision, DriftCheck, decide
 from kdflow.inference_logs import LogWindow
 from kdflow.monitor import Champion, DriftHistory, RetrainVia
+from tasks import kdflow_task
 
 
 def _monitoring_experiment(mlflow: MlflowConfig, drift: DriftConfig) -> str:
     return registry.configure(mlflow.tracking_uri, drift.monitoring_experiment, mlflow.artifact_location)
 
 
-@task(name="check-drift", cache_policy=NO_CACHE)
+@kdflow_task(name="check-drift")
 def check_drift(champion: Champion, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
     """Every drift statistic of the champion's rows against its reference profile
     (:func:`kdflow.monitor.check_version`): drift, ok, or "cannot decide" with the reason."""
@@ -29,14 +29,14 @@ def check_drift(champion: Champion, window: LogWindow, cfg: DriftConfig) -> Drif
     return check
 
 
-@task(name="drift-history", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="drift-history", retries=1, retry_delay_seconds=2)
 def drift_history(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime) -> DriftHistory:
     """The decision of this version's last check before ``as_of`` and when a retrain was last decided
     (:func:`kdflow.monitor.drift_history`, from the monitoring experiment)."""
     return monitor.drift_history(_monitoring_experiment(mlflow, drift), ref.name, ref.version, as_of)
 
 
-@task(name="decide-action", cache_policy=NO_CACHE)
+@kdflow_task(name="decide-action")
 def decide_action(history: DriftHistory, check: DriftCheck, cfg: DriftConfig, as_of: datetime) -> Decision:
     """Carry the signals' streaks on, apply the consecutive-window rule and the cool-down
     (:func:`kdflow.drift.decide`): retrain, recalibrate, none or cannot decide."""
@@ -45,7 +45,7 @@ def decide_action(history: DriftHistory, check: DriftCheck, cfg: DriftConfig, as
     return decision
 
 
-@task(name="record-drift-check", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="record-drift-check", retries=1, retry_delay_seconds=2)
 def record_drift_check(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime,
                        check: DriftCheck, decision: Decision) -> str:
     """One MLflow run per check in the monitoring experiment (:func:`kdflow.monitor.record_drift_check`) and a
@@ -64,7 +64,7 @@ def record_drift_check(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.M
     return run_id
 
 
-@task(name="emit-drift-event", cache_policy=NO_CACHE)
+@kdflow_task(name="emit-drift-event")
 def emit_drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck,
                      decision: Decision) -> str | None:
     """Emit ``kdflow.drift.detected`` (:func:`kdflow.monitor.drift_event`); a deployment trigger on it starts

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from kdflow import monitor, registry
 from kdflow.config import LogsConfig, RecentTraffic, RetrainConfig, ValidationConfig
 from kdflow.inference_logs import LogWindow
 from kdflow.monitor import Champion
+from tasks import kdflow_task
 
 
 def _is_registry_error(state) -> bool:
@@ -25,8 +25,8 @@ def _is_registry_error(state) -> bool:
     return False
 
 
-@task(name="load-champion", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
-      retry_condition_fn=lambda task, run, state: not _is_registry_error(state))
+@kdflow_task(name="load-champion", retries=2, retry_delay_seconds=2,
+              retry_condition_fn=lambda task, run, state: not _is_registry_error(state))
 def load_champion(tracking_uri: str, name: str) -> Champion:
     """``name@champion`` with its reference profile (:func:`kdflow.monitor.load_champion`); a missing champion
     or profile is not retried."""
@@ -36,7 +36,7 @@ def load_champion(tracking_uri: str, name: str) -> Champion:
     return champion
 
 
-@task(name="read-logs", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="read-logs", retries=1, retry_delay_seconds=2)
 def read_logs(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
               end: datetime) -> LogWindow:
     """The validated inference logs of ``[start, end)`` (:func:`kdflow.monitor.read_logs`): bad logs stop the
@@ -48,7 +48,7 @@ def read_logs(logs: LogsConfig, validation: ValidationConfig, num_classes: int, 
     return window
 
 
-@task(name="collect-recent-traffic", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="collect-recent-traffic", retries=1, retry_delay_seconds=2)
 def collect_recent_traffic(logs: LogsConfig, validation: ValidationConfig, num_classes: int, cfg: RetrainConfig,
                            as_of: datetime, output_dir: str) -> RecentTraffic:
     """Recent production inputs as an extra transfer split and the recent labeled rows for the gate, written as

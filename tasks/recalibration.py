@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from kdflow import monitor
 from kdflow.config import CalibrationConfig, LogsConfig, RecalibrationConfig, SLAConfig, ValidationConfig
 from kdflow.lifecycle import RecalibrationOutcome, RecalibrationTrigger
 from kdflow.monitor import Champion, LabeledWindow
+from tasks import kdflow_task
 
 
-@task(name="labeled-window", cache_policy=NO_CACHE)
+@kdflow_task(name="labeled-window")
 def labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
                    end: datetime) -> LabeledWindow:
     """The labeled rows of the validated logs in ``[start, end)`` (:func:`kdflow.monitor.read_labeled_window`)."""
@@ -25,7 +25,7 @@ def labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: 
     return window
 
 
-@task(name="refit-and-judge", cache_policy=NO_CACHE)
+@kdflow_task(name="refit-and-judge")
 def refit_and_judge(champion: Champion, window: LabeledWindow, trigger: RecalibrationTrigger,
                       cfg: RecalibrationConfig, calibration: CalibrationConfig, sla: SLAConfig) -> RecalibrationOutcome:
     """Refit the champion's temperature on the labeled window and judge it against ECE and every SLA
@@ -35,7 +35,7 @@ def refit_and_judge(champion: Champion, window: LabeledWindow, trigger: Recalibr
     return outcome
 
 
-@task(name="record-recalibration", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@kdflow_task(name="record-recalibration", retries=1, retry_delay_seconds=2)
 def record_recalibration(run_id: str, name: str, as_of: datetime, outcome: RecalibrationOutcome) -> None:
     """Metrics, ``recalibration.json`` (:func:`kdflow.monitor.record_recalibration`) and a Prefect markdown
     artifact saying what changed, or why nothing did.
