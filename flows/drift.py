@@ -4,13 +4,13 @@ retrain is cooling down) a recalibration on the traffic since the drift began.""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
 from flows.recalibrate import recalibration_flow
 from flows.retrain import retrain_flow
-from kdflow.config import DistillConfig, load_config
+from kdflow.config import DistillConfig, RetrainVia, load_config
 from kdflow.lifecycle import parse_as_of, window_bounds
 from tasks.monitoring import (check_drift, decide_action, drift_history, emit_drift_event, load_champion, read_logs,
                               record_drift_check, retrain_deployment_exists)
@@ -19,7 +19,7 @@ from tasks.preflight import check_outputs
 
 @flow(name="drift-check", log_prints=True)
 def drift_check_flow(config_path: str, as_of: str | None = None,
-                     retrain_via: Literal["auto", "event", "subflow", "none"] = "auto") -> dict[str, Any]:
+                     retrain_via: RetrainVia = "auto") -> dict[str, Any]:
     """Check the champion's last ``drift.window_days`` of traffic at ``as_of`` (default: now).
 
     On a retrain decision the event is always emitted; ``retrain_via`` says who retrains: ``event`` (a

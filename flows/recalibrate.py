@@ -5,11 +5,11 @@ refit on."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
-from kdflow.config import DistillConfig, load_config
+from kdflow.config import DistillConfig, RecalibrationTrigger, load_config
 from kdflow.lifecycle import parse_as_of, recalibration_window
 from kdflow.models import CalibratedClassifier
 from tasks.monitoring import (judge_recalibration, labeled_window, load_champion, parent_evaluation,
@@ -23,7 +23,7 @@ from tasks.tracking import end_mlflow_run, flatten, start_mlflow_run
 
 @flow(name="recalibrate", log_prints=True)
 def recalibration_flow(config_path: str, as_of: str | None = None, since: str | None = None,
-                       trigger: Literal["schedule", "drift", "manual"] = "schedule") -> dict[str, Any]:
+                       trigger: RecalibrationTrigger = "schedule") -> dict[str, Any]:
     """Recalibrate ``registry.student_name``'s champion at ``as_of`` (default: now) on the labeled traffic of the
     last ``recalibration.window_days``, starting no earlier than ``since`` (the drift episode a drift check
     recalibrates for) nor than the traffic the champion's reference profile describes."""

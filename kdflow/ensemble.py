@@ -17,14 +17,13 @@ Weights are uniform (``mean``) or proportional to each teacher's validation accu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
-Weighting = Literal["mean", "val_accuracy"]
+from kdflow.config import TeacherWeighting
 
 
-def teacher_weights(method: Weighting, val_accuracies: Sequence[float]) -> np.ndarray:
+def teacher_weights(method: TeacherWeighting, val_accuracies: Sequence[float]) -> np.ndarray:
     """Normalised weights: uniform for ``mean``; ``acc_i / sum_j acc_j`` for ``val_accuracy``."""
     acc = np.asarray(val_accuracies, dtype=np.float64)
     if acc.ndim != 1 or len(acc) == 0:

@@ -19,6 +19,7 @@ from kdflow import registry
 from kdflow.config import DistillConfig, DriftConfig, FeatureSpec, RecentTraffic, SLAConfig
 from kdflow.data import Dataset, write_parquet
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window, decide
+from kdflow.events import DRIFT_EVENT
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
 from kdflow.lifecycle import Recalibration, ids_from_request_ids, refit_temperature, traffic_frames, window_bounds
 from kdflow.models import CalibratedClassifier
@@ -28,8 +29,6 @@ from kdflow.train import predict_logits
 from kdflow.validation import validate_inference_logs
 from tasks.registry import PROFILE_ARTIFACT
 from tasks.tracking import log_artifact, log_metrics
-
-DRIFT_EVENT = "kdflow.drift.detected"
 
 
 def _is_registry_error(state) -> bool:
