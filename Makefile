@@ -37,8 +37,10 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff, then the import contracts in pyproject.toml ([tool.importlinter]: the layering, no Prefect in kdflow/).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Re-resolve the lock from pyproject.toml, keeping every existing pin that still satisfies it.
 # `make lock UPGRADE=1` moves every pin to the newest allowed release.

@@ -3,7 +3,7 @@ recalibration flows (a benchmark script, not a test).
 
 What it does, everything on the embedded default inside one state directory (``--state``; default a fresh
 temporary directory, kept and printed at the end): Prefect's ephemeral API (``PREFECT_HOME`` under the state
-dir, set before Prefect is imported, as ``kdflow.cli._embedded_defaults`` does; ``PREFECT_API_URL`` and
+dir, set before Prefect is imported, as ``app.common.embedded_defaults`` does; ``PREFECT_API_URL`` and
 ``MLFLOW_TRACKING_URI`` are removed from the environment), MLflow on SQLite, artifacts, the logit store, the
 inference logs and the reports all under the state dir.
 
@@ -152,7 +152,7 @@ def write_configs(state: Path, drift_overrides: dict[str, Any]) -> tuple[Path, P
     distill config as written."""
     import yaml
 
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
 
     data = state / "data" / "mnist1d"
     mlflow_cfg = {"tracking_uri": f"sqlite:///{state / 'mlflow.db'}", "artifact_location": str(state / "mlartifacts")}

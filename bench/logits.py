@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdflow.cli import packaged_config
+from kdflow.config import packaged_config
 from kdflow.config import DataConfig, DistillConfig, TeacherConfig, TrainConfig, load_config
 from kdflow.data import Dataset, to_frame, write_parquet
 from kdflow.logits import LogitStore, PrecomputeStats, size_bytes, store_key

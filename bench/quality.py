@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from kdflow.calibration import calibration_metrics, fit_temperature
-from kdflow.cli import packaged_config
+from kdflow.config import packaged_config
 from kdflow.config import DistillConfig, TeacherConfig, TrainConfig, load_config
 from kdflow.generators import mnist1d_arrays
 from kdflow.logits import LogitStore, store_key

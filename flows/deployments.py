@@ -1,4 +1,11 @@
-"""The four kdflow deployments, served from one process (``serve_all``) against a Prefect server.
+"""The four kdflow deployments, declared once (``DEPLOYMENTS``) and built two ways from that declaration:
+
+- ``serve_all`` (``kdflow serve``) registers them against a Prefect server and runs their flows in one process;
+- ``prefect_yaml`` (``kdflow deployments export``) writes them as ``prefect.yaml`` for a work pool
+  (``prefect deploy --all``). The repository's prefect.yaml is its output for the packaged config, and
+  tests/test_deployments.py fails when the two differ.
+
+The set:
 
 - ``distill/kdflow-distill``: on demand.
 - ``retrain/kdflow-retrain``: on demand, and on every ``kdflow.drift.detected`` event about a
@@ -7,23 +14,28 @@
 - ``recalibrate/kdflow-recalibrate``: monthly (``recalibration.cron``).
 
 Schedules and triggers need a running server (``prefect server start``; ``PREFECT_API_URL``): the ephemeral
-API cannot schedule. ``prefect.yaml`` at the repository root declares the same set for a work pool.
-Importing this module is cheap: Prefect and the flows are imported only when deployments are built.
+API cannot schedule. Importing this module is cheap: Prefect and the flows are imported only when deployments
+are built.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from kdflow.config import DistillConfig, load_config
+from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentEventTrigger
 
-DRIFT_EVENT = "kdflow.drift.detected"
-MODEL_RESOURCE = "kdflow.model.*"
+MODEL_RESOURCE = MODEL_RESOURCE_PREFIX + "*"
 TIMEZONE = "UTC"
+WORK_POOL = "kdflow-pool"
 
 # The retrain run's parameters, rendered by the server from the triggering event. A string that is a single
 # Jinja expression keeps the value's JSON type (Prefect wraps it as ``{{ ... | tojson }}``), so a null
@@ -34,20 +46,65 @@ RETRAIN_ON_DRIFT_PARAMETERS = {
     "reason": "drift",
 }
 
+# The retrain deployment's trigger, in prefect.yaml's form; ``drift_trigger`` builds the Prefect object from it.
+DRIFT_TRIGGER: dict[str, Any] = {
+    "type": "event",
+    "name": "kdflow-retrain-on-drift",
+    "description": f"Retrain the student when the drift check decides so (event {DRIFT_EVENT}).",
+    "enabled": True,
+    "expect": [DRIFT_EVENT],
+    "match": {"prefect.resource.id": MODEL_RESOURCE},
+    "posture": "Reactive",
+    "threshold": 1,
+    "parameters": RETRAIN_ON_DRIFT_PARAMETERS,
+}
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: its flow (module and function, imported only when built), what it does, the config
+    section whose ``cron`` schedules it (None: on demand), parameters besides ``config_path``, and whether the
+    drift event triggers it."""
+
+    name: str
+    module: str
+    function: str
+    description: str
+    cron_from: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    on_drift: bool = False
+
+    @property
+    def entrypoint(self) -> str:
+        """The flow as a file entrypoint relative to the checkout (prefect.yaml's form)."""
+        return f"{self.module.replace('.', '/')}.py:{self.function}"
+
+    def cron(self, cfg: DistillConfig) -> str | None:
+        """The cron schedule from the config (``<cron_from>.cron``), or None for an on-demand deployment."""
+        return getattr(cfg, self.cron_from).cron if self.cron_from else None
+
+
+DEPLOYMENTS = (
+    DeploymentSpec("kdflow-distill", "flows.distill", "distill_flow",
+                   "Distil the configured teacher(s) into a registered student (on demand)."),
+    DeploymentSpec("kdflow-retrain", "flows.retrain", "retrain_flow",
+                   f"Distil again with recent production inputs; started by every {DRIFT_EVENT} event.",
+                   on_drift=True),
+    DeploymentSpec("kdflow-drift-check", "flows.drift", "drift_check_flow",
+                   f"Check recent inference logs for drift; emit {DRIFT_EVENT} when a retrain is due.",
+                   cron_from="drift", parameters={"retrain_via": "event"}),
+    DeploymentSpec("kdflow-recalibrate", "flows.recalibrate", "recalibration_flow",
+                   "Refit the champion's temperature on the recent labeled window.", cron_from="recalibration"),
+)
+
 
 def drift_trigger() -> DeploymentEventTrigger:
     """The trigger that runs the retrain deployment once per ``kdflow.drift.detected`` event."""
-    from prefect.events import DeploymentEventTrigger
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
 
-    return DeploymentEventTrigger(
-        name="kdflow-retrain-on-drift",
-        description="Retrain the student when the drift check decides so (event kdflow.drift.detected).",
-        expect={DRIFT_EVENT},
-        match={"prefect.resource.id": MODEL_RESOURCE},
-        posture="Reactive",
-        threshold=1,
-        parameters=dict(RETRAIN_ON_DRIFT_PARAMETERS),
-    )
+    # Parsed as `prefect deploy` parses prefect.yaml's triggers, so both ways build the same trigger.
+    return TypeAdapter(DeploymentTriggerTypes).validate_python(DRIFT_TRIGGER)
 
 
 def deployments(config_path: str) -> list[RunnerDeployment]:
@@ -58,28 +115,72 @@ def deployments(config_path: str) -> list[RunnerDeployment]:
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.distill import distill_flow
-    from flows.drift import drift_check_flow
-    from flows.recalibrate import recalibration_flow
-    from flows.retrain import retrain_flow
+    built = []
+    for spec in DEPLOYMENTS:
+        flow = getattr(importlib.import_module(spec.module), spec.function)
+        cron = spec.cron(cfg)
+        # Module entrypoints (flows.retrain.retrain_flow) resolve from any working directory: the package is
+        # installed.
+        built.append(flow.to_deployment(
+            spec.name, description=spec.description, parameters={"config_path": config_path, **spec.parameters},
+            entrypoint_type=EntrypointType.MODULE_PATH, tags=["kdflow", cfg.registry.student_name],
+            schedules=[Cron(cron, timezone=TIMEZONE)] if cron else None,
+            triggers=[drift_trigger()] if spec.on_drift else None))
+    return built
 
-    # Module entrypoints (flows.retrain.retrain_flow) resolve from any working directory: the package is installed.
-    common = {"parameters": {"config_path": config_path}, "entrypoint_type": EntrypointType.MODULE_PATH,
-              "tags": ["kdflow", cfg.registry.student_name]}
-    return [
-        distill_flow.to_deployment(
-            "kdflow-distill", description="Distil the configured teacher(s) into a registered student.", **common),
-        retrain_flow.to_deployment(
-            "kdflow-retrain", triggers=[drift_trigger()],
-            description="Distil again with recent production inputs; started by kdflow.drift.detected.", **common),
-        drift_check_flow.to_deployment(
-            "kdflow-drift-check", schedules=[Cron(cfg.drift.cron, timezone=TIMEZONE)],
-            description="Check recent inference logs for drift; emit kdflow.drift.detected when a retrain is due.",
-            **{**common, "parameters": {"config_path": config_path, "retrain_via": "event"}}),
-        recalibration_flow.to_deployment(
-            "kdflow-recalibrate", schedules=[Cron(cfg.recalibration.cron, timezone=TIMEZONE)],
-            description="Refit the champion's temperature on the recent labeled window.", **common),
-    ]
+
+PREFECT_YAML_HEADER = """\
+# kdflow deployments for a work pool (production set-up; see infra/README.md).
+# GENERATED by `kdflow deployments export > prefect.yaml` from flows/deployments.py: do not edit by hand.
+#
+#   prefect work-pool create kdflow-pool --type process     # once
+#   prefect deploy --all                                    # from this directory, PREFECT_API_URL set
+#   prefect worker start --pool kdflow-pool                 # executes the runs (infra/worker.sh does all three)
+#
+# The same four deployments as `kdflow serve`; the crons are the config's drift.cron and recalibration.cron, in
+# UTC. To point the deployments at another config: `kdflow deployments export --config PATH > prefect.yaml`
+# (PATH relative to this checkout, or absolute), then `prefect deploy --all` again.
+#
+# `build` records the checkout that ran `prefect deploy`, and `pull` runs every flow from it: the worker's
+# process starts in this checkout, so the `flows` and `tasks` packages import and relative paths in the config
+# (.kdflow/...) resolve as they do for `kdflow` commands.
+"""
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a repeated value in full instead of an anchor and alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def prefect_yaml(config_path: str) -> str:
+    """``prefect.yaml`` text declaring ``DEPLOYMENTS`` on the ``kdflow-pool`` work pool, each run with
+    ``config_path`` (as the worker sees it: relative to the checkout, or absolute); crons from that config."""
+    cfg = load_config(config_path, DistillConfig)
+    work_pool = {"name": WORK_POOL, "work_queue_name": "default", "job_variables": {}}
+    entries = []
+    for spec in DEPLOYMENTS:
+        cron = spec.cron(cfg)
+        entry: dict[str, Any] = {
+            "name": spec.name, "description": spec.description, "entrypoint": spec.entrypoint,
+            "tags": ["kdflow", cfg.registry.student_name],
+            "parameters": {"config_path": config_path, **spec.parameters},
+            "schedules": [{"cron": cron, "timezone": TIMEZONE}] if cron else [],
+        }
+        if spec.on_drift:
+            entry["triggers"] = [DRIFT_TRIGGER]
+        entries.append({**entry, "work_pool": work_pool})
+    document = {
+        "name": "kdflow",
+        "build": [{"prefect.deployments.steps.run_shell_script": {"id": "checkout", "script": "pwd",
+                                                                  "stream_output": False}}],
+        "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ checkout.stdout }}"}}],
+        "deployments": entries,
+    }
+    body = yaml.dump(document, Dumper=_NoAliasDumper, sort_keys=False, width=120, allow_unicode=True)
+    return PREFECT_YAML_HEADER + body
 
 
 def serve_all(config_path: str, limit: int | None = None) -> None:

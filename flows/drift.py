@@ -10,9 +10,9 @@ from prefect import flow
 
 from flows.recalibrate import recalibration_flow
 from flows.retrain import retrain_flow
-from kdflow.config import DistillConfig, load_config
+from kdflow.config import DistillConfig, RetrainVia, load_config
 from kdflow.lifecycle import parse_as_of
-from kdflow.monitor import DriftCheckResult, RetrainVia, drift_window
+from kdflow.monitor import DriftCheckResult, drift_window
 from tasks.drift import check_drift, decide_action, drift_history, emit_drift_event, record_drift_check, retrain_route
 from tasks.monitoring import load_champion, read_logs
 from tasks.preflight import check_outputs

@@ -10,8 +10,8 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
-from kdflow.config import DistillConfig, load_config
-from kdflow.lifecycle import RecalibrationTrigger, parse_as_of, recalibration_window
+from kdflow.config import DistillConfig, RecalibrationTrigger, load_config
+from kdflow.lifecycle import parse_as_of, recalibration_window
 from tasks.monitoring import load_champion
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version

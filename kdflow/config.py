@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -17,6 +18,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class ConfigError(ValueError):
     """A configuration file is missing, unreadable or does not match its schema."""
+
+
+# Every closed set of names the pipeline accepts, declared once: the config fields, the library functions and the
+# flow parameters that take one of them use these aliases.
+SplitName = Literal["train", "val", "test"]
+Optimizer = Literal["adamw", "adam", "sgd"]
+TaskRunnerKind = Literal["threads", "dask"]
+TeacherWeighting = Literal["mean", "val_accuracy"]  # kdflow.ensemble.teacher_weights
+Correction = Literal["holm", "bonferroni", "bh"]  # multiple-testing correction, kdflow.drift.correct_pvalues
+RetrainVia = Literal["auto", "event", "subflow", "none"]  # how a drift check's retrain decision is carried out
+RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # what started a recalibration
+DriftStatus = Literal["ok", "drift", "cannot_decide"]  # kdflow.drift.DriftCheck.status
+DriftAction = Literal["retrain", "recalibrate", "none", "cannot_decide"]  # kdflow.drift.Decision.action
+
+
+def packaged_config(name: str) -> Path:
+    """Path of an example config shipped inside the package (``kdflow/configs/<name>``)."""
+    return Path(str(resources.files("kdflow") / "configs" / name))
 
 
 class _Strict(BaseModel):
@@ -86,7 +105,7 @@ class ValidationConfig(_Strict):
     # train by default (distilling on the training inputs is the classic transfer set, Hinton et al. 2015);
     # add "test" only for deliberately transductive distillation, whose test figures are then optimistic.
     disjoint_ids: bool = True
-    transfer_overlap_allowed: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train"])
+    transfer_overlap_allowed: list[SplitName] = Field(default_factory=lambda: ["train"])
     # Feature scale: each split in scale_datasets is compared with train, per feature, both ways (a train on a
     # larger scale fails as surely as a val on a smaller one). A feature fails when its standardized mean
     # difference |mean - mean_train| / pooled sd exceeds max_mean_shift, or |ln(sd / sd_train)| exceeds
@@ -120,7 +139,7 @@ class TrainConfig(_Strict):
 
     temperature: float = Field(default=4.0, gt=0.0)
     alpha: float = Field(default=0.7, ge=0.0, le=1.0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = Field(default=3e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
@@ -189,7 +208,7 @@ class StoreConfig(_Strict):
     endpoint_url: str | None = None
     rows_per_shard: int = Field(default=8192, gt=0)
     top_k: int | None = Field(default=None, gt=0)  # None: dense fp16 logits; k: top-k log-probs per row
-    task_runner: Literal["threads", "dask"] = "threads"  # how per-shard precompute tasks run
+    task_runner: TaskRunnerKind = "threads"  # how per-shard precompute tasks run
     workers: int = Field(default=2, gt=0)
 
 
@@ -221,7 +240,7 @@ class DriftConfig(_Strict):
     psi_bins: int = Field(default=10, gt=1)
     psi_threshold: float = Field(default=0.2, gt=0.0)
     feature_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # family-wise, after the correction below
-    correction: Literal["holm", "bonferroni", "bh"] = "holm"
+    correction: Correction = "holm"
     max_flip_rate: float = Field(default=0.10, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # vs the champion's reference accuracy
     max_estimated_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -266,7 +285,7 @@ class DistillConfig(_Strict):
     # More teachers, combined with teacher_uri's (kdflow.ensemble): the weighted mean of their softened
     # probabilities, weights uniform ("mean") or proportional to validation accuracy ("val_accuracy").
     extra_teachers: list[str] = Field(default_factory=list)
-    teacher_weighting: Literal["mean", "val_accuracy"] = "mean"
+    teacher_weighting: TeacherWeighting = "mean"
     student: ModelSpec
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()

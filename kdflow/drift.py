@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.special import softmax
 from scipy.stats import ks_2samp
 
 from kdflow import metrics as eval_metrics
-from kdflow.config import DriftConfig
+from kdflow.config import Correction, DriftAction, DriftConfig, DriftStatus
 from kdflow.profile import ReferenceProfile, bin_counts, entropy, summarize_features
 
-Correction = Literal["holm", "bonferroni", "bh"]
 SIGNALS = ("psi_confidence", "psi_entropy", "psi_predicted_class", "features", "flip_rate", "psi_teacher_entropy",
            "accuracy", "estimated_accuracy")  # psi_teacher_entropy is informational (not a DriftSignal trigger)
 
@@ -169,7 +168,7 @@ class DriftCheck:
     """Every signal on one window, and the window's status: ``ok``, ``drift`` (some signal exceeded) or
     ``cannot_decide`` (too few rows)."""
 
-    status: Literal["ok", "drift", "cannot_decide"]
+    status: DriftStatus
     reason: str
     n_rows: int
     n_labeled: int
@@ -322,9 +321,6 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
 
 
 # ---------------------------------------------------------------------------------------------- decision
-Action = Literal["retrain", "recalibrate", "none", "cannot_decide"]
-
-
 @dataclass
 class Decision:
     """What to do after a check — ``retrain``, ``recalibrate``, ``none`` or ``cannot_decide`` — and why.
@@ -332,7 +328,7 @@ class Decision:
     ``consecutive`` and ``since`` carry each signal's streak from one check to the next (the flow stores the
     decision and passes it to the next check's :func:`decide`), so a streak of any length has a known start."""
 
-    action: Action
+    action: DriftAction
     reason: str
     triggered: list[str]  # trigger signals exceeded on enough consecutive checks (even when cooling down)
     consecutive: dict[str, int]  # per signal: consecutive checks, ending with the current one, that exceeded it

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from kdflow.config import TeacherWeighting
 from kdflow.metrics import accuracy
 from kdflow.registry import ModelRef
 
-Weighting = Literal["mean", "val_accuracy"]
 
 
-def teacher_weights(method: Weighting, val_accuracies: Sequence[float]) -> np.ndarray:
+def teacher_weights(method: TeacherWeighting, val_accuracies: Sequence[float]) -> np.ndarray:
     """Normalised weights: uniform for ``mean``; ``acc_i / sum_j acc_j`` for ``val_accuracy``."""
     acc = np.asarray(val_accuracies, dtype=np.float64)
     if acc.ndim != 1 or len(acc) == 0:
@@ -116,7 +115,7 @@ def combined_profile(profiles: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def combine_teachers(logits: Sequence[TeacherLogits], profiles: Sequence[dict[str, float]],
-                     val_labels: np.ndarray, weighting: Weighting, temperature: float) -> TeacherEnsemble:
+                     val_labels: np.ndarray, weighting: TeacherWeighting, temperature: float) -> TeacherEnsemble:
     """Weight the teachers (:func:`teacher_weights` from their validation accuracy on ``val_labels``) and
     combine their evaluation logits split by split, at ``temperature`` for training and at T=1 for
     evaluation (:func:`combine_logits`)."""

@@ -74,6 +74,11 @@ def _utc(timestamps: Any) -> pd.DatetimeIndex:
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
+def _arrow_utc(ts: pd.DatetimeIndex) -> pa.Array:
+    """A UTC index as Arrow ``timestamp[us, UTC]`` (from its UTC values: no tz-dropping ``.values`` conversion)."""
+    return pa.array(ts.tz_convert(None).as_unit("us").to_numpy(), pa.timestamp("us", tz="UTC"))
+
+
 def _list_array(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
     """An (n, k) float matrix as a list<float32> array; rows where ``valid`` is False become null."""
     n, k = matrix.shape
@@ -140,7 +145,7 @@ class InferenceLogWriter:
             y = np.asarray(labels, dtype=np.int64)
             label = pa.array(y, mask=y < 0)
         self._batches.append(pa.Table.from_arrays(
-            [pa.array(ts.as_unit("us")), pa.array(ids, pa.string()), pa.array([self.model_name] * n, pa.string()),
+            [_arrow_utc(ts), pa.array(ids, pa.string()), pa.array([self.model_name] * n, pa.string()),
              pa.array([self.model_version] * n, pa.string()), _list_array(x), _list_array(probs), teacher, label],
             schema=LOG_SCHEMA))
         return ids
@@ -178,7 +183,7 @@ def write_labels(root: str, request_ids: Sequence[str], labels: Sequence[int], a
     ts = ts.repeat(len(ids)) if len(ts) == 1 else ts
     if not len(ids) == len(y) == len(ts):
         raise ValueError(f"{len(ids)} request ids, {len(y)} labels and {len(ts)} timestamps must match")
-    table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(y), pa.array(ts.as_unit("us"))],
+    table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(y), _arrow_utc(ts)],
                                  schema=LABEL_SCHEMA)
     days = np.asarray(ts.strftime("%Y-%m-%d"))
     urls = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,11 +20,11 @@ from kdflow.calibration import calibration_metrics, ece_improvement_confidence, 
 from kdflow.config import CalibrationConfig, ConfigError, SLAConfig
 from kdflow.data import to_frame
 from kdflow.sla import SLACheck, check_slas
+from kdflow.config import RecalibrationTrigger
 
 if TYPE_CHECKING:
     from kdflow.models import CalibratedClassifier
 
-RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # who asked: the monthly schedule, a drift check, a person
 
 
 def parse_as_of(as_of: str | datetime | None) -> datetime:

@@ -14,25 +14,24 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from kdflow import registry
 from kdflow.config import (CalibrationConfig, DriftConfig, FeatureSpec, LogsConfig, RecalibrationConfig, RecentTraffic,
-                           RetrainConfig, SLAConfig, ValidationConfig)
+                           RetrainConfig, SLAConfig, ValidationConfig, RecalibrationTrigger, RetrainVia)
 from kdflow.data import Dataset, write_parquet
+from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
-from kdflow.lifecycle import (RecalibrationOutcome, RecalibrationTrigger, ids_from_request_ids, judge_refit,
+from kdflow.lifecycle import (RecalibrationOutcome, ids_from_request_ids, judge_refit,
                               refit_temperature, traffic_frames, window_bounds)
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
 from kdflow.train import predict_logits
 from kdflow.validation import validate_inference_logs
 
-DRIFT_EVENT = "kdflow.drift.detected"  # emitted on a retrain decision; a deployment trigger on it retrains
 PROFILE_ARTIFACT = "reference/profile.json"  # a registered student's reference profile, in its run's artifacts
 REPORT_ARTIFACT = "report/report.json"  # a distillation run's report
-RetrainVia = Literal["auto", "event", "subflow", "none"]  # who retrains after a retrain decision
 _P = registry.TAG_PREFIX
 
 
@@ -268,7 +267,7 @@ def drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check
     deployment with the payload's ``config_path`` (absolute) and ``as_of``."""
     return DriftEvent(
         DRIFT_EVENT,
-        {"prefect.resource.id": f"kdflow.model.{ref.name}", "kdflow.model": ref.name, "kdflow.version": str(ref.version)},
+        {"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{ref.name}", "kdflow.model": ref.name, "kdflow.version": str(ref.version)},
         {"config_path": str(Path(config_path).resolve()), "as_of": as_of.isoformat(), "model": ref.name,
          "version": str(ref.version), "statistics": {s.name: s.value for s in check.signals.values()
                                                      if s.value is not None},

@@ -12,7 +12,8 @@ from kdflow import monitor, registry
 from kdflow.config import DriftConfig, MlflowConfig
 from kdflow.drift import Decision, DriftCheck, decide
 from kdflow.inference_logs import LogWindow
-from kdflow.monitor import Champion, DriftHistory, RetrainVia
+from kdflow.config import RetrainVia
+from kdflow.monitor import Champion, DriftHistory
 from tasks import kdflow_task
 
 

@@ -15,7 +15,8 @@ from torch import nn
 from kdflow import registry
 from kdflow.config import DistillConfig, StoreConfig
 from kdflow.data import Dataset
-from kdflow.ensemble import TeacherEnsemble, TeacherLogits, Weighting
+from kdflow.config import TeacherWeighting
+from kdflow.ensemble import TeacherEnsemble, TeacherLogits
 from kdflow.ensemble import combine_teachers as combine_teacher_logits
 from kdflow.logits import LogitStore, ShardJob, ShardResult, StoreSpec, compute_shard
 from kdflow.precompute import (LogitPlan, TeacherOutputs, finalize_logits, logit_stores, plan_logits, read_eval_logits,
@@ -117,7 +118,7 @@ def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping
 
 @kdflow_task(name="combine-teachers")
 def combine_teachers(logits: list[TeacherLogits], profiles: list[dict[str, float]], val: Dataset,
-                     weighting: Weighting, temperature: float) -> TeacherEnsemble:
+                     weighting: TeacherWeighting, temperature: float) -> TeacherEnsemble:
     """:func:`kdflow.ensemble.combine_teachers`: weight the teachers (uniform, or by validation accuracy on
     ``val``) and combine their stored evaluation logits."""
     ensemble = combine_teacher_logits(logits, profiles, val.y, weighting, temperature)

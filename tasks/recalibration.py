@@ -10,7 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from kdflow import monitor
 from kdflow.config import CalibrationConfig, LogsConfig, RecalibrationConfig, SLAConfig, ValidationConfig
-from kdflow.lifecycle import RecalibrationOutcome, RecalibrationTrigger
+from kdflow.config import RecalibrationTrigger
+from kdflow.lifecycle import RecalibrationOutcome
 from kdflow.monitor import Champion, LabeledWindow
 from tasks import kdflow_task
 

@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
-from kdflow.cli import packaged_config  # noqa: E402
+from kdflow.config import packaged_config  # noqa: E402
 from kdflow.generators import write_mnist1d  # noqa: E402
 
 TINY_SIZES = {"train": 600, "val": 300, "test": 300}

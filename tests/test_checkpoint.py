@@ -347,7 +347,7 @@ def _kill_resume_compare(teacher_config: dict, killed_state: Path, clean_state: 
 
 
 def test_config_fields_default_to_every_epoch_and_reject_zero(tmp_path):
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
     from kdflow.config import ConfigError, DistillConfig, TeacherConfig, load_config
 
     teacher = load_config(packaged_config("mnist1d_teacher.yaml"), TeacherConfig)

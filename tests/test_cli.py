@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from kdflow.cli import GATE_FAILED_EXIT, app
+from app.cli import GATE_FAILED_EXIT, app
 from tests.conftest import write_yaml
 
 runner = CliRunner()
@@ -77,7 +77,8 @@ def test_logits_inspect_and_verify(tmp_path):
 
 def test_servers_that_do_not_answer_exit_4_before_anything_runs(monkeypatch, tmp_path):
     """A Prefect API or an MLflow tracking server on a port nobody listens on: one line, exit 4."""
-    from kdflow.cli import SERVER_DOWN_EXIT, packaged_config
+    from app.cli import SERVER_DOWN_EXIT
+    from kdflow.config import packaged_config
     from tests.conftest import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
@@ -97,7 +98,7 @@ def test_servers_that_do_not_answer_exit_4_before_anything_runs(monkeypatch, tmp
 
 
 def test_a_date_that_is_not_iso_8601_exits_2_before_anything_runs():
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
 
     cfg = str(packaged_config("mnist1d_distill.yaml"))
     result = runner.invoke(app, ["recalibrate", "--config", cfg, "--since", "last tuesday"])

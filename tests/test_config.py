@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from kdflow.cli import packaged_config
+from kdflow.config import packaged_config
 from kdflow.config import ConfigError, DistillConfig, TeacherConfig, config_hash, load_config
 
 from tests.conftest import write_yaml

@@ -202,6 +202,43 @@ def tiny_config(tmp_path: Path) -> Path:
     return write_yaml(tmp_path / "deploy.yaml", cfg)
 
 
+def test_committed_prefect_yaml_is_the_generated_one(monkeypatch):
+    """prefect.yaml is `kdflow deployments export` for the packaged config: the deployments are declared once,
+    in flows/deployments.py, and the file cannot drift from them."""
+    from flows.deployments import prefect_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the config path is written as the worker sees it: relative to the checkout
+    assert (repo / "prefect.yaml").read_text() == prefect_yaml("kdflow/configs/mnist1d_distill.yaml"), \
+        "prefect.yaml is out of date with flows/deployments.py: run `kdflow deployments export > prefect.yaml`"
+
+
+def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
+    """`kdflow deployments export --config`: the config's crons (not the defaults), its path on every deployment,
+    the drift trigger on retrain only; a bad config is one line and exit 2."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    config_path = tiny_config(tmp_path)
+    result = CliRunner().invoke(app, ["deployments", "export", "--config", str(config_path)])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(result.output)
+    found = {d["name"]: d for d in doc["deployments"]}
+    assert list(found) == [name.split("/")[1] for name in DEPLOYMENTS.values()]
+    assert {name: d["parameters"]["config_path"] for name, d in found.items()} == dict.fromkeys(found, str(config_path))
+    assert {name: d["schedules"] for name, d in found.items()} == {
+        "kdflow-distill": [], "kdflow-retrain": [], "kdflow-drift-check": [{"cron": "15 4 * * *", "timezone": "UTC"}],
+        "kdflow-recalibrate": [{"cron": "30 5 2 * *", "timezone": "UTC"}]}
+    assert [name for name, d in found.items() if "triggers" in d] == ["kdflow-retrain"]
+    assert found["kdflow-retrain"]["triggers"][0]["expect"] == ["kdflow.drift.detected"]
+    assert found["kdflow-drift-check"]["entrypoint"] == "flows/drift.py:drift_check_flow"
+
+    bad = CliRunner().invoke(app, ["deployments", "export", "--config", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and f"config file not found: {tmp_path / 'missing.yaml'}" in bad.output
+
+
 @pytest.mark.slow
 def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_path):
     """Schedules from the config's crons in UTC, the drift-check's retrain_via=event, and the retrain trigger."""

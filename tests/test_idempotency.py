@@ -180,7 +180,7 @@ def test_retried_promote_version_moves_and_records_once(prefect_harness, trackin
 
 
 def test_retried_record_drift_check_creates_one_run(prefect_harness, tmp_path, monkeypatch):
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
     from kdflow.config import DistillConfig, load_config
     from kdflow.drift import Decision, DriftCheck, Signal
     from tasks.drift import record_drift_check

@@ -213,7 +213,7 @@ def test_flow_store_keys_follow_teacher_logit_clip_and_top_k():
 
     import yaml
 
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
     from kdflow.config import DistillConfig
     from kdflow.data import Dataset
     from kdflow.registry import ModelRef

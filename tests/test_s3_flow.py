@@ -63,7 +63,7 @@ def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(dist
     from prefect.client.schemas.sorting import FlowRunSort
     from typer.testing import CliRunner
 
-    from kdflow.cli import app
+    from app.cli import app
     from tests.s3_proxy import FaultyS3Proxy
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))

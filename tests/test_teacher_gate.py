@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from kdflow import registry
-from kdflow.cli import GATE_FAILED_EXIT, app
+from app.cli import GATE_FAILED_EXIT, app
 from kdflow.config import TeacherConfig, TeacherGateConfig, load_config
 from tests.conftest import write_yaml
 
@@ -32,7 +32,7 @@ def test_judge_teacher(acc, champion, champ_acc, error, passed, promote, says):
 
 
 def test_gate_defaults_and_the_packaged_config_document_it():
-    from kdflow.cli import packaged_config
+    from kdflow.config import packaged_config
 
     path = packaged_config("mnist1d_teacher.yaml")
     assert load_config(path, TeacherConfig).gate == TeacherGateConfig(min_accuracy=0.85, champion_tolerance=0.01)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from kdflow.cli import app
+from app.cli import app
 from kdflow.config import ConfigError, DataConfig, DistillConfig, FeatureSpec, ValidationConfig, load_config
 from kdflow.data import DataError, to_frame, write_parquet
 from kdflow.generators import write_digits
