@@ -37,7 +37,7 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
         with transaction():
             datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id,
                                        validation=cfg.validation)
-            teachers = [resolve_teacher(uri) for uri in cfg.teacher_uris]
+            teachers = [resolve_teacher(uri, cfg.mlflow.tracking_uri) for uri in cfg.teacher_uris]
             teacher_outs = [precompute_teacher_logits(cfg, t, datasets) for t in teachers]
             ensemble = combine_teachers([load_teacher_logits(cfg, t, datasets) for t in teachers],
                                         [out.profile for out in teacher_outs], datasets.val, cfg.teacher_weighting,

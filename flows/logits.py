@@ -20,7 +20,7 @@ def precompute_flow(config_path: str) -> dict[str, Any]:
     datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
     results = {}
     for uri in cfg.teacher_uris:
-        teacher = resolve_teacher(uri)
+        teacher = resolve_teacher(uri, cfg.mlflow.tracking_uri)
         out = precompute_teacher_logits(cfg, teacher, datasets)
         results[teacher.version_uri] = {"stores": out.store_uris, "stats": {n: vars(s) for n, s in out.stats.items()},
                                         "teacher_loaded": out.teacher_loaded}

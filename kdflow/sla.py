@@ -48,15 +48,19 @@ class SLACheck:
 
 def check_slas(evaluation: Evaluation | Mapping[str, Any], sla: SLAConfig) -> list[SLACheck]:
     """Apply every configured SLA threshold to ``evaluation``; thresholds set to ``None`` are skipped. A mapping
-    (a report's ``evaluation`` section read back) is read as :meth:`Evaluation.from_dict`."""
-    if isinstance(evaluation, Mapping):
-        evaluation = Evaluation.from_dict(evaluation)
+    (a report's ``evaluation`` section read back, possibly written by an older kdflow) needs only the metrics
+    the configured SLAs read; a missing one is an error naming it."""
+    read = evaluation.get if isinstance(evaluation, Mapping) else lambda metric: getattr(evaluation, metric)
+    needed = [metric for metric, name, _ in CHECKS if getattr(sla, name) is not None]
+    missing = [metric for metric in needed if read(metric) is None]
+    if missing:
+        raise KeyError(f"evaluation lacks metric(s) {', '.join(missing)} that the SLAs check")
     checks = []
     for metric, name, op in CHECKS:
         threshold = getattr(sla, name)
         if threshold is None:
             continue
-        value = float(getattr(evaluation, metric))
+        value = float(read(metric))
         checks.append(SLACheck(name, metric, value, op, float(threshold), bool(_OPS[op](value, threshold))))
     return checks
 

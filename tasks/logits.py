@@ -35,8 +35,10 @@ store_retries = {"retries": 1, "retry_delay_seconds": 2, "retry_condition_fn": r
 
 
 @kdflow_task(name="resolve-teacher", retries=2, retry_delay_seconds=2)
-def resolve_teacher(uri: str) -> ModelRef:
-    """Resolve the teacher's ``models:/`` URI to a registered version (pinned for the rest of the run)."""
+def resolve_teacher(uri: str, tracking_uri: str) -> ModelRef:
+    """Resolve the teacher's ``models:/`` URI to a registered version (pinned for the rest of the run) in the
+    registry at ``tracking_uri`` (never MLflow's default, which would be a ``mlflow.db`` in the working directory)."""
+    registry.configure_tracking(tracking_uri)
     ref = resolve(uri)
     get_run_logger().info("teacher %s -> %s version %s", uri, ref.name, ref.version)
     return ref

@@ -28,6 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_default_mlflow_store():
+    """Every MLflow call names its tracking URI: a call that fell back to MLflow's default would leave a
+    ``mlflow.db`` in the working directory (seen once: a teacher resolved before the config's URI was set)."""
+    stray = Path.cwd() / "mlflow.db"
+    existed = stray.exists()
+    yield
+    assert existed or not stray.exists(), f"a test used MLflow's default tracking store and created {stray}"
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on a free loopback port; boto3 (unchanged) talks to it over real HTTP."""

@@ -104,7 +104,7 @@ def test_failing_sla_leaves_champion_unchanged(distill_config, tmp_path):
     distill_config["sla"]["min_accuracy"] = 0.9999
     failed = run_distill(distill_config, tmp_path, "strict.yaml")
     assert not failed["gate_passed"] and failed["registration"]["version"] is None
-    assert versions(name) == ["2"] and registry.alias_version(name, "champion") == "2"  # MLflow never reuses "1"
+    assert versions(name) == ["1"] and registry.alias_version(name, "champion") == "1"
     distill_config["registry"]["register_failed_candidates"] = True
     kept = run_distill(distill_config, tmp_path, "keep.yaml")
     assert kept["registration"] == {**kept["registration"], "version": "2", "aliases": ["challenger"]}

@@ -75,7 +75,7 @@ def test_retried_register_teacher_creates_one_version(prefect_harness, tracking,
     result = register()
     assert tag.calls == 2  # the first attempt failed after registering, Prefect retried once
     versions = _versions("idem-teacher")
-    assert [(str(v.version), v.run_id) for v in versions] == [("1", run_id)] and result.version == "1"
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run_id)] and result["version"] == "1"
     assert versions[0].tags["kdflow.run_id"] == run_id and "kdflow.gate_reason" in versions[0].tags
     assert registry.alias_version("idem-teacher", registry.CHALLENGER) == "1"
     assert len(registry.history("idem-teacher", registry.CHALLENGER)) == 1  # the alias was recorded once

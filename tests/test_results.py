@@ -37,4 +37,3 @@ def test_registration_as_the_report_section():
     reg = Registration("s", "3", ("challenger",), "models:/m-1")
     assert reg.as_dict() == {"version": "3", "aliases": ["challenger"], "model_uri": "models:/m-1", "name": "s"}
     assert reg.with_alias("champion").aliases == ("challenger", "champion") and reg.aliases == ("challenger",)
-    assert reg["version"] == "3"
