@@ -40,6 +40,7 @@ test-fast: $(STAMP)
 # ruff, then the import contracts in pyproject.toml ([tool.importlinter]: the layering, no Prefect in kdflow/).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 # Re-resolve the lock from pyproject.toml, keeping every existing pin that still satisfies it.

@@ -16,9 +16,11 @@ deployments_app = typer.Typer(no_args_is_help=True, help="The Prefect deployment
 
 
 @drift_app.command("check")
-def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"),
-                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
-                retrain_via: str = typer.Option("auto", help="auto | event | subflow | none")) -> None:
+def drift_check(
+    config: Path = typer.Option(..., help="Distillation config YAML"),
+    as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+    retrain_via: str = typer.Option("auto", help="auto | event | subflow | none"),
+) -> None:
     """Check the champion's recent traffic for drift; on a retrain decision emit the event and retrain."""
     embedded_defaults()
     from flows.drift import drift_check_flow
@@ -34,13 +36,18 @@ def drift_check(config: Path = typer.Option(..., help="Distillation config YAML"
         typer.echo(f"recalibration: {result['recalibration']['reason']}")
     if result.get("retrain"):
         reg = result["retrain"]["report"]["registration"]
-        typer.echo(f"retrained: {reg['name']} v{reg['version']} aliases {', '.join(reg['aliases'])}"
-                   if reg.get("version") else "retrained: nothing registered")
+        typer.echo(
+            f"retrained: {reg['name']} v{reg['version']} aliases {', '.join(reg['aliases'])}"
+            if reg.get("version")
+            else "retrained: nothing registered"
+        )
 
 
-def retrain(config: Path = typer.Option(..., help="Distillation config YAML"),
-            as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
-            reason: str = typer.Option("manual", help="Why (recorded)")) -> None:
+def retrain(
+    config: Path = typer.Option(..., help="Distillation config YAML"),
+    as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+    reason: str = typer.Option("manual", help="Why (recorded)"),
+) -> None:
     """Distil again with recent production inputs added to the transfer set; gate also on recent traffic."""
     embedded_defaults()
     from flows.retrain import retrain_flow
@@ -50,10 +57,13 @@ def retrain(config: Path = typer.Option(..., help="Distillation config YAML"),
     print_report(result["report"])
 
 
-def recalibrate(config: Path = typer.Option(..., help="Distillation config YAML"),
-                as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
-                since: Optional[str] = typer.Option(None, help="Use no traffic before this ISO date/time (UTC), "
-                                                               "e.g. the start of a known shift")) -> None:
+def recalibrate(
+    config: Path = typer.Option(..., help="Distillation config YAML"),
+    as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+    since: Optional[str] = typer.Option(
+        None, help="Use no traffic before this ISO date/time (UTC), e.g. the start of a known shift"
+    ),
+) -> None:
     """Refit the champion's temperature on the recent labeled window; register + promote only if ECE improves
     and every SLA still passes."""
     embedded_defaults()
@@ -68,14 +78,16 @@ def recalibrate(config: Path = typer.Option(..., help="Distillation config YAML"
 
 
 @simulate_app.command("traffic")
-def simulate_traffic_cmd(config: Path = typer.Option(..., help="Distillation config YAML (model, teacher, logs)"),
-                         days: int = typer.Option(7, help="Days of traffic"),
-                         start: Optional[str] = typer.Option(None, help="First day (YYYY-MM-DD; default: today)"),
-                         rows_per_day: int = typer.Option(1000, help="Predictions per day"),
-                         schedule: str = typer.Option("stable", help="Drift preset or a YAML/JSON schedule file"),
-                         shadow_fraction: float = typer.Option(0.1, help="Share shadow-scored by the teacher"),
-                         label_fraction: float = typer.Option(0.2, help="Share whose label arrives later"),
-                         seed: int = typer.Option(0)) -> None:
+def simulate_traffic_cmd(
+    config: Path = typer.Option(..., help="Distillation config YAML (model, teacher, logs)"),
+    days: int = typer.Option(7, help="Days of traffic"),
+    start: Optional[str] = typer.Option(None, help="First day (YYYY-MM-DD; default: today)"),
+    rows_per_day: int = typer.Option(1000, help="Predictions per day"),
+    schedule: str = typer.Option("stable", help="Drift preset or a YAML/JSON schedule file"),
+    shadow_fraction: float = typer.Option(0.1, help="Share shadow-scored by the teacher"),
+    label_fraction: float = typer.Option(0.2, help="Share whose label arrives later"),
+    seed: int = typer.Option(0),
+) -> None:
     """Score generated MNIST-1D traffic with the champion and write inference logs day by day."""
     from datetime import date
 
@@ -89,9 +101,21 @@ def simulate_traffic_cmd(config: Path = typer.Option(..., help="Distillation con
     ref = run(resolve, f"models:/{name}@champion")
     teacher = run(load_torch_model, run(resolve, cfg.teacher_uri)) if shadow_fraction > 0 else None
     try:
-        summary = simulate_traffic(run(load_torch_model, ref), name, ref.version, cfg.logs.root,
-                                   date.fromisoformat(start) if start else date.today(), days, rows_per_day, schedule,
-                                   shadow_fraction, label_fraction, teacher, seed, cfg.logs.endpoint_url)
+        summary = simulate_traffic(
+            run(load_torch_model, ref),
+            name,
+            ref.version,
+            cfg.logs.root,
+            date.fromisoformat(start) if start else date.today(),
+            days,
+            rows_per_day,
+            schedule,
+            shadow_fraction,
+            label_fraction,
+            teacher,
+            seed,
+            cfg.logs.endpoint_url,
+        )
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -104,8 +128,12 @@ def serve(config: Path = typer.Option(..., help="Distillation config YAML the de
     """Serve the distill, retrain, drift-check and recalibration deployments (schedules and the drift trigger)
     from this process against the Prefect server at $PREFECT_API_URL."""
     if not os.environ.get("PREFECT_API_URL"):
-        typer.secho("error: PREFECT_API_URL is not set; start a server (infra/start-stack.sh) and point "
-                    "PREFECT_API_URL at it (the embedded API cannot schedule)", fg=typer.colors.RED, err=True)
+        typer.secho(
+            "error: PREFECT_API_URL is not set; start a server (infra/start-stack.sh) and point "
+            "PREFECT_API_URL at it (the embedded API cannot schedule)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(2)
     from flows.deployments import serve_all
 
@@ -114,9 +142,13 @@ def serve(config: Path = typer.Option(..., help="Distillation config YAML the de
 
 
 @deployments_app.command("export")
-def deployments_export(config: str = typer.Option("kdflow/configs/mnist1d_distill.yaml",
-                                                  help="Distillation config the deployments run with, as the "
-                                                       "worker sees it (relative to the checkout, or absolute)")) -> None:
+def deployments_export(
+    config: str = typer.Option(
+        "kdflow/configs/mnist1d_distill.yaml",
+        help="Distillation config the deployments run with, as the "
+        "worker sees it (relative to the checkout, or absolute)",
+    ),
+) -> None:
     """Print prefect.yaml for a work pool (``prefect deploy --all``): the same four deployments as ``kdflow
     serve``, crons from the config. The repository's prefect.yaml is this output for the packaged config."""
     from flows.deployments import prefect_yaml

@@ -14,8 +14,9 @@ from kdflow.redact import actor
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, history, promote, rollback.")
 
 CONFIG_OPT = typer.Option(None, "--config", help="Take the MLflow tracking URI from this config")
-TRACKING_OPT = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                                          "the embedded SQLite database)")
+TRACKING_OPT = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the embedded SQLite database)"
+)
 
 
 def _registry_from(config: Optional[Path], tracking_uri: Optional[str]) -> str:
@@ -24,8 +25,11 @@ def _registry_from(config: Optional[Path], tracking_uri: Optional[str]) -> str:
     from kdflow.config import DistillConfig, MlflowConfig, load_config
     from kdflow.registry import configure_tracking
 
-    uri = tracking_uri or (run(load_config, config, DistillConfig).mlflow.tracking_uri if config
-                           else os.environ.get("MLFLOW_TRACKING_URI", MlflowConfig().tracking_uri))
+    uri = tracking_uri or (
+        run(load_config, config, DistillConfig).mlflow.tracking_uri
+        if config
+        else os.environ.get("MLFLOW_TRACKING_URI", MlflowConfig().tracking_uri)
+    )
     check_servers(uri)
     return configure_tracking(uri)
 
@@ -41,8 +45,11 @@ def models_list(config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str]
 
 
 @models_app.command("history")
-def models_history(name: str = typer.Argument(..., help="Registered model name"),
-                   config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+def models_history(
+    name: str = typer.Argument(..., help="Registered model name"),
+    config: Optional[Path] = CONFIG_OPT,
+    tracking_uri: Optional[str] = TRACKING_OPT,
+) -> None:
     """Every version (aliases, SLA result) and every alias move: when, who, from which version, why."""
     from kdflow.registry import history, versions
 
@@ -55,22 +62,32 @@ def models_history(name: str = typer.Argument(..., help="Registered model name")
 
 
 @models_app.command("promote")
-def models_promote(name: str = typer.Argument(...), version: str = typer.Argument(...),
-                   reason: str = typer.Option(..., help="Why (recorded)"),
-                   config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+def models_promote(
+    name: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    reason: str = typer.Option(..., help="Why (recorded)"),
+    config: Optional[Path] = CONFIG_OPT,
+    tracking_uri: Optional[str] = TRACKING_OPT,
+) -> None:
     """Make VERSION champion after re-checking its SLA report (serialized with every other promotion)."""
     embedded_defaults()
     from tasks.promotion import promote_version
 
     _registry_from(config, tracking_uri)
     out = run(promote_version, name, version, reason, actor("cli"))
-    typer.echo(f"{name}: champion {out['previous'] or '-'} -> {out['version']}"
-               + ("" if out["changed"] else " (already champion)"))
+    typer.echo(
+        f"{name}: champion {out['previous'] or '-'} -> {out['version']}"
+        + ("" if out["changed"] else " (already champion)")
+    )
 
 
 @models_app.command("rollback")
-def models_rollback(name: str = typer.Argument(...), reason: str = typer.Option(..., help="Why (recorded)"),
-                    config: Optional[Path] = CONFIG_OPT, tracking_uri: Optional[str] = TRACKING_OPT) -> None:
+def models_rollback(
+    name: str = typer.Argument(...),
+    reason: str = typer.Option(..., help="Why (recorded)"),
+    config: Optional[Path] = CONFIG_OPT,
+    tracking_uri: Optional[str] = TRACKING_OPT,
+) -> None:
     """Move champion back to the previous champion (serialized with every promotion)."""
     embedded_defaults()
     from tasks.promotion import rollback_champion

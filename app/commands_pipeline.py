@@ -17,9 +17,11 @@ logits_app = typer.Typer(no_args_is_help=True, help="Teacher-logit stores: build
 
 
 @data_app.command("mnist1d")
-def data_mnist1d(out: Path = typer.Option(..., help="Output directory"),
-                 transfer_size: int = typer.Option(50_000, help="Rows of the unlabeled transfer set"),
-                 seed: int = typer.Option(0, help="Base seed; each split gets its own")) -> None:
+def data_mnist1d(
+    out: Path = typer.Option(..., help="Output directory"),
+    transfer_size: int = typer.Option(50_000, help="Rows of the unlabeled transfer set"),
+    seed: int = typer.Option(0, help="Base seed; each split gets its own"),
+) -> None:
     """Generate MNIST-1D offline: train 4,000 / val 1,000 / test 1,000 labeled + an unlabeled transfer set."""
     from kdflow.generators import write_mnist1d
 
@@ -72,8 +74,12 @@ def logits_precompute(config: Path = typer.Option(..., help="Distillation config
         typer.echo(teacher)
         for name, uri in out["stores"].items():
             st = out["stats"][name]
-            what = ("reused" if st["reused"] else f"{st['shards_computed']} of {st['shards_total']} shards computed, "
-                    f"{st['shards_kept']} kept from an earlier run, {st['rows_computed']} rows")
+            what = (
+                "reused"
+                if st["reused"]
+                else f"{st['shards_computed']} of {st['shards_total']} shards computed, "
+                f"{st['shards_kept']} kept from an earlier run, {st['rows_computed']} rows"
+            )
             typer.echo(f"  {name}: {uri} ({what})")
 
 
@@ -91,25 +97,31 @@ def _stores(store: str, endpoint_url: Optional[str], key: Optional[str]) -> list
 
 
 @logits_app.command("inspect")
-def logits_inspect(store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
-                   key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
-                   endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint")) -> None:
+def logits_inspect(
+    store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
+    key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
+    endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint"),
+) -> None:
     """Print each store's manifest summary and its size."""
     from kdflow.logits import size_bytes
 
     for ls in _stores(store, endpoint_url, key):
         m = ls.require_manifest()
         total = size_bytes(ls)
-        typer.echo(f"{ls.key}\n  teacher {m.teacher_uri} (version {m.teacher_version}), dataset {m.dataset}, "
-                   f"fingerprint {m.data_fingerprint[:12]}\n  {m.num_rows} rows x {m.num_classes} classes, {m.dtype} "
-                   f"{m.mode}, {len(m.shards)} shards, {total:,} bytes ({total / max(1, m.num_rows):.1f} B/row), "
-                   f"{m.clipped_values} clipped, kdflow {m.kdflow_version}")
+        typer.echo(
+            f"{ls.key}\n  teacher {m.teacher_uri} (version {m.teacher_version}), dataset {m.dataset}, "
+            f"fingerprint {m.data_fingerprint[:12]}\n  {m.num_rows} rows x {m.num_classes} classes, {m.dtype} "
+            f"{m.mode}, {len(m.shards)} shards, {total:,} bytes ({total / max(1, m.num_rows):.1f} B/row), "
+            f"{m.clipped_values} clipped, kdflow {m.kdflow_version}"
+        )
 
 
 @logits_app.command("verify")
-def logits_verify(store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
-                  key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
-                  endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint")) -> None:
+def logits_verify(
+    store: str = typer.Option(..., help="Store root: path, file:// or s3://bucket/prefix"),
+    key: Optional[str] = typer.Option(None, help="One store key (default: every store)"),
+    endpoint_url: Optional[str] = typer.Option(None, help="S3-compatible endpoint"),
+) -> None:
     """Verify every shard checksum and shape; exit 1 if any store has a problem."""
     from kdflow.logits import verify
 
@@ -124,9 +136,11 @@ def logits_verify(store: str = typer.Option(..., help="Store root: path, file://
         raise typer.Exit(1)
 
 
-def validate(config: Path = typer.Option(..., help="Distillation or teacher config YAML"),
-             dataset: Optional[str] = typer.Option(None, help="Validate only this dataset (train, val, test, transfer)"),
-             out: Optional[Path] = typer.Option(None, help="Also write the report (JSON, Markdown, HTML, Data Docs) here")) -> None:
+def validate(
+    config: Path = typer.Option(..., help="Distillation or teacher config YAML"),
+    dataset: Optional[str] = typer.Option(None, help="Validate only this dataset (train, val, test, transfer)"),
+    out: Optional[Path] = typer.Option(None, help="Also write the report (JSON, Markdown, HTML, Data Docs) here"),
+) -> None:
     """Run the data-validation suites alone and print the result: exit 0 when every dataset passes, 2 if not."""
     import yaml
 
@@ -138,15 +152,23 @@ def validate(config: Path = typer.Option(..., help="Distillation or teacher conf
         kind = DistillConfig if isinstance(raw, dict) and "teacher_uri" in raw else TeacherConfig
         cfg = load_config(config, kind)
         endpoint = cfg.store.endpoint_url if isinstance(cfg, DistillConfig) else None
-        report, _ = validate_data(cfg.data, cfg.validation, endpoint, with_transfer=isinstance(cfg, DistillConfig),
-                                  only=dataset, docs_dir=(out / "data_docs") if out and cfg.validation.data_docs else None)
+        report, _ = validate_data(
+            cfg.data,
+            cfg.validation,
+            endpoint,
+            with_transfer=isinstance(cfg, DistillConfig),
+            only=dataset,
+            docs_dir=(out / "data_docs") if out and cfg.validation.data_docs else None,
+        )
     except (yaml.YAMLError, ConfigError, *known_errors()) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     for d in report.datasets.values():
         counted = [c for c in d.checks if c.skipped is None]
-        typer.echo(f"[{'PASS' if d.success else 'FAIL'}] {d.name} ({d.uri}): {d.rows if d.rows is not None else '?'} rows, "
-                   f"{len(counted)} checks, {len(d.failures)} failed")
+        typer.echo(
+            f"[{'PASS' if d.success else 'FAIL'}] {d.name} ({d.uri}): {d.rows if d.rows is not None else '?'} rows, "
+            f"{len(counted)} checks, {len(d.failures)} failed"
+        )
     if out:
         typer.echo(f"report: {report.write(out)['html']}")
     if not report.success:
@@ -168,15 +190,20 @@ def _generated(data_dir: Path, transfer_size: int) -> bool:
         return False
 
 
-def demo(transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
-         retrain_teacher: bool = typer.Option(False, help="Train a new teacher even if one is registered")) -> None:
+def demo(
+    transfer_size: int = typer.Option(50_000, help="Transfer-set rows"),
+    retrain_teacher: bool = typer.Option(False, help="Train a new teacher even if one is registered"),
+) -> None:
     """MNIST-1D end to end on the embedded default: data, teacher, distillation, report (state in ./.kdflow)."""
     embedded_defaults()
     from kdflow.config import DistillConfig, TeacherConfig, load_config
     from kdflow.generators import write_mnist1d
     from kdflow.registry import absolute_db_uri, alias_version, configure
 
-    teacher_cfg_path, distill_cfg_path = packaged_config("mnist1d_teacher.yaml"), packaged_config("mnist1d_distill.yaml")
+    teacher_cfg_path, distill_cfg_path = (
+        packaged_config("mnist1d_teacher.yaml"),
+        packaged_config("mnist1d_distill.yaml"),
+    )
     tcfg = load_config(teacher_cfg_path, TeacherConfig)
     dcfg = load_config(distill_cfg_path, DistillConfig)
     data_dir = Path(tcfg.data.train).parent

@@ -63,10 +63,16 @@ def check_servers(tracking_uri: str | None = None) -> None:
     server does not answer, before any flow starts - instead of a long retry loop and a traceback."""
     api = os.environ.get("PREFECT_API_URL")
     if api and (why := _health(api.rstrip("/") + "/health")):
-        fail(f"the Prefect server at {api} does not answer ({why}); start it or unset PREFECT_API_URL "
-             "to use the embedded API", SERVER_DOWN_EXIT)
-    if tracking_uri and tracking_uri.startswith(("http://", "https://")) and (
-            why := _health(tracking_uri.rstrip("/") + "/health")):
+        fail(
+            f"the Prefect server at {api} does not answer ({why}); start it or unset PREFECT_API_URL "
+            "to use the embedded API",
+            SERVER_DOWN_EXIT,
+        )
+    if (
+        tracking_uri
+        and tracking_uri.startswith(("http://", "https://"))
+        and (why := _health(tracking_uri.rstrip("/") + "/health"))
+    ):
         fail(f"the MLflow tracking server at {tracking_uri} does not answer ({why})", SERVER_DOWN_EXIT)
 
 
@@ -114,14 +120,18 @@ def print_report(report: dict[str, Any]) -> None:
     for name, s, t in rows:
         typer.echo(f"{name:<{w}}  {s:>12}  {t:>12}")
     ev = report["evaluation"]
-    typer.echo(f"\nflip rate {ev['flip_rate']:.4f}  gap {ev['teacher_gap']:.4f}  size ratio {ev['size_ratio']:.4f}  "
-               f"served T {report['calibration']['temperature']:.4f} (training T {report['provenance']['training_temperature']})")
+    typer.echo(
+        f"\nflip rate {ev['flip_rate']:.4f}  gap {ev['teacher_gap']:.4f}  size ratio {ev['size_ratio']:.4f}  "
+        f"served T {report['calibration']['temperature']:.4f} (training T {report['provenance']['training_temperature']})"
+    )
     typer.echo("\nSLA checks:")
     for c in report["sla_checks"]:
         mark = "PASS" if c["passed"] else "FAIL"
         typer.echo(f"  [{mark}] {c['name']}: {c['value']:.4f} {c['op']} {c['threshold']}")
     reg = report["registration"]
     typer.echo(f"\ngate {'PASSED' if report['gate_passed'] else 'FAILED'}: {report['decision']['reason']}")
-    typer.echo(f"registered: {reg['name'] + ' v' + reg['version'] if reg.get('version') else 'nothing'}"
-               f"{' aliases ' + ', '.join(reg['aliases']) if reg.get('aliases') else ''}")
+    typer.echo(
+        f"registered: {reg['name'] + ' v' + reg['version'] if reg.get('version') else 'nothing'}"
+        f"{' aliases ' + ', '.join(reg['aliases']) if reg.get('aliases') else ''}"
+    )
     typer.echo(f"report: {report['paths']['json']}")

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from _common import cpu_model, load_avg, write_json  # bench/ is on sys.path as the script's folder
 
 SCALES = (12.0, 6.0, 3.0)
@@ -56,17 +55,31 @@ def main(argv: list[str] | None = None) -> int:
                 p, y = calibrated_sample(n, scale, rng)
                 eces.append(expected_calibration_error(p, y, 15))
                 accs.append(float((p.argmax(1) == y).mean()))
-            row = {"scale": scale, "rows": n, "accuracy": float(np.mean(accs)), "ece_mean": float(np.mean(eces)),
-                   "ece_p90": float(np.quantile(eces, 0.9))}
+            row = {
+                "scale": scale,
+                "rows": n,
+                "accuracy": float(np.mean(accs)),
+                "ece_mean": float(np.mean(eces)),
+                "ece_p90": float(np.quantile(eces, 0.9)),
+            }
             rows.append(row)
-            print(f"a={scale:4.1f} accuracy {row['accuracy']:.3f} n={n:6d}: ECE mean {row['ece_mean']:.4f} "
-                  f"p90 {row['ece_p90']:.4f}", flush=True)
+            print(
+                f"a={scale:4.1f} accuracy {row['accuracy']:.3f} n={n:6d}: ECE mean {row['ece_mean']:.4f} "
+                f"p90 {row['ece_p90']:.4f}",
+                flush=True,
+            )
     if args.json:
-        write_json(args.json, {"benchmark": "ECE of a calibrated model on finite samples (15 bins)",
-                               "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "machine": {"cpu": cpu_model(), "python": platform.python_version(),
-                                           "load_average": load_avg()},
-                               "replicates": args.replicates, "seed": args.seed, "results": rows})
+        write_json(
+            args.json,
+            {
+                "benchmark": "ECE of a calibrated model on finite samples (15 bins)",
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "machine": {"cpu": cpu_model(), "python": platform.python_version(), "load_average": load_avg()},
+                "replicates": args.replicates,
+                "seed": args.seed,
+                "results": rows,
+            },
+        )
     return 0
 
 

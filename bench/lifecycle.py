@@ -117,10 +117,14 @@ def git_state() -> dict[str, Any]:
     import subprocess
 
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True,
-                                    text=True, check=True).stdout.strip())
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
         return {"head": head, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
         return {"head": None, "dirty": None}
@@ -129,9 +133,16 @@ def git_state() -> dict[str, Any]:
 def machine_info() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
-            "cpus": os.cpu_count(), "mem_gib": mem_gib(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "mem_gib": mem_gib(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def parse_drift_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -269,11 +280,18 @@ class Lifecycle:
         try:
             outcome, secs = self.timer.run("recalibration", lambda: recalibration_flow(self.dpath, when.isoformat()))
             result = outcome.get("result") or {}
-            rec.update(seconds=secs, reason=outcome.get("reason"), labeled_rows=outcome.get("labeled_rows"),
-                       version=outcome.get("version"), promoted=bool(outcome.get("promotion")),
-                       decided=outcome.get("result") is not None,
-                       **{k: result.get(k) for k in ("current_temperature", "new_temperature", "ece_before",
-                                                    "ece_after", "improved")})
+            rec.update(
+                seconds=secs,
+                reason=outcome.get("reason"),
+                labeled_rows=outcome.get("labeled_rows"),
+                version=outcome.get("version"),
+                promoted=bool(outcome.get("promotion")),
+                decided=outcome.get("result") is not None,
+                **{
+                    k: result.get(k)
+                    for k in ("current_temperature", "new_temperature", "ece_before", "ece_after", "improved")
+                },
+            )
         except Exception as exc:  # recorded; the calendar goes on
             rec.update(error=error_record(exc), decided=False)
         rec["champion_after"] = self.champion()
@@ -297,13 +315,31 @@ class Lifecycle:
         version = self.champion()
         rec["champion_version"] = version
         model = self.model(version)
-        summary, rec["seconds_traffic"] = self.timer.run("traffic", lambda: simulate_traffic(
-            model, self.name, version, self.logs_root, today, days=1, rows_per_day=args.rows_per_day,
-            schedule=offset_schedule(d), shadow_fraction=args.shadow_fraction, label_fraction=args.label_fraction,
-            teacher=self.teacher, seed=d, label_delay_days=args.label_delay_days))
+        summary, rec["seconds_traffic"] = self.timer.run(
+            "traffic",
+            lambda: simulate_traffic(
+                model,
+                self.name,
+                version,
+                self.logs_root,
+                today,
+                days=1,
+                rows_per_day=args.rows_per_day,
+                schedule=offset_schedule(d),
+                shadow_fraction=args.shadow_fraction,
+                label_fraction=args.label_fraction,
+                teacher=self.teacher,
+                seed=d,
+                label_delay_days=args.label_delay_days,
+            ),
+        )
         sim = summary["per_day"][0]
-        rec.update(knobs=sim["knobs"], rows=sim["rows"], accuracy_all_rows=sim["accuracy"],
-                   teacher_agreement_shadow=sim["teacher_agreement"])
+        rec.update(
+            knobs=sim["knobs"],
+            rows=sim["rows"],
+            accuracy_all_rows=sim["accuracy"],
+            teacher_agreement_shadow=sim["teacher_agreement"],
+        )
 
         def score() -> None:
             w = read_window(self.logs_root, midnight, midnight + dt.timedelta(days=1))
@@ -321,14 +357,23 @@ class Lifecycle:
         as_of = midnight + dt.timedelta(days=1)
         check: dict[str, Any] = {"as_of": as_of.isoformat()}
         try:
-            result, secs = self.timer.run("drift_check", lambda: drift_check_flow(self.dpath, as_of.isoformat(),
-                                                                                 retrain_via="subflow"))
+            result, secs = self.timer.run(
+                "drift_check", lambda: drift_check_flow(self.dpath, as_of.isoformat(), retrain_via="subflow")
+            )
             dec = result["decision"]
-            check.update(seconds=secs, version=result["version"], status=result["status"], action=dec["action"],
-                         triggered=dec["triggered"], reason=dec["reason"], cooldown_until=dec.get("cooldown_until"),
-                         exceeded=sorted(k for k, v in dec["consecutive"].items() if v > 0),
-                         consecutive={k: v for k, v in dec["consecutive"].items() if v > 0},
-                         signals=result["signals"], mlflow_run_id=result["mlflow_run_id"])
+            check.update(
+                seconds=secs,
+                version=result["version"],
+                status=result["status"],
+                action=dec["action"],
+                triggered=dec["triggered"],
+                reason=dec["reason"],
+                cooldown_until=dec.get("cooldown_until"),
+                exceeded=sorted(k for k, v in dec["consecutive"].items() if v > 0),
+                consecutive={k: v for k, v in dec["consecutive"].items() if v > 0},
+                signals=result["signals"],
+                mlflow_run_id=result["mlflow_run_id"],
+            )
             if result.get("retrain"):
                 check["retrain"] = self.record_retrain(d, as_of, result["retrain"])
             if result.get("recalibration"):
@@ -341,10 +386,16 @@ class Lifecycle:
 
     def record_drift_recalibration(self, d: int, as_of: dt.datetime, out: dict[str, Any]) -> dict[str, Any]:
         result = out.get("result") or {}
-        rc = {"window_day": d, "as_of": as_of.isoformat(), "window": out.get("window"),
-              "labeled_rows": out.get("labeled_rows"), "version": out.get("version"),
-              "promoted": bool(out.get("promotion")), "reason": out.get("reason"),
-              **{k: result.get(k) for k in ("current_temperature", "new_temperature", "ece_before", "ece_after")}}
+        rc = {
+            "window_day": d,
+            "as_of": as_of.isoformat(),
+            "window": out.get("window"),
+            "labeled_rows": out.get("labeled_rows"),
+            "version": out.get("version"),
+            "promoted": bool(out.get("promotion")),
+            "reason": out.get("reason"),
+            **{k: result.get(k) for k in ("current_temperature", "new_temperature", "ece_before", "ece_after")},
+        }
         self.drift_recalibrations.append(rc)
         return rc
 
@@ -352,12 +403,18 @@ class Lifecycle:
         report = out.get("report") or {}
         reg = report.get("registration") or {}
         decision = report.get("decision") or {}
-        rt = {"window_day": d, "as_of": as_of.isoformat(), "version": reg.get("version"),
-              "promoted": bool(report.get("promotion")), "gate_passed": report.get("gate_passed"),
-              "gate_reason": decision.get("reason"), "recent_rows": (out.get("recent") or {}).get("recent_rows"),
-              "recent_labeled_rows": (out.get("recent") or {}).get("labeled_rows"),
-              "test_accuracy": (report.get("evaluation") or {}).get("student_accuracy"),
-              "test_ece": (report.get("evaluation") or {}).get("student_ece")}
+        rt = {
+            "window_day": d,
+            "as_of": as_of.isoformat(),
+            "version": reg.get("version"),
+            "promoted": bool(report.get("promotion")),
+            "gate_passed": report.get("gate_passed"),
+            "gate_reason": decision.get("reason"),
+            "recent_rows": (out.get("recent") or {}).get("recent_rows"),
+            "recent_labeled_rows": (out.get("recent") or {}).get("labeled_rows"),
+            "test_accuracy": (report.get("evaluation") or {}).get("student_accuracy"),
+            "test_ece": (report.get("evaluation") or {}).get("student_ece"),
+        }
         self.retrains.append(rt)
         return rt
 
@@ -402,19 +459,43 @@ def monthly_ece(lc: Lifecycle) -> list[dict[str, Any]]:
         for seg in segments:
             sy = np.concatenate([lc.labeled[d][1] for d in seg["days"]])
             sp = np.concatenate([lc.labeled[d][2] for d in seg["days"]])
-            seg.update(first_day=seg["days"][0], last_day=seg["days"][-1], labeled_rows=len(sy),
-                       ece=expected_calibration_error(sp, sy, N_BINS), accuracy=acc(sp.argmax(1), sy),
-                       mean_confidence=float(sp.max(1).mean()))
+            seg.update(
+                first_day=seg["days"][0],
+                last_day=seg["days"][-1],
+                labeled_rows=len(sy),
+                ece=expected_calibration_error(sp, sy, N_BINS),
+                accuracy=acc(sp.argmax(1), sy),
+                mean_confidence=float(sp.max(1).mean()),
+            )
             del seg["days"]
         recal = next((r for r in lc.recalibrations if r["as_of"][:7] == month), None)
-        out.append({"month": month, "days": [days[0], days[-1]], "labeled_rows": len(y),
-                    "ece": expected_calibration_error(p, y, N_BINS), "accuracy": acc(p.argmax(1), y),
-                    "mean_confidence": float(p.max(1).mean()),
-                    "after_recalibration": bool(recal and recal.get("decided")),
-                    "recalibration": None if recal is None else {k: recal.get(k) for k in (
-                        "version", "promoted", "reason", "ece_before", "ece_after", "new_temperature",
-                        "current_temperature", "labeled_rows")},
-                    "by_version": segments})
+        out.append(
+            {
+                "month": month,
+                "days": [days[0], days[-1]],
+                "labeled_rows": len(y),
+                "ece": expected_calibration_error(p, y, N_BINS),
+                "accuracy": acc(p.argmax(1), y),
+                "mean_confidence": float(p.max(1).mean()),
+                "after_recalibration": bool(recal and recal.get("decided")),
+                "recalibration": None
+                if recal is None
+                else {
+                    k: recal.get(k)
+                    for k in (
+                        "version",
+                        "promoted",
+                        "reason",
+                        "ece_before",
+                        "ece_after",
+                        "new_temperature",
+                        "current_temperature",
+                        "labeled_rows",
+                    )
+                },
+                "by_version": segments,
+            }
+        )
     return out
 
 
@@ -429,9 +510,12 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
     stable_retrains = [r["day"] for r in stable if r["drift"].get("action") == "retrain"]
     stable_drift = [r["day"] for r in stable if r["drift"].get("status") == "drift"]
     bars["no_retrain_stable"] = {
-        "bar": "no retrain decision on window days 0-39", "days_covered": len(stable),
-        "retrain_days": stable_retrains, "drift_status_days": stable_drift,
-        "pass": (not stable_retrains) if stable else None}
+        "bar": "no retrain decision on window days 0-39",
+        "days_covered": len(stable),
+        "retrain_days": stable_retrains,
+        "drift_status_days": stable_drift,
+        "pass": (not stable_retrains) if stable else None,
+    }
 
     # 2. detection per shift. The cost day is read on all of the day's rows (the simulator's ground truth): the
     # cost of a shift is a property of the traffic, and one day's ~500 labeled rows put a noise of about one
@@ -450,11 +534,15 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
     for i, (shift, onset) in enumerate(onsets):
         end = onsets[i + 1][1] if i + 1 < len(onsets) else n_days
         span = [days[d] for d in range(onset, min(end, n_days)) if d in days]
-        b: dict[str, Any] = {"bar": f"{shift} shift (onset day {onset}): drift decision within {DETECT_WITHIN_DAYS} "
-                                    f"days of the first day the champion's accuracy on all rows is >= "
-                                    f"{COST_POINTS * 100:.0f} points below its stable mean",
-                             "onset_day": onset, "stable_mean_accuracy_all_rows": ref_all,
-                             "stable_mean_accuracy": ref, "days_covered": len(span)}
+        b: dict[str, Any] = {
+            "bar": f"{shift} shift (onset day {onset}): drift decision within {DETECT_WITHIN_DAYS} "
+            f"days of the first day the champion's accuracy on all rows is >= "
+            f"{COST_POINTS * 100:.0f} points below its stable mean",
+            "onset_day": onset,
+            "stable_mean_accuracy_all_rows": ref_all,
+            "stable_mean_accuracy": ref,
+            "days_covered": len(span),
+        }
         if not span or ref_all is None:
             b["pass"] = None
             bars[f"detect_{shift}"] = b
@@ -462,24 +550,38 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         cost = next((r["day"] for r in span if r["accuracy_all_rows"] <= ref_all - COST_POINTS), None)
         detect = next((d for d in triggered_days if onset <= d < end), None)
         first_retrain = next((d for d in retrain_days if onset <= d < end), None)
-        b.update(cost_day=cost, cost_day_accuracy=None if cost is None else days[cost]["accuracy_all_rows"],
-                 first_triggered_window_day=detect,
-                 first_triggered_action=None if detect is None else days[detect]["drift"].get("action"),
-                 first_retrain_window_day=first_retrain,
-                 first_drift_status_day=next((r["day"] for r in span if r["drift"].get("status") == "drift"), None),
-                 lag_days=lag(detect, cost))
+        b.update(
+            cost_day=cost,
+            cost_day_accuracy=None if cost is None else days[cost]["accuracy_all_rows"],
+            first_triggered_window_day=detect,
+            first_triggered_action=None if detect is None else days[detect]["drift"].get("action"),
+            first_retrain_window_day=first_retrain,
+            first_drift_status_day=next((r["day"] for r in span if r["drift"].get("status") == "drift"), None),
+            lag_days=lag(detect, cost),
+        )
         # Other readings, reported beside the bar: the cost day on the ~500 labeled rows alone and on their
         # trailing 3-day mean; lags of the first retrain decision and from the nominal onset.
-        cost_lab = next((r["day"] for r in span if r.get("accuracy") is not None and r["accuracy"] <= ref - COST_POINTS),
-                        None)
-        cost_3d = next((r["day"] for r in span if r["day"] - 2 >= onset and all(days.get(k, {}).get("accuracy") is not None
-                        for k in range(r["day"] - 2, r["day"] + 1))
-                        and np.mean([days[k]["accuracy"] for k in range(r["day"] - 2, r["day"] + 1)]) <= ref - COST_POINTS),
-                       None)
+        cost_lab = next(
+            (r["day"] for r in span if r.get("accuracy") is not None and r["accuracy"] <= ref - COST_POINTS), None
+        )
+        cost_3d = next(
+            (
+                r["day"]
+                for r in span
+                if r["day"] - 2 >= onset
+                and all(days.get(k, {}).get("accuracy") is not None for k in range(r["day"] - 2, r["day"] + 1))
+                and np.mean([days[k]["accuracy"] for k in range(r["day"] - 2, r["day"] + 1)]) <= ref - COST_POINTS
+            ),
+            None,
+        )
         b["other_readings"] = {
-            "cost_day_labeled_rows": cost_lab, "lag_labeled_rows": lag(detect, cost_lab),
-            "cost_day_3day_mean": cost_3d, "lag_3day_mean": lag(detect, cost_3d),
-            "lag_first_retrain": lag(first_retrain, cost), "lag_from_onset": lag(detect, onset)}
+            "cost_day_labeled_rows": cost_lab,
+            "lag_labeled_rows": lag(detect, cost_lab),
+            "cost_day_3day_mean": cost_3d,
+            "lag_3day_mean": lag(detect, cost_3d),
+            "lag_first_retrain": lag(first_retrain, cost),
+            "lag_from_onset": lag(detect, onset),
+        }
         if cost is None:
             b["pass"] = True
             b["note"] = "never cost 3 points in the days covered (vacuous)"
@@ -495,8 +597,12 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         # served from window day + 1 until the next retrain takes effect (the day after its window day)
         nxt = lc.retrains[i + 1]["window_day"] + 1 if i + 1 < len(lc.retrains) else n_days
         follow = [d for d in range(rt["window_day"] + 1, nxt) if d >= SHIFTS["gradual"] and d in lc.labeled]
-        item = {"window_day": rt["window_day"], "version": rt["version"], "promoted": rt["promoted"],
-                "days": [follow[0], follow[-1]] if follow else None}
+        item = {
+            "window_day": rt["window_day"],
+            "version": rt["version"],
+            "promoted": rt["promoted"],
+            "days": [follow[0], follow[-1]] if follow else None,
+        }
         if rt["version"] is None:
             item.update(pass_=False, note="nothing registered")
         elif not follow:
@@ -504,14 +610,23 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         else:
             s, t, n = pooled_accuracy(lc, follow, lc.model(str(rt["version"])))
             served, _, _ = pooled_accuracy(lc, follow)
-            item.update(student_accuracy=s, teacher_accuracy=t, served_accuracy=served, labeled_rows=n,
-                        gap_points=(t - s) * 100, pass_=(t - s) <= TEACHER_GAP_POINTS + 1e-12)
+            item.update(
+                student_accuracy=s,
+                teacher_accuracy=t,
+                served_accuracy=served,
+                labeled_rows=n,
+                gap_points=(t - s) * 100,
+                pass_=(t - s) <= TEACHER_GAP_POINTS + 1e-12,
+            )
         item["pass"] = item.pop("pass_")
         per.append(item)
     decided = [p["pass"] for p in per if p["pass"] is not None]
-    bars["retrained_vs_teacher"] = {"bar": "each retrained student within 2 points of the teacher on the shifted "
-                                           "traffic after it (teacher - student <= 0.02)", "per_retrain": per,
-                                    "pass": all(decided) if decided else None}
+    bars["retrained_vs_teacher"] = {
+        "bar": "each retrained student within 2 points of the teacher on the shifted "
+        "traffic after it (teacher - student <= 0.02)",
+        "per_retrain": per,
+        "pass": all(decided) if decided else None,
+    }
 
     # 4. ECE in each month after a recalibration
     months = monthly_ece(lc)
@@ -519,7 +634,8 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
     bars["ece_after_recalibration"] = {
         "bar": f"ECE ({N_BINS} bins) <= {MAX_ECE} in each month after a recalibration that decided",
         "per_month": [{"month": m["month"], "ece": m["ece"], "pass": m["ece"] <= MAX_ECE} for m in judged],
-        "pass": all(m["ece"] <= MAX_ECE for m in judged) if judged else None}
+        "pass": all(m["ece"] <= MAX_ECE for m in judged) if judged else None,
+    }
     return {"stable_mean_accuracy": ref, "bars": bars, "monthly": months}
 
 
@@ -534,8 +650,10 @@ def day_line(rec: dict[str, Any]) -> str:
     extra = ""
     if rec.get("recalibration"):
         rc = rec["recalibration"]
-        extra += (f" | recal: {'ERROR ' + rc['error']['type'] if 'error' in rc else (rc.get('reason') or '')[:90]}"
-                  f" -> v{rc['champion_after']}")
+        extra += (
+            f" | recal: {'ERROR ' + rc['error']['type'] if 'error' in rc else (rc.get('reason') or '')[:90]}"
+            f" -> v{rc['champion_after']}"
+        )
     if dr.get("recalibration"):
         rc = dr["recalibration"]
         extra += f" | drift-recal v{rc['version']} ({(rc.get('reason') or '')[:80]})"
@@ -544,10 +662,12 @@ def day_line(rec: dict[str, Any]) -> str:
         extra += f" | RETRAIN v{rt['version']} promoted={rt['promoted']} ({(rt.get('gate_reason') or '')[:80]})"
     if "error" in dr:
         extra += f" | drift ERROR {dr['error']['type']}: {dr['error']['message'][:120]}"
-    return (f"day {rec['day']:3d} {rec['date']} {rec['phase']:<7} v{rec['champion_version']:<3} "
-            f"acc {fmt(rec.get('accuracy'))} teacher {fmt(rec.get('teacher_accuracy'))} ece {fmt(rec.get('ece'))} "
-            f"| {dr.get('status', '-')}/{action} [{','.join(dr.get('exceeded', []))}] "
-            f"{fmt(dr.get('seconds'), '.1f')}s -> v{rec.get('champion_after')}{extra}")
+    return (
+        f"day {rec['day']:3d} {rec['date']} {rec['phase']:<7} v{rec['champion_version']:<3} "
+        f"acc {fmt(rec.get('accuracy'))} teacher {fmt(rec.get('teacher_accuracy'))} ece {fmt(rec.get('ece'))} "
+        f"| {dr.get('status', '-')}/{action} [{','.join(dr.get('exceeded', []))}] "
+        f"{fmt(dr.get('seconds'), '.1f')}s -> v{rec.get('champion_after')}{extra}"
+    )
 
 
 def print_report(analysis: dict[str, Any], lc: Lifecycle) -> None:
@@ -555,65 +675,97 @@ def print_report(analysis: dict[str, Any], lc: Lifecycle) -> None:
     print(f"\nStable-period mean champion accuracy (labeled rows, days 0-39): {fmt(analysis['stable_mean_accuracy'])}")
     print("\nMonthly ECE (labeled traffic as served):")
     for m in analysis["monthly"]:
-        segs = "; ".join(f"v{s['version']} d{s['first_day']}-{s['last_day']} ECE {s['ece']:.4f} acc {s['accuracy']:.4f}"
-                         for s in m["by_version"])
-        print(f"  {m['month']}: ECE {m['ece']:.4f}, acc {m['accuracy']:.4f}, conf {m['mean_confidence']:.4f} "
-              f"(after recalibration: {m['after_recalibration']}) [{segs}]")
+        segs = "; ".join(
+            f"v{s['version']} d{s['first_day']}-{s['last_day']} ECE {s['ece']:.4f} acc {s['accuracy']:.4f}"
+            for s in m["by_version"]
+        )
+        print(
+            f"  {m['month']}: ECE {m['ece']:.4f}, acc {m['accuracy']:.4f}, conf {m['mean_confidence']:.4f} "
+            f"(after recalibration: {m['after_recalibration']}) [{segs}]"
+        )
     print("\nRetrains:")
     for rt in lc.retrains:
         print(f"  window day {rt['window_day']}: v{rt['version']} promoted={rt['promoted']} - {rt['gate_reason']}")
     print("\nRecalibrations asked for by a drift check (retrain cooling down):")
     for rc in lc.drift_recalibrations:
-        print(f"  window day {rc['window_day']}: window {rc['window']}, {rc['labeled_rows']} labeled rows -> "
-              f"v{rc['version']} promoted={rc['promoted']} - {(rc.get('reason') or '')[:140]}")
+        print(
+            f"  window day {rc['window_day']}: window {rc['window']}, {rc['labeled_rows']} labeled rows -> "
+            f"v{rc['version']} promoted={rc['promoted']} - {(rc.get('reason') or '')[:140]}"
+        )
     print("\nBars:")
 
     def verdict(p: Any) -> str:
         return "n/a " if p is None else ("PASS" if p else "FAIL")
 
     b = bars["no_retrain_stable"]
-    print(f"  {verdict(b['pass'])}  no retrain days 0-39: retrain on {b['retrain_days'] or 'none'} "
-          f"(drift status on {len(b['drift_status_days'])} of {b['days_covered']} days)")
+    print(
+        f"  {verdict(b['pass'])}  no retrain days 0-39: retrain on {b['retrain_days'] or 'none'} "
+        f"(drift status on {len(b['drift_status_days'])} of {b['days_covered']} days)"
+    )
     for shift in SHIFTS:
         b = bars[f"detect_{shift}"]
-        print(f"  {verdict(b['pass'])}  {shift} (onset {b['onset_day']}): cost day {b.get('cost_day')} (all-rows acc "
-              f"{fmt(b.get('cost_day_accuracy'))} vs stable {fmt(b.get('stable_mean_accuracy_all_rows'))}), first drift "
-              f"decision on window day {b.get('first_triggered_window_day')} ({b.get('first_triggered_action')}), "
-              f"lag {b.get('lag_days')} {b.get('note', '')}")
+        print(
+            f"  {verdict(b['pass'])}  {shift} (onset {b['onset_day']}): cost day {b.get('cost_day')} (all-rows acc "
+            f"{fmt(b.get('cost_day_accuracy'))} vs stable {fmt(b.get('stable_mean_accuracy_all_rows'))}), first drift "
+            f"decision on window day {b.get('first_triggered_window_day')} ({b.get('first_triggered_action')}), "
+            f"lag {b.get('lag_days')} {b.get('note', '')}"
+        )
         other = b.get("other_readings")
         if other:
-            print(f"        (other readings: cost day on labeled rows {other['cost_day_labeled_rows']}, lag "
-                  f"{other['lag_labeled_rows']}; on a trailing 3-day labeled mean {other['cost_day_3day_mean']}, lag "
-                  f"{other['lag_3day_mean']}; first retrain decision day {b.get('first_retrain_window_day')}, lag "
-                  f"{other['lag_first_retrain']}; {other['lag_from_onset']} days after the nominal onset)")
+            print(
+                f"        (other readings: cost day on labeled rows {other['cost_day_labeled_rows']}, lag "
+                f"{other['lag_labeled_rows']}; on a trailing 3-day labeled mean {other['cost_day_3day_mean']}, lag "
+                f"{other['lag_3day_mean']}; first retrain decision day {b.get('first_retrain_window_day')}, lag "
+                f"{other['lag_first_retrain']}; {other['lag_from_onset']} days after the nominal onset)"
+            )
     b = bars["retrained_vs_teacher"]
     print(f"  {verdict(b['pass'])}  retrained student vs teacher:")
     for p in b["per_retrain"]:
-        print(f"        retrain day {p['window_day']} v{p['version']} (promoted {p['promoted']}) days {p['days']}: "
-              f"student {fmt(p.get('student_accuracy'))} teacher {fmt(p.get('teacher_accuracy'))} "
-              f"gap {fmt(p.get('gap_points'), '.2f')} pts -> {verdict(p['pass'])} {p.get('note', '')}")
+        print(
+            f"        retrain day {p['window_day']} v{p['version']} (promoted {p['promoted']}) days {p['days']}: "
+            f"student {fmt(p.get('student_accuracy'))} teacher {fmt(p.get('teacher_accuracy'))} "
+            f"gap {fmt(p.get('gap_points'), '.2f')} pts -> {verdict(p['pass'])} {p.get('note', '')}"
+        )
     b = bars["ece_after_recalibration"]
-    print(f"  {verdict(b['pass'])}  ECE <= {MAX_ECE} after recalibration: "
-          + ", ".join(f"{m['month']} {m['ece']:.4f} {verdict(m['pass'])}" for m in b["per_month"]))
+    print(
+        f"  {verdict(b['pass'])}  ECE <= {MAX_ECE} after recalibration: "
+        + ", ".join(f"{m['month']} {m['ece']:.4f} {verdict(m['pass'])}" for m in b["per_month"])
+    )
 
 
 # --------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--days", type=int, default=120, help="simulated days (default 120)")
-    p.add_argument("--first-day", type=int, default=0,
-                   help="debugging only: begin the calendar at this day index (the bars need days 0-39)")
-    p.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 1, 1), help="day 0 (default 2026-01-01)")
+    p.add_argument(
+        "--first-day",
+        type=int,
+        default=0,
+        help="debugging only: begin the calendar at this day index (the bars need days 0-39)",
+    )
+    p.add_argument(
+        "--start", type=dt.date.fromisoformat, default=dt.date(2026, 1, 1), help="day 0 (default 2026-01-01)"
+    )
     p.add_argument("--rows-per-day", type=int, default=2000, help="predictions per day (default 2000)")
     p.add_argument("--transfer-size", type=int, default=20_000, help="unlabeled transfer rows (default 20000)")
     p.add_argument("--shadow-fraction", type=float, default=0.1)
     p.add_argument("--label-fraction", type=float, default=0.25)
     p.add_argument("--label-delay-days", type=int, default=1, help="label arrival delay (simulate_traffic default 1)")
-    p.add_argument("--drift", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a drift-config key (a what-if; default: the packaged defaults)")
+    p.add_argument(
+        "--drift",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a drift-config key (a what-if; default: the packaged defaults)",
+    )
     p.add_argument("--state", type=Path, default=None, help="state directory (default: a fresh temporary one)")
-    p.add_argument("--reuse-teacher", action="store_true",
-                   help="debugging: --state may hold an earlier run whose registered teacher is reused")
+    p.add_argument(
+        "--reuse-teacher",
+        action="store_true",
+        help="debugging: --state may hold an earlier run whose registered teacher is reused",
+    )
     p.add_argument("--prefect-log-level", default="WARNING", help="PREFECT_LOGGING_LEVEL (default WARNING)")
     p.add_argument("--json", type=Path, default=None, help="write everything as JSON to this path")
     return p.parse_args(argv)
@@ -643,8 +795,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = Timer()
     tpath, dpath, dcfg_raw = write_configs(state, drift_overrides)
     dcfg = load_config(dpath, DistillConfig)
-    print(f"kdflow lifecycle bench: {args.days} days from {args.start}, {args.rows_per_day} rows/day, transfer "
-          f"{args.transfer_size}, state {state}; {os.cpu_count()} CPUs, load {load_start}", flush=True)
+    print(
+        f"kdflow lifecycle bench: {args.days} days from {args.start}, {args.rows_per_day} rows/day, transfer "
+        f"{args.transfer_size}, state {state}; {os.cpu_count()} CPUs, load {load_start}",
+        flush=True,
+    )
     print(f"  drift config: {dcfg.drift.model_dump(mode='json')}", flush=True)
     if drift_overrides:
         print(f"  drift overrides (NOT the packaged defaults): {drift_overrides}", flush=True)
@@ -656,9 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from flows.distill import distill_flow
     from flows.teacher import teacher_flow
-    from tasks.logits import task_runner_for
-
     from kdflow import registry
+    from tasks.logits import task_runner_for
 
     registry.configure_tracking(dcfg.mlflow.tracking_uri)
     existing = registry.alias_version(dcfg_raw["teacher_uri"].split("/")[-1].split("@")[0], "champion")
@@ -667,16 +821,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  teacher v{existing} reused from {state}", flush=True)
     else:
         teacher, _ = timer.run("teacher", lambda: teacher_flow(str(tpath)))
-        print(f"  teacher v{teacher['version']} test accuracy {teacher['test_accuracy']:.4f} "
-              f"({timer.seconds['teacher']:.1f} s)", flush=True)
-    first, _ = timer.run("first_student", lambda: distill_flow.with_options(
-        task_runner=task_runner_for(dcfg.store))(str(dpath)))
+        print(
+            f"  teacher v{teacher['version']} test accuracy {teacher['test_accuracy']:.4f} "
+            f"({timer.seconds['teacher']:.1f} s)",
+            flush=True,
+        )
+    first, _ = timer.run(
+        "first_student", lambda: distill_flow.with_options(task_runner=task_runner_for(dcfg.store))(str(dpath))
+    )
     reg = first.get("registration") or {}
-    print(f"  first student v{reg.get('version')} test accuracy {first['evaluation']['student_accuracy']:.4f}, "
-          f"gate {first['gate_passed']} ({timer.seconds['first_student']:.1f} s)", flush=True)
+    print(
+        f"  first student v{reg.get('version')} test accuracy {first['evaluation']['student_accuracy']:.4f}, "
+        f"gate {first['gate_passed']} ({timer.seconds['first_student']:.1f} s)",
+        flush=True,
+    )
     if not first.get("promotion"):
-        raise SystemExit(f"the first student was not promoted ({first['decision']['reason']}); nothing to serve "
-                         f"(a larger --transfer-size helps)")
+        raise SystemExit(
+            f"the first student was not promoted ({first['decision']['reason']}); nothing to serve "
+            f"(a larger --transfer-size helps)"
+        )
 
     lc = Lifecycle(args, state, dpath, dcfg_raw, timer)
     completed, fatal = False, None
@@ -690,12 +853,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         completed = True
     except Exception as exc:  # outside the flows (they are caught per call): stop, keep what we have
         fatal = error_record(exc)
-        print(f"FATAL on day {len(lc.days)}: {fatal['type']}: {fatal['message']}\n{fatal['traceback_tail']}", flush=True)
+        print(
+            f"FATAL on day {len(lc.days)}: {fatal['type']}: {fatal['message']}\n{fatal['traceback_tail']}", flush=True
+        )
     analysis = compute_bars(lc, lc.days[-1]["day"] + 1 if lc.days else 0)
     total = time.perf_counter() - t0
     print_report(analysis, lc)
-    print(f"\nWall time: {total:.1f} s; phases: "
-          + ", ".join(f"{k} {v:.1f} s (x{timer.counts[k]})" for k, v in timer.seconds.items()), flush=True)
+    print(
+        f"\nWall time: {total:.1f} s; phases: "
+        + ", ".join(f"{k} {v:.1f} s (x{timer.counts[k]})" for k, v in timer.seconds.items()),
+        flush=True,
+    )
     print(f"state kept in {state}")
 
     if args.json is not None:
@@ -707,25 +875,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "git": git,
             "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_avg()},
-            "params": {"days": args.days, "first_day": args.first_day, "start": args.start.isoformat(), "rows_per_day": args.rows_per_day,
-                       "transfer_size": args.transfer_size, "shadow_fraction": args.shadow_fraction,
-                       "label_fraction": args.label_fraction, "label_delay_days": args.label_delay_days,
-                       "schedule": PRESET, "state": str(state)},
+            "params": {
+                "days": args.days,
+                "first_day": args.first_day,
+                "start": args.start.isoformat(),
+                "rows_per_day": args.rows_per_day,
+                "transfer_size": args.transfer_size,
+                "shadow_fraction": args.shadow_fraction,
+                "label_fraction": args.label_fraction,
+                "label_delay_days": args.label_delay_days,
+                "schedule": PRESET,
+                "state": str(state),
+            },
             "drift_overrides": drift_overrides,
-            "config": {"drift": dcfg.drift.model_dump(mode="json"), "retrain": dcfg.retrain.model_dump(mode="json"),
-                       "recalibration": dcfg.recalibration.model_dump(mode="json"),
-                       "sla": dcfg.sla.model_dump(mode="json")},
-            "teacher": {"version": teacher.get("version"), "test_accuracy": teacher.get("test_accuracy"),
-                        "reused": bool(teacher.get("reused"))},
-            "first_student": {"version": reg.get("version"), "gate_passed": first.get("gate_passed"),
-                              "evaluation": first.get("evaluation")},
-            "completed": completed, "fatal": fatal,
-            "days": lc.days, "recalibrations": lc.recalibrations, "drift_recalibrations": lc.drift_recalibrations,
+            "config": {
+                "drift": dcfg.drift.model_dump(mode="json"),
+                "retrain": dcfg.retrain.model_dump(mode="json"),
+                "recalibration": dcfg.recalibration.model_dump(mode="json"),
+                "sla": dcfg.sla.model_dump(mode="json"),
+            },
+            "teacher": {
+                "version": teacher.get("version"),
+                "test_accuracy": teacher.get("test_accuracy"),
+                "reused": bool(teacher.get("reused")),
+            },
+            "first_student": {
+                "version": reg.get("version"),
+                "gate_passed": first.get("gate_passed"),
+                "evaluation": first.get("evaluation"),
+            },
+            "completed": completed,
+            "fatal": fatal,
+            "days": lc.days,
+            "recalibrations": lc.recalibrations,
+            "drift_recalibrations": lc.drift_recalibrations,
             "retrains": lc.retrains,
-            "stable_mean_accuracy": analysis["stable_mean_accuracy"], "monthly": analysis["monthly"],
+            "stable_mean_accuracy": analysis["stable_mean_accuracy"],
+            "monthly": analysis["monthly"],
             "bars": analysis["bars"],
             "all_bars_pass": all(b["pass"] is not False for b in analysis["bars"].values()),
-            "seconds": {**timer.seconds, "total": total}, "counts": timer.counts,
+            "seconds": {**timer.seconds, "total": total},
+            "counts": timer.counts,
         }
         write_json(args.json, payload)
     return 0

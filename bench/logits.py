@@ -70,9 +70,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import cpu_model, load_avg, write_json
 
-from kdflow.config import packaged_config
-from kdflow.config import DataConfig, DistillConfig, TeacherConfig, TrainConfig, load_config
+from kdflow.config import DataConfig, DistillConfig, TeacherConfig, TrainConfig, load_config, packaged_config
 from kdflow.data import Dataset, to_frame, write_parquet
 from kdflow.logits import LogitStore, PrecomputeStats, size_bytes, store_key
 from kdflow.metrics import accuracy
@@ -80,7 +80,6 @@ from kdflow.models import build_model, count_parameters
 from kdflow.store import LocalStore
 from kdflow.stream import ArraySource, Batch, StreamingSource
 from kdflow.train import TrainResult, fit, predict_logits, train_classifier
-from _common import cpu_model, load_avg, write_json
 
 THREADS = 2
 INPUT_SHAPE = (40,)
@@ -108,10 +107,6 @@ def set_threads() -> None:
     torch.set_num_threads(THREADS)
 
 
-
-
-
-
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -127,13 +122,28 @@ def fingerprint(ids: np.ndarray, x: np.ndarray, y: np.ndarray | None) -> str:
     return Dataset(name="bench", uri="bench", ids=ids, x=x, y=y).fingerprint
 
 
-def precompute(root: Path, split: str, ids: np.ndarray, fp: str, teacher_fn: Callable[[slice], np.ndarray],
-               top_k: int | None = None) -> tuple[LogitStore, PrecomputeStats]:
+def precompute(
+    root: Path,
+    split: str,
+    ids: np.ndarray,
+    fp: str,
+    teacher_fn: Callable[[slice], np.ndarray],
+    top_k: int | None = None,
+) -> tuple[LogitStore, PrecomputeStats]:
     """Write one split's logit store under ``root`` (a LocalStore) with the pipeline's defaults."""
     ls = LogitStore(LocalStore(root), store_key(TEACHER_NAME, TEACHER_VERSION, fp, top_k))
-    stats = ls.precompute(ids, teacher_fn, teacher_uri="bench", teacher_name=TEACHER_NAME,
-                          teacher_version=TEACHER_VERSION, data_fingerprint=fp, dataset=split,
-                          rows_per_shard=ROWS_PER_SHARD, clip_value=50.0, top_k=top_k)
+    stats = ls.precompute(
+        ids,
+        teacher_fn,
+        teacher_uri="bench",
+        teacher_name=TEACHER_NAME,
+        teacher_version=TEACHER_VERSION,
+        data_fingerprint=fp,
+        dataset=split,
+        rows_per_shard=ROWS_PER_SHARD,
+        clip_value=50.0,
+        top_k=top_k,
+    )
     return ls, stats
 
 
@@ -143,9 +153,11 @@ def teacher_fn_for(teacher: torch.nn.Module, x: np.ndarray) -> Callable[[slice],
 
 def random_logits_fn(num_classes: int, scale: float = 3.0) -> Callable[[slice], np.ndarray]:
     """Deterministic random logits per row range (for sizes/memory, where values do not matter)."""
+
     def fn(rows: slice) -> np.ndarray:
         rng = np.random.default_rng(rows.start)
         return (scale * rng.standard_normal((rows.stop - rows.start, num_classes))).astype(np.float32)
+
     return fn
 
 
@@ -165,8 +177,9 @@ def new_student(dcfg: DistillConfig, seed: int) -> torch.nn.Module:
 
 
 def data_config(train_path: Path, transfer_path: Path) -> DataConfig:
-    return DataConfig(train=str(train_path), val="unused", test="unused", transfer=str(transfer_path),
-                      num_classes=NUM_CLASSES)
+    return DataConfig(
+        train=str(train_path), val="unused", test="unused", transfer=str(transfer_path), num_classes=NUM_CLASSES
+    )
 
 
 def write_split(path: Path, ids: np.ndarray, x: np.ndarray, y: np.ndarray | None) -> Path:
@@ -230,17 +243,29 @@ def bench_precompute(x: np.ndarray, teacher: torch.nn.Module, repeats: int, work
     med = {k: median(v) for k, v in times.items()}
     tput = {k: n / v for k, v in med.items()}
     out = {
-        "rows": n, "teacher": {"arch": TEACHER_ARCH[0], "args": TEACHER_ARCH[1], "weights": "random init",
-                               "params": count_parameters(teacher)},
-        "predict_batch_size": PREDICT_BATCH, "rows_per_shard": ROWS_PER_SHARD, "repeats": repeats,
-        "seconds": times, "median_seconds": med, "samples_per_second": tput,
-        "ratio_dense": tput["dense"] / tput["bare"], "ratio_top3": tput["top3"] / tput["bare"],
-        "process_cpu_seconds": cpu, "median_process_cpu_seconds": {k: median(v) for k, v in cpu.items()},
+        "rows": n,
+        "teacher": {
+            "arch": TEACHER_ARCH[0],
+            "args": TEACHER_ARCH[1],
+            "weights": "random init",
+            "params": count_parameters(teacher),
+        },
+        "predict_batch_size": PREDICT_BATCH,
+        "rows_per_shard": ROWS_PER_SHARD,
+        "repeats": repeats,
+        "seconds": times,
+        "median_seconds": med,
+        "samples_per_second": tput,
+        "ratio_dense": tput["dense"] / tput["bare"],
+        "ratio_top3": tput["top3"] / tput["bare"],
+        "process_cpu_seconds": cpu,
+        "median_process_cpu_seconds": {k: median(v) for k, v in cpu.items()},
         "ratio_dense_cpu": median(cpu["bare"]) / median(cpu["dense"]),
         "ratio_dense_best": min(times["bare"]) / min(times["dense"]),
         "teacher_seconds_inside_precompute": teacher_inside,
-        "median_store_overhead_seconds": {k: median([a - b for a, b in zip(times[k], v)])
-                                          for k, v in teacher_inside.items()},
+        "median_store_overhead_seconds": {
+            k: median([a - b for a, b in zip(times[k], v)]) for k, v in teacher_inside.items()
+        },
         "order": "one warm-up of each, then per repetition: bare, dense, top3 (interleaved)",
     }
     return out
@@ -252,8 +277,11 @@ def npz_fp32_bytes(ids: np.ndarray, logits: np.ndarray, out: Path) -> int:
     total = 0
     for i, start in enumerate(range(0, len(ids), ROWS_PER_SHARD)):
         buf = io.BytesIO()
-        np.savez(buf, ids=ids[start:start + ROWS_PER_SHARD],
-                 logits=logits[start:start + ROWS_PER_SHARD].astype(np.float32))
+        np.savez(
+            buf,
+            ids=ids[start : start + ROWS_PER_SHARD],
+            logits=logits[start : start + ROWS_PER_SHARD].astype(np.float32),
+        )
         (out / f"shard-{i:05d}.npz").write_bytes(buf.getvalue())
         total += (out / f"shard-{i:05d}.npz").stat().st_size
     return total
@@ -264,8 +292,10 @@ def bench_bytes(x: np.ndarray, teacher: torch.nn.Module, work: Path) -> dict[str
     n = len(x)
     ids = np.arange(n, dtype=np.int64)
     rows = []
-    cases = [(10, 3, teacher_fn_for(teacher, x), "demo teacher (random init) on synthetic rows"),
-             (100, 5, random_logits_fn(100), "random normal logits (scale 3)")]
+    cases = [
+        (10, 3, teacher_fn_for(teacher, x), "demo teacher (random init) on synthetic rows"),
+        (100, 5, random_logits_fn(100), "random normal logits (scale 3)"),
+    ]
     for c, k, fn, source in cases:
         fp = fingerprint(ids, x, np.full(n, c))  # distinct key per case
         logits = fn(slice(0, n))
@@ -273,17 +303,34 @@ def bench_bytes(x: np.ndarray, teacher: torch.nn.Module, work: Path) -> dict[str
         dense, _ = precompute(work / f"p2-c{c}", "bench", ids, fp, fn, None)
         topk, _ = precompute(work / f"p2-c{c}", "bench", ids, fp, fn, k)
         d_bytes, t_bytes = size_bytes(dense), size_bytes(topk)
-        for fmt, b, payload in (("fp32 npz", fp32, 8 + 4 * c), ("fp16 dense (kdflow)", d_bytes, 8 + 2 * c),
-                                (f"top-{k} (kdflow)", t_bytes, 8 + 4 * k)):
-            rows.append({"classes": c, "format": fmt, "rows": n, "bytes": b, "bytes_per_sample": b / n,
-                         "payload_bytes_per_sample": payload, "vs_fp32": b / fp32, "logits_from": source})
-    return {"rows": rows, "note": "bytes include the int64 id per row (8 B) and npz headers; "
-                                  "payload = ids + values (+ uint16 indices for top-k) without headers"}
+        for fmt, b, payload in (
+            ("fp32 npz", fp32, 8 + 4 * c),
+            ("fp16 dense (kdflow)", d_bytes, 8 + 2 * c),
+            (f"top-{k} (kdflow)", t_bytes, 8 + 4 * k),
+        ):
+            rows.append(
+                {
+                    "classes": c,
+                    "format": fmt,
+                    "rows": n,
+                    "bytes": b,
+                    "bytes_per_sample": b / n,
+                    "payload_bytes_per_sample": payload,
+                    "vs_fp32": b / fp32,
+                    "logits_from": source,
+                }
+            )
+    return {
+        "rows": rows,
+        "note": "bytes include the int64 id per row (8 B) and npz headers; "
+        "payload = ids + values (+ uint16 indices for top-k) without headers",
+    }
 
 
 # -------------------------------------------------------------------------------- 3: time per epoch
-def bench_epoch_time(rows: int, rounds: int, dcfg: DistillConfig, teacher: torch.nn.Module,
-                     work: Path) -> dict[str, Any]:
+def bench_epoch_time(
+    rows: int, rounds: int, dcfg: DistillConfig, teacher: torch.nn.Module, work: Path
+) -> dict[str, Any]:
     """Seconds per epoch: stored logits streamed / teacher online / hard labels / stored logits in memory."""
     rng = np.random.default_rng(3)
     x_tr = rng.standard_normal((LABELED_ROWS, 40), dtype=np.float32)
@@ -298,14 +345,20 @@ def bench_epoch_time(rows: int, rounds: int, dcfg: DistillConfig, teacher: torch
     p_tr = write_split(d / "train.parquet", ids_tr, x_tr, y_tr)
     p_tf = write_split(d / "transfer.parquet", ids_tf, x_tf, None)
     fps = {"train": fingerprint(ids_tr, x_tr, y_tr), "transfer": fingerprint(ids_tf, x_tf, None)}
-    stores = {"train": precompute(d / "store", "train", ids_tr, fps["train"], teacher_fn_for(teacher, x_tr))[0],
-              "transfer": precompute(d / "store", "transfer", ids_tf, fps["transfer"], teacher_fn_for(teacher, x_tf))[0]}
+    stores = {
+        "train": precompute(d / "store", "train", ids_tr, fps["train"], teacher_fn_for(teacher, x_tr))[0],
+        "transfer": precompute(d / "store", "transfer", ids_tf, fps["transfer"], teacher_fn_for(teacher, x_tf))[0],
+    }
     z_va = predict_logits(teacher, x_va)
     x_all = np.concatenate([x_tr, x_tf])
     y_kd = np.concatenate([y_tr, np.full(rows, -1, dtype=np.int64)])
     y_hard = np.concatenate([y_tr, y_tf_random])
-    z_all = np.concatenate([stores["train"].read_aligned(ids_tr, TEACHER_VERSION, fps["train"]),
-                            stores["transfer"].read_aligned(ids_tf, TEACHER_VERSION, fps["transfer"])])
+    z_all = np.concatenate(
+        [
+            stores["train"].read_aligned(ids_tr, TEACHER_VERSION, fps["train"]),
+            stores["transfer"].read_aligned(ids_tf, TEACHER_VERSION, fps["transfer"]),
+        ]
+    )
     cfg = student_train_cfg(dcfg, epochs=2, early_stopping_patience=None, seed=0)
 
     def streamed() -> StreamingSource:
@@ -313,35 +366,71 @@ def bench_epoch_time(rows: int, rounds: int, dcfg: DistillConfig, teacher: torch
         return StreamingSource(parts, data_config(p_tr, p_tf), TEACHER_VERSION, fps)
 
     runs: list[tuple[str, str, Callable[[], Any], bool]] = [
-        ("hard", "(c) hard labels, in memory (ArraySource, random labels on all rows)",
-         lambda: ArraySource(x_all, y_hard), False),
+        (
+            "hard",
+            "(c) hard labels, in memory (ArraySource, random labels on all rows)",
+            lambda: ArraySource(x_all, y_hard),
+            False,
+        ),
         ("stored_streamed", "(a) stored logits, streamed (StreamingSource: Parquet + kdflow store)", streamed, True),
-        ("teacher_online", "(b) teacher run online every batch", lambda: OnlineTeacherSource(x_all, y_kd, teacher), True),
-        ("stored_in_memory", "(d) stored logits, in memory (ArraySource with logits)",
-         lambda: ArraySource(x_all, y_kd, z_all), True),
+        (
+            "teacher_online",
+            "(b) teacher run online every batch",
+            lambda: OnlineTeacherSource(x_all, y_kd, teacher),
+            True,
+        ),
+        (
+            "stored_in_memory",
+            "(d) stored logits, in memory (ArraySource with logits)",
+            lambda: ArraySource(x_all, y_kd, z_all),
+            True,
+        ),
     ]
-    out: dict[str, Any] = {"rows": {"labeled": LABELED_ROWS, "transfer": rows, "val": VAL_ROWS},
-                           "student": dcfg.student.model_dump(), "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                           "rounds": rounds, "order": "round 1: c, a, b, d; round 2 reversed; alternating",
-                           "runs": {name: {"label": label, "fits": []} for name, label, _, _ in runs}}
+    out: dict[str, Any] = {
+        "rows": {"labeled": LABELED_ROWS, "transfer": rows, "val": VAL_ROWS},
+        "student": dcfg.student.model_dump(),
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "rounds": rounds,
+        "order": "round 1: c, a, b, d; round 2 reversed; alternating",
+        "runs": {name: {"label": label, "fits": []} for name, label, _, _ in runs},
+    }
     for r in range(rounds):
-        for name, _, make, kd in (runs if r % 2 == 0 else runs[::-1]):
+        for name, _, make, kd in runs if r % 2 == 0 else runs[::-1]:
             source = make()
             model = new_student(dcfg, 0)
             cpu_marks = [time.process_time()]
             t0 = time.perf_counter()
-            res = fit(model, source, x_va, y_va, cfg, teacher_val_logits=z_va if kd else None, progress=False,
-                      on_epoch=lambda m: cpu_marks.append(time.process_time()))
+            res = fit(
+                model,
+                source,
+                x_va,
+                y_va,
+                cfg,
+                teacher_val_logits=z_va if kd else None,
+                progress=False,
+                on_epoch=lambda m: cpu_marks.append(time.process_time()),
+            )
             total = time.perf_counter() - t0
             if hasattr(source, "close"):
                 source.close()
             ep = [h["epoch_seconds"] for h in res.history]
             cpu_ep = [b - a for a, b in zip(cpu_marks, cpu_marks[1:])]
-            out["runs"][name]["fits"].append({"round": r + 1, "epoch_seconds": ep, "epoch_process_cpu_seconds": cpu_ep,
-                                              "fit_total_seconds": total, "steps": res.steps,
-                                              "load_avg_after": load_avg()})
-            print(f"    round {r + 1} {name:<17} epochs {', '.join(f'{e:.2f}' for e in ep)} s "
-                  f"(CPU {', '.join(f'{e:.2f}' for e in cpu_ep)} s)", flush=True)
+            out["runs"][name]["fits"].append(
+                {
+                    "round": r + 1,
+                    "epoch_seconds": ep,
+                    "epoch_process_cpu_seconds": cpu_ep,
+                    "fit_total_seconds": total,
+                    "steps": res.steps,
+                    "load_avg_after": load_avg(),
+                }
+            )
+            print(
+                f"    round {r + 1} {name:<17} epochs {', '.join(f'{e:.2f}' for e in ep)} s "
+                f"(CPU {', '.join(f'{e:.2f}' for e in cpu_ep)} s)",
+                flush=True,
+            )
     for run in out["runs"].values():
         run["seconds_per_epoch"] = median([e for f in run["fits"] for e in f["epoch_seconds"]])
         run["seconds_per_epoch_round1"] = median(run["fits"][0]["epoch_seconds"])
@@ -368,16 +457,20 @@ def _status_kib(field: str) -> int:
 def rss_child(spec_path: Path) -> None:
     """Child process: open the prepared files, train 1 epoch streamed, write peak RSS figures."""
     global THREADS
-    baseline = {"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "vm_rss_kib": _status_kib("VmRSS"), "vm_hwm_kib": _status_kib("VmHWM")}
+    baseline = {
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "vm_rss_kib": _status_kib("VmRSS"),
+        "vm_hwm_kib": _status_kib("VmHWM"),
+    }
     spec = json.loads(spec_path.read_text())
     THREADS = spec["threads"]
     set_threads()
     dcfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
     stores = {k: LogitStore(LocalStore(v["root"]), v["key"]) for k, v in spec["stores"].items()}
     parts = [("train", spec["train"], stores["train"], True), ("transfer", spec["transfer"], stores["transfer"], False)]
-    source = StreamingSource(parts, data_config(Path(spec["train"]), Path(spec["transfer"])), TEACHER_VERSION,
-                             spec["fingerprints"])
+    source = StreamingSource(
+        parts, data_config(Path(spec["train"]), Path(spec["transfer"])), TEACHER_VERSION, spec["fingerprints"]
+    )
     with np.load(spec["val"]) as val:
         x_va, y_va = val["x"], val["y"]
     cfg = student_train_cfg(dcfg, epochs=1, early_stopping_patience=None, seed=0)
@@ -386,11 +479,18 @@ def rss_child(spec_path: Path) -> None:
     res: TrainResult = fit(model, source, x_va, y_va, cfg, progress=False)
     seconds = time.perf_counter() - t0
     source.close()
-    out = {"baseline_after_imports": baseline,
-           "end": {"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   "vm_rss_kib": _status_kib("VmRSS"), "vm_hwm_kib": _status_kib("VmHWM")},
-           "rows_streamed": len(source), "steps": res.steps, "train_seconds": seconds,
-           "torch_threads": torch.get_num_threads()}
+    out = {
+        "baseline_after_imports": baseline,
+        "end": {
+            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "vm_rss_kib": _status_kib("VmRSS"),
+            "vm_hwm_kib": _status_kib("VmHWM"),
+        },
+        "rows_streamed": len(source),
+        "steps": res.steps,
+        "train_seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
     Path(spec["result"]).write_text(json.dumps(out, indent=2))
 
 
@@ -408,19 +508,37 @@ def bench_rss(sizes: Sequence[int], work: Path) -> dict[str, Any]:
         p_tr = write_split(d / "train.parquet", ids_tr, x_tr, y_tr)
         p_tf = write_split(d / "transfer.parquet", ids_tf, x_tf, None)
         fps = {"train": fingerprint(ids_tr, x_tr, y_tr), "transfer": fingerprint(ids_tf, x_tf, None)}
-        stores = {"train": precompute(d / "store", "train", ids_tr, fps["train"], random_logits_fn(NUM_CLASSES))[0],
-                  "transfer": precompute(d / "store", "transfer", ids_tf, fps["transfer"], random_logits_fn(NUM_CLASSES))[0]}
-        np.savez(d / "val.npz", x=rng.standard_normal((VAL_ROWS, 40), dtype=np.float32),
-                 y=rng.integers(0, NUM_CLASSES, VAL_ROWS))
+        stores = {
+            "train": precompute(d / "store", "train", ids_tr, fps["train"], random_logits_fn(NUM_CLASSES))[0],
+            "transfer": precompute(d / "store", "transfer", ids_tf, fps["transfer"], random_logits_fn(NUM_CLASSES))[0],
+        }
+        np.savez(
+            d / "val.npz",
+            x=rng.standard_normal((VAL_ROWS, 40), dtype=np.float32),
+            y=rng.integers(0, NUM_CLASSES, VAL_ROWS),
+        )
         del x_tf
-        spec = {"train": str(p_tr), "transfer": str(p_tf), "val": str(d / "val.npz"), "fingerprints": fps,
-                "stores": {k: {"root": str(d / "store"), "key": s.key} for k, s in stores.items()},
-                "result": str(d / "result.json"), "threads": THREADS}
+        spec = {
+            "train": str(p_tr),
+            "transfer": str(p_tf),
+            "val": str(d / "val.npz"),
+            "fingerprints": fps,
+            "stores": {k: {"root": str(d / "store"), "key": s.key} for k, s in stores.items()},
+            "result": str(d / "result.json"),
+            "threads": THREADS,
+        }
         (d / "spec.json").write_text(json.dumps(spec))
         # Through /bin/sh (which forks the interpreter; the trailing "exit" stops it from exec'ing directly):
         # the interpreter's ru_maxrss then starts from a small shell, not from this process's peak.
-        cmd = ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, str(Path(__file__).resolve()),
-               "--_rss-child", str(d / "spec.json")]
+        cmd = [
+            "/bin/sh",
+            "-c",
+            '"$0" "$@"; exit $?',
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_rss-child",
+            str(d / "spec.json"),
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
         child = json.loads((d / "result.json").read_text())
@@ -430,9 +548,12 @@ def bench_rss(sizes: Sequence[int], work: Path) -> dict[str, Any]:
         child["store_bytes"] = sum(size_bytes(s) for s in stores.values())
         child["increment_kib"] = child["end"]["ru_maxrss_kib"] - child["baseline_after_imports"]["ru_maxrss_kib"]
         out["sizes"][str(n)] = child
-        print(f"    {n:>7} transfer rows: baseline {child['baseline_after_imports']['ru_maxrss_kib'] / 1024:.0f} MiB, "
-              f"peak {child['end']['ru_maxrss_kib'] / 1024:.0f} MiB (VmHWM {child['end']['vm_hwm_kib'] / 1024:.0f} MiB), "
-              f"{child['steps']} steps in {child['train_seconds']:.1f} s", flush=True)
+        print(
+            f"    {n:>7} transfer rows: baseline {child['baseline_after_imports']['ru_maxrss_kib'] / 1024:.0f} MiB, "
+            f"peak {child['end']['ru_maxrss_kib'] / 1024:.0f} MiB (VmHWM {child['end']['vm_hwm_kib'] / 1024:.0f} MiB), "
+            f"{child['steps']} steps in {child['train_seconds']:.1f} s",
+            flush=True,
+        )
         shutil.rmtree(d)  # free the disk now
     lo, hi = str(min(sizes)), str(max(sizes))
     out["ratio_peak"] = out["sizes"][hi]["end"]["ru_maxrss_kib"] / out["sizes"][lo]["end"]["ru_maxrss_kib"]
@@ -456,8 +577,16 @@ def mnist1d_cached(n: int, seed: int, cache: Path | None) -> tuple[np.ndarray, n
     return x, y
 
 
-def bench_topk(transfer: int, seeds: Sequence[int], epochs: int | None, teacher_epochs: int | None,
-               data_seed: int, cache: Path | None, dcfg: DistillConfig, work: Path) -> dict[str, Any]:
+def bench_topk(
+    transfer: int,
+    seeds: Sequence[int],
+    epochs: int | None,
+    teacher_epochs: int | None,
+    data_seed: int,
+    cache: Path | None,
+    dcfg: DistillConfig,
+    work: Path,
+) -> dict[str, Any]:
     """Distil the demo student from dense vs top-3 stored logits of a trained demo teacher, per seed."""
     t0 = time.perf_counter()
     base = 100 * data_seed
@@ -482,27 +611,38 @@ def bench_topk(transfer: int, seeds: Sequence[int], epochs: int | None, teacher_
     t_res = train_classifier(teacher, x_tr, y_tr, x_va, y_va, t_train, progress=False)
     teacher_seconds = time.perf_counter() - t1
     teacher_acc = accuracy(predict_logits(teacher, x_te), y_te)
-    print(f"    teacher: test acc {teacher_acc:.4f} (best epoch {t_res.best_epoch}/{len(t_res.history)}, "
-          f"{teacher_seconds:.0f} s)", flush=True)
+    print(
+        f"    teacher: test acc {teacher_acc:.4f} (best epoch {t_res.best_epoch}/{len(t_res.history)}, "
+        f"{teacher_seconds:.0f} s)",
+        flush=True,
+    )
 
     d = work / "p5"
     p_tr = write_split(d / "train.parquet", ids["train"], x_tr, y_tr)
     p_tf = write_split(d / "transfer.parquet", ids["transfer"], x_tf, None)
-    fps = {"train": fingerprint(ids["train"], x_tr, y_tr), "transfer": fingerprint(ids["transfer"], x_tf, None),
-           "val": fingerprint(ids["val"], x_va, y_va)}
+    fps = {
+        "train": fingerprint(ids["train"], x_tr, y_tr),
+        "transfer": fingerprint(ids["transfer"], x_tf, None),
+        "val": fingerprint(ids["val"], x_va, y_va),
+    }
     xs = {"train": x_tr, "transfer": x_tf, "val": x_va}
     modes = {"dense": None, "top3": 3}
     stores: dict[str, dict[str, LogitStore]] = {}
     for mode, k in modes.items():
-        stores[mode] = {s: precompute(d / "store", s, ids[s], fps[s], teacher_fn_for(teacher, xs[s]), k)[0]
-                        for s in ("train", "transfer", "val")}
-    bytes_per_sample = {m: sum(size_bytes(stores[m][s]) for s in ("train", "transfer")) / (LABELED_ROWS + transfer)
-                        for m in modes}
+        stores[mode] = {
+            s: precompute(d / "store", s, ids[s], fps[s], teacher_fn_for(teacher, xs[s]), k)[0]
+            for s in ("train", "transfer", "val")
+        }
+    bytes_per_sample = {
+        m: sum(size_bytes(stores[m][s]) for s in ("train", "transfer")) / (LABELED_ROWS + transfer) for m in modes
+    }
     z_val = {m: stores[m]["val"].read_aligned(ids["val"], TEACHER_VERSION, fps["val"]) for m in modes}
 
     # How much of the teacher's distribution top-3 keeps (transfer rows), at T=1 and at the training T.
     temp = dcfg.train.temperature
-    z_dense = torch.from_numpy(stores["dense"]["transfer"].read_aligned(ids["transfer"], TEACHER_VERSION, fps["transfer"]))
+    z_dense = torch.from_numpy(
+        stores["dense"]["transfer"].read_aligned(ids["transfer"], TEACHER_VERSION, fps["transfer"])
+    )
     z_top = torch.from_numpy(stores["top3"]["transfer"].read_aligned(ids["transfer"], TEACHER_VERSION, fps["transfer"]))
     p1 = torch.softmax(z_dense, 1)
     kept_mass = float(p1.topk(3, dim=1).values.sum(1).mean())
@@ -517,8 +657,10 @@ def bench_topk(transfer: int, seeds: Sequence[int], epochs: int | None, teacher_
         row: dict[str, Any] = {"seed": seed}
         for mode in modes:
             cfg = student_train_cfg(dcfg, seed=seed, **s_upd)
-            parts = [("train", str(p_tr), stores[mode]["train"], True),
-                     ("transfer", str(p_tf), stores[mode]["transfer"], False)]
+            parts = [
+                ("train", str(p_tr), stores[mode]["train"], True),
+                ("transfer", str(p_tf), stores[mode]["transfer"], False),
+            ]
             source = StreamingSource(parts, data_config(p_tr, p_tf), TEACHER_VERSION, fps)
             model = new_student(dcfg, seed)
             t1 = time.perf_counter()
@@ -526,26 +668,51 @@ def bench_topk(transfer: int, seeds: Sequence[int], epochs: int | None, teacher_
             secs = time.perf_counter() - t1
             source.close()
             acc = accuracy(predict_logits(model, x_te), y_te)
-            row[mode] = {"test_accuracy": acc, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                         "best_val_accuracy": res.best_val_accuracy, "seconds": secs}
-            print(f"    seed {seed} {mode:<5}: test acc {acc:.4f} (best epoch {res.best_epoch}/{len(res.history)}, "
-                  f"{secs:.0f} s)", flush=True)
+            row[mode] = {
+                "test_accuracy": acc,
+                "best_epoch": res.best_epoch,
+                "epochs_run": len(res.history),
+                "best_val_accuracy": res.best_val_accuracy,
+                "seconds": secs,
+            }
+            print(
+                f"    seed {seed} {mode:<5}: test acc {acc:.4f} (best epoch {res.best_epoch}/{len(res.history)}, "
+                f"{secs:.0f} s)",
+                flush=True,
+            )
         row["difference_top3_minus_dense"] = row["top3"]["test_accuracy"] - row["dense"]["test_accuracy"]
         per_seed.append(row)
     summary = {m: mean_std([r[m]["test_accuracy"] for r in per_seed]) for m in modes}
     diff = summary["top3"]["mean"] - summary["dense"]["mean"]
     return {
-        "rows": sizes, "data_seeds": {k: base + i + 1 for i, k in enumerate(sizes)},
-        "teacher": {"model": tcfg.model.model_dump(), "params": count_parameters(teacher), "test_accuracy": teacher_acc,
-                    "best_epoch": t_res.best_epoch, "epochs_run": len(t_res.history), "train_seconds": teacher_seconds,
-                    "epochs": t_train.epochs, "train_config": t_train.model_dump()},
-        "student": {"model": dcfg.student.model_dump(), "params": count_parameters(new_student(dcfg, 0)),
-                    "epochs": student_train_cfg(dcfg, **s_upd).epochs,
-                    "early_stopping_patience": dcfg.train.early_stopping_patience, "temperature": temp,
-                    "train_config": student_train_cfg(dcfg, **s_upd).model_dump()},
-        "top3_kept_probability_mass_T1": kept_mass, f"kl_dense_to_top3_at_T{temp:g}": kl_t,
-        "bytes_per_sample": bytes_per_sample, "per_seed": per_seed, "summary": summary,
-        "difference_of_means": diff, "data_seconds": gen_seconds, "seconds": time.perf_counter() - t0,
+        "rows": sizes,
+        "data_seeds": {k: base + i + 1 for i, k in enumerate(sizes)},
+        "teacher": {
+            "model": tcfg.model.model_dump(),
+            "params": count_parameters(teacher),
+            "test_accuracy": teacher_acc,
+            "best_epoch": t_res.best_epoch,
+            "epochs_run": len(t_res.history),
+            "train_seconds": teacher_seconds,
+            "epochs": t_train.epochs,
+            "train_config": t_train.model_dump(),
+        },
+        "student": {
+            "model": dcfg.student.model_dump(),
+            "params": count_parameters(new_student(dcfg, 0)),
+            "epochs": student_train_cfg(dcfg, **s_upd).epochs,
+            "early_stopping_patience": dcfg.train.early_stopping_patience,
+            "temperature": temp,
+            "train_config": student_train_cfg(dcfg, **s_upd).model_dump(),
+        },
+        "top3_kept_probability_mass_T1": kept_mass,
+        f"kl_dense_to_top3_at_T{temp:g}": kl_t,
+        "bytes_per_sample": bytes_per_sample,
+        "per_seed": per_seed,
+        "summary": summary,
+        "difference_of_means": diff,
+        "data_seconds": gen_seconds,
+        "seconds": time.perf_counter() - t0,
         "std": "sample standard deviation (ddof=1) over seeds",
     }
 
@@ -556,8 +723,13 @@ def check_bars(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     def add(name: str, value: float, op: str, threshold: float) -> None:
         ok = (value >= threshold) if op == ">=" else (value <= threshold)
-        bars[name] = {"rule": BARS[name], "value": value, "op": op, "threshold": threshold,
-                      "pass": bool(ok) and not math.isnan(value)}
+        bars[name] = {
+            "rule": BARS[name],
+            "value": value,
+            "op": op,
+            "threshold": threshold,
+            "pass": bool(ok) and not math.isnan(value),
+        }
 
     if "precompute" in res:
         add("precompute_throughput", res["precompute"]["ratio_dense"], ">=", 0.9)
@@ -573,47 +745,68 @@ def check_bars(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def print_report(res: dict[str, Any], bars: dict[str, dict[str, Any]]) -> None:
     if "precompute" in res:
         p = res["precompute"]
-        print(f"\n1. Precompute throughput ({p['rows']} rows, batch {p['predict_batch_size']}, median of {p['repeats']}):")
-        for k, label in (("bare", "bare forward (predict_logits)"), ("dense", "precompute, dense fp16"),
-                         ("top3", "precompute, top-3")):
+        print(
+            f"\n1. Precompute throughput ({p['rows']} rows, batch {p['predict_batch_size']}, median of {p['repeats']}):"
+        )
+        for k, label in (
+            ("bare", "bare forward (predict_logits)"),
+            ("dense", "precompute, dense fp16"),
+            ("top3", "precompute, top-3"),
+        ):
             print(f"   {label:<32} {p['median_seconds'][k]:8.3f} s  {p['samples_per_second'][k]:10.0f} samples/s")
-        print(f"   ratio dense/bare {p['ratio_dense']:.3f}, top-3/bare {p['ratio_top3']:.3f} "
-              f"(process-CPU ratio dense {p['ratio_dense_cpu']:.3f}, best-of-{p['repeats']} ratio "
-              f"{p['ratio_dense_best']:.3f}); store overhead (precompute minus teacher "
-              f"time inside it): dense {p['median_store_overhead_seconds']['dense']:.3f} s, "
-              f"top-3 {p['median_store_overhead_seconds']['top3']:.3f} s")
+        print(
+            f"   ratio dense/bare {p['ratio_dense']:.3f}, top-3/bare {p['ratio_top3']:.3f} "
+            f"(process-CPU ratio dense {p['ratio_dense_cpu']:.3f}, best-of-{p['repeats']} ratio "
+            f"{p['ratio_dense_best']:.3f}); store overhead (precompute minus teacher "
+            f"time inside it): dense {p['median_store_overhead_seconds']['dense']:.3f} s, "
+            f"top-3 {p['median_store_overhead_seconds']['top3']:.3f} s"
+        )
     if "bytes" in res:
         print("\n2. Bytes per sample as stored (ids included):")
         print(f"   {'C':>4} | {'format':<20} | {'B/sample':>9} | {'payload':>7} | {'vs fp32':>7}")
         for r in res["bytes"]["rows"]:
-            print(f"   {r['classes']:>4} | {r['format']:<20} | {r['bytes_per_sample']:9.2f} | "
-                  f"{r['payload_bytes_per_sample']:7d} | {r['vs_fp32']:7.3f}")
+            print(
+                f"   {r['classes']:>4} | {r['format']:<20} | {r['bytes_per_sample']:9.2f} | "
+                f"{r['payload_bytes_per_sample']:7d} | {r['vs_fp32']:7.3f}"
+            )
     if "epoch_time" in res:
         e = res["epoch_time"]
-        print(f"\n3. Student seconds per epoch ({e['rows']['labeled']} labeled + {e['rows']['transfer']} transfer rows):")
-        print(f"   {'':<72} {'s/epoch':>7}  {'x hard':>6} | {'round 1':>7} {'x hard':>6} | {'min':>6} {'x hard':>6} "
-              f"| {'CPU s':>6} {'x hard':>6}")
+        print(
+            f"\n3. Student seconds per epoch ({e['rows']['labeled']} labeled + {e['rows']['transfer']} transfer rows):"
+        )
+        print(
+            f"   {'':<72} {'s/epoch':>7}  {'x hard':>6} | {'round 1':>7} {'x hard':>6} | {'min':>6} {'x hard':>6} "
+            f"| {'CPU s':>6} {'x hard':>6}"
+        )
         for r in e["runs"].values():
-            print(f"   {r['label']:<72} {r['seconds_per_epoch']:7.2f}  {r['vs_hard']:6.2f} | "
-                  f"{r['seconds_per_epoch_round1']:7.2f} {r['vs_hard_round1']:6.2f} | "
-                  f"{r['min_seconds_per_epoch']:6.2f} {r['vs_hard_min']:6.2f} | "
-                  f"{r['process_cpu_seconds_per_epoch']:6.2f} {r['vs_hard_cpu']:6.2f}")
+            print(
+                f"   {r['label']:<72} {r['seconds_per_epoch']:7.2f}  {r['vs_hard']:6.2f} | "
+                f"{r['seconds_per_epoch_round1']:7.2f} {r['vs_hard_round1']:6.2f} | "
+                f"{r['min_seconds_per_epoch']:6.2f} {r['vs_hard_min']:6.2f} | "
+                f"{r['process_cpu_seconds_per_epoch']:6.2f} {r['vs_hard_cpu']:6.2f}"
+            )
     if "rss" in res:
         print("\n4. Peak RSS of streamed training (fresh interpreter per size):")
         for n, r in res["rss"]["sizes"].items():
-            print(f"   {int(n):>7} transfer rows: after imports {r['baseline_after_imports']['ru_maxrss_kib'] / 1024:7.1f} MiB,"
-                  f" peak {r['end']['ru_maxrss_kib'] / 1024:7.1f} MiB (+{r['increment_kib'] / 1024:.1f}),"
-                  f" VmHWM {r['end']['vm_hwm_kib'] / 1024:7.1f} MiB, {r['steps']} steps")
+            print(
+                f"   {int(n):>7} transfer rows: after imports {r['baseline_after_imports']['ru_maxrss_kib'] / 1024:7.1f} MiB,"
+                f" peak {r['end']['ru_maxrss_kib'] / 1024:7.1f} MiB (+{r['increment_kib'] / 1024:.1f}),"
+                f" VmHWM {r['end']['vm_hwm_kib'] / 1024:7.1f} MiB, {r['steps']} steps"
+            )
         print(f"   ratio {res['rss']['ratio_peak']:.3f} (VmHWM ratio {res['rss']['ratio_vm_hwm']:.3f})")
     if "topk" in res:
         t = res["topk"]
         print(f"\n5. MNIST-1D distillation, dense vs top-3 (teacher test acc {t['teacher']['test_accuracy']:.4f}):")
         for r in t["per_seed"]:
-            print(f"   seed {r['seed']}: dense {r['dense']['test_accuracy']:.4f}  top-3 {r['top3']['test_accuracy']:.4f}"
-                  f"  diff {r['difference_top3_minus_dense']:+.4f}")
+            print(
+                f"   seed {r['seed']}: dense {r['dense']['test_accuracy']:.4f}  top-3 {r['top3']['test_accuracy']:.4f}"
+                f"  diff {r['difference_top3_minus_dense']:+.4f}"
+            )
         for m in ("dense", "top3"):
-            print(f"   {m:<5} mean {t['summary'][m]['mean']:.4f} +/- {t['summary'][m]['std']:.4f}, "
-                  f"{t['bytes_per_sample'][m]:.2f} B/sample")
+            print(
+                f"   {m:<5} mean {t['summary'][m]['mean']:.4f} +/- {t['summary'][m]['std']:.4f}, "
+                f"{t['bytes_per_sample'][m]:.2f} B/sample"
+            )
         print(f"   difference of means (top-3 - dense) {t['difference_of_means']:+.4f}")
     print("\nBars:")
     for name, b in bars.items():
@@ -621,14 +814,20 @@ def print_report(res: dict[str, Any], bars: dict[str, dict[str, Any]]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--json", type=Path, default=None, help="write every figure as JSON to this path")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which measurements (default all)")
     p.add_argument("--rows", type=int, default=50_000, help="synthetic rows for 1-3 (default 50000)")
     p.add_argument("--repeats", type=int, default=3, help="repetitions for 1 (default 3)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of the 2-epoch fits for 3, order reversed "
-                   "every other round (default 2)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of the 2-epoch fits for 3, order reversed every other round (default 2)",
+    )
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[50_000, 500_000], help="transfer rows for 4")
     p.add_argument("--transfer-size", type=int, default=50_000, help="MNIST-1D transfer rows for 5 (default 50000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student training seeds for 5")
@@ -652,12 +851,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     dcfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    machine = {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-               "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(), "load_avg_start": load_avg()}
-    print(f"kdflow logit-store bench: parts {args.parts}, torch {torch.__version__}, {machine['nproc']} CPUs "
-          f"({machine['cpu_model']}), {torch.get_num_threads()} torch threads, load avg {machine['load_avg_start']}",
-          flush=True)
+    machine = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_start": load_avg(),
+    }
+    print(
+        f"kdflow logit-store bench: parts {args.parts}, torch {torch.__version__}, {machine['nproc']} CPUs "
+        f"({machine['cpu_model']}), {torch.get_num_threads()} torch threads, load avg {machine['load_avg_start']}",
+        flush=True,
+    )
     res: dict[str, Any] = {}
     loads: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -681,24 +889,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage(2, "bytes", lambda: bench_bytes(x, teacher, work))
         stage(3, "epoch_time", lambda: bench_epoch_time(args.rows, args.rounds, dcfg, teacher, work))
         stage(4, "rss", lambda: bench_rss(args.rss_sizes, work))
-        stage(5, "topk", lambda: bench_topk(args.transfer_size, args.seeds, args.epochs, args.teacher_epochs,
-                                            args.data_seed, args.cache_dir, dcfg, work))
+        stage(
+            5,
+            "topk",
+            lambda: bench_topk(
+                args.transfer_size,
+                args.seeds,
+                args.epochs,
+                args.teacher_epochs,
+                args.data_seed,
+                args.cache_dir,
+                dcfg,
+                work,
+            ),
+        )
     bars = check_bars(res)
     total = time.perf_counter() - t0
     machine["load_avg_end"] = load_avg()
     print_report(res, bars)
-    print(f"\nTotal wall time: {total:.1f} s; load avg start {machine['load_avg_start']}, end {machine['load_avg_end']}")
+    print(
+        f"\nTotal wall time: {total:.1f} s; load avg start {machine['load_avg_start']}, end {machine['load_avg_end']}"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         defaults = parse_args([])
-        overrides = {k: v for k, v in vars(args).items()
-                     if k not in ("json", "rss_child", "cache_dir", "work_dir") and v != getattr(defaults, k)}
+        overrides = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("json", "rss_child", "cache_dir", "work_dir") and v != getattr(defaults, k)
+        }
         payload = {
             "benchmark": "kdflow teacher-logit store",
             "started_utc": started.isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": machine, "overrides": overrides, "results": res, "stage_seconds": seconds,
-            "load_avg_after_stage": loads, "bars": bars, "all_bars_pass": all(b["pass"] for b in bars.values()),
+            "machine": machine,
+            "overrides": overrides,
+            "results": res,
+            "stage_seconds": seconds,
+            "load_avg_after_stage": loads,
+            "bars": bars,
+            "all_bars_pass": all(b["pass"] for b in bars.values()),
             "total_seconds": total,
         }
         write_json(args.json, payload)

@@ -49,17 +49,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import write_json
 
 from kdflow.calibration import calibration_metrics, fit_temperature
-from kdflow.config import packaged_config
-from kdflow.config import DistillConfig, TeacherConfig, TrainConfig, load_config
+from kdflow.config import DistillConfig, TeacherConfig, TrainConfig, load_config, packaged_config
 from kdflow.generators import mnist1d_arrays
 from kdflow.logits import LogitStore, store_key
 from kdflow.metrics import accuracy
 from kdflow.models import build_model, count_parameters
 from kdflow.store import LocalStore
 from kdflow.train import predict_logits, train_classifier
-from _common import write_json
 
 INPUT_SHAPE = (40,)
 NUM_CLASSES = 10
@@ -96,15 +95,29 @@ class Timer:
         return out
 
 
-def stored_logits(root: str, teacher: torch.nn.Module, x: np.ndarray, ids: np.ndarray, seed: int,
-                  dataset: str, clip: float | None, rows_per_shard: int) -> np.ndarray:
+def stored_logits(
+    root: str,
+    teacher: torch.nn.Module,
+    x: np.ndarray,
+    ids: np.ndarray,
+    seed: int,
+    dataset: str,
+    clip: float | None,
+    rows_per_shard: int,
+) -> np.ndarray:
     """Write the teacher's logits for ``x`` through the fp16 logit store and read them back aligned to ``ids``."""
     fp = fingerprint(x)
     ls = LogitStore(LocalStore(root), store_key(TEACHER_NAME, str(seed), fp))
     ls.precompute(
-        ids, lambda rows: predict_logits(teacher, x[rows]),
-        teacher_uri="bench", teacher_name=TEACHER_NAME, teacher_version=str(seed),
-        data_fingerprint=fp, dataset=dataset, rows_per_shard=rows_per_shard, clip_value=clip,
+        ids,
+        lambda rows: predict_logits(teacher, x[rows]),
+        teacher_uri="bench",
+        teacher_name=TEACHER_NAME,
+        teacher_version=str(seed),
+        data_fingerprint=fp,
+        dataset=dataset,
+        rows_per_shard=rows_per_shard,
+        clip_value=clip,
     )
     return ls.read_aligned(ids, str(seed), fp)
 
@@ -132,7 +145,9 @@ def run_seed(seed: int, tcfg: TeacherConfig, dcfg: DistillConfig, transfer_size:
     t_train = tcfg.train.model_copy(update={"seed": seed})
     torch.manual_seed(seed)
     teacher = build_model(tcfg.model.arch, dict(tcfg.model.args), INPUT_SHAPE, NUM_CLASSES)
-    t_res = timer.run("teacher_train", lambda: train_classifier(teacher, x_tr, y_tr, x_va, y_va, t_train, progress=False))
+    t_res = timer.run(
+        "teacher_train", lambda: train_classifier(teacher, x_tr, y_tr, x_va, y_va, t_train, progress=False)
+    )
     teacher_test_logits = predict_logits(teacher, x_te)
     teacher_acc = accuracy(teacher_test_logits, y_te)
     print(f"  seed {seed}: teacher test acc {teacher_acc:.4f} (best epoch {t_res.best_epoch})", flush=True)
@@ -142,8 +157,9 @@ def run_seed(seed: int, tcfg: TeacherConfig, dcfg: DistillConfig, transfer_size:
     # Student (a): hard labels only.
     torch.manual_seed(seed)
     student_a = build_model(dcfg.student.arch, dict(dcfg.student.args), INPUT_SHAPE, NUM_CLASSES)
-    a_res = timer.run("student_hard_train",
-                      lambda: train_classifier(student_a, x_tr, y_tr, x_va, y_va, s_train, progress=False))
+    a_res = timer.run(
+        "student_hard_train", lambda: train_classifier(student_a, x_tr, y_tr, x_va, y_va, s_train, progress=False)
+    )
     a_acc = accuracy(predict_logits(student_a, x_te), y_te)
     print(f"  seed {seed}: student (hard labels) test acc {a_acc:.4f} (best epoch {a_res.best_epoch})", flush=True)
 
@@ -155,17 +171,23 @@ def run_seed(seed: int, tcfg: TeacherConfig, dcfg: DistillConfig, transfer_size:
     clip = dcfg.train.teacher_logit_clip
     rps = dcfg.store.rows_per_shard
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-") as root:
+
         def logits() -> tuple[np.ndarray, np.ndarray]:
             z = stored_logits(root, teacher, x_all, ids_all, seed, "student-train", clip, rps)
             zv = stored_logits(root, teacher, x_va, ids_val, seed, "val", clip, rps)
             return z, zv
+
         z_all, z_val = timer.run("teacher_logits", logits)
 
     # Student (b): distilled on train + transfer.
     torch.manual_seed(seed)
     student_b = build_model(dcfg.student.arch, dict(dcfg.student.args), INPUT_SHAPE, NUM_CLASSES)
-    b_res = timer.run("student_kd_train", lambda: train_classifier(
-        student_b, x_all, y_all, x_va, y_va, s_train, teacher_logits=z_all, teacher_val_logits=z_val, progress=False))
+    b_res = timer.run(
+        "student_kd_train",
+        lambda: train_classifier(
+            student_b, x_all, y_all, x_va, y_va, s_train, teacher_logits=z_all, teacher_val_logits=z_val, progress=False
+        ),
+    )
     b_test_logits = predict_logits(student_b, x_te)
     b_acc = accuracy(b_test_logits, y_te)
     print(f"  seed {seed}: student (distilled) test acc {b_acc:.4f} (best epoch {b_res.best_epoch})", flush=True)
@@ -198,19 +220,33 @@ def run_seed(seed: int, tcfg: TeacherConfig, dcfg: DistillConfig, transfer_size:
         "student_params": p_s,
         "param_ratio": p_s / p_t,
         "best_epoch": {"teacher": t_res.best_epoch, "student_hard": a_res.best_epoch, "student_kd": b_res.best_epoch},
-        "epochs_run": {"teacher": len(t_res.history), "student_hard": len(a_res.history),
-                       "student_kd": len(b_res.history)},
-        "best_val_accuracy": {"teacher": t_res.best_val_accuracy, "student_hard": a_res.best_val_accuracy,
-                              "student_kd": b_res.best_val_accuracy},
+        "epochs_run": {
+            "teacher": len(t_res.history),
+            "student_hard": len(a_res.history),
+            "student_kd": len(b_res.history),
+        },
+        "best_val_accuracy": {
+            "teacher": t_res.best_val_accuracy,
+            "student_hard": a_res.best_val_accuracy,
+            "student_kd": b_res.best_val_accuracy,
+        },
         "seconds": {**timer.seconds, "total": sum(timer.seconds.values())},
         "rows": {"train": len(x_tr), "val": len(x_va), "test": len(x_te), "transfer": len(x_tf)},
     }
 
 
 SUMMARY_KEYS = (
-    "teacher_test_accuracy", "student_hard_test_accuracy", "student_kd_test_accuracy", "gap_recovered",
-    "student_kd_ece_uncalibrated", "student_kd_ece_calibrated", "fitted_temperature", "teacher_test_ece",
-    "teacher_params", "student_params", "param_ratio",
+    "teacher_test_accuracy",
+    "student_hard_test_accuracy",
+    "student_kd_test_accuracy",
+    "gap_recovered",
+    "student_kd_ece_uncalibrated",
+    "student_kd_ece_calibrated",
+    "fitted_temperature",
+    "teacher_test_ece",
+    "teacher_params",
+    "student_params",
+    "param_ratio",
 )
 STAGES = ("data", "teacher_train", "student_hard_train", "teacher_logits", "student_kd_train", "calibration", "total")
 
@@ -225,7 +261,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +/- sample std over seeds of every reported figure, plus the gap recovered computed on the means."""
     out: dict[str, Any] = {k: mean_std([r[k] for r in rows]) for k in SUMMARY_KEYS}
     out["seconds"] = {s: mean_std([r["seconds"][s] for r in rows]) for s in STAGES}
-    t, a, b = (out[k]["mean"] for k in ("teacher_test_accuracy", "student_hard_test_accuracy", "student_kd_test_accuracy"))
+    t, a, b = (
+        out[k]["mean"] for k in ("teacher_test_accuracy", "student_hard_test_accuracy", "student_kd_test_accuracy")
+    )
     out["gap_recovered_of_means"] = (b - a) / (t - a) if t > a else float("nan")
     return out
 
@@ -244,10 +282,16 @@ def check_bars(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def print_report(rows: list[dict[str, Any]], summary: dict[str, Any], bars: dict[str, dict[str, Any]]) -> None:
     """Readable per-seed, summary and bar tables on stdout."""
-    cols = [("seed", "seed", "{:d}"), ("teacher", "teacher_test_accuracy", "{:.4f}"),
-            ("(a) hard", "student_hard_test_accuracy", "{:.4f}"), ("(b) KD", "student_kd_test_accuracy", "{:.4f}"),
-            ("recovered", "gap_recovered", "{:.1%}"), ("ECE T=1", "student_kd_ece_uncalibrated", "{:.4f}"),
-            ("ECE T*", "student_kd_ece_calibrated", "{:.4f}"), ("T*", "fitted_temperature", "{:.3f}")]
+    cols = [
+        ("seed", "seed", "{:d}"),
+        ("teacher", "teacher_test_accuracy", "{:.4f}"),
+        ("(a) hard", "student_hard_test_accuracy", "{:.4f}"),
+        ("(b) KD", "student_kd_test_accuracy", "{:.4f}"),
+        ("recovered", "gap_recovered", "{:.1%}"),
+        ("ECE T=1", "student_kd_ece_uncalibrated", "{:.4f}"),
+        ("ECE T*", "student_kd_ece_calibrated", "{:.4f}"),
+        ("T*", "fitted_temperature", "{:.3f}"),
+    ]
     print("\nPer seed (test split):")
     print("  " + " | ".join(f"{h:>10}" for h, _, _ in cols))
     for r in rows:
@@ -267,11 +311,15 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any], bars: dict
 
     print("\nBars (on the means):")
     for name, b in bars.items():
-        print(f"  {'PASS' if b['pass'] else 'FAIL'}  {name:<28} {b['metric']} = {b['value']:.4f} {b['op']} {b['threshold']}")
+        print(
+            f"  {'PASS' if b['pass'] else 'FAIL'}  {name:<28} {b['metric']} = {b['value']:.4f} {b['op']} {b['threshold']}"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="benchmark seeds (default: 0 1 2)")
     p.add_argument("--transfer-size", type=int, default=50_000, help="unlabeled transfer rows per seed (default 50000)")
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON to this path")
@@ -291,8 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dcfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
     overrides: dict[str, Any] = {}
     t_upd = {k: v for k, v in {"epochs": args.teacher_epochs}.items() if v is not None}
-    s_upd = {k: v for k, v in {"epochs": args.student_epochs, "temperature": args.temperature,
-                                "alpha": args.alpha}.items() if v is not None}
+    s_upd = {
+        k: v
+        for k, v in {"epochs": args.student_epochs, "temperature": args.temperature, "alpha": args.alpha}.items()
+        if v is not None
+    }
     if t_upd:
         tcfg = tcfg.model_copy(update={"train": TrainConfig.model_validate({**tcfg.train.model_dump(), **t_upd})})
         overrides["teacher.train"] = t_upd
@@ -306,8 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    print(f"kdflow quality bench: seeds {args.seeds}, transfer {args.transfer_size} rows, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads", flush=True)
+    print(
+        f"kdflow quality bench: seeds {args.seeds}, transfer {args.transfer_size} rows, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
+        flush=True,
+    )
     if overrides:
         print(f"  overrides (NOT the packaged configs): {overrides}", flush=True)
     rows = []
@@ -326,16 +380,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmark": "kdflow distillation quality, MNIST-1D",
             "started_utc": started.isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                        "python": platform.python_version()},
+            "machine": {
+                "platform": platform.platform(),
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "python": platform.python_version(),
+            },
             "seeds": args.seeds,
             "transfer_size": args.transfer_size,
             "std": "sample standard deviation (ddof=1) over seeds",
             "overrides": overrides,
             "teacher_config": {"model": tcfg.model.model_dump(), "train": tcfg.train.model_dump()},
-            "distill_config": {"student": dcfg.student.model_dump(), "train": dcfg.train.model_dump(),
-                               "calibration": dcfg.calibration.model_dump()},
+            "distill_config": {
+                "student": dcfg.student.model_dump(),
+                "train": dcfg.train.model_dump(),
+                "calibration": dcfg.calibration.model_dump(),
+            },
             "per_seed": rows,
             "summary": summary,
             "bars": bars,

@@ -40,11 +40,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _common import cpu_model
 
 from kdflow.config import DataConfig, ValidationConfig
 from kdflow.data import to_frame, write_parquet
 from kdflow.validation import read_split, validate_data, validate_splits
-from _common import cpu_model
 
 DEMO_SIZES = {"train": 4000, "val": 1000, "test": 1000, "transfer": 50_000}
 DEMO_DATA = Path(".kdflow/data/mnist1d")
@@ -75,9 +75,13 @@ def scaling_run(n: int, root: Path, config: ValidationConfig) -> dict[str, float
     t3 = time.perf_counter()
     report, _ = validate_splits(both, data, config, root / f"docs-{n}")
     assert report.success, report.error_message()
-    return {"rows": n, "read_s": round(t3 - t2, 3), "validate_s": round(report.seconds - ref_report.seconds, 3),
-            "total_s": round(t3 - t2 + report.seconds - ref_report.seconds, 3),
-            "reference_only_s": round(t2 - t0, 3)}
+    return {
+        "rows": n,
+        "read_s": round(t3 - t2, 3),
+        "validate_s": round(report.seconds - ref_report.seconds, 3),
+        "total_s": round(t3 - t2 + report.seconds - ref_report.seconds, 3),
+        "reference_only_s": round(t2 - t0, 3),
+    }
 
 
 def demo_data(root: Path) -> tuple[DataConfig, str]:
@@ -102,14 +106,16 @@ def last_distill_seconds(tracking_uri: str) -> tuple[float | None, str]:
     experiment = client.get_experiment_by_name("kdflow-distill")
     if experiment is None:
         return None, "no kdflow-distill experiment"
-    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         return None, "no finished distill run"
     info = runs[0].info
     return (info.end_time - info.start_time) / 1000.0, f"MLflow run {info.run_id} ({tracking_uri})"
-
-
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -124,26 +130,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t = time.perf_counter()
     import great_expectations  # noqa: F401  (imported once per process; timed apart)
+
     import_s = time.perf_counter() - t
 
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": cpu_model(),
-                    "cpus": os.cpu_count(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-                    "python": platform.python_version()},
-        "config": config.model_dump(), "gx_import_s": round(import_s, 3), "scaling": [], "bars": BARS,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_model(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "python": platform.python_version(),
+        },
+        "config": config.model_dump(),
+        "gx_import_s": round(import_s, 3),
+        "scaling": [],
+        "bars": BARS,
     }
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-validation-") as tmp:
         root = Path(tmp)
         warm = str(write_parquet(synthetic(100, 9), root / "warm.parquet"))  # first-call costs out of the timings
-        validate_splits({"train": read_split("train", warm, True)},
-                        DataConfig(train="-", val="-", test="-", num_classes=CLASSES), config, root / "warm-docs")
+        validate_splits(
+            {"train": read_split("train", warm, True)},
+            DataConfig(train="-", val="-", test="-", num_classes=CLASSES),
+            config,
+            root / "warm-docs",
+        )
         for n in (int(size) for size in args.sizes.split(",")):
             row = scaling_run(n, root, config)
             results["scaling"].append(row)
-            print(f"{n:>9,} rows: read {row['read_s']:6.2f} s  validate {row['validate_s']:6.2f} s  "
-                  f"total {row['total_s']:6.2f} s")
+            print(
+                f"{n:>9,} rows: read {row['read_s']:6.2f} s  validate {row['validate_s']:6.2f} s  "
+                f"total {row['total_s']:6.2f} s"
+            )
         data, source = demo_data(root)
         t = time.perf_counter()
         report, _ = validate_data(data, config, docs_dir=root / "demo-docs")
@@ -152,17 +172,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         flow_s, flow_source = args.flow_seconds, "--flow-seconds"
     else:
         flow_s, flow_source = last_distill_seconds(args.mlflow_uri)
-    results["demo"] = {"data": source, "rows": {n: d.rows for n, d in report.datasets.items()}, "passed": report.success,
-                       "validation_s": round(demo_s, 3), "flow_s": flow_s, "flow_source": flow_source,
-                       "fraction": round(demo_s / flow_s, 4) if flow_s else None}
+    results["demo"] = {
+        "data": source,
+        "rows": {n: d.rows for n, d in report.datasets.items()},
+        "passed": report.success,
+        "validation_s": round(demo_s, 3),
+        "flow_s": flow_s,
+        "flow_source": flow_source,
+        "fraction": round(demo_s / flow_s, 4) if flow_s else None,
+    }
     at_1m = next((r["total_s"] for r in results["scaling"] if r["rows"] == 1_000_000), None)
     results["checks"] = {
         "demo_fraction_under_10pct": None if not flow_s else demo_s / flow_s < BARS["demo_fraction_max"],
         "1m_rows_under_30s": None if at_1m is None else at_1m < BARS["seconds_at_1m_max"],
     }
-    print(f"demo size ({source}): validation {demo_s:.2f} s"
-          + (f" = {100 * demo_s / flow_s:.2f}% of the distill flow's {flow_s:.1f} s ({flow_source})" if flow_s else
-             f"; no flow time to compare with ({flow_source})"))
+    print(
+        f"demo size ({source}): validation {demo_s:.2f} s"
+        + (
+            f" = {100 * demo_s / flow_s:.2f}% of the distill flow's {flow_s:.1f} s ({flow_source})"
+            if flow_s
+            else f"; no flow time to compare with ({flow_source})"
+        )
+    )
     print(f"bars: {results['checks']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -85,16 +85,34 @@ class DeploymentSpec:
 
 
 DEPLOYMENTS = (
-    DeploymentSpec("kdflow-distill", "flows.distill", "distill_flow",
-                   "Distil the configured teacher(s) into a registered student (on demand)."),
-    DeploymentSpec("kdflow-retrain", "flows.retrain", "retrain_flow",
-                   f"Distil again with recent production inputs; started by every {DRIFT_EVENT} event.",
-                   on_drift=True),
-    DeploymentSpec("kdflow-drift-check", "flows.drift", "drift_check_flow",
-                   f"Check recent inference logs for drift; emit {DRIFT_EVENT} when a retrain is due.",
-                   cron_from="drift", parameters={"retrain_via": "event"}),
-    DeploymentSpec("kdflow-recalibrate", "flows.recalibrate", "recalibration_flow",
-                   "Refit the champion's temperature on the recent labeled window.", cron_from="recalibration"),
+    DeploymentSpec(
+        "kdflow-distill",
+        "flows.distill",
+        "distill_flow",
+        "Distil the configured teacher(s) into a registered student (on demand).",
+    ),
+    DeploymentSpec(
+        "kdflow-retrain",
+        "flows.retrain",
+        "retrain_flow",
+        f"Distil again with recent production inputs; started by every {DRIFT_EVENT} event.",
+        on_drift=True,
+    ),
+    DeploymentSpec(
+        "kdflow-drift-check",
+        "flows.drift",
+        "drift_check_flow",
+        f"Check recent inference logs for drift; emit {DRIFT_EVENT} when a retrain is due.",
+        cron_from="drift",
+        parameters={"retrain_via": "event"},
+    ),
+    DeploymentSpec(
+        "kdflow-recalibrate",
+        "flows.recalibrate",
+        "recalibration_flow",
+        "Refit the champion's temperature on the recent labeled window.",
+        cron_from="recalibration",
+    ),
 )
 
 
@@ -121,11 +139,17 @@ def deployments(config_path: str) -> list[RunnerDeployment]:
         cron = spec.cron(cfg)
         # Module entrypoints (flows.retrain.retrain_flow) resolve from any working directory: the package is
         # installed.
-        built.append(flow.to_deployment(
-            spec.name, description=spec.description, parameters={"config_path": config_path, **spec.parameters},
-            entrypoint_type=EntrypointType.MODULE_PATH, tags=["kdflow", cfg.registry.student_name],
-            schedules=[Cron(cron, timezone=TIMEZONE)] if cron else None,
-            triggers=[drift_trigger()] if spec.on_drift else None))
+        built.append(
+            flow.to_deployment(
+                spec.name,
+                description=spec.description,
+                parameters={"config_path": config_path, **spec.parameters},
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                tags=["kdflow", cfg.registry.student_name],
+                schedules=[Cron(cron, timezone=TIMEZONE)] if cron else None,
+                triggers=[drift_trigger()] if spec.on_drift else None,
+            )
+        )
     return built
 
 
@@ -163,7 +187,9 @@ def prefect_yaml(config_path: str) -> str:
     for spec in DEPLOYMENTS:
         cron = spec.cron(cfg)
         entry: dict[str, Any] = {
-            "name": spec.name, "description": spec.description, "entrypoint": spec.entrypoint,
+            "name": spec.name,
+            "description": spec.description,
+            "entrypoint": spec.entrypoint,
             "tags": ["kdflow", cfg.registry.student_name],
             "parameters": {"config_path": config_path, **spec.parameters},
             "schedules": [{"cron": cron, "timezone": TIMEZONE}] if cron else [],
@@ -173,8 +199,9 @@ def prefect_yaml(config_path: str) -> str:
         entries.append({**entry, "work_pool": work_pool})
     document = {
         "name": "kdflow",
-        "build": [{"prefect.deployments.steps.run_shell_script": {"id": "checkout", "script": "pwd",
-                                                                  "stream_output": False}}],
+        "build": [
+            {"prefect.deployments.steps.run_shell_script": {"id": "checkout", "script": "pwd", "stream_output": False}}
+        ],
         "push": None,
         "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ checkout.stdout }}"}}],
         "deployments": entries,

@@ -35,27 +35,63 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "distill"}) as run_id:
         with transaction():
-            datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id,
-                                       validation=cfg.validation)
+            datasets = validate_inputs(
+                cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id, validation=cfg.validation
+            )
             teachers = [resolve_teacher(uri, cfg.mlflow.tracking_uri) for uri in cfg.teacher_uris]
             teacher_outs = [precompute_teacher_logits(cfg, t, datasets) for t in teachers]
-            ensemble = combine_teachers([load_teacher_logits(cfg, t, datasets) for t in teachers],
-                                        [out.profile for out in teacher_outs], datasets.val, cfg.teacher_weighting,
-                                        cfg.train.temperature)
+            ensemble = combine_teachers(
+                [load_teacher_logits(cfg, t, datasets) for t in teachers],
+                [out.profile for out in teacher_outs],
+                datasets.val,
+                cfg.teacher_weighting,
+                cfg.train.temperature,
+            )
             model, training = train_student(cfg, ensemble, datasets, run_id)
             calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
             served = calibration.served
-            evaluation = evaluate(served, datasets.test, ensemble.eval_logits["test"], ensemble.profile,
-                                  cfg.data.num_classes, cfg.calibration.n_bins, cfg.evaluation, run_id)
+            evaluation = evaluate(
+                served,
+                datasets.test,
+                ensemble.eval_logits["test"],
+                ensemble.profile,
+                cfg.data.num_classes,
+                cfg.calibration.n_bins,
+                cfg.evaluation,
+                run_id,
+            )
             gate = sla_gate(evaluation, cfg.sla, name, datasets.test, run_id, served, datasets.recent_labeled)
             provenance = describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration.temperature)
             reference = datasets.reference  # what drift checks will compare production traffic with
-            profile = reference_profile(served, reference, ensemble.eval_logits.get(reference.name),
-                                        cfg.drift.psi_bins)
-            registration = register_student(served, datasets.test.x[:5], name, run_id, gate.checks,
-                                            cfg.registry.register_failed_candidates, provenance, profile)
-            promotion = (promote_version(name, registration.version, gate.decision.reason, "distill-flow")
-                         if gate.decision.promote and registration.version else None)
-            return publish_report(DistillReport(name, run_id, ensemble, teacher_outs, training, calibration,
-                                                evaluation, gate, registration, provenance, promotion),
-                                  cfg.output_dir)
+            profile = reference_profile(served, reference, ensemble.eval_logits.get(reference.name), cfg.drift.psi_bins)
+            registration = register_student(
+                served,
+                datasets.test.x[:5],
+                name,
+                run_id,
+                gate.checks,
+                cfg.registry.register_failed_candidates,
+                provenance,
+                profile,
+            )
+            promotion = (
+                promote_version(name, registration.version, gate.decision.reason, "distill-flow")
+                if gate.decision.promote and registration.version
+                else None
+            )
+            return publish_report(
+                DistillReport(
+                    name,
+                    run_id,
+                    ensemble,
+                    teacher_outs,
+                    training,
+                    calibration,
+                    evaluation,
+                    gate,
+                    registration,
+                    provenance,
+                    promotion,
+                ),
+                cfg.output_dir,
+            )

@@ -33,14 +33,20 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     window = read_logs(cfg.logs, cfg.validation, cfg.data.num_classes, *drift_window(when, cfg.drift))
     check = check_drift(champion, window, cfg.drift)
     decision = decide_action(drift_history(cfg.mlflow, cfg.drift, champion.ref, when), check, cfg.drift, when)
-    result = DriftCheckResult(champion.ref, when, check, decision,
-                              record_drift_check(cfg.mlflow, cfg.drift, champion.ref, when, check, decision))
+    result = DriftCheckResult(
+        champion.ref,
+        when,
+        check,
+        decision,
+        record_drift_check(cfg.mlflow, cfg.drift, champion.ref, when, check, decision),
+    )
     if decision.action == "retrain":
         result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
         result.retrain_via = retrain_route(retrain_via)
         if result.retrain_via == "subflow":
             result.retrain = retrain_flow(config_path, when.isoformat(), reason=decision.reason)
     elif decision.action == "recalibrate" and retrain_via != "none":
-        result.recalibration = recalibration_flow(config_path, when.isoformat(),
-                                                  since=decision.episode_start.isoformat(), trigger="drift")
+        result.recalibration = recalibration_flow(
+            config_path, when.isoformat(), since=decision.episode_start.isoformat(), trigger="drift"
+        )
     return result.as_dict()

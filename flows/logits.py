@@ -22,7 +22,10 @@ def precompute_flow(config_path: str) -> dict[str, Any]:
     for uri in cfg.teacher_uris:
         teacher = resolve_teacher(uri, cfg.mlflow.tracking_uri)
         out = precompute_teacher_logits(cfg, teacher, datasets)
-        results[teacher.version_uri] = {"stores": out.store_uris, "stats": {n: vars(s) for n, s in out.stats.items()},
-                                        "teacher_loaded": out.teacher_loaded}
+        results[teacher.version_uri] = {
+            "stores": out.store_uris,
+            "stats": {n: vars(s) for n, s in out.stats.items()},
+            "teacher_loaded": out.teacher_loaded,
+        }
     first = next(iter(results))
     return {"teacher": first, **results[first], "teachers": results}

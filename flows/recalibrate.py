@@ -21,8 +21,9 @@ from tasks.tracking import flatten, mlflow_run
 
 
 @flow(name="recalibrate", log_prints=True)
-def recalibration_flow(config_path: str, as_of: str | None = None, since: str | None = None,
-                       trigger: RecalibrationTrigger = "schedule") -> dict[str, Any]:
+def recalibration_flow(
+    config_path: str, as_of: str | None = None, since: str | None = None, trigger: RecalibrationTrigger = "schedule"
+) -> dict[str, Any]:
     """Recalibrate ``registry.student_name``'s champion at ``as_of`` (default: now) on the labeled traffic of the
     last ``recalibration.window_days``, starting no earlier than ``since`` (the drift episode a drift check
     recalibrates for) nor than the traffic the champion's reference profile describes."""
@@ -36,13 +37,18 @@ def recalibration_flow(config_path: str, as_of: str | None = None, since: str | 
     # withdraws a version registered by a run that then fails before it is champion.
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, tags) as run_id, transaction():
         champion = load_champion(cfg.mlflow.tracking_uri, name)
-        window = labeled_window(cfg.logs, cfg.validation, cfg.data.num_classes, *recalibration_window(
-            when, cfg.recalibration.window_days, champion.reference_window_start, not_before))
+        window = labeled_window(
+            cfg.logs,
+            cfg.validation,
+            cfg.data.num_classes,
+            *recalibration_window(when, cfg.recalibration.window_days, champion.reference_window_start, not_before),
+        )
         outcome = refit_and_judge(champion, window, trigger, cfg.recalibration, cfg.calibration, cfg.sla)
         if outcome.register:
             profile = reference_profile(outcome.served, window.labeled, None, cfg.drift.psi_bins)
-            outcome.version = register_student(outcome.served, window.labeled.x[:5], name, run_id,
-                                               outcome.sla_checks, False, outcome.tags, profile).version
+            outcome.version = register_student(
+                outcome.served, window.labeled.x[:5], name, run_id, outcome.sla_checks, False, outcome.tags, profile
+            ).version
         record_recalibration(run_id, name, when, outcome)
         if outcome.version:
             outcome.promotion = promote_version(name, outcome.version, outcome.reason, f"recalibrate-flow ({trigger})")

@@ -20,7 +20,6 @@ def retrain_flow(config_path: str, as_of: str | None = None, reason: str = "") -
     cfg = load_config(config_path, DistillConfig)
     check_outputs(cfg, ("reports", "store", "mlflow"))  # fail before compute: every output writable
     when = parse_as_of(as_of)
-    recent = collect_recent_traffic(cfg.logs, cfg.validation, cfg.data.num_classes, cfg.retrain, when,
-                                    cfg.output_dir)
+    recent = collect_recent_traffic(cfg.logs, cfg.validation, cfg.data.num_classes, cfg.retrain, when, cfg.output_dir)
     report = distill_flow(config_path, recent=recent)  # typed parameters: the user's config is never rewritten
     return {"as_of": when.isoformat(), "reason": reason, "recent": recent.model_dump(mode="json"), "report": report}

@@ -39,7 +39,9 @@ def fit_temperature(
     z = as_tensor(logits)
     y = as_tensor(labels, torch.long)
     if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
-        raise ValueError(f"fit_temperature: need logits (n, C) and labels (n,), got {tuple(z.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"fit_temperature: need logits (n, C) and labels (n,), got {tuple(z.shape)} and {tuple(y.shape)}"
+        )
     lo, hi = math.log(t_min), math.log(t_max)
 
     grid = torch.linspace(lo, hi, 61, dtype=torch.float64)
@@ -83,7 +85,9 @@ def _bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
 
 
-def confidence_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def confidence_bins(
+    probs: torch.Tensor, labels: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-bin (count, accuracy, mean confidence) over equal-width bins of top-label confidence."""
     conf, pred = probs.max(dim=1)
     correct = (pred == labels).to(torch.float64)
@@ -95,7 +99,9 @@ def confidence_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> t
     return count, acc_sum / safe, conf_sum / safe
 
 
-def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, n_bins: int = 15
+) -> float:
     """ECE = sum_m |B_m|/n * |acc(B_m) - conf(B_m)| over ``n_bins`` equal-width confidence bins."""
     p = as_tensor(probs)
     y = as_tensor(labels, torch.long)
@@ -139,8 +145,14 @@ def weighted_ece(bins: np.ndarray, gaps: np.ndarray, weights: np.ndarray, n_bins
     return ece if np.ndim(weights) == 2 else ece[0]
 
 
-def ece_improvement_confidence(probs_before: np.ndarray, probs_after: np.ndarray, labels: np.ndarray,
-                               n_bins: int = 15, replicates: int = 400, seed: int = 0) -> float:
+def ece_improvement_confidence(
+    probs_before: np.ndarray,
+    probs_after: np.ndarray,
+    labels: np.ndarray,
+    n_bins: int = 15,
+    replicates: int = 400,
+    seed: int = 0,
+) -> float:
     """Share of paired bootstrap resamples of the rows in which ECE(after) < ECE(before) (Efron & Tibshirani
     1993; Poisson(1) row weights, the "Poisson bootstrap" of Hanley & MacGibbon 2006): how sure one can be
     that the improvement is not an accident of this sample. ~0.5 for a change that is noise, -> 1 for a real

@@ -49,8 +49,15 @@ class CheckpointError(ValueError):
     """A stored checkpoint cannot be trusted (corrupt, truncated, or written for another training)."""
 
 
-def training_key(role: str, model: ModelSpec, train: TrainConfig, num_classes: int, input_shape: Sequence[int],
-                 fingerprints: Mapping[str, str], teachers: Sequence[Mapping[str, Any]] = ()) -> str:
+def training_key(
+    role: str,
+    model: ModelSpec,
+    train: TrainConfig,
+    num_classes: int,
+    input_shape: Sequence[int],
+    fingerprints: Mapping[str, str],
+    teachers: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """``<role>-<sha256[:32]>`` of what the training computes (see the module docstring for the fields).
 
     ``fingerprints`` are the content fingerprints of every split of the run; ``teachers`` (students only) one
@@ -75,8 +82,13 @@ def rng_state() -> dict[str, Any]:
     name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
 
@@ -128,8 +140,14 @@ class Checkpoints:
         digest = hashlib.sha256(data).hexdigest()
         name = f"{self.prefix}/epoch-{epoch:05d}-{digest[:12]}.pt"
         self.store.put(name, data)
-        pointer = {"format": FORMAT, "training_key": self.key, "epoch": int(epoch), "object": name,
-                   "size": len(data), "sha256": digest}
+        pointer = {
+            "format": FORMAT,
+            "training_key": self.key,
+            "epoch": int(epoch),
+            "object": name,
+            "size": len(data),
+            "sha256": digest,
+        }
         self.store.put(self.pointer_key, json.dumps(pointer, sort_keys=True).encode())
         for old in self.store.list(f"{self.prefix}/"):
             if old.endswith(".pt") and old != name:
@@ -173,8 +191,12 @@ class Checkpoints:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{name} does not load: {exc}") from exc
-        if not isinstance(state, dict) or state.get("training_key") != self.key or state.get("format") != FORMAT \
-                or state.get("epoch") != pointer["epoch"]:
+        if (
+            not isinstance(state, dict)
+            or state.get("training_key") != self.key
+            or state.get("format") != FORMAT
+            or state.get("epoch") != pointer["epoch"]
+        ):
             raise CheckpointError(f"{name} was not written for training {self.key} at epoch {pointer['epoch']}")
         return state
 

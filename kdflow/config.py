@@ -212,8 +212,9 @@ class StoreConfig(_Strict):
     workers: int = Field(default=2, gt=0)
 
 
-DriftSignal = Literal["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_entropy",
-                      "psi_predicted_class", "features"]
+DriftSignal = Literal[
+    "accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_entropy", "psi_predicted_class", "features"
+]
 
 
 class LogsConfig(_Strict):
@@ -245,8 +246,8 @@ class DriftConfig(_Strict):
     max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # vs the champion's reference accuracy
     max_estimated_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)
     trigger_on: list[DriftSignal] = Field(
-        default_factory=lambda: ["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence",
-                                 "psi_predicted_class"])
+        default_factory=lambda: ["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_predicted_class"]
+    )
     consecutive_windows: int = Field(default=2, gt=0)
     cooldown_days: float = Field(default=7.0, ge=0.0)
     # While a retrain is suppressed by the cool-down, refit the champion's temperature on the labeled traffic
@@ -305,7 +306,9 @@ class DistillConfig(_Strict):
     @classmethod
     def _models_uri(cls, v: str) -> str:
         if not v.startswith("models:/"):
-            raise ValueError(f"teacher_uri must look like models:/<name>@<alias> or models:/<name>/<version>, got {v!r}")
+            raise ValueError(
+                f"teacher_uri must look like models:/<name>@<alias> or models:/<name>/<version>, got {v!r}"
+            )
         return v
 
     @field_validator("extra_teachers")
@@ -373,9 +376,7 @@ def load_config(path: str | Path, model: type[C]) -> C:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
 
 
@@ -395,8 +396,12 @@ class RecentTraffic(_Strict):
 def with_recent(cfg: DistillConfig, traffic: RecentTraffic) -> DistillConfig:
     """``cfg`` with ``data.recent`` / ``data.recent_labeled`` / ``data.recent_window`` set from ``traffic``
     (validated again, so the result is as strict as a loaded config)."""
-    data = {**cfg.data.model_dump(), "recent": traffic.recent, "recent_labeled": traffic.recent_labeled,
-            "recent_window": traffic.window}
+    data = {
+        **cfg.data.model_dump(),
+        "recent": traffic.recent,
+        "recent_labeled": traffic.recent_labeled,
+        "recent_window": traffic.window,
+    }
     return DistillConfig.model_validate({**cfg.model_dump(), "data": data})
 
 

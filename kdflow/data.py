@@ -104,8 +104,10 @@ def dataset_from_frame(df: pd.DataFrame, name: str, uri: str, cfg: DataConfig, l
             x = x.reshape(len(x), *cfg.features.shape)
         y = df[cfg.label_column].to_numpy(dtype=np.int64) if labeled else None
     except (KeyError, ValueError, TypeError) as exc:
-        raise DataError(f"{uri}: {name} cannot be converted to arrays ({type(exc).__name__}: {exc}); "
-                        "validate it first (kdflow.validation.validate_data names what is wrong)") from exc
+        raise DataError(
+            f"{uri}: {name} cannot be converted to arrays ({type(exc).__name__}: {exc}); "
+            "validate it first (kdflow.validation.validate_data names what is wrong)"
+        ) from exc
     return Dataset(name=name, uri=uri, ids=ids, x=x, y=y)
 
 
@@ -185,9 +187,11 @@ class Datasets(Mapping[str, Dataset]):
         return {name: ds.fingerprint for name, ds in self._splits.items()}
 
 
-def datasets_from_frames(frames: Mapping[str, pd.DataFrame], uris: Mapping[str, str], labeled: Mapping[str, bool],
-                         cfg: DataConfig) -> Datasets:
+def datasets_from_frames(
+    frames: Mapping[str, pd.DataFrame], uris: Mapping[str, str], labeled: Mapping[str, bool], cfg: DataConfig
+) -> Datasets:
     """Build every validated split (:func:`dataset_from_frame`) into one :class:`Datasets`; a split whose
     feature shape differs from the others' is an error naming every split's shape."""
-    return Datasets({name: dataset_from_frame(frame, name, uris[name], cfg, labeled[name])
-                     for name, frame in frames.items()})
+    return Datasets(
+        {name: dataset_from_frame(frame, name, uris[name], cfg, labeled[name]) for name, frame in frames.items()}
+    )

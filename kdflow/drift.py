@@ -20,13 +20,20 @@ from kdflow import metrics as eval_metrics
 from kdflow.config import Correction, DriftAction, DriftConfig, DriftStatus
 from kdflow.profile import ReferenceProfile, bin_counts, entropy, summarize_features
 
-SIGNALS = ("psi_confidence", "psi_entropy", "psi_predicted_class", "features", "flip_rate", "psi_teacher_entropy",
-           "accuracy", "estimated_accuracy")  # psi_teacher_entropy is informational (not a DriftSignal trigger)
+SIGNALS = (
+    "psi_confidence",
+    "psi_entropy",
+    "psi_predicted_class",
+    "features",
+    "flip_rate",
+    "psi_teacher_entropy",
+    "accuracy",
+    "estimated_accuracy",
+)  # psi_teacher_entropy is informational (not a DriftSignal trigger)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def psi(expected_props: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
-        eps: float = 1e-4) -> float:
+def psi(expected_props: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, eps: float = 1e-4) -> float:
     """Population Stability Index ``PSI = sum_i (a_i - e_i) * ln(a_i / e_i)`` (Yurdakul 2018; common
     credit-scoring practice: < 0.1 stable, 0.1-0.25 moderate, > 0.25 large shift).
 
@@ -89,17 +96,27 @@ class FeatureTest:
     drifted: bool  # adjusted p < alpha
 
 
-def feature_tests(profile: ReferenceProfile, x_window: np.ndarray, alpha: float,
-                  method: Correction = "holm") -> list[FeatureTest]:
+def feature_tests(
+    profile: ReferenceProfile, x_window: np.ndarray, alpha: float, method: Correction = "holm"
+) -> list[FeatureTest]:
     """KS two-sample test (``scipy.stats.ks_2samp``) of each per-row feature summary of ``x_window`` against the
     reference subsample, p-values corrected across summaries with ``method`` (family-wise at ``alpha``)."""
     window = summarize_features(x_window)
     names = list(profile.features)
     results = [ks_2samp(profile.features[name].samples, window[name]) for name in names]
     adjusted = correct_pvalues([r.pvalue for r in results], method)
-    return [FeatureTest(name, float(r.statistic), float(r.pvalue), float(adj), profile.features[name].mean,
-                        float(window[name].mean()), bool(adj < alpha))
-            for name, r, adj in zip(names, results, adjusted)]
+    return [
+        FeatureTest(
+            name,
+            float(r.statistic),
+            float(r.pvalue),
+            float(adj),
+            profile.features[name].mean,
+            float(window[name].mean()),
+            bool(adj < alpha),
+        )
+        for name, r, adj in zip(names, results, adjusted)
+    ]
 
 
 def estimate_accuracy(probs: np.ndarray) -> float:
@@ -188,18 +205,28 @@ class DriftCheck:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DriftCheck:
         """Inverse of :meth:`to_dict`."""
-        return cls(status=d["status"], reason=d.get("reason", ""), n_rows=int(d.get("n_rows", 0)),
-                   n_labeled=int(d.get("n_labeled", 0)), n_shadow=int(d.get("n_shadow", 0)),
-                   signals={k: Signal(**s) for k, s in d.get("signals", {}).items()},
-                   features=[FeatureTest(**f) for f in d.get("features", [])],
-                   metrics={k: float(v) for k, v in d.get("metrics", {}).items()})
+        return cls(
+            status=d["status"],
+            reason=d.get("reason", ""),
+            n_rows=int(d.get("n_rows", 0)),
+            n_labeled=int(d.get("n_labeled", 0)),
+            n_shadow=int(d.get("n_shadow", 0)),
+            signals={k: Signal(**s) for k, s in d.get("signals", {}).items()},
+            features=[FeatureTest(**f) for f in d.get("features", [])],
+            metrics={k: float(v) for k, v in d.get("metrics", {}).items()},
+        )
 
 
 def _above(name: str, value: float, threshold: float, what: str) -> Signal:
     """A signal that is exceeded when ``value > threshold``."""
     exceeded = value > threshold
-    return Signal(name, float(value), float(threshold), bool(exceeded),
-                  f"{what} {value:.4f} {'>' if exceeded else '<='} {threshold:g}")
+    return Signal(
+        name,
+        float(value),
+        float(threshold),
+        bool(exceeded),
+        f"{what} {value:.4f} {'>' if exceeded else '<='} {threshold:g}",
+    )
 
 
 def _output_signals(profile: ReferenceProfile, probs: np.ndarray, cfg: DriftConfig) -> list[Signal]:
@@ -207,12 +234,24 @@ def _output_signals(profile: ReferenceProfile, probs: np.ndarray, cfg: DriftConf
     conf, ent = profile.confidence_bins, profile.entropy_bins
     class_counts = np.bincount(probs.argmax(axis=1), minlength=profile.num_classes)
     return [
-        _above("psi_confidence", psi_binned(conf.edges, conf.props, probs.max(axis=1)), cfg.psi_threshold,
-               f"PSI of top-label confidence ({len(conf.props)} reference quantile bins)"),
-        _above("psi_entropy", psi_binned(ent.edges, ent.props, entropy(probs)), cfg.psi_threshold,
-               "PSI of prediction entropy"),
-        _above("psi_predicted_class", psi(profile.predicted_class_freq, class_counts), cfg.psi_threshold,
-               "PSI of predicted-class frequencies"),
+        _above(
+            "psi_confidence",
+            psi_binned(conf.edges, conf.props, probs.max(axis=1)),
+            cfg.psi_threshold,
+            f"PSI of top-label confidence ({len(conf.props)} reference quantile bins)",
+        ),
+        _above(
+            "psi_entropy",
+            psi_binned(ent.edges, ent.props, entropy(probs)),
+            cfg.psi_threshold,
+            "PSI of prediction entropy",
+        ),
+        _above(
+            "psi_predicted_class",
+            psi(profile.predicted_class_freq, class_counts),
+            cfg.psi_threshold,
+            "PSI of predicted-class frequencies",
+        ),
     ]
 
 
@@ -220,30 +259,50 @@ def _feature_signal(tests: list[FeatureTest], cfg: DriftConfig) -> Signal:
     """Exceeded when any feature summary's corrected p-value is below ``feature_alpha``; value: the smallest."""
     min_p = min(t.adjusted_pvalue for t in tests)
     drifted = [f"{t.name} (KS D={t.statistic:.3f}, adjusted p={t.adjusted_pvalue:.2g})" for t in tests if t.drifted]
-    return Signal("features", min_p, cfg.feature_alpha, bool(drifted),
-                  f"feature summaries below alpha={cfg.feature_alpha:g} after {cfg.correction}: "
-                  + (", ".join(drifted) if drifted else f"none (smallest adjusted p {min_p:.2g})"))
+    return Signal(
+        "features",
+        min_p,
+        cfg.feature_alpha,
+        bool(drifted),
+        f"feature summaries below alpha={cfg.feature_alpha:g} after {cfg.correction}: "
+        + (", ".join(drifted) if drifted else f"none (smallest adjusted p {min_p:.2g})"),
+    )
 
 
-def _teacher_signals(profile: ReferenceProfile, probs: np.ndarray, window: WindowData, shadowed: np.ndarray,
-                     cfg: DriftConfig) -> list[Signal]:
+def _teacher_signals(
+    profile: ReferenceProfile, probs: np.ndarray, window: WindowData, shadowed: np.ndarray, cfg: DriftConfig
+) -> list[Signal]:
     """Flip rate and PSI of the teacher's entropy (informational) on the shadow-scored rows."""
     n_shadow = int(shadowed.sum())
     if n_shadow < cfg.min_shadow_rows:
         reason = f"{n_shadow} shadow-scored rows, fewer than min_shadow_rows={cfg.min_shadow_rows}"
-        return [Signal("flip_rate", None, cfg.max_flip_rate, None, reason),
-                Signal("psi_teacher_entropy", None, cfg.psi_threshold, None, reason)]
+        return [
+            Signal("flip_rate", None, cfg.max_flip_rate, None, reason),
+            Signal("psi_teacher_entropy", None, cfg.psi_threshold, None, reason),
+        ]
     teacher = np.asarray(window.teacher_logits, dtype=np.float64)[shadowed]
-    signals = [_above("flip_rate", flip_rate(probs[shadowed], teacher), cfg.max_flip_rate,
-                      f"teacher-student flip rate on {n_shadow} shadow rows")]
+    signals = [
+        _above(
+            "flip_rate",
+            flip_rate(probs[shadowed], teacher),
+            cfg.max_flip_rate,
+            f"teacher-student flip rate on {n_shadow} shadow rows",
+        )
+    ]
     bins = profile.teacher_entropy_bins
     if bins is None:
-        signals.append(Signal("psi_teacher_entropy", None, cfg.psi_threshold, None,
-                              "the reference profile has no teacher entropy"))
+        signals.append(
+            Signal("psi_teacher_entropy", None, cfg.psi_threshold, None, "the reference profile has no teacher entropy")
+        )
     else:
-        signals.append(_above("psi_teacher_entropy", psi_binned(bins.edges, bins.props,
-                                                                entropy(softmax(teacher, axis=1))),
-                              cfg.psi_threshold, "PSI of teacher entropy on shadow rows"))
+        signals.append(
+            _above(
+                "psi_teacher_entropy",
+                psi_binned(bins.edges, bins.props, entropy(softmax(teacher, axis=1))),
+                cfg.psi_threshold,
+                "PSI of teacher entropy on shadow rows",
+            )
+        )
     return signals
 
 
@@ -255,26 +314,43 @@ def _accuracy_signal(profile: ReferenceProfile, window: WindowData, cfg: DriftCo
     if profile.accuracy is None:
         return Signal("accuracy", None, cfg.max_accuracy_drop, None, "the reference profile has no accuracy"), None
     if n_labeled < cfg.min_labeled_rows:
-        return Signal("accuracy", None, cfg.max_accuracy_drop, None,
-                      f"{n_labeled} labeled rows, fewer than min_labeled_rows={cfg.min_labeled_rows}"), None
+        return Signal(
+            "accuracy",
+            None,
+            cfg.max_accuracy_drop,
+            None,
+            f"{n_labeled} labeled rows, fewer than min_labeled_rows={cfg.min_labeled_rows}",
+        ), None
     labels = np.asarray(window.labels, dtype=np.float64)[labeled].astype(np.int64)
     acc = eval_metrics.accuracy(np.asarray(window.probs, dtype=np.float64)[labeled], labels)
-    return _above("accuracy", profile.accuracy - acc, cfg.max_accuracy_drop,
-                  f"accuracy {acc:.4f} on {n_labeled} labeled rows vs reference {profile.accuracy:.4f}: drop"), acc
+    return _above(
+        "accuracy",
+        profile.accuracy - acc,
+        cfg.max_accuracy_drop,
+        f"accuracy {acc:.4f} on {n_labeled} labeled rows vs reference {profile.accuracy:.4f}: drop",
+    ), acc
 
 
 def _estimated_accuracy_signal(profile: ReferenceProfile, probs: np.ndarray, cfg: DriftConfig) -> Signal:
     """Drop of the CBPE estimate (mean calibrated confidence) below the reference accuracy."""
     # Without reference labels, CBPE falls back to the reference mean confidence (the same estimate there).
-    ref_name, ref = (("reference accuracy", profile.accuracy) if profile.accuracy is not None
-                     else ("reference mean confidence", profile.mean_confidence))
+    ref_name, ref = (
+        ("reference accuracy", profile.accuracy)
+        if profile.accuracy is not None
+        else ("reference mean confidence", profile.mean_confidence)
+    )
     estimated = estimate_accuracy(probs)
-    return _above("estimated_accuracy", ref - estimated, cfg.max_estimated_accuracy_drop,
-                  f"estimated accuracy (mean calibrated confidence) {estimated:.4f} vs {ref_name} {ref:.4f}: drop")
+    return _above(
+        "estimated_accuracy",
+        ref - estimated,
+        cfg.max_estimated_accuracy_drop,
+        f"estimated accuracy (mean calibrated confidence) {estimated:.4f} vs {ref_name} {ref:.4f}: drop",
+    )
 
 
-def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig,
-                 labeled_window: WindowData | None = None) -> DriftCheck:
+def check_window(
+    profile: ReferenceProfile, window: WindowData, cfg: DriftConfig, labeled_window: WindowData | None = None
+) -> DriftCheck:
     """Every drift statistic of ``window`` against ``profile`` with ``cfg``'s thresholds.
 
     ``labeled_window``: where the accuracy signal looks for labeled rows instead of ``window`` — labels
@@ -289,14 +365,24 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
     counts = {"n_rows": window.n_rows, "n_labeled": int(labeled.sum()), "n_shadow": int(shadowed.sum())}
     if window.n_rows < cfg.min_rows:
         reason = f"cannot decide: the window has {window.n_rows} rows, fewer than min_rows={cfg.min_rows}"
-        return DriftCheck("cannot_decide", reason, **counts,
-                          signals={name: Signal(name, None, None, None, reason) for name in SIGNALS})
+        return DriftCheck(
+            "cannot_decide",
+            reason,
+            **counts,
+            signals={name: Signal(name, None, None, None, reason) for name in SIGNALS},
+        )
     probs = np.asarray(window.probs, dtype=np.float64)
     width = int(np.prod(np.shape(window.x)[1:]))
-    if probs.ndim != 2 or probs.shape[1] != profile.num_classes or len(window.x) != len(probs) \
-            or width != profile.num_features:
-        raise ValueError(f"check_window: probs {probs.shape} and x {np.shape(window.x)} do not match the profile "
-                         f"({profile.num_classes} classes, {profile.num_features} features)")
+    if (
+        probs.ndim != 2
+        or probs.shape[1] != profile.num_classes
+        or len(window.x) != len(probs)
+        or width != profile.num_features
+    ):
+        raise ValueError(
+            f"check_window: probs {probs.shape} and x {np.shape(window.x)} do not match the profile "
+            f"({profile.num_classes} classes, {profile.num_features} features)"
+        )
     if window.teacher_logits is not None and np.shape(window.teacher_logits) != probs.shape:
         raise ValueError(f"check_window: teacher logits {np.shape(window.teacher_logits)} != probs {probs.shape}")
 
@@ -304,20 +390,33 @@ def check_window(profile: ReferenceProfile, window: WindowData, cfg: DriftConfig
     labels_from = labeled_window if labeled_window is not None else window
     counts["n_labeled"] = int(labels_from.labeled().sum())
     accuracy_signal, acc = _accuracy_signal(profile, labels_from, cfg)
-    signals = [*_output_signals(profile, probs, cfg), _feature_signal(tests, cfg),
-               *_teacher_signals(profile, probs, window, shadowed, cfg), accuracy_signal,
-               _estimated_accuracy_signal(profile, probs, cfg)]
+    signals = [
+        *_output_signals(profile, probs, cfg),
+        _feature_signal(tests, cfg),
+        *_teacher_signals(profile, probs, window, shadowed, cfg),
+        accuracy_signal,
+        _estimated_accuracy_signal(profile, probs, cfg),
+    ]
     exceeded = [s for s in signals if s.exceeded]
-    reason = ("drift: " + "; ".join(f"{s.name}: {s.detail}" for s in exceeded) if exceeded
-              else "no signal exceeded its threshold")
+    reason = (
+        "drift: " + "; ".join(f"{s.name}: {s.detail}" for s in exceeded)
+        if exceeded
+        else "no signal exceeded its threshold"
+    )
     missing = [f"{s.name} ({s.detail})" for s in signals if s.value is None]
     if missing:
         reason += "; not computed: " + "; ".join(missing)
     window_metrics = {"estimated_accuracy": estimate_accuracy(probs)}
     if acc is not None:
         window_metrics["accuracy"] = acc
-    return DriftCheck("drift" if exceeded else "ok", reason, **counts, signals={s.name: s for s in signals},
-                      features=tests, metrics=window_metrics)
+    return DriftCheck(
+        "drift" if exceeded else "ok",
+        reason,
+        **counts,
+        signals={s.name: s for s in signals},
+        features=tests,
+        metrics=window_metrics,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- decision
@@ -349,12 +448,19 @@ class Decision:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
         """Inverse of :meth:`to_dict`; a decision stored before ``since`` existed restores with no streak starts."""
-        return cls(action=d["action"], reason=d.get("reason", ""), triggered=list(d.get("triggered", [])),
-                   consecutive={k: int(v) for k, v in d.get("consecutive", {}).items()},
-                   cooldown_until=d.get("cooldown_until"), since=dict(d.get("since", {})))
+        return cls(
+            action=d["action"],
+            reason=d.get("reason", ""),
+            triggered=list(d.get("triggered", [])),
+            consecutive={k: int(v) for k, v in d.get("consecutive", {}).items()},
+            cooldown_until=d.get("cooldown_until"),
+            since=dict(d.get("since", {})),
+        )
 
 
-def _streaks(previous: Decision | None, current: DriftCheck, window_start: str) -> tuple[dict[str, int], dict[str, str]]:
+def _streaks(
+    previous: Decision | None, current: DriftCheck, window_start: str
+) -> tuple[dict[str, int], dict[str, str]]:
     """Each signal's streak after ``current``: one more than before if exceeded again, else 0; a new streak
     starts at ``window_start``. (A previous decision stored without ``since`` keeps its counts; its streaks
     are then dated from the current window.)"""
@@ -369,8 +475,13 @@ def _streaks(previous: Decision | None, current: DriftCheck, window_start: str) 
     return consecutive, since
 
 
-def decide(previous: Decision | dict[str, Any] | None, current: DriftCheck, cfg: DriftConfig,
-           last_retrain_at: datetime | None, now: datetime) -> Decision:
+def decide(
+    previous: Decision | dict[str, Any] | None,
+    current: DriftCheck,
+    cfg: DriftConfig,
+    last_retrain_at: datetime | None,
+    now: datetime,
+) -> Decision:
     """The action after ``current``, the check of the window ``[now - window_days, now)``.
 
     ``previous`` is the decision of the champion version's previous check (a Decision or its dict; None for
@@ -390,20 +501,30 @@ def decide(previous: Decision | dict[str, Any] | None, current: DriftCheck, cfg:
     need = cfg.consecutive_windows
     triggered = [name for name in cfg.trigger_on if consecutive.get(name, 0) >= need]
     if not triggered:
-        pending = [f"{name} ({current.signals[name].detail}; {consecutive[name]} of {need} consecutive checks)"
-                   for name in cfg.trigger_on if consecutive.get(name, 0) > 0]
-        reason = (f"no retrain: no trigger signal exceeded its threshold on {need} consecutive checks"
-                  + ("; so far: " + "; ".join(pending) if pending else ""))
+        pending = [
+            f"{name} ({current.signals[name].detail}; {consecutive[name]} of {need} consecutive checks)"
+            for name in cfg.trigger_on
+            if consecutive.get(name, 0) > 0
+        ]
+        reason = f"no retrain: no trigger signal exceeded its threshold on {need} consecutive checks" + (
+            "; so far: " + "; ".join(pending) if pending else ""
+        )
         return Decision("none", reason, [], consecutive, since=since)
-    why = "; ".join(f"{name}: {current.signals[name].detail} on {consecutive[name]} consecutive checks "
-                    f"(needs {need}, since {since[name]})" for name in triggered)
+    why = "; ".join(
+        f"{name}: {current.signals[name].detail} on {consecutive[name]} consecutive checks "
+        f"(needs {need}, since {since[name]})"
+        for name in triggered
+    )
     if last_retrain_at is not None:
         until = last_retrain_at + timedelta(days=cfg.cooldown_days)
         if now < until:
-            cooling = (f"retrain suppressed: cool-down after the retrain at {last_retrain_at.isoformat()} lasts "
-                       f"until {until.isoformat()} ({cfg.cooldown_days:g} days); would trigger on {why}")
+            cooling = (
+                f"retrain suppressed: cool-down after the retrain at {last_retrain_at.isoformat()} lasts "
+                f"until {until.isoformat()} ({cfg.cooldown_days:g} days); would trigger on {why}"
+            )
             if cfg.recalibrate_during_cooldown:
-                return Decision("recalibrate", f"recalibrate: {cooling}", triggered, consecutive, until.isoformat(),
-                                since)
+                return Decision(
+                    "recalibrate", f"recalibrate: {cooling}", triggered, consecutive, until.isoformat(), since
+                )
             return Decision("none", cooling, triggered, consecutive, until.isoformat(), since)
     return Decision("retrain", f"retrain: {why}", triggered, consecutive, since=since)

@@ -26,7 +26,6 @@ from kdflow.metrics import accuracy
 from kdflow.registry import ModelRef
 
 
-
 def teacher_weights(method: TeacherWeighting, val_accuracies: Sequence[float]) -> np.ndarray:
     """Normalised weights: uniform for ``mean``; ``acc_i / sum_j acc_j`` for ``val_accuracy``."""
     acc = np.asarray(val_accuracies, dtype=np.float64)
@@ -101,8 +100,10 @@ class TeacherEnsemble:
 
     def describe(self) -> list[dict[str, object]]:
         """Per teacher: URI, version, weight and validation accuracy (for tags and the report)."""
-        return [{"uri": t.uri, "version": t.version, "weight": w, "val_accuracy": a}
-                for t, w, a in zip(self.teachers, self.weights, self.val_accuracies)]
+        return [
+            {"uri": t.uri, "version": t.version, "weight": w, "val_accuracy": a}
+            for t, w, a in zip(self.teachers, self.weights, self.val_accuracies)
+        ]
 
 
 def combined_profile(profiles: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -114,8 +115,13 @@ def combined_profile(profiles: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def combine_teachers(logits: Sequence[TeacherLogits], profiles: Sequence[dict[str, float]],
-                     val_labels: np.ndarray, weighting: TeacherWeighting, temperature: float) -> TeacherEnsemble:
+def combine_teachers(
+    logits: Sequence[TeacherLogits],
+    profiles: Sequence[dict[str, float]],
+    val_labels: np.ndarray,
+    weighting: TeacherWeighting,
+    temperature: float,
+) -> TeacherEnsemble:
     """Weight the teachers (:func:`teacher_weights` from their validation accuracy on ``val_labels``) and
     combine their evaluation logits split by split, at ``temperature`` for training and at T=1 for
     evaluation (:func:`combine_logits`)."""
@@ -125,7 +131,10 @@ def combine_teachers(logits: Sequence[TeacherLogits], profiles: Sequence[dict[st
     weights = teacher_weights(weighting, accs).tolist()
     splits = list(logits[0].splits)
     return TeacherEnsemble(
-        teachers=[z.teacher for z in logits], weights=weights, val_accuracies=accs,
+        teachers=[z.teacher for z in logits],
+        weights=weights,
+        val_accuracies=accs,
         train_logits={n: combine_logits([z[n] for z in logits], weights, temperature) for n in splits},
         eval_logits={n: combine_logits([z[n] for z in logits], weights, 1.0) for n in splits},
-        profile=combined_profile(profiles))
+        profile=combined_profile(profiles),
+    )

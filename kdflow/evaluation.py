@@ -36,8 +36,12 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         """The report's ``calibration`` section."""
-        return {"temperature": self.temperature, "before": self.before.as_dict(), "after": self.after.as_dict(),
-                "n_bins": self.n_bins}
+        return {
+            "temperature": self.temperature,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "n_bins": self.n_bins,
+        }
 
 
 def calibrate_student(model: nn.Module, val: Dataset, cfg: CalibrationConfig) -> Calibration:
@@ -45,10 +49,14 @@ def calibrate_student(model: nn.Module, val: Dataset, cfg: CalibrationConfig) ->
     NLL and Brier before and after it."""
     logits = predict_logits(model, val.x)
     temperature = fit_temperature(logits, val.y, cfg.t_min, cfg.t_max, cfg.max_iter)
-    return Calibration(served=CalibratedClassifier(model, temperature), temperature=temperature,
-                       before=calibration_metrics(logits, val.y, 1.0, cfg.n_bins),
-                       after=calibration_metrics(logits, val.y, temperature, cfg.n_bins), n_bins=cfg.n_bins,
-                       val_logits=logits)
+    return Calibration(
+        served=CalibratedClassifier(model, temperature),
+        temperature=temperature,
+        before=calibration_metrics(logits, val.y, 1.0, cfg.n_bins),
+        after=calibration_metrics(logits, val.y, temperature, cfg.n_bins),
+        n_bins=cfg.n_bins,
+        val_logits=logits,
+    )
 
 
 @dataclass(frozen=True)
@@ -97,29 +105,42 @@ class Evaluation:
         return cls(**{n: values[n] for n in names})
 
 
-def evaluate_student(student: CalibratedClassifier, test: Dataset, teacher_logits: np.ndarray,
-                     teacher_profile: Mapping[str, float], num_classes: int, n_bins: int,
-                     cfg: EvaluationConfig) -> Evaluation:
+def evaluate_student(
+    student: CalibratedClassifier,
+    test: Dataset,
+    teacher_logits: np.ndarray,
+    teacher_profile: Mapping[str, float],
+    num_classes: int,
+    n_bins: int,
+    cfg: EvaluationConfig,
+) -> Evaluation:
     """Score ``student`` on ``test`` against the teacher's test logits (T=1) and the teacher's size/speed
     ``teacher_profile`` (:func:`kdflow.metrics.profile`); ECE at the served temperature and at T=1."""
     z_s = predict_logits(student.model, test.x)
     t_served = float(student.temperature)
-    student_profile = metrics.profile(student, test.x, cfg.latency_batches, cfg.throughput_batch_size,
-                                      cfg.throughput_batches)
+    student_profile = metrics.profile(
+        student, test.x, cfg.latency_batches, cfg.throughput_batch_size, cfg.throughput_batches
+    )
     student_acc = metrics.accuracy(z_s, test.y)
     teacher_acc = metrics.accuracy(teacher_logits, test.y)
     return Evaluation(
-        student_accuracy=student_acc, teacher_accuracy=teacher_acc, teacher_gap=teacher_acc - student_acc,
+        student_accuracy=student_acc,
+        teacher_accuracy=teacher_acc,
+        teacher_gap=teacher_acc - student_acc,
         flip_rate=metrics.flip_rate(z_s, teacher_logits),
         student_ece=calibration_metrics(z_s, test.y, t_served, n_bins).ece,
         student_ece_uncalibrated=calibration_metrics(z_s, test.y, 1.0, n_bins).ece,
         teacher_ece=calibration_metrics(teacher_logits, test.y, 1.0, n_bins).ece,
-        served_temperature=t_served, student_params=int(student_profile["params"]),
+        served_temperature=t_served,
+        student_params=int(student_profile["params"]),
         teacher_params=int(teacher_profile["params"]),
         size_ratio=student_profile["params"] / teacher_profile["params"],
         per_class_accuracy={str(k): v for k, v in metrics.per_class_accuracy(z_s, test.y, num_classes).items()},
         test_rows=len(test),
         student_latency_p50_ms=student_profile["latency_p50_ms"],
-        student_latency_p95_ms=student_profile["latency_p95_ms"], student_throughput=student_profile["throughput"],
+        student_latency_p95_ms=student_profile["latency_p95_ms"],
+        student_throughput=student_profile["throughput"],
         teacher_latency_p50_ms=teacher_profile["latency_p50_ms"],
-        teacher_latency_p95_ms=teacher_profile["latency_p95_ms"], teacher_throughput=teacher_profile["throughput"])
+        teacher_latency_p95_ms=teacher_profile["latency_p95_ms"],
+        teacher_throughput=teacher_profile["throughput"],
+    )

@@ -35,8 +35,9 @@ def mnist1d_arrays(num_samples: int, seed: int, **overrides: Any) -> tuple[np.nd
     return data["x"][:num_samples].astype(np.float32), data["y"][:num_samples].astype(np.int64)
 
 
-def write_mnist1d(out: str | Path, transfer_size: int = 50_000, seed: int = 0,
-                  sizes: dict[str, int] | None = None) -> dict[str, Path]:
+def write_mnist1d(
+    out: str | Path, transfer_size: int = 50_000, seed: int = 0, sizes: dict[str, int] | None = None
+) -> dict[str, Path]:
     """Write train/val/test (labeled) and transfer (unlabeled) Parquet files; each split has its own seed
     and a disjoint id range."""
     out = Path(out)
@@ -67,7 +68,9 @@ def write_digits(out: str | Path, seed: int = 0) -> dict[str, Path]:
     id_tr, id_rest = train_test_split(ids, test_size=0.4, stratify=y, random_state=seed)
     id_va, id_te = train_test_split(id_rest, test_size=0.5, stratify=y[id_rest], random_state=seed)
     out = Path(out)
-    paths = {name: write_parquet(to_frame(idx, x[idx], y[idx]), out / f"{name}.parquet")
-             for name, idx in (("train", id_tr), ("val", id_va), ("test", id_te))}
+    paths = {
+        name: write_parquet(to_frame(idx, x[idx], y[idx]), out / f"{name}.parquet")
+        for name, idx in (("train", id_tr), ("val", id_va), ("test", id_te))
+    }
     paths["transfer"] = write_parquet(to_frame(id_tr, x[id_tr]), out / "transfer.parquet")
     return paths

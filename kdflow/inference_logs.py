@@ -44,18 +44,21 @@ import pyarrow.parquet as pq
 from kdflow.data import DataError
 from kdflow.store import ObjectStore, StoreError, open_store
 
-LOG_SCHEMA = pa.schema([
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("request_id", pa.string()),
-    ("model_name", pa.string()),
-    ("model_version", pa.string()),
-    ("x", pa.list_(pa.float32())),
-    ("probabilities", pa.list_(pa.float32())),
-    ("teacher_logits", pa.list_(pa.float32())),
-    ("label", pa.int64()),
-])
-LABEL_SCHEMA = pa.schema([("request_id", pa.string()), ("label", pa.int64()),
-                          ("label_timestamp", pa.timestamp("us", tz="UTC"))])
+LOG_SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("x", pa.list_(pa.float32())),
+        ("probabilities", pa.list_(pa.float32())),
+        ("teacher_logits", pa.list_(pa.float32())),
+        ("label", pa.int64()),
+    ]
+)
+LABEL_SCHEMA = pa.schema(
+    [("request_id", pa.string()), ("label", pa.int64()), ("label_timestamp", pa.timestamp("us", tz="UTC"))]
+)
 REQUIRED_COLUMNS = ("timestamp", "request_id", "model_name", "model_version", "x", "probabilities")
 LABELS_PREFIX = "labels/"
 _PART = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/part-[^/]+\.parquet$")
@@ -110,9 +113,16 @@ class InferenceLogWriter:
         self.store: ObjectStore = open_store(root, endpoint_url=endpoint_url)
         self._batches: list[pa.Table] = []
 
-    def log(self, x: np.ndarray, probs: np.ndarray, timestamps: Any, request_ids: Sequence[str] | None = None,
-            teacher_logits: np.ndarray | None = None, shadow_mask: np.ndarray | None = None,
-            labels: np.ndarray | None = None) -> list[str]:
+    def log(
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        timestamps: Any,
+        request_ids: Sequence[str] | None = None,
+        teacher_logits: np.ndarray | None = None,
+        shadow_mask: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> list[str]:
         """Buffer n predictions; returns their request ids (uuid4 hex when not given).
 
         ``x`` (n, d) features, ``probs`` (n, C) calibrated probabilities, ``timestamps`` n instants (or one for
@@ -144,10 +154,21 @@ class InferenceLogWriter:
         else:
             y = np.asarray(labels, dtype=np.int64)
             label = pa.array(y, mask=y < 0)
-        self._batches.append(pa.Table.from_arrays(
-            [_arrow_utc(ts), pa.array(ids, pa.string()), pa.array([self.model_name] * n, pa.string()),
-             pa.array([self.model_version] * n, pa.string()), _list_array(x), _list_array(probs), teacher, label],
-            schema=LOG_SCHEMA))
+        self._batches.append(
+            pa.Table.from_arrays(
+                [
+                    _arrow_utc(ts),
+                    pa.array(ids, pa.string()),
+                    pa.array([self.model_name] * n, pa.string()),
+                    pa.array([self.model_version] * n, pa.string()),
+                    _list_array(x),
+                    _list_array(probs),
+                    teacher,
+                    label,
+                ],
+                schema=LOG_SCHEMA,
+            )
+        )
         return ids
 
     def flush(self) -> list[str]:
@@ -173,8 +194,9 @@ class InferenceLogWriter:
             self.flush()
 
 
-def write_labels(root: str, request_ids: Sequence[str], labels: Sequence[int], at: Any,
-                 endpoint_url: str | None = None) -> list[str]:
+def write_labels(
+    root: str, request_ids: Sequence[str], labels: Sequence[int], at: Any, endpoint_url: str | None = None
+) -> list[str]:
     """Write late labels (one part per UTC date of ``at``, one instant or one per row); returns the URLs."""
     store = open_store(root, endpoint_url=endpoint_url)
     ids = [str(r) for r in request_ids]
@@ -183,8 +205,7 @@ def write_labels(root: str, request_ids: Sequence[str], labels: Sequence[int], a
     ts = ts.repeat(len(ids)) if len(ts) == 1 else ts
     if not len(ids) == len(y) == len(ts):
         raise ValueError(f"{len(ids)} request ids, {len(y)} labels and {len(ts)} timestamps must match")
-    table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(y), _arrow_utc(ts)],
-                                 schema=LABEL_SCHEMA)
+    table = pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(y), _arrow_utc(ts)], schema=LABEL_SCHEMA)
     days = np.asarray(ts.strftime("%Y-%m-%d"))
     urls = []
     for day in sorted(set(days)):
@@ -201,7 +222,7 @@ def _partitions(store: ObjectStore, prefix: str = "") -> dict[date, list[str]]:
     """Part keys by date under ``prefix`` (``""`` for logs, ``labels/`` for labels)."""
     out: dict[date, list[str]] = {}
     for key in store.list(prefix):
-        m = _PART.match(key[len(prefix):])
+        m = _PART.match(key[len(prefix) :])
         if m:
             out.setdefault(date.fromisoformat(m.group(1)), []).append(key)
     return out
@@ -214,7 +235,7 @@ def list_dates(root: str, endpoint_url: str | None = None) -> list[date]:
 
 def _check_type(url: str, name: str, actual: pa.DataType) -> None:
     """Raise if a column's Arrow type cannot hold the format's type (names the file and column)."""
-    expected = (LOG_SCHEMA.field(name).type if name in LOG_SCHEMA.names else LABEL_SCHEMA.field(name).type)
+    expected = LOG_SCHEMA.field(name).type if name in LOG_SCHEMA.names else LABEL_SCHEMA.field(name).type
     if pa.types.is_timestamp(expected):
         ok = pa.types.is_timestamp(actual)
     elif pa.types.is_string(expected):
@@ -222,9 +243,10 @@ def _check_type(url: str, name: str, actual: pa.DataType) -> None:
     elif pa.types.is_integer(expected):
         ok = pa.types.is_integer(actual) or pa.types.is_null(actual)
     else:  # list<float32>
-        ok = pa.types.is_null(actual) or ((pa.types.is_list(actual) or pa.types.is_large_list(actual)
-                                           or pa.types.is_fixed_size_list(actual))
-                                          and pa.types.is_floating(actual.value_type))
+        ok = pa.types.is_null(actual) or (
+            (pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_fixed_size_list(actual))
+            and pa.types.is_floating(actual.value_type)
+        )
     if not ok:
         raise InferenceLogError(f"{url}: column {name!r} must be {expected}, found {actual}")
 
@@ -258,8 +280,10 @@ def _matrix(column: pa.ChunkedArray, what: str, root: str) -> tuple[np.ndarray, 
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)[valid]
     if len(lengths) and lengths.min() != lengths.max():
-        raise InferenceLogError(f"{root}: column {what!r} holds arrays of different lengths "
-                                f"{sorted(set(lengths.tolist()))[:5]}; the format needs a fixed width")
+        raise InferenceLogError(
+            f"{root}: column {what!r} holds arrays of different lengths "
+            f"{sorted(set(lengths.tolist()))[:5]}; the format needs a fixed width"
+        )
     width = int(lengths[0]) if len(lengths) else 0
     out = np.full((len(arr), width), np.nan, dtype=np.float32)
     if valid.any() and width:
@@ -307,8 +331,14 @@ class LogWindow:
         return self.frame["request_id"].to_numpy(dtype=str)
 
 
-def read_window(root: str, start: date | datetime, end: date | datetime, endpoint_url: str | None = None,
-                require_all_partitions: bool = True, labels_as_of: date | datetime | None = None) -> LogWindow:
+def read_window(
+    root: str,
+    start: date | datetime,
+    end: date | datetime,
+    endpoint_url: str | None = None,
+    require_all_partitions: bool = True,
+    labels_as_of: date | datetime | None = None,
+) -> LogWindow:
     """Read the predictions with ``start <= timestamp < end`` (UTC) and join their late labels.
 
     Every date partition in the window must exist (:class:`InferenceLogError` naming the root and the missing
@@ -318,13 +348,16 @@ def read_window(root: str, start: date | datetime, end: date | datetime, endpoin
     if t1 <= t0:
         raise InferenceLogError(f"{root}: empty log window [{t0.isoformat()}, {t1.isoformat()})")
     store = open_store(root, endpoint_url=endpoint_url)
-    wanted = [t0.date() + timedelta(days=i) for i in range(((t1 - timedelta(microseconds=1)).date() - t0.date()).days + 1)]
+    wanted = [
+        t0.date() + timedelta(days=i) for i in range(((t1 - timedelta(microseconds=1)).date() - t0.date()).days + 1)
+    ]
     parts = {d: [k for k in store.list(f"date={d.isoformat()}/") if _PART.match(k)] for d in wanted}
     missing = [d for d in wanted if not parts[d]]
     if missing and require_all_partitions:
         shown = ", ".join(d.isoformat() for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise InferenceLogError(f"{store.uri}: {len(missing)} missing log partition(s) in "
-                                f"[{t0.date()}, {t1.date()}): date={shown}")
+        raise InferenceLogError(
+            f"{store.uri}: {len(missing)} missing log partition(s) in [{t0.date()}, {t1.date()}): date={shown}"
+        )
     tables = [_read_part(store, k, LOG_SCHEMA, REQUIRED_COLUMNS) for d in wanted for k in parts[d]]
     table = pa.concat_tables(tables) if tables else LOG_SCHEMA.empty_table()
     ts = table["timestamp"]
@@ -333,8 +366,10 @@ def read_window(root: str, start: date | datetime, end: date | datetime, endpoin
     frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     dup = frame["request_id"].duplicated()
     if dup.any():
-        raise InferenceLogError(f"{store.uri}: {int(dup.sum())} duplicated request_id(s) in the window, "
-                                f"e.g. {frame.loc[dup, 'request_id'].head(3).tolist()}")
+        raise InferenceLogError(
+            f"{store.uri}: {int(dup.sum())} duplicated request_id(s) in the window, "
+            f"e.g. {frame.loc[dup, 'request_id'].head(3).tolist()}"
+        )
     frame = _join_labels(store, frame, t0, None if labels_as_of is None else _as_utc(labels_as_of))
     x, _ = _matrix(table["x"], "x", store.uri)
     probs, _ = _matrix(table["probabilities"], "probabilities", store.uri)
@@ -342,15 +377,30 @@ def read_window(root: str, start: date | datetime, end: date | datetime, endpoin
     if not shadow.any():
         teacher = np.full((len(frame), probs.shape[1]), np.nan, dtype=np.float32)
     labels = frame["label"].fillna(-1).to_numpy(dtype=np.int64)
-    return LogWindow(root=store.uri, start=t0, end=t1, frame=frame, x=x, probs=probs, teacher_logits=teacher,
-                     shadow_mask=shadow, labels=labels, dates=[d for d in wanted if parts[d]], missing_dates=missing)
+    return LogWindow(
+        root=store.uri,
+        start=t0,
+        end=t1,
+        frame=frame,
+        x=x,
+        probs=probs,
+        teacher_logits=teacher,
+        shadow_mask=shadow,
+        labels=labels,
+        dates=[d for d in wanted if parts[d]],
+        missing_dates=missing,
+    )
 
 
 def _join_labels(store: ObjectStore, frame: pd.DataFrame, since: datetime, as_of: datetime | None) -> pd.DataFrame:
     """Join label files dated on or after ``since`` (labels arrive after the prediction) by request id."""
     frame["label_timestamp"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-    keys = [k for d, ks in _partitions(store, LABELS_PREFIX).items() if d >= since.date()
-            and (as_of is None or d <= as_of.date()) for k in ks]
+    keys = [
+        k
+        for d, ks in _partitions(store, LABELS_PREFIX).items()
+        if d >= since.date() and (as_of is None or d <= as_of.date())
+        for k in ks
+    ]
     if not keys or frame.empty:
         return frame
     late = pa.concat_tables([_read_part(store, k, LABEL_SCHEMA, LABEL_SCHEMA.names) for k in keys]).to_pandas()

@@ -17,14 +17,12 @@ import pandas as pd
 from scipy.special import softmax
 
 from kdflow.calibration import calibration_metrics, ece_improvement_confidence, fit_temperature
-from kdflow.config import CalibrationConfig, ConfigError, SLAConfig
+from kdflow.config import CalibrationConfig, ConfigError, RecalibrationTrigger, SLAConfig
 from kdflow.data import to_frame
 from kdflow.sla import SLACheck, check_slas
-from kdflow.config import RecalibrationTrigger
 
 if TYPE_CHECKING:
     from kdflow.models import CalibratedClassifier
-
 
 
 def parse_as_of(as_of: str | datetime | None) -> datetime:
@@ -36,8 +34,9 @@ def parse_as_of(as_of: str | datetime | None) -> datetime:
     try:
         value = as_of if isinstance(as_of, datetime) else datetime.fromisoformat(str(as_of))
     except ValueError as exc:
-        raise ConfigError(f"not an ISO 8601 date or date-time: {as_of!r} (e.g. 2026-03-01 or "
-                          f"2026-03-01T03:00:00+00:00)") from exc
+        raise ConfigError(
+            f"not an ISO 8601 date or date-time: {as_of!r} (e.g. 2026-03-01 or 2026-03-01T03:00:00+00:00)"
+        ) from exc
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -49,12 +48,14 @@ def window_bounds(as_of: datetime, days: int) -> tuple[datetime, datetime]:
 def ids_from_request_ids(request_ids: np.ndarray) -> np.ndarray:
     """Stable int64 ids for logged requests (first 8 bytes of SHA-256, 63 bits), so logged traffic can be a
     dataset split whose logits are stored and joined by id like any other."""
-    return np.array([int.from_bytes(hashlib.sha256(r.encode()).digest()[:8], "big") >> 1 for r in request_ids],
-                    dtype=np.int64)
+    return np.array(
+        [int.from_bytes(hashlib.sha256(r.encode()).digest()[:8], "big") >> 1 for r in request_ids], dtype=np.int64
+    )
 
 
-def traffic_frames(request_ids: np.ndarray, x: np.ndarray, labels: np.ndarray, max_rows: int,
-                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def traffic_frames(
+    request_ids: np.ndarray, x: np.ndarray, labels: np.ndarray, max_rows: int, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Recent traffic in kdflow's dataset layout: (inputs, unlabeled — at most ``max_rows``, a deterministic
     sample) and (the rows whose label is known, ``label >= 0``)."""
     ids = ids_from_request_ids(np.asarray(request_ids, dtype=str))
@@ -100,8 +101,15 @@ class Recalibration:
         return asdict(self)
 
 
-def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperature: float, cfg: CalibrationConfig,
-                      min_improvement: float = 0.0, min_confidence: float = 0.0, seed: int = 0) -> Recalibration:
+def refit_temperature(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    current_temperature: float,
+    cfg: CalibrationConfig,
+    min_improvement: float = 0.0,
+    min_confidence: float = 0.0,
+    seed: int = 0,
+) -> Recalibration:
     """Refit the temperature by NLL (Guo et al. 2017) on the whole window, and judge the refit out of sample.
 
     2-fold cross-fitting: the rows are split at random into halves A and B; A is scored at the temperature
@@ -119,7 +127,7 @@ def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperatur
     if n < 4:
         raise ValueError(f"refit_temperature: {n} labeled rows are too few to fit and evaluate")
     perm = np.random.default_rng(seed).permutation(n)
-    halves = (perm[: n // 2], perm[n // 2:])
+    halves = (perm[: n // 2], perm[n // 2 :])
     out_of_fold = np.empty_like(z)
     fold_t = []
     for fit, held in (halves, halves[::-1]):
@@ -129,17 +137,32 @@ def refit_temperature(logits: np.ndarray, labels: np.ndarray, current_temperatur
     new_t = fit_temperature(z, y, cfg.t_min, cfg.t_max, cfg.max_iter)
     before = calibration_metrics(z, y, current_temperature, cfg.n_bins)
     after = calibration_metrics(out_of_fold, y, 1.0, cfg.n_bins)
-    confidence = ece_improvement_confidence(softmax(z / current_temperature, axis=1), softmax(out_of_fold, axis=1),
-                                            y, cfg.n_bins, seed=seed)
+    confidence = ece_improvement_confidence(
+        softmax(z / current_temperature, axis=1), softmax(out_of_fold, axis=1), y, cfg.n_bins, seed=seed
+    )
     ece_better = after.ece < before.ece - min_improvement
     improved = ece_better and confidence >= min_confidence
-    verdict = ("improves" if improved else "does not improve" if not ece_better
-               else "the gain is within the window's noise")
-    reason = (f"ECE {before.ece:.4f} at T={current_temperature:.4f} -> {after.ece:.4f} out of fold at T={new_t:.4f} "
-              f"on {n} labeled rows (lower in {confidence:.0%} of bootstrap resamples): {verdict} (needs a gain "
-              f"> {min_improvement:g} in at least {min_confidence:.0%})")
-    return Recalibration(float(current_temperature), float(new_t), before.ece, after.ece, before.nll,
-                         after.nll, before.accuracy, bool(improved), reason, (fold_t[0], fold_t[1]), confidence)
+    verdict = (
+        "improves" if improved else "does not improve" if not ece_better else "the gain is within the window's noise"
+    )
+    reason = (
+        f"ECE {before.ece:.4f} at T={current_temperature:.4f} -> {after.ece:.4f} out of fold at T={new_t:.4f} "
+        f"on {n} labeled rows (lower in {confidence:.0%} of bootstrap resamples): {verdict} (needs a gain "
+        f"> {min_improvement:g} in at least {min_confidence:.0%})"
+    )
+    return Recalibration(
+        float(current_temperature),
+        float(new_t),
+        before.ece,
+        after.ece,
+        before.nll,
+        after.nll,
+        before.accuracy,
+        bool(improved),
+        reason,
+        (fold_t[0], fold_t[1]),
+        confidence,
+    )
 
 
 @dataclass
@@ -165,10 +188,16 @@ class RecalibrationOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able outcome the recalibration flow returns and records (``recalibration.json``)."""
-        out: dict[str, Any] = {"parent_version": self.parent_version, "trigger": self.trigger,
-                               "window": [self.start.isoformat(), self.end.isoformat()], "rows": self.rows,
-                               "labeled_rows": self.labeled_rows, "version": self.version,
-                               "result": self.result.as_dict() if self.result else None, "reason": self.reason}
+        out: dict[str, Any] = {
+            "parent_version": self.parent_version,
+            "trigger": self.trigger,
+            "window": [self.start.isoformat(), self.end.isoformat()],
+            "rows": self.rows,
+            "labeled_rows": self.labeled_rows,
+            "version": self.version,
+            "result": self.result.as_dict() if self.result else None,
+            "reason": self.reason,
+        }
         if self.sla_checks is not None:
             out["sla_checks"] = [c.as_dict() for c in self.sla_checks]
         if self.promotion is not None:
@@ -178,23 +207,30 @@ class RecalibrationOutcome:
     def metrics(self) -> dict[str, float]:
         """MLflow metrics: row counts, whether a version was registered, and every number of the refit."""
         result = self.result.as_dict() if self.result else {}
-        return {"labeled_rows": float(self.labeled_rows), "registered": float(bool(self.version)),
-                **{k: float(v) for k, v in result.items() if isinstance(v, (int, float))}}
+        return {
+            "labeled_rows": float(self.labeled_rows),
+            "registered": float(bool(self.version)),
+            **{k: float(v) for k, v in result.items() if isinstance(v, (int, float))},
+        }
 
     def markdown(self, name: str, as_of: datetime) -> str:
         """A short markdown summary: what changed, or why nothing did."""
-        return (f"# Recalibration of {name} v{self.parent_version} at {as_of.isoformat()}\n\n{self.reason}\n\n"
-                f"New version: {self.version or 'none'}")
+        return (
+            f"# Recalibration of {name} v{self.parent_version} at {as_of.isoformat()}\n\n{self.reason}\n\n"
+            f"New version: {self.version or 'none'}"
+        )
 
 
-def judge_refit(outcome: RecalibrationOutcome, result: Recalibration, evaluation: dict[str, Any],
-                sla: SLAConfig) -> RecalibrationOutcome:
+def judge_refit(
+    outcome: RecalibrationOutcome, result: Recalibration, evaluation: dict[str, Any], sla: SLAConfig
+) -> RecalibrationOutcome:
     """Whether to register the refit: only if its out-of-fold ECE improved (``result.improved``) and every SLA
     still passes on the recalibrated model — the parent's ``evaluation`` (accuracy, gap, flip rate, latency,
     size: unchanged by a temperature) with the new ECE and temperature. Returns ``outcome`` with the refit,
     the SLA checks, the verdict and why."""
-    checks = check_slas({**evaluation, "student_ece": result.ece_after, "served_temperature": result.new_temperature},
-                        sla)
+    checks = check_slas(
+        {**evaluation, "student_ece": result.ece_after, "served_temperature": result.new_temperature}, sla
+    )
     failed = [c.name for c in checks if not c.passed]
     if not result.improved:
         register, reason = False, f"nothing changed: {result.reason}"

@@ -95,8 +95,13 @@ class Manifest:
         return cls(**data)
 
 
-def store_key(teacher_name: str, teacher_version: str | int, data_fingerprint: str, top_k: int | None = None,
-              clip_value: float | None = 50.0) -> str:
+def store_key(
+    teacher_name: str,
+    teacher_version: str | int,
+    data_fingerprint: str,
+    top_k: int | None = None,
+    clip_value: float | None = 50.0,
+) -> str:
     """``logits/<teacher>/v<version>/<fingerprint[:32]>-f16-clip<c>`` (``-f16u16-clip<c>-top<k>`` in top-k mode:
     fp16 log-probs and uint16 class indices): one store per teacher version,
     dataset content and every setting that changes the stored values (dtype, clip, top-k), so changing any of
@@ -139,8 +144,13 @@ def _encode_shard(ids: np.ndarray, logits: np.ndarray, top_k: int | None = None)
         logp = logits - logits.max(axis=1, keepdims=True)
         logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
         index = np.argsort(-logp, axis=1, kind="stable")[:, :top_k]
-        np.savez(buf, ids=ids, topk_logprobs=np.take_along_axis(logp, index, 1).astype(np.float16),
-                 topk_index=index.astype(np.uint16), num_classes=np.int64(logits.shape[1]))
+        np.savez(
+            buf,
+            ids=ids,
+            topk_logprobs=np.take_along_axis(logp, index, 1).astype(np.float16),
+            topk_index=index.astype(np.uint16),
+            num_classes=np.int64(logits.shape[1]),
+        )
     else:
         np.savez(buf, ids=ids, logits=logits.astype(np.float16))
     return buf.getvalue()
@@ -256,8 +266,9 @@ class LogitStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise LogitStoreError(f"{self.uri}/{MANIFEST}: unreadable manifest ({exc})") from exc
 
-    def existing_shard(self, index: int, expected_ids: np.ndarray, *, clip_value: float | None,
-                       top_k: int | None) -> tuple[ShardInfo, int] | None:
+    def existing_shard(
+        self, index: int, expected_ids: np.ndarray, *, clip_value: float | None, top_k: int | None
+    ) -> tuple[ShardInfo, int] | None:
         """(info, clipped count) of an already written shard whose checksum, ids and stored-value settings
         (clip, top-k, recorded in its marker) verify, else ``None`` (then it is recomputed, never trusted)."""
         shard, marker = self._k(shard_name(index)), self._k(marker_name(index))
@@ -276,8 +287,9 @@ class LogitStore:
             return None
         return ShardInfo(key=shard_name(index), rows=len(ids), sha256=meta["sha256"]), int(meta.get("clipped", 0))
 
-    def write_shard(self, index: int, ids: np.ndarray, logits: np.ndarray, clip_value: float | None = 50.0,
-                    top_k: int | None = None) -> tuple[ShardInfo, int]:
+    def write_shard(
+        self, index: int, ids: np.ndarray, logits: np.ndarray, clip_value: float | None = 50.0, top_k: int | None = None
+    ) -> tuple[ShardInfo, int]:
         """Check, clip and store one shard, then its checksum marker (the marker is what resume trusts)."""
         logits = np.asarray(logits, dtype=np.float32)
         if logits.ndim != 2 or len(logits) != len(ids):
@@ -285,7 +297,9 @@ class LogitStore:
         if not np.isfinite(logits).all():
             raise LogitStoreError(f"{self.uri}: teacher produced non-finite logits for shard {index}")
         if top_k is not None and not 0 < top_k < logits.shape[1]:
-            raise LogitStoreError(f"top_k must be in [1, {logits.shape[1] - 1}] for {logits.shape[1]} classes, got {top_k}")
+            raise LogitStoreError(
+                f"top_k must be in [1, {logits.shape[1] - 1}] for {logits.shape[1]} classes, got {top_k}"
+            )
         clipped = 0
         if clip_value is not None:
             clipped = int((np.abs(logits) > clip_value).sum())
@@ -297,8 +311,9 @@ class LogitStore:
         self.store.put(self._k(marker_name(index)), json.dumps(marker).encode())
         return ShardInfo(key=shard_name(index), rows=len(ids), sha256=sha), clipped
 
-    def reusable(self, teacher_version: str, data_fingerprint: str, *, clip_value: float | None,
-                 top_k: int | None) -> Manifest | None:
+    def reusable(
+        self, teacher_version: str, data_fingerprint: str, *, clip_value: float | None, top_k: int | None
+    ) -> Manifest | None:
         """The manifest if this store is complete for this teacher version, data, clip and top-k; a clear
         error if it names others; ``None`` while the store is incomplete."""
         existing = self.manifest()
@@ -309,45 +324,83 @@ class LogitStore:
                 f"{self.uri}: manifest is for teacher version {existing.teacher_version} / data "
                 f"{existing.data_fingerprint[:12]}, expected {teacher_version} / {data_fingerprint[:12]}"
             )
-        if (existing.clip_value != clip_value or existing.top_k != top_k):
+        if existing.clip_value != clip_value or existing.top_k != top_k:
             raise LogitStoreError(
                 f"{self.uri}: manifest holds logits stored with clip {existing.clip_value} / top_k {existing.top_k}, "
                 f"expected clip {clip_value} / top_k {top_k}; use the store key of these settings (store_key)"
             )
         return existing
 
-    def write_manifest(self, shards: list[ShardInfo], clipped: int, *, teacher_uri: str, teacher_name: str,
-                       teacher_version: str, data_fingerprint: str, dataset: str, clip_value: float | None,
-                       top_k: int | None) -> Manifest:
+    def write_manifest(
+        self,
+        shards: list[ShardInfo],
+        clipped: int,
+        *,
+        teacher_uri: str,
+        teacher_name: str,
+        teacher_version: str,
+        data_fingerprint: str,
+        dataset: str,
+        clip_value: float | None,
+        top_k: int | None,
+    ) -> Manifest:
         """Write the manifest last, marking the store complete."""
         num_classes = _decode_shard(self.store.get(self._k(shards[0].key)))[1].shape[1]
         manifest = Manifest(
-            teacher_uri=teacher_uri, teacher_name=teacher_name, teacher_version=str(teacher_version),
-            data_fingerprint=data_fingerprint, dataset=dataset, num_rows=sum(s.rows for s in shards),
-            num_classes=int(num_classes), clip_value=clip_value, clipped_values=clipped, shards=shards,
-            created_at=time.time(), dtype="float16" if not top_k else "float16+uint16",
-            mode="topk" if top_k else "dense", top_k=top_k, missing_mass_rule="uniform" if top_k else None,
+            teacher_uri=teacher_uri,
+            teacher_name=teacher_name,
+            teacher_version=str(teacher_version),
+            data_fingerprint=data_fingerprint,
+            dataset=dataset,
+            num_rows=sum(s.rows for s in shards),
+            num_classes=int(num_classes),
+            clip_value=clip_value,
+            clipped_values=clipped,
+            shards=shards,
+            created_at=time.time(),
+            dtype="float16" if not top_k else "float16+uint16",
+            mode="topk" if top_k else "dense",
+            top_k=top_k,
+            missing_mass_rule="uniform" if top_k else None,
         )
         self.store.put(self._k(MANIFEST), manifest.to_json())
         return manifest
 
-    def precompute(self, ids: np.ndarray, teacher_fn: Callable[[slice], np.ndarray], *, teacher_uri: str,
-                   teacher_name: str, teacher_version: str, data_fingerprint: str, dataset: str,
-                   rows_per_shard: int = 8192, clip_value: float | None = 50.0,
-                   top_k: int | None = None) -> PrecomputeStats:
+    def precompute(
+        self,
+        ids: np.ndarray,
+        teacher_fn: Callable[[slice], np.ndarray],
+        *,
+        teacher_uri: str,
+        teacher_name: str,
+        teacher_version: str,
+        data_fingerprint: str,
+        dataset: str,
+        rows_per_shard: int = 8192,
+        clip_value: float | None = 50.0,
+        top_k: int | None = None,
+    ) -> PrecomputeStats:
         """Compute and store teacher logits unless a complete store for this teacher and data exists.
 
         ``teacher_fn(rows)`` returns float32 logits (len(rows), C) for ``ids[rows]``. This only sequences
         :func:`plan_shards`, :func:`compute_shard` per missing shard and :func:`finalize_shards` - the same
         functions the Prefect flows run as one task each (``tasks/logits.py``).
         """
-        spec = StoreSpec(teacher_uri=teacher_uri, teacher_name=teacher_name, teacher_version=str(teacher_version),
-                         data_fingerprint=data_fingerprint, dataset=dataset, rows_per_shard=rows_per_shard,
-                         clip_value=clip_value, top_k=top_k)
+        spec = StoreSpec(
+            teacher_uri=teacher_uri,
+            teacher_name=teacher_name,
+            teacher_version=str(teacher_version),
+            data_fingerprint=data_fingerprint,
+            dataset=dataset,
+            rows_per_shard=rows_per_shard,
+            clip_value=clip_value,
+            top_k=top_k,
+        )
         start = time.perf_counter()
         plan = plan_shards(self, spec, ids)
-        results = [compute_shard(self, spec, job, ids[job.rows], functools.partial(teacher_fn, job.rows))
-                   for job in plan.jobs]
+        results = [
+            compute_shard(self, spec, job, ids[job.rows], functools.partial(teacher_fn, job.rows)) for job in plan.jobs
+        ]
         return finalize_shards(self, spec, plan, results, time.perf_counter() - start)
 
     def iter_shards(self, manifest: Manifest | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -359,10 +412,14 @@ class LogitStore:
             except StoreError as exc:
                 raise LogitStoreError(f"{self.uri}: shard {shard.key} missing ({exc})") from exc
             if _sha256(raw) != shard.sha256:
-                raise LogitStoreError(f"{self.uri}: shard {shard.key} failed its SHA-256 check (corrupt); refusing to use it")
+                raise LogitStoreError(
+                    f"{self.uri}: shard {shard.key} failed its SHA-256 check (corrupt); refusing to use it"
+                )
             ids, logits = _decode_shard(raw)
             if len(ids) != shard.rows:
-                raise LogitStoreError(f"{self.uri}: shard {shard.key} holds {len(ids)} rows, manifest says {shard.rows}")
+                raise LogitStoreError(
+                    f"{self.uri}: shard {shard.key} holds {len(ids)} rows, manifest says {shard.rows}"
+                )
             yield ids, logits
 
     def require_manifest(self) -> Manifest:
@@ -387,7 +444,9 @@ class LogitStore:
         pos = index.get_indexer(pd.Index(ids))
         missing = pos < 0
         if missing.any():
-            raise LogitStoreError(f"{self.uri}: {int(missing.sum())} dataset id(s) have no stored logits, e.g. {ids[missing][:3].tolist()}")
+            raise LogitStoreError(
+                f"{self.uri}: {int(missing.sum())} dataset id(s) have no stored logits, e.g. {ids[missing][:3].tolist()}"
+            )
         return logits[pos]
 
 
@@ -405,24 +464,33 @@ def plan_shards(ls: LogitStore, spec: StoreSpec, ids: np.ndarray) -> ShardPlan:
             plan.jobs.append(ShardJob(i, rows.start, rows.stop))
         else:
             plan.kept.append(ShardResult(i, *found))
-    log.info("%s: %d of %d shard(s) to compute, %d kept from an earlier run", ls.uri, len(plan.jobs),
-             plan.shards_total, len(plan.kept))
+    log.info(
+        "%s: %d of %d shard(s) to compute, %d kept from an earlier run",
+        ls.uri,
+        len(plan.jobs),
+        plan.shards_total,
+        len(plan.kept),
+    )
     return plan
 
 
-def compute_shard(ls: LogitStore, spec: StoreSpec, job: ShardJob, ids: np.ndarray,
-                  teacher_fn: Callable[[], np.ndarray]) -> ShardResult:
+def compute_shard(
+    ls: LogitStore, spec: StoreSpec, job: ShardJob, ids: np.ndarray, teacher_fn: Callable[[], np.ndarray]
+) -> ShardResult:
     """Step 2, once per planned job and independent of every other shard: run ``teacher_fn()`` (float32
     logits for this shard's ``ids``, i.e. ``ids[job.rows]`` of the dataset), clip and store the shard, then
     its checksum marker."""
     if len(ids) != job.stop - job.start:
-        raise LogitStoreError(f"{ls.uri}: shard {job.index} covers rows [{job.start}, {job.stop}) but got {len(ids)} ids")
+        raise LogitStoreError(
+            f"{ls.uri}: shard {job.index} covers rows [{job.start}, {job.stop}) but got {len(ids)} ids"
+        )
     info, clipped = ls.write_shard(job.index, ids, teacher_fn(), spec.clip_value, spec.top_k)
     return ShardResult(job.index, info, clipped)
 
 
-def finalize_shards(ls: LogitStore, spec: StoreSpec, plan: ShardPlan, results: list[ShardResult],
-                    seconds: float) -> PrecomputeStats:
+def finalize_shards(
+    ls: LogitStore, spec: StoreSpec, plan: ShardPlan, results: list[ShardResult], seconds: float
+) -> PrecomputeStats:
     """Step 3: once every planned shard is stored, write the manifest (last, marking the store complete) and
     say what was reused, kept and computed."""
     if plan.reused is not None:
@@ -434,12 +502,27 @@ def finalize_shards(ls: LogitStore, spec: StoreSpec, plan: ShardPlan, results: l
         raise LogitStoreError(f"{ls.uri}: cannot finalize, {len(missing)} shard(s) not computed, e.g. {missing[:5]}")
     ordered = [shards[i] for i in range(plan.shards_total)]
     clipped = sum(r.clipped for r in ordered)
-    ls.write_manifest([r.info for r in ordered], clipped, teacher_uri=spec.teacher_uri, teacher_name=spec.teacher_name,
-                      teacher_version=spec.teacher_version, data_fingerprint=spec.data_fingerprint,
-                      dataset=spec.dataset, clip_value=spec.clip_value, top_k=spec.top_k)
+    ls.write_manifest(
+        [r.info for r in ordered],
+        clipped,
+        teacher_uri=spec.teacher_uri,
+        teacher_name=spec.teacher_name,
+        teacher_version=spec.teacher_version,
+        data_fingerprint=spec.data_fingerprint,
+        dataset=spec.dataset,
+        clip_value=spec.clip_value,
+        top_k=spec.top_k,
+    )
     computed = {r.index for r in results}
-    return PrecomputeStats(False, plan.shards_total, len(computed), sum(r.info.rows for r in results), clipped,
-                           seconds, shards_kept=len(plan.kept))
+    return PrecomputeStats(
+        False,
+        plan.shards_total,
+        len(computed),
+        sum(r.info.rows for r in results),
+        clipped,
+        seconds,
+        shards_kept=len(plan.kept),
+    )
 
 
 def find_stores(store: ObjectStore, prefix: str = "logits/") -> list[str]:

@@ -59,8 +59,9 @@ def throughput(model: nn.Module, x: np.ndarray, batch_size: int = 256, batches: 
     return batch_size * batches / (time.perf_counter() - t0)
 
 
-def profile(model: nn.Module, x: np.ndarray, latency_batches: int = 200, batch_size: int = 256,
-            throughput_batches: int = 10) -> dict[str, float]:
+def profile(
+    model: nn.Module, x: np.ndarray, latency_batches: int = 200, batch_size: int = 256, throughput_batches: int = 10
+) -> dict[str, float]:
     """Size and speed of ``model``: parameters, batch-1 latency p50/p95 (ms), samples/s at ``batch_size``."""
     lat = latency_ms(model, x, batches=latency_batches)
     return {

@@ -53,8 +53,9 @@ class CNN1D(nn.Module):
     """1-D CNN for sequences ``(B, L)``: ``depth`` conv blocks (conv-BN-ReLU, stride 2 after the first),
     global average + max pooling, linear head. Any length works: the pooling is global."""
 
-    def __init__(self, num_classes: int, channels: int = 32, depth: int = 3, kernel_size: int = 5,
-                 dropout: float = 0.0):
+    def __init__(
+        self, num_classes: int, channels: int = 32, depth: int = 3, kernel_size: int = 5, dropout: float = 0.0
+    ):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = 1
@@ -79,8 +80,9 @@ class CNN2D(nn.Module):
     """2-D CNN for small single-channel images ``(B, H, W)``: ``depth`` conv-BN-ReLU blocks with 2x2 max
     pooling between them, global average pooling, linear head."""
 
-    def __init__(self, image_shape: tuple[int, int], num_classes: int, channels: int = 32, depth: int = 2,
-                 dropout: float = 0.0):
+    def __init__(
+        self, image_shape: tuple[int, int], num_classes: int, channels: int = 32, depth: int = 2, dropout: float = 0.0
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         blocks: list[nn.Module] = []
@@ -109,8 +111,10 @@ def build_mlp(input_shape: tuple[int, ...], num_classes: int, **kw: Any) -> nn.M
 def build_cnn1d(input_shape: tuple[int, ...], num_classes: int, **kw: Any) -> nn.Module:
     """1-D CNN; input is flattened to one sequence (its length comes from the data, never from ``args``)."""
     if "length" in kw:
-        raise ModelSpecError(f"cnn1d takes no 'length' argument (got length={kw['length']!r}): the sequence is the "
-                             f"flattened input of shape {list(input_shape)}; remove 'length' from the model's args")
+        raise ModelSpecError(
+            f"cnn1d takes no 'length' argument (got length={kw['length']!r}): the sequence is the "
+            f"flattened input of shape {list(input_shape)}; remove 'length' from the model's args"
+        )
     return CNN1D(num_classes, **kw)
 
 

@@ -17,14 +17,31 @@ from pathlib import Path
 from typing import Any
 
 from kdflow import registry
-from kdflow.config import (CalibrationConfig, DriftConfig, FeatureSpec, LogsConfig, RecalibrationConfig, RecentTraffic,
-                           RetrainConfig, SLAConfig, ValidationConfig, RecalibrationTrigger, RetrainVia)
+from kdflow.config import (
+    CalibrationConfig,
+    DriftConfig,
+    FeatureSpec,
+    LogsConfig,
+    RecalibrationConfig,
+    RecalibrationTrigger,
+    RecentTraffic,
+    RetrainConfig,
+    RetrainVia,
+    SLAConfig,
+    ValidationConfig,
+)
 from kdflow.data import Dataset, write_parquet
-from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window
+from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
-from kdflow.lifecycle import (RecalibrationOutcome, ids_from_request_ids, judge_refit,
-                              refit_temperature, traffic_frames, window_bounds)
+from kdflow.lifecycle import (
+    RecalibrationOutcome,
+    ids_from_request_ids,
+    judge_refit,
+    refit_temperature,
+    traffic_frames,
+    window_bounds,
+)
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
 from kdflow.train import predict_logits
@@ -71,6 +88,7 @@ def load_champion(tracking_uri: str, name: str) -> Champion:
     """Resolve ``name@champion`` (a clear :class:`~kdflow.registry.RegistryError` when there is none), load it
     and the reference profile stored at its registration."""
     import mlflow.artifacts
+
     from mlflow import MlflowClient
 
     registry.configure_tracking(tracking_uri)
@@ -81,11 +99,13 @@ def load_champion(tracking_uri: str, name: str) -> Champion:
         raise registry.RegistryError(f"{ref.version_uri} is not a calibrated kdflow student ({type(model).__name__})")
     tags = dict(MlflowClient().get_model_version(ref.name, ref.version).tags)
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=tags.get(
-            f"{_P}reference_profile", PROFILE_ARTIFACT))
+        path = mlflow.artifacts.download_artifacts(
+            run_id=ref.run_id, artifact_path=tags.get(f"{_P}reference_profile", PROFILE_ARTIFACT)
+        )
     except Exception as exc:
-        raise registry.RegistryError(f"{ref.version_uri} has no reference profile ({PROFILE_ARTIFACT} of run "
-                                     f"{ref.run_id}): {exc}") from exc
+        raise registry.RegistryError(
+            f"{ref.version_uri} has no reference profile ({PROFILE_ARTIFACT} of run {ref.run_id}): {exc}"
+        ) from exc
     return Champion(ref, model, ReferenceProfile.from_dict(json.loads(Path(path).read_text())), tags)
 
 
@@ -102,15 +122,23 @@ def parent_evaluation(champion: Champion) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ logs
-def read_logs(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
-              end: datetime) -> LogWindow:
+def read_logs(
+    logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime, end: datetime
+) -> LogWindow:
     """The inference logs of ``[start, end)`` with the labels known by ``end``, validated with the
     ``kdflow-inference-logs`` GX suite (bad logs raise one error naming the problem). Missing date partitions
     do not raise: they are listed on the window (a drift check then cannot decide)."""
     window = read_window(logs.root, start, end, logs.endpoint_url, require_all_partitions=False, labels_as_of=end)
     if len(window):
-        validate_inference_logs(window.frame, num_classes, FeatureSpec(column="x"), validation, name="inference_logs",
-                                uri=window.root, id_column="request_id").raise_for_failures()
+        validate_inference_logs(
+            window.frame,
+            num_classes,
+            FeatureSpec(column="x"),
+            validation,
+            name="inference_logs",
+            uri=window.root,
+            id_column="request_id",
+        ).raise_for_failures()
     return window
 
 
@@ -119,8 +147,14 @@ def retrain_dir(output_dir: str, as_of: datetime) -> Path:
     return Path(output_dir).resolve() / "retrain" / f"{as_of:%Y%m%dT%H%M%S}"
 
 
-def collect_recent_traffic(logs: LogsConfig, validation: ValidationConfig, num_classes: int, cfg: RetrainConfig,
-                           as_of: datetime, output_dir: str) -> RecentTraffic:
+def collect_recent_traffic(
+    logs: LogsConfig,
+    validation: ValidationConfig,
+    num_classes: int,
+    cfg: RetrainConfig,
+    as_of: datetime,
+    output_dir: str,
+) -> RecentTraffic:
     """The last ``cfg.window_days`` of logs before ``as_of`` as an extra (unlabeled) transfer split — at most
     ``cfg.max_recent_rows``, a deterministic sample — and the labeled rows for the gate (None when fewer than
     ``cfg.min_recent_labeled_rows``), written as Parquet in kdflow's layout under :func:`retrain_dir` (a repeat
@@ -128,16 +162,21 @@ def collect_recent_traffic(logs: LogsConfig, validation: ValidationConfig, num_c
     start, end = window_bounds(as_of, cfg.window_days)
     window = read_logs(logs, validation, num_classes, start, end)
     if not len(window):
-        raise InferenceLogError(f"no inference logs in {logs.root} in the {cfg.window_days} days before "
-                                f"{as_of.isoformat()}: nothing to retrain on")
+        raise InferenceLogError(
+            f"no inference logs in {logs.root} in the {cfg.window_days} days before "
+            f"{as_of.isoformat()}: nothing to retrain on"
+        )
     inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.max_recent_rows)
     out_dir = retrain_dir(output_dir, as_of)
     enough = len(labeled) >= max(cfg.min_recent_labeled_rows, 1)
     return RecentTraffic(
         recent=str(write_parquet(inputs, out_dir / "recent.parquet")),
         recent_labeled=str(write_parquet(labeled, out_dir / "recent_labeled.parquet")) if enough else None,
-        window=(start.isoformat(), end.isoformat()), rows=len(window), recent_rows=len(inputs),
-        labeled_rows=len(labeled))
+        window=(start.isoformat(), end.isoformat()),
+        rows=len(window),
+        recent_rows=len(inputs),
+        labeled_rows=len(labeled),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ drift check
@@ -152,8 +191,13 @@ def version_rows(window: LogWindow, version: str, since: datetime | None = None)
     rows = (window.frame["model_version"].astype(str) == str(version)).to_numpy()
     if since is not None:
         rows = rows & (window.frame["timestamp"] >= since).to_numpy()
-    return WindowData(probs=window.probs[rows], x=window.x[rows], labels=window.labels[rows],
-                      teacher_logits=window.teacher_logits[rows], shadow_mask=window.shadow_mask[rows])
+    return WindowData(
+        probs=window.probs[rows],
+        x=window.x[rows],
+        labels=window.labels[rows],
+        teacher_logits=window.teacher_logits[rows],
+        shadow_mask=window.shadow_mask[rows],
+    )
 
 
 def check_version(profile: ReferenceProfile, version: str, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
@@ -164,11 +208,13 @@ def check_version(profile: ReferenceProfile, version: str, window: LogWindow, cf
     recent_start = window.end - timedelta(days=cfg.window_days)
     missing = [d for d in window.missing_dates if d >= recent_start.date()]
     if missing:
-        reason = (f"cannot decide: {len(missing)} missing log partition(s) in {window.root}: "
-                  + ", ".join(d.isoformat() for d in missing))
+        reason = f"cannot decide: {len(missing)} missing log partition(s) in {window.root}: " + ", ".join(
+            d.isoformat() for d in missing
+        )
         return DriftCheck("cannot_decide", reason, len(window), 0, 0, signals={})
-    return check_window(profile, version_rows(window, version, recent_start), cfg,
-                        labeled_window=version_rows(window, version))
+    return check_window(
+        profile, version_rows(window, version, recent_start), cfg, labeled_window=version_rows(window, version)
+    )
 
 
 @dataclass(frozen=True)
@@ -185,18 +231,24 @@ def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) 
     in ``experiment_id``: the last check of ``version`` and the last retrain decision of any version (for the
     cool-down)."""
     import mlflow.artifacts
+
     from mlflow import MlflowClient
 
     client = MlflowClient()
     base = f"tags.`{_P}model` = '{name}' AND metrics.as_of_ts < {as_of.timestamp()}"
-    runs = client.search_runs([experiment_id], f"{base} AND tags.`{_P}model_version` = '{version}'",
-                              order_by=["metrics.as_of_ts DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment_id],
+        f"{base} AND tags.`{_P}model_version` = '{version}'",
+        order_by=["metrics.as_of_ts DESC"],
+        max_results=1,
+    )
     previous = None
     if runs:
         path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
         previous = Decision.from_dict(json.loads(Path(path).read_text()))
-    retrains = client.search_runs([experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'",
-                                  order_by=["metrics.as_of_ts DESC"], max_results=1)
+    retrains = client.search_runs(
+        [experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'", order_by=["metrics.as_of_ts DESC"], max_results=1
+    )
     last = datetime.fromisoformat(retrains[0].data.tags[f"{_P}as_of"]) if retrains else None
     return DriftHistory(previous, last)
 
@@ -206,15 +258,27 @@ def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dic
     computed signal (``signal_*``) and whether it exceeded its threshold (``exceeded_*``), the window's raw
     metrics (``window_*``) and ``retrain`` (1 on a retrain decision)."""
     signals = check.signals.values()
-    return {"as_of_ts": as_of.timestamp(), "n_rows": check.n_rows, "n_labeled": check.n_labeled,
-            "n_shadow": check.n_shadow, "retrain": float(decision.action == "retrain"),
-            **{f"signal_{s.name}": s.value for s in signals if s.value is not None},
-            **{f"exceeded_{s.name}": float(bool(s.exceeded)) for s in signals if s.exceeded is not None},
-            **{f"window_{k}": v for k, v in check.metrics.items()}}
+    return {
+        "as_of_ts": as_of.timestamp(),
+        "n_rows": check.n_rows,
+        "n_labeled": check.n_labeled,
+        "n_shadow": check.n_shadow,
+        "retrain": float(decision.action == "retrain"),
+        **{f"signal_{s.name}": s.value for s in signals if s.value is not None},
+        **{f"exceeded_{s.name}": float(bool(s.exceeded)) for s in signals if s.exceeded is not None},
+        **{f"window_{k}": v for k, v in check.metrics.items()},
+    }
 
 
-def record_drift_check(experiment_id: str, run_key: str | None, ref: registry.ModelRef, as_of: datetime,
-                       check: DriftCheck, decision: Decision, cfg: DriftConfig) -> str:
+def record_drift_check(
+    experiment_id: str,
+    run_key: str | None,
+    ref: registry.ModelRef,
+    as_of: datetime,
+    check: DriftCheck,
+    decision: Decision,
+    cfg: DriftConfig,
+) -> str:
     """Store one check as a finished MLflow run in ``experiment_id``: tags (model, version, as_of, status,
     action, triggered signals, reason, episode start), the drift config as params, :func:`drift_metrics`,
     ``check.json`` and ``decision.json`` (what the next check reads back). Returns the run id.
@@ -224,13 +288,25 @@ def record_drift_check(experiment_id: str, run_key: str | None, ref: registry.Mo
     same values."""
     from mlflow import MlflowClient
 
-    tags = {f"{_P}flow": "drift-check", f"{_P}model": ref.name, f"{_P}model_version": ref.version,
-            f"{_P}as_of": as_of.isoformat(), f"{_P}status": check.status, f"{_P}action": decision.action,
-            f"{_P}triggered": ",".join(decision.triggered), f"{_P}reason": decision.reason[:5000]}
+    tags = {
+        f"{_P}flow": "drift-check",
+        f"{_P}model": ref.name,
+        f"{_P}model_version": ref.version,
+        f"{_P}as_of": as_of.isoformat(),
+        f"{_P}status": check.status,
+        f"{_P}action": decision.action,
+        f"{_P}triggered": ",".join(decision.triggered),
+        f"{_P}reason": decision.reason[:5000],
+    }
     if decision.episode_start is not None:
         tags[f"{_P}episode_start"] = decision.episode_start.isoformat()
-    run_id, _ = registry.open_run(experiment_id, run_key, f"drift-{ref.name}-v{ref.version}-{as_of:%Y%m%dT%H%M}",
-                                  tags, {f"drift.{k}": v for k, v in cfg.model_dump(mode="json").items()})
+    run_id, _ = registry.open_run(
+        experiment_id,
+        run_key,
+        f"drift-{ref.name}-v{ref.version}-{as_of:%Y%m%dT%H%M}",
+        tags,
+        {f"drift.{k}": v for k, v in cfg.model_dump(mode="json").items()},
+    )
     client = MlflowClient()
     _log_metrics(client, run_id, drift_metrics(as_of, check, decision))
     client.log_dict(run_id, check.to_dict(), "check.json")
@@ -241,10 +317,16 @@ def record_drift_check(experiment_id: str, run_key: str | None, ref: registry.Mo
 
 def drift_markdown(ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision) -> str:
     """A markdown summary of one check: the decision and why, row counts, and a table of every signal."""
-    lines = [f"# Drift check: {ref.name} v{ref.version} at {as_of.isoformat()}", "",
-             f"**Decision: {decision.action}** — {decision.reason}", "",
-             f"{check.n_rows} rows, {check.n_labeled} labeled, {check.n_shadow} shadow-scored.", "",
-             "| signal | value | threshold | exceeded | detail |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Drift check: {ref.name} v{ref.version} at {as_of.isoformat()}",
+        "",
+        f"**Decision: {decision.action}** — {decision.reason}",
+        "",
+        f"{check.n_rows} rows, {check.n_labeled} labeled, {check.n_shadow} shadow-scored.",
+        "",
+        "| signal | value | threshold | exceeded | detail |",
+        "|---|---|---|---|---|",
+    ]
     for s in check.signals.values():
         value = "n/a" if s.value is None else f"{s.value:.4g}"
         lines.append(f"| {s.name} | {value} | {s.threshold} | {s.exceeded} | {s.detail} |")
@@ -261,17 +343,28 @@ class DriftEvent:
     payload: dict[str, Any]
 
 
-def drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck,
-                decision: Decision) -> DriftEvent:
+def drift_event(
+    config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
+) -> DriftEvent:
     """The event announcing ``decision`` (a retrain) for ``ref``; a deployment trigger on it starts the retrain
     deployment with the payload's ``config_path`` (absolute) and ``as_of``."""
     return DriftEvent(
         DRIFT_EVENT,
-        {"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{ref.name}", "kdflow.model": ref.name, "kdflow.version": str(ref.version)},
-        {"config_path": str(Path(config_path).resolve()), "as_of": as_of.isoformat(), "model": ref.name,
-         "version": str(ref.version), "statistics": {s.name: s.value for s in check.signals.values()
-                                                     if s.value is not None},
-         "triggered": decision.triggered, "reason": decision.reason})
+        {
+            "prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{ref.name}",
+            "kdflow.model": ref.name,
+            "kdflow.version": str(ref.version),
+        },
+        {
+            "config_path": str(Path(config_path).resolve()),
+            "as_of": as_of.isoformat(),
+            "model": ref.name,
+            "version": str(ref.version),
+            "statistics": {s.name: s.value for s in check.signals.values() if s.value is not None},
+            "triggered": decision.triggered,
+            "reason": decision.reason,
+        },
+    )
 
 
 @dataclass
@@ -293,10 +386,16 @@ class DriftCheckResult:
         """The JSON-able result the drift-check flow returns; ``event_id`` and ``retrain_via`` only after a
         retrain decision."""
         out: dict[str, Any] = {
-            "model": self.ref.name, "version": self.ref.version, "as_of": self.as_of.isoformat(),
-            "status": self.check.status, "decision": self.decision.to_dict(), "mlflow_run_id": self.mlflow_run_id,
-            "signals": {n: s.value for n, s in self.check.signals.items()}, "retrain": self.retrain,
-            "recalibration": self.recalibration}
+            "model": self.ref.name,
+            "version": self.ref.version,
+            "as_of": self.as_of.isoformat(),
+            "status": self.check.status,
+            "decision": self.decision.to_dict(),
+            "mlflow_run_id": self.mlflow_run_id,
+            "signals": {n: s.value for n, s in self.check.signals.items()},
+            "retrain": self.retrain,
+            "recalibration": self.recalibration,
+        }
         if self.decision.action == "retrain":
             out.update(event_id=self.event_id, retrain_via=self.retrain_via)
         return out
@@ -317,13 +416,19 @@ class LabeledWindow:
 def labeled_rows(window: LogWindow) -> LabeledWindow:
     """The rows of ``window`` whose label is known, as the dataset ``recalibration_window``."""
     known = window.label_mask
-    dataset = Dataset("recalibration_window", window.root, ids_from_request_ids(window.request_ids[known]),
-                      window.x[known], window.labels[known])
+    dataset = Dataset(
+        "recalibration_window",
+        window.root,
+        ids_from_request_ids(window.request_ids[known]),
+        window.x[known],
+        window.labels[known],
+    )
     return LabeledWindow(window.start, window.end, dataset, len(window))
 
 
-def read_labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
-                        end: datetime) -> LabeledWindow:
+def read_labeled_window(
+    logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime, end: datetime
+) -> LabeledWindow:
     """The labeled rows of the (validated) logs in ``[start, end)``, labels known by ``end``."""
     return labeled_rows(read_logs(logs, validation, num_classes, start, end))
 
@@ -331,19 +436,37 @@ def read_labeled_window(logs: LogsConfig, validation: ValidationConfig, num_clas
 def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dict[str, Any]:
     """The version tags of a recalibrated champion: the parent's provenance (teacher, data, config) plus what
     this recalibration did; its reference profile is the window it was refit on."""
-    keep = {k.removeprefix(_P): v for k, v in champion.tags.items()
-            if k.startswith(_P) and not k.startswith((f"{_P}alias", f"{_P}sla_"))
-            and k not in (f"{_P}run_id", f"{_P}reference_profile")}
+    keep = {
+        k.removeprefix(_P): v
+        for k, v in champion.tags.items()
+        if k.startswith(_P)
+        and not k.startswith((f"{_P}alias", f"{_P}sla_"))
+        and k not in (f"{_P}run_id", f"{_P}reference_profile")
+    }
     start, end = outcome.start.isoformat(), outcome.end.isoformat()
-    return {**keep, "parent_version": champion.ref.version, "trigger": "recalibration",
-            "report_run_id": champion.report_run_id, "recalibration_trigger": outcome.trigger,
-            "recalibration_window": f"[{start}, {end})", "reference": "production", "reference_window_start": start,
-            "reference_window_end": end, "calibrated_temperature": outcome.result.new_temperature,
-            "previous_temperature": outcome.result.current_temperature}
+    return {
+        **keep,
+        "parent_version": champion.ref.version,
+        "trigger": "recalibration",
+        "report_run_id": champion.report_run_id,
+        "recalibration_trigger": outcome.trigger,
+        "recalibration_window": f"[{start}, {end})",
+        "reference": "production",
+        "reference_window_start": start,
+        "reference_window_end": end,
+        "calibrated_temperature": outcome.result.new_temperature,
+        "previous_temperature": outcome.result.current_temperature,
+    }
 
 
-def recalibrate(champion: Champion, window: LabeledWindow, trigger: RecalibrationTrigger, cfg: RecalibrationConfig,
-                calibration: CalibrationConfig, sla: SLAConfig) -> RecalibrationOutcome:
+def recalibrate(
+    champion: Champion,
+    window: LabeledWindow,
+    trigger: RecalibrationTrigger,
+    cfg: RecalibrationConfig,
+    calibration: CalibrationConfig,
+    sla: SLAConfig,
+) -> RecalibrationOutcome:
     """Refit the champion's temperature on ``window``'s labeled rows and judge it.
 
     Fewer than ``cfg.min_labeled_rows`` labeled rows: "cannot decide", nothing refit. Otherwise the temperature
@@ -351,15 +474,24 @@ def recalibrate(champion: Champion, window: LabeledWindow, trigger: Recalibratio
     ``min_ece_improvement`` and ``min_improvement_confidence``), then against every SLA with the parent's
     evaluation (:func:`kdflow.lifecycle.judge_refit`). When it is to be registered, the outcome carries the
     served module (the same weights at the new temperature) and its version tags."""
-    outcome = RecalibrationOutcome(champion.ref.version, trigger, window.start, window.end, window.rows,
-                                   len(window.labeled))
+    outcome = RecalibrationOutcome(
+        champion.ref.version, trigger, window.start, window.end, window.rows, len(window.labeled)
+    )
     if outcome.labeled_rows < cfg.min_labeled_rows:
-        outcome.reason = (f"cannot decide: {outcome.labeled_rows} labeled rows in the window, fewer than "
-                          f"recalibration.min_labeled_rows={cfg.min_labeled_rows}")
+        outcome.reason = (
+            f"cannot decide: {outcome.labeled_rows} labeled rows in the window, fewer than "
+            f"recalibration.min_labeled_rows={cfg.min_labeled_rows}"
+        )
         return outcome
     logits = predict_logits(champion.model.model, window.labeled.x)
-    result = refit_temperature(logits, window.labeled.y, float(champion.model.temperature), calibration,
-                               cfg.min_ece_improvement, cfg.min_improvement_confidence)
+    result = refit_temperature(
+        logits,
+        window.labeled.y,
+        float(champion.model.temperature),
+        calibration,
+        cfg.min_ece_improvement,
+        cfg.min_improvement_confidence,
+    )
     outcome = judge_refit(outcome, result, parent_evaluation(champion), sla)
     if outcome.register:
         outcome.served = CalibratedClassifier(champion.model.model, result.new_temperature)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdflow.calibration import as_tensor, confidence_bins, calibration_metrics
+from kdflow.calibration import as_tensor, calibration_metrics, confidence_bins
 
 
 def _pyplot():
@@ -61,6 +61,8 @@ def reliability_diagram(
         ece = calibration_metrics(z, y, t, n_bins).ece
         ax.bar(centers, acc.numpy() * (count.numpy() > 0), width=1 / n_bins, edgecolor="black", label="accuracy")
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect")
-        ax.set(title=f"{name} (T={t:.3g}, ECE={ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.set(
+            title=f"{name} (T={t:.3g}, ECE={ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1)
+        )
         ax.legend(loc="upper left")
     return _save(plt, fig, path)

@@ -13,8 +13,17 @@ from kdflow import metrics
 from kdflow.config import DistillConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import TeacherLogits
-from kdflow.logits import (LogitStore, PrecomputeStats, ShardJob, ShardPlan, ShardResult, StoreSpec, finalize_shards,
-                           plan_shards, teacher_profile_key)
+from kdflow.logits import (
+    LogitStore,
+    PrecomputeStats,
+    ShardJob,
+    ShardPlan,
+    ShardResult,
+    StoreSpec,
+    finalize_shards,
+    plan_shards,
+    teacher_profile_key,
+)
 from kdflow.registry import ModelRef
 from kdflow.store import open_store
 from kdflow.validation import validate_teacher_logits
@@ -22,9 +31,16 @@ from kdflow.validation import validate_teacher_logits
 
 def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: Dataset) -> StoreSpec:
     """What split ``name``'s logit store is computed from: teacher version, data, shard size, clip and top-k."""
-    return StoreSpec(teacher_uri=teacher.uri, teacher_name=teacher.name, teacher_version=str(teacher.version),
-                     data_fingerprint=ds.fingerprint, dataset=name, rows_per_shard=cfg.store.rows_per_shard,
-                     clip_value=cfg.train.teacher_logit_clip, top_k=cfg.store.top_k)
+    return StoreSpec(
+        teacher_uri=teacher.uri,
+        teacher_name=teacher.name,
+        teacher_version=str(teacher.version),
+        data_fingerprint=ds.fingerprint,
+        dataset=name,
+        rows_per_shard=cfg.store.rows_per_shard,
+        clip_value=cfg.train.teacher_logit_clip,
+        top_k=cfg.store.top_k,
+    )
 
 
 def logit_stores(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset]) -> dict[str, LogitStore]:
@@ -67,36 +83,58 @@ def plan_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Da
     run left valid and list the rest; and whether the teacher's profile is stored yet."""
     stores = logit_stores(cfg, teacher, datasets)
     return LogitPlan(
-        splits={name: plan_shards(stores[name], store_spec(cfg, teacher, name, ds), ds.ids)
-                for name, ds in datasets.items()},
+        splits={
+            name: plan_shards(stores[name], store_spec(cfg, teacher, name, ds), ds.ids) for name, ds in datasets.items()
+        },
         need_profile=not open_store(cfg.store.root, cfg.store.endpoint_url).exists(
-            teacher_profile_key(teacher.name, teacher.version)))
+            teacher_profile_key(teacher.name, teacher.version)
+        ),
+    )
 
 
-def finalize_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset], plan: LogitPlan,
-                    results: Sequence[tuple[str, ShardResult]], seconds: float,
-                    load_teacher: Callable[[], nn.Module]) -> TeacherOutputs:
+def finalize_logits(
+    cfg: DistillConfig,
+    teacher: ModelRef,
+    datasets: Mapping[str, Dataset],
+    plan: LogitPlan,
+    results: Sequence[tuple[str, ShardResult]],
+    seconds: float,
+    load_teacher: Callable[[], nn.Module],
+) -> TeacherOutputs:
     """:func:`kdflow.logits.finalize_shards` per split (manifest written last), and the teacher's size/latency
     profile on the test split, measured once (``load_teacher()``) and stored, else read back."""
     stores = logit_stores(cfg, teacher, datasets)
-    stats = {name: finalize_shards(stores[name], store_spec(cfg, teacher, name, datasets[name]), split_plan,
-                                   [r for split, r in results if split == name], seconds)
-             for name, split_plan in plan.splits.items()}
+    stats = {
+        name: finalize_shards(
+            stores[name],
+            store_spec(cfg, teacher, name, datasets[name]),
+            split_plan,
+            [r for split, r in results if split == name],
+            seconds,
+        )
+        for name, split_plan in plan.splits.items()
+    }
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
     key = teacher_profile_key(teacher.name, teacher.version)
     if plan.need_profile:
         ev = cfg.evaluation
-        profile = metrics.profile(load_teacher(), datasets["test"].x, ev.latency_batches, ev.throughput_batch_size,
-                                  ev.throughput_batches)
+        profile = metrics.profile(
+            load_teacher(), datasets["test"].x, ev.latency_batches, ev.throughput_batch_size, ev.throughput_batches
+        )
         store.put(key, json.dumps(profile, indent=2).encode())
     else:
         profile = json.loads(store.get(key))
-    return TeacherOutputs(stats=stats, store_uris={n: s.uri for n, s in stores.items()}, profile=profile,
-                          teacher_loaded=plan.teacher_needed)
+    return TeacherOutputs(
+        stats=stats,
+        store_uris={n: s.uri for n, s in stores.items()},
+        profile=profile,
+        teacher_loaded=plan.teacher_needed,
+    )
 
 
-def read_eval_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset],
-                     splits: Sequence[str] = ("val", "test")) -> TeacherLogits:
+def read_eval_logits(
+    cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset], splits: Sequence[str] = ("val", "test")
+) -> TeacherLogits:
     """Read the small evaluation splits' stored logits into memory, verifying checksums, provenance and ids
     (joined by id), then their shape and finiteness: a teacher with the wrong number of classes is named here,
     before training."""
@@ -105,6 +143,7 @@ def read_eval_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[st
     for n in splits:
         ds = datasets[n]
         logits[n] = stores[n].read_aligned(ds.ids, teacher.version, ds.fingerprint)
-        validate_teacher_logits(logits[n], len(ds), cfg.data.num_classes, name=f"{n} teacher logits",
-                                uri=stores[n].uri, ids=ds.ids).raise_for_failures()
+        validate_teacher_logits(
+            logits[n], len(ds), cfg.data.num_classes, name=f"{n} teacher logits", uri=stores[n].uri, ids=ds.ids
+        ).raise_for_failures()
     return TeacherLogits(teacher, logits)

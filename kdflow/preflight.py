@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kdflow.store import (ACCESS_DENIED, REJECTED_CREDENTIALS, LocalStore, PermanentStoreError, S3Store, StoreError,
-                          open_store)
+from kdflow.store import (
+    ACCESS_DENIED,
+    REJECTED_CREDENTIALS,
+    LocalStore,
+    PermanentStoreError,
+    S3Store,
+    StoreError,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +130,11 @@ def probe(location: Location) -> str | None:
         try:
             store.delete(key)
         except (OSError, StoreError) as exc:
-            log.warning("preflight: wrote %s but could not delete it (%s); the flows do not delete, so this is "
-                        "not an error", store.url(key), exc)
+            log.warning(
+                "preflight: wrote %s but could not delete it (%s); the flows do not delete, so this is not an error",
+                store.url(key),
+                exc,
+            )
         return None
     finally:
         for d in created:  # deepest first; the flow creates them again when it writes

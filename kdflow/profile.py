@@ -36,8 +36,14 @@ def summarize_features(x: np.ndarray) -> dict[str, np.ndarray]:
     if x.shape[1] == 0:
         raise ValueError("summarize_features: rows have no features")
     diffs = np.abs(np.diff(x, axis=1)).mean(axis=1) if x.shape[1] > 1 else np.zeros(len(x))
-    return {"mean": x.mean(1), "std": x.std(1), "min": x.min(1), "max": x.max(1),
-            "l2_norm": np.linalg.norm(x, axis=1), "mean_abs_diff": diffs}
+    return {
+        "mean": x.mean(1),
+        "std": x.std(1),
+        "min": x.min(1),
+        "max": x.max(1),
+        "l2_norm": np.linalg.norm(x, axis=1),
+        "mean_abs_diff": diffs,
+    }
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
@@ -51,8 +57,7 @@ def quantile_edges(values: np.ndarray, n_bins: int) -> list[float]:
 
 def bin_counts(edges: list[float], values: np.ndarray) -> np.ndarray:
     """Counts of ``values`` in the bins ``[edges[i], edges[i+1])`` (len(edges) - 1 bins)."""
-    idx = np.searchsorted(np.asarray(edges[1:-1], dtype=np.float64), np.asarray(values, dtype=np.float64),
-                          side="right")
+    idx = np.searchsorted(np.asarray(edges[1:-1], dtype=np.float64), np.asarray(values, dtype=np.float64), side="right")
     return np.bincount(idx, minlength=len(edges) - 1)
 
 
@@ -108,11 +113,16 @@ class ReferenceProfile:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, floats, strings; no infinities)."""
         return {
-            "schema": self.schema, "n_rows": self.n_rows, "num_classes": self.num_classes,
-            "num_features": self.num_features, "confidence_bins": self.confidence_bins.to_dict(),
-            "entropy_bins": self.entropy_bins.to_dict(), "predicted_class_freq": self.predicted_class_freq,
+            "schema": self.schema,
+            "n_rows": self.n_rows,
+            "num_classes": self.num_classes,
+            "num_features": self.num_features,
+            "confidence_bins": self.confidence_bins.to_dict(),
+            "entropy_bins": self.entropy_bins.to_dict(),
+            "predicted_class_freq": self.predicted_class_freq,
             "features": {k: asdict(f) for k, f in self.features.items()},
-            "mean_confidence": self.mean_confidence, "accuracy": self.accuracy,
+            "mean_confidence": self.mean_confidence,
+            "accuracy": self.accuracy,
             "teacher_entropy_bins": self.teacher_entropy_bins.to_dict() if self.teacher_entropy_bins else None,
         }
 
@@ -123,21 +133,31 @@ class ReferenceProfile:
             raise ValueError(f"reference profile schema {d.get('schema')!r}, expected {PROFILE_SCHEMA!r}")
         teacher = d.get("teacher_entropy_bins")
         return cls(
-            n_rows=int(d["n_rows"]), num_classes=int(d["num_classes"]), num_features=int(d["num_features"]),
+            n_rows=int(d["n_rows"]),
+            num_classes=int(d["num_classes"]),
+            num_features=int(d["num_features"]),
             confidence_bins=BinnedReference.from_dict(d["confidence_bins"]),
             entropy_bins=BinnedReference.from_dict(d["entropy_bins"]),
             predicted_class_freq=[float(p) for p in d["predicted_class_freq"]],
-            features={k: FeatureReference([float(v) for v in f["samples"]], float(f["mean"]), float(f["std"]))
-                      for k, f in d["features"].items()},
+            features={
+                k: FeatureReference([float(v) for v in f["samples"]], float(f["mean"]), float(f["std"]))
+                for k, f in d["features"].items()
+            },
             mean_confidence=float(d["mean_confidence"]),
             accuracy=None if d.get("accuracy") is None else float(d["accuracy"]),
             teacher_entropy_bins=BinnedReference.from_dict(teacher) if teacher else None,
         )
 
 
-def build_profile(probs: np.ndarray, x: np.ndarray, labels: np.ndarray | None = None,
-                  teacher_logits: np.ndarray | None = None, n_bins: int = 10, max_samples: int = 2000,
-                  seed: int = 0) -> ReferenceProfile:
+def build_profile(
+    probs: np.ndarray,
+    x: np.ndarray,
+    labels: np.ndarray | None = None,
+    teacher_logits: np.ndarray | None = None,
+    n_bins: int = 10,
+    max_samples: int = 2000,
+    seed: int = 0,
+) -> ReferenceProfile:
     """The reference profile of calibrated student ``probs`` (n, C) on inputs ``x`` (n, ...).
 
     Confidence and entropy get ``n_bins`` quantile bins (the PSI reference); each feature summary keeps a
@@ -146,8 +166,9 @@ def build_profile(probs: np.ndarray, x: np.ndarray, labels: np.ndarray | None = 
     probs = np.asarray(probs, dtype=np.float64)
     n = len(probs)
     if probs.ndim != 2 or n == 0 or len(x) != n:
-        raise ValueError(f"build_profile: need probs (n, C) with n > 0 and x with n rows, got "
-                         f"{probs.shape} and {np.shape(x)}")
+        raise ValueError(
+            f"build_profile: need probs (n, C) with n > 0 and x with n rows, got {probs.shape} and {np.shape(x)}"
+        )
     num_classes = probs.shape[1]
     summaries = summarize_features(x)
     rng = np.random.default_rng(seed)
@@ -162,12 +183,16 @@ def build_profile(probs: np.ndarray, x: np.ndarray, labels: np.ndarray | None = 
         raise ValueError(f"build_profile: {len(labels)} labels for {n} rows")
     confidence = probs.max(axis=1)
     return ReferenceProfile(
-        n_rows=n, num_classes=num_classes, num_features=int(np.prod(np.shape(x)[1:], dtype=np.int64)),
+        n_rows=n,
+        num_classes=num_classes,
+        num_features=int(np.prod(np.shape(x)[1:], dtype=np.int64)),
         confidence_bins=BinnedReference.build(confidence, n_bins),
         entropy_bins=BinnedReference.build(entropy(probs), n_bins),
         predicted_class_freq=[float(f) for f in np.bincount(probs.argmax(1), minlength=num_classes) / n],
-        features={name: FeatureReference([float(v) for v in values[keep]], float(values.mean()), float(values.std()))
-                  for name, values in summaries.items()},
+        features={
+            name: FeatureReference([float(v) for v in values[keep]], float(values.mean()), float(values.std()))
+            for name, values in summaries.items()
+        },
         mean_confidence=float(confidence.mean()),
         accuracy=None if labels is None else accuracy(probs, np.asarray(labels)),
         teacher_entropy_bins=teacher_bins,

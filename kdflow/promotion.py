@@ -26,8 +26,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from kdflow.redact import actor as audit_actor
-from kdflow.registry import (CHAMPION, MAX_REASON_CHARS, SLA_TAG, TAG_PREFIX, RegistryError, _client,
-                             _registered_model, _str_or_none, alias_version)
+from kdflow.registry import (
+    CHAMPION,
+    MAX_REASON_CHARS,
+    SLA_TAG,
+    TAG_PREFIX,
+    RegistryError,
+    _client,
+    _registered_model,
+    _str_or_none,
+    alias_version,
+)
 
 EVENT_TAG_PREFIX = f"{TAG_PREFIX}alias_event."
 
@@ -43,8 +52,9 @@ def ensure_alias(name: str, alias: str, version: str, reason: str, actor: str | 
     return True
 
 
-def set_alias(name: str, alias: str, version: str, reason: str, actor: str | None = None, *,
-              flow_run: str | None = None) -> str | None:
+def set_alias(
+    name: str, alias: str, version: str, reason: str, actor: str | None = None, *, flow_run: str | None = None
+) -> str | None:
     """Move ``name@alias`` to ``version``; record who, when, from which version and why. Returns the previous version.
 
     No lock and no checks: use :func:`promote` to move ``champion`` safely under concurrency."""
@@ -70,8 +80,15 @@ class AliasEvent:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form stored in the tag (without the key)."""
-        out = {"alias": self.alias, "version": self.version, "previous": self.previous, "reason": self.reason,
-               "actor": self.actor, "at": self.at, "action": self.action}
+        out = {
+            "alias": self.alias,
+            "version": self.version,
+            "previous": self.previous,
+            "reason": self.reason,
+            "actor": self.actor,
+            "at": self.at,
+            "action": self.action,
+        }
         if self.flow_run:
             out["flow_run"] = self.flow_run
         if self.request:
@@ -99,16 +116,27 @@ def _latest_event_time(tags: dict[str, str]) -> datetime | None:
     keys = [k for k in tags if k.startswith(EVENT_TAG_PREFIX)]
     if not keys:
         return None
-    stamp = max(keys)[len(EVENT_TAG_PREFIX):len(EVENT_TAG_PREFIX) + 22]
+    stamp = max(keys)[len(EVENT_TAG_PREFIX) : len(EVENT_TAG_PREFIX) + 22]
     try:
         return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%f").replace(tzinfo=timezone.utc)
     except ValueError:
         return None
 
 
-def _move_alias(client, name: str, alias: str, version: str, previous: str | None, reason: str,
-                actor: str | None, flow_run: str | None, action: str, move: bool = True,
-                after: datetime | None = None, request: str | None = None) -> AliasEvent:
+def _move_alias(
+    client,
+    name: str,
+    alias: str,
+    version: str,
+    previous: str | None,
+    reason: str,
+    actor: str | None,
+    flow_run: str | None,
+    action: str,
+    move: bool = True,
+    after: datetime | None = None,
+    request: str | None = None,
+) -> AliasEvent:
     """Record the event in history, then point the alias (unless ``move`` is false: a recorded no-op) and record
     it on the version.
 
@@ -121,9 +149,15 @@ def _move_alias(client, name: str, alias: str, version: str, previous: str | Non
         now = after + timedelta(microseconds=1)
     event = AliasEvent(
         key=f"{EVENT_TAG_PREFIX}{now:%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}",
-        alias=alias, version=str(version), previous=previous, reason=str(reason)[:MAX_REASON_CHARS],
-        actor=actor or audit_actor("kdflow"), at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
-        flow_run=flow_run, request=request,
+        alias=alias,
+        version=str(version),
+        previous=previous,
+        reason=str(reason)[:MAX_REASON_CHARS],
+        actor=actor or audit_actor("kdflow"),
+        at=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        action=action,
+        flow_run=flow_run,
+        request=request,
     )
     client.set_registered_model_tag(name, event.key, json.dumps(event.as_dict(), sort_keys=True))
     if move:
@@ -146,11 +180,20 @@ def _parse_events(tags: dict[str, str]) -> list[AliasEvent]:
             continue
         try:
             d = json.loads(value)
-            events.append(AliasEvent(
-                key=key, alias=d["alias"], version=str(d["version"]),
-                previous=None if d.get("previous") is None else str(d["previous"]), reason=d.get("reason", ""),
-                actor=d.get("actor", ""), at=d.get("at", ""), action=d.get("action", "set"),
-                flow_run=d.get("flow_run"), request=d.get("request")))
+            events.append(
+                AliasEvent(
+                    key=key,
+                    alias=d["alias"],
+                    version=str(d["version"]),
+                    previous=None if d.get("previous") is None else str(d["previous"]),
+                    reason=d.get("reason", ""),
+                    actor=d.get("actor", ""),
+                    at=d.get("at", ""),
+                    action=d.get("action", "set"),
+                    flow_run=d.get("flow_run"),
+                    request=d.get("request"),
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed alias event tag %s: %s", key, exc)
     # The key starts with a fixed-width UTC timestamp: sorting by key is sorting by time.
@@ -175,12 +218,22 @@ def _check_sla(client, name: str, version: str) -> None:
     if verdict is None:
         raise RegistryError(f"refusing to promote {name} version {version}: it has no SLA record ({SLA_TAG} tag)")
     if verdict != "True":
-        raise RegistryError(f"refusing to promote {name} version {version}: it failed its SLA gate ({SLA_TAG}={verdict})")
+        raise RegistryError(
+            f"refusing to promote {name} version {version}: it failed its SLA gate ({SLA_TAG}={verdict})"
+        )
 
 
-def promote(name: str, version: str | int, reason: str, actor: str, *,
-            lock: contextlib.AbstractContextManager | None = None, require_sla: bool = True,
-            flow_run: str | None = None, request: str | None = None) -> PromotionResult:
+def promote(
+    name: str,
+    version: str | int,
+    reason: str,
+    actor: str,
+    *,
+    lock: contextlib.AbstractContextManager | None = None,
+    require_sla: bool = True,
+    flow_run: str | None = None,
+    request: str | None = None,
+) -> PromotionResult:
     """Make ``version`` the ``champion`` of ``name``, inside ``lock``: re-check its SLA record, move, record.
 
     Raises :class:`RegistryError` (champion unchanged) when the model or version does not exist or, with
@@ -203,15 +256,31 @@ def promote(name: str, version: str | int, reason: str, actor: str, *,
                 if prior is moves[-1] and current != prior.version:
                     _apply_move(client, name, prior)
                 log.info("%s: promotion %s already recorded (%s); not repeated", name, request, prior.key)
-                return PromotionResult(name=name, version=prior.version, previous=prior.previous,
-                                       changed=prior.previous != prior.version, event=prior)
+                return PromotionResult(
+                    name=name,
+                    version=prior.version,
+                    previous=prior.previous,
+                    changed=prior.previous != prior.version,
+                    event=prior,
+                )
         if require_sla:
             _check_sla(client, name, version)
         else:
             _version_tags(client, name, version)  # must exist
-        event = _move_alias(client, name, CHAMPION, version, current, reason, actor, flow_run,
-                            action="promote", move=current != version, after=_latest_event_time(model.tags or {}),
-                            request=request)
+        event = _move_alias(
+            client,
+            name,
+            CHAMPION,
+            version,
+            current,
+            reason,
+            actor,
+            flow_run,
+            action="promote",
+            move=current != version,
+            after=_latest_event_time(model.tags or {}),
+            request=request,
+        )
     log.info("%s: champion %s -> %s (%s, by %s)", name, current, version, reason, actor)
     return PromotionResult(name=name, version=version, previous=current, changed=current != version, event=event)
 
@@ -235,8 +304,14 @@ def _rollback_target(events: list[AliasEvent], current: str, existing: set[str])
         target, end = candidate, i  # deleted since: look further back
 
 
-def rollback(name: str, reason: str, actor: str, *, lock: contextlib.AbstractContextManager | None = None,
-             flow_run: str | None = None) -> PromotionResult:
+def rollback(
+    name: str,
+    reason: str,
+    actor: str,
+    *,
+    lock: contextlib.AbstractContextManager | None = None,
+    flow_run: str | None = None,
+) -> PromotionResult:
     """Move ``champion`` back to the champion before the current one (see :func:`_rollback_target`), inside ``lock``.
 
     Raises :class:`RegistryError` when ``name`` has no champion, or "no previous champion" when the
@@ -251,9 +326,20 @@ def rollback(name: str, reason: str, actor: str, *, lock: contextlib.AbstractCon
         existing = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
         target = _rollback_target(_parse_events(model.tags or {}), current, existing)
         if target is None:
-            raise RegistryError(f"cannot roll back {name}: no previous champion in its history "
-                                f"(champion is version {current})")
-        event = _move_alias(client, name, CHAMPION, target, current, reason, actor, flow_run, action="rollback",
-                            after=_latest_event_time(model.tags or {}))
+            raise RegistryError(
+                f"cannot roll back {name}: no previous champion in its history (champion is version {current})"
+            )
+        event = _move_alias(
+            client,
+            name,
+            CHAMPION,
+            target,
+            current,
+            reason,
+            actor,
+            flow_run,
+            action="rollback",
+            after=_latest_event_time(model.tags or {}),
+        )
     log.info("%s: champion rolled back %s -> %s (%s, by %s)", name, current, target, reason, actor)
     return PromotionResult(name=name, version=target, previous=current, changed=True, event=event)

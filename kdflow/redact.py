@@ -22,11 +22,13 @@ _URI_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):
 _SECRET_PARAM = re.compile(
     r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|key|sig|signature"
     r"|x-amz-signature|x-amz-credential|x-amz-security-token|aws_secret_access_key)=)(?P<secret>[^&;\s#]+)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # KEY=value in free text for the environment variables that hold secrets.
 _SECRET_ENV = re.compile(
     r"(?P<head>\b(?:AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|MLFLOW_TRACKING_PASSWORD|MLFLOW_TRACKING_TOKEN"
-    r"|PREFECT_API_KEY|PREFECT_API_AUTH_STRING|PGPASSWORD)=)(?P<secret>\S+)")
+    r"|PREFECT_API_KEY|PREFECT_API_AUTH_STRING|PGPASSWORD)=)(?P<secret>\S+)"
+)
 
 
 def redact_text(text: str) -> str:

@@ -34,8 +34,9 @@ MAX_REASON_CHARS = 2000  # MLflow caps tag values at a few thousand characters
 log = logging.getLogger(__name__)
 
 # Public names that moved to kdflow.promotion, still reachable as ``kdflow.registry.<name>`` (see __getattr__).
-_PROMOTION_NAMES = frozenset({"EVENT_TAG_PREFIX", "AliasEvent", "PromotionResult", "ensure_alias", "set_alias",
-                              "history", "promote", "rollback"})
+_PROMOTION_NAMES = frozenset(
+    {"EVENT_TAG_PREFIX", "AliasEvent", "PromotionResult", "ensure_alias", "set_alias", "history", "promote", "rollback"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -60,7 +61,7 @@ def _client():  # imported lazily: mlflow import costs ~1 s
 def absolute_db_uri(uri: str) -> str:
     """Make a relative ``sqlite:///rel/path.db`` absolute (and create its folder), so cwd changes don't split state."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).resolve()
+        path = Path(uri[len("sqlite:///") :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     return uri
@@ -169,9 +170,10 @@ def log_torch_model(
     module's class, so a loaded student is still a :class:`~kdflow.models.CalibratedClassifier` with
     ``.logits`` and its ``temperature``; loading needs ``kdflow`` importable.
     """
-    import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
+
+    import mlflow
 
     model.eval()
     example = np.asarray(input_example, dtype=np.float32)
@@ -213,14 +215,16 @@ def _logged_model_of_run(run_id: str, artifact_name: str) -> str | None:
     client = _client()
     experiment = client.get_run(run_id).info.experiment_id
     found = client.search_logged_models(
-        experiment_ids=[experiment], filter_string=f"source_run_id={_quote(run_id)} and name={_quote(artifact_name)}")
+        experiment_ids=[experiment], filter_string=f"source_run_id={_quote(run_id)} and name={_quote(artifact_name)}"
+    )
     # Filtered here: the SQL store matches no status in a filter string (MLflow 3.17).
     ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
     return ready[0].model_uri if ready else None
 
 
-def register_run_model(model: nn.Module, input_example: np.ndarray, name: str, run_id: str,
-                       artifact_name: str = "model") -> tuple[str, str, bool]:
+def register_run_model(
+    model: nn.Module, input_example: np.ndarray, name: str, run_id: str, artifact_name: str = "model"
+) -> tuple[str, str, bool]:
     """Register ``model`` as a version of ``name`` from run ``run_id`` exactly once: idempotent under retries.
 
     A repeat (a retried task whose first attempt registered, then failed) finds the version the run already
@@ -247,8 +251,13 @@ def register_run_model(model: nn.Module, input_example: np.ndarray, name: str, r
 RUN_KEY_TAG = f"{TAG_PREFIX}run_key"
 
 
-def open_run(experiment_id: str, run_key: str | None, run_name: str | None, tags: dict[str, str],
-             params: dict[str, Any] | None = None) -> tuple[str, bool]:
+def open_run(
+    experiment_id: str,
+    run_key: str | None,
+    run_name: str | None,
+    tags: dict[str, str],
+    params: dict[str, Any] | None = None,
+) -> tuple[str, bool]:
     """The MLflow run tagged ``kdflow.run_key=run_key`` in ``experiment_id`` — created (with ``tags`` and
     ``params``) if there is none. Returns ``(run_id, reused)``.
 
@@ -263,15 +272,20 @@ def open_run(experiment_id: str, run_key: str | None, run_name: str | None, tags
     tags, params = redact(tags), redact(params or {})  # a URI's password never becomes a param or tag
     run_id, reused = None, False
     if run_key:
-        found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = {_quote(run_key)}",
-                                   max_results=1, order_by=["attributes.start_time ASC"])
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{RUN_KEY_TAG}` = {_quote(run_key)}",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
         if found:
             run_id, reused = found[0].info.run_id, True
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
     if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags={**tags, **({RUN_KEY_TAG: run_key} if run_key else {})}).info.run_id
+        run_id = client.create_run(
+            experiment_id, run_name=run_name, tags={**tags, **({RUN_KEY_TAG: run_key} if run_key else {})}
+        ).info.run_id
     items = [Param(key[:250], redact_text(str(value))[:6000]) for key, value in params.items()]
     for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
@@ -332,9 +346,14 @@ def list_models() -> list[ModelSummary]:
             aliases = rm.aliases or {}
             # Every version sits in exactly one (deprecated) stage, so the max of the per-stage latest is the latest.
             latest = max((int(v.version) for v in rm.latest_versions or []), default=None)
-            out.append(ModelSummary(
-                name=rm.name, champion=_str_or_none(aliases.get(CHAMPION)),
-                challenger=_str_or_none(aliases.get(CHALLENGER)), latest=_str_or_none(latest)))
+            out.append(
+                ModelSummary(
+                    name=rm.name,
+                    champion=_str_or_none(aliases.get(CHAMPION)),
+                    challenger=_str_or_none(aliases.get(CHALLENGER)),
+                    latest=_str_or_none(latest),
+                )
+            )
         token = page.token
         if not token:
             return sorted(out, key=lambda m: m.name)
@@ -370,11 +389,16 @@ def versions(name: str) -> list[VersionInfo]:
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
         verdict = tags.get(SLA_TAG)
-        created = (datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
-                   if mv.creation_timestamp else None)
-        out.append(VersionInfo(
-            version=str(mv.version), aliases=sorted(by_version.get(str(mv.version), [])), created=created,
-            sla_passed=None if verdict is None else verdict == "True", metrics=_key_metrics(tags)))
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc) if mv.creation_timestamp else None
+        out.append(
+            VersionInfo(
+                version=str(mv.version),
+                aliases=sorted(by_version.get(str(mv.version), [])),
+                created=created,
+                sla_passed=None if verdict is None else verdict == "True",
+                metrics=_key_metrics(tags),
+            )
+        )
     return sorted(out, key=lambda v: int(v.version))
 
 
@@ -395,8 +419,11 @@ class TeacherVerdict:
 
     def tags(self) -> dict[str, object]:
         """The version tags that record this verdict."""
-        out: dict[str, object] = {"sla_passed": self.passed, "gate_promote": self.promote,
-                                  "gate_reason": self.reason[:MAX_REASON_CHARS]}
+        out: dict[str, object] = {
+            "sla_passed": self.passed,
+            "gate_promote": self.promote,
+            "gate_reason": self.reason[:MAX_REASON_CHARS],
+        }
         if self.champion_version is not None:
             out["gate_champion_version"] = self.champion_version
         if self.champion_accuracy is not None:
@@ -404,28 +431,50 @@ class TeacherVerdict:
         return out
 
 
-def judge_teacher(test_accuracy: float, min_accuracy: float, champion_tolerance: float,
-                  champion_version: str | None = None, champion_accuracy: float | None = None,
-                  champion_error: str | None = None) -> TeacherVerdict:
+def judge_teacher(
+    test_accuracy: float,
+    min_accuracy: float,
+    champion_tolerance: float,
+    champion_version: str | None = None,
+    champion_accuracy: float | None = None,
+    champion_error: str | None = None,
+) -> TeacherVerdict:
     """Gate a trained teacher: ``test_accuracy >= min_accuracy`` and, when a champion exists, not more than
     ``champion_tolerance`` below ``champion_accuracy`` (the champion scored on the same test set). A champion
     that could not be scored (``champion_error``) blocks promotion: nothing says the new one is not worse."""
+
     def verdict(passed: bool, promote: bool, reason: str) -> TeacherVerdict:
         return TeacherVerdict(passed, promote, reason, test_accuracy, champion_version, champion_accuracy)
 
     if test_accuracy < min_accuracy:
-        return verdict(False, False, f"not promoted: test accuracy {test_accuracy:.4f} < gate.min_accuracy "
-                                     f"{min_accuracy}")
+        return verdict(
+            False, False, f"not promoted: test accuracy {test_accuracy:.4f} < gate.min_accuracy {min_accuracy}"
+        )
     if champion_version is None:
-        return verdict(True, True, f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy "
-                                   f"{min_accuracy}; no champion yet")
+        return verdict(
+            True,
+            True,
+            f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy {min_accuracy}; no champion yet",
+        )
     if champion_error is not None or champion_accuracy is None:
-        return verdict(True, False, f"not promoted: champion version {champion_version} could not be scored on "
-                                    f"this test set ({champion_error})")
+        return verdict(
+            True,
+            False,
+            f"not promoted: champion version {champion_version} could not be scored on "
+            f"this test set ({champion_error})",
+        )
     if test_accuracy < champion_accuracy - champion_tolerance:
-        return verdict(True, False, f"not promoted: test accuracy {test_accuracy:.4f} is below champion version "
-                                    f"{champion_version}'s {champion_accuracy:.4f} by more than "
-                                    f"gate.champion_tolerance {champion_tolerance}")
-    return verdict(True, True, f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy {min_accuracy} "
-                               f"and within {champion_tolerance} of champion version {champion_version}'s "
-                               f"{champion_accuracy:.4f}")
+        return verdict(
+            True,
+            False,
+            f"not promoted: test accuracy {test_accuracy:.4f} is below champion version "
+            f"{champion_version}'s {champion_accuracy:.4f} by more than "
+            f"gate.champion_tolerance {champion_tolerance}",
+        )
+    return verdict(
+        True,
+        True,
+        f"promoted: test accuracy {test_accuracy:.4f} >= gate.min_accuracy {min_accuracy} "
+        f"and within {champion_tolerance} of champion version {champion_version}'s "
+        f"{champion_accuracy:.4f}",
+    )

@@ -39,19 +39,27 @@ class Registration:
         """The report's ``registration`` section."""
         if self.version is None:
             return {"version": None, "aliases": list(self.aliases), "reason": self.reason}
-        return {"version": self.version, "aliases": list(self.aliases), "model_uri": self.model_uri,
-                "name": self.name}
+        return {"version": self.version, "aliases": list(self.aliases), "model_uri": self.model_uri, "name": self.name}
 
 
-def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Datasets,
-                        teacher_outs: list[TeacherOutputs], temperature: float) -> dict[str, Any]:
+def describe_provenance(
+    cfg: DistillConfig,
+    ensemble: TeacherEnsemble,
+    datasets: Datasets,
+    teacher_outs: list[TeacherOutputs],
+    temperature: float,
+) -> dict[str, Any]:
     """What produced this student: teacher version(s) and weights, data fingerprints, logit stores, config hash,
     the calibrated and the training temperature, and what its reference profile describes."""
     primary = ensemble.primary
     provenance: dict[str, Any] = {
-        "teacher_uri": primary.uri, "teacher_version": primary.version, "config_hash": config_hash(cfg),
-        "data_fingerprints": datasets.fingerprints(), "logit_store_keys": teacher_outs[0].store_uris,
-        "calibrated_temperature": temperature, "training_temperature": cfg.train.temperature,
+        "teacher_uri": primary.uri,
+        "teacher_version": primary.version,
+        "config_hash": config_hash(cfg),
+        "data_fingerprints": datasets.fingerprints(),
+        "logit_store_keys": teacher_outs[0].store_uris,
+        "calibrated_temperature": temperature,
+        "training_temperature": cfg.train.temperature,
         "reference": "validation",
     }
     if datasets.recent_labeled is not None:  # a retrain: the reference profile is the recent labeled traffic
@@ -59,8 +67,9 @@ def describe_provenance(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets:
         if cfg.data.recent_window:
             provenance["reference_window_start"], provenance["reference_window_end"] = cfg.data.recent_window
     if len(ensemble.teachers) > 1:
-        provenance["teachers"] = [{**d, "logit_store_keys": out.store_uris}
-                                  for d, out in zip(ensemble.describe(), teacher_outs)]
+        provenance["teachers"] = [
+            {**d, "logit_store_keys": out.store_uris} for d, out in zip(ensemble.describe(), teacher_outs)
+        ]
         provenance["teacher_weighting"] = cfg.teacher_weighting
     return provenance
 
@@ -89,17 +98,31 @@ class DistillReport:
         """The report as JSON-able data (report.json, the flow's return value)."""
         teacher = self.ensemble.primary
         report = {
-            "student_name": self.student_name, "run_id": self.run_id,
-            "teacher": {"uri": teacher.uri, "name": teacher.name, "version": teacher.version,
-                        "loaded": any(out.teacher_loaded for out in self.teacher_outs)},
-            "teachers": [{**d, "loaded": out.teacher_loaded, "logits": {n: asdict(s) for n, s in out.stats.items()}}
-                         for d, out in zip(self.ensemble.describe(), self.teacher_outs)],
+            "student_name": self.student_name,
+            "run_id": self.run_id,
+            "teacher": {
+                "uri": teacher.uri,
+                "name": teacher.name,
+                "version": teacher.version,
+                "loaded": any(out.teacher_loaded for out in self.teacher_outs),
+            },
+            "teachers": [
+                {**d, "loaded": out.teacher_loaded, "logits": {n: asdict(s) for n, s in out.stats.items()}}
+                for d, out in zip(self.ensemble.describe(), self.teacher_outs)
+            ],
             "logits": {n: asdict(s) for n, s in self.teacher_outs[0].stats.items()},
-            "training": {"best_epoch": self.training.best_epoch, "best_val_accuracy": self.training.best_val_accuracy,
-                         "steps": self.training.steps, "history": self.training.history},
-            "calibration": self.calibration.as_dict(), "evaluation": self.evaluation.as_dict(),
-            "sla_checks": [c.as_dict() for c in self.gate.checks], "gate_passed": self.gate.passed,
-            "decision": asdict(self.gate.decision), "registration": self.registration_after_promotion().as_dict(),
+            "training": {
+                "best_epoch": self.training.best_epoch,
+                "best_val_accuracy": self.training.best_val_accuracy,
+                "steps": self.training.steps,
+                "history": self.training.history,
+            },
+            "calibration": self.calibration.as_dict(),
+            "evaluation": self.evaluation.as_dict(),
+            "sla_checks": [c.as_dict() for c in self.gate.checks],
+            "gate_passed": self.gate.passed,
+            "decision": asdict(self.gate.decision),
+            "registration": self.registration_after_promotion().as_dict(),
             "provenance": self.provenance,
         }
         if self.promotion is not None:
@@ -158,7 +181,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | {m['ece']:.4f} | {m['mce']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} |")
     lines += ["", "## SLA gate", "", "| check | value | threshold | result |", "|---|---|---|---|"]
     for c in report["sla_checks"]:
-        lines.append(f"| {c['name']} | {c['value']:.4f} | {c['op']} {c['threshold']} | {'PASS' if c['passed'] else 'FAIL'} |")
+        lines.append(
+            f"| {c['name']} | {c['value']:.4f} | {c['op']} {c['threshold']} | {'PASS' if c['passed'] else 'FAIL'} |"
+        )
     reg = report["registration"]
     lines += [
         "",

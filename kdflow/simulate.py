@@ -70,8 +70,10 @@ class DriftSegment:
         if self.class_priors is not None:
             p = np.asarray(self.class_priors, dtype=float)
             if p.shape != (NUM_CLASSES,) or (p < 0).any() or p.sum() <= 0:
-                raise ValueError(f"{where}: class_priors must be {NUM_CLASSES} non-negative weights, "
-                                 f"not all zero; got {list(self.class_priors)}")
+                raise ValueError(
+                    f"{where}: class_priors must be {NUM_CLASSES} non-negative weights, "
+                    f"not all zero; got {list(self.class_priors)}"
+                )
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> DriftSegment:
@@ -81,12 +83,18 @@ class DriftSegment:
             raise ValueError(f"drift segment {spec}: missing key 'start_day'")
         unknown = sorted(set(spec) - _SEGMENT_KEYS - set(DRIFT_KNOBS))
         if unknown:
-            raise ValueError(f"drift segment {spec}: unknown key(s) {unknown}; known: "
-                             f"{sorted(_SEGMENT_KEYS)} and knobs {list(DRIFT_KNOBS)}")
+            raise ValueError(
+                f"drift segment {spec}: unknown key(s) {unknown}; known: "
+                f"{sorted(_SEGMENT_KEYS)} and knobs {list(DRIFT_KNOBS)}"
+            )
         priors = spec.get("class_priors")
-        return cls(start_day=int(spec["start_day"]), end_day=None if spec.get("end_day") is None else int(spec["end_day"]),
-                   mode=spec.get("mode", "sudden"), knobs={k: float(spec[k]) for k in DRIFT_KNOBS if k in spec},
-                   class_priors=None if priors is None else tuple(float(p) for p in priors))
+        return cls(
+            start_day=int(spec["start_day"]),
+            end_day=None if spec.get("end_day") is None else int(spec["end_day"]),
+            mode=spec.get("mode", "sudden"),
+            knobs={k: float(spec[k]) for k in DRIFT_KNOBS if k in spec},
+            class_priors=None if priors is None else tuple(float(p) for p in priors),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form read by :meth:`from_dict`."""
@@ -178,8 +186,14 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "stable": [],
     "stable-gradual-sudden": [
         {"start_day": 0, "end_day": 40},
-        {"start_day": 40, "end_day": 80, "mode": "gradual", "iid_noise_scale": 0.03, "corr_noise_scale": 0.3,
-         "shear_scale": 1.5},
+        {
+            "start_day": 40,
+            "end_day": 80,
+            "mode": "gradual",
+            "iid_noise_scale": 0.03,
+            "corr_noise_scale": 0.3,
+            "shear_scale": 1.5,
+        },
         {"start_day": 80, "mode": "sudden", "max_translation": 72, "iid_noise_scale": 0.04},
     ],
 }
@@ -205,16 +219,28 @@ def _predict(module: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.nda
     module.eval()
     try:
         with torch.no_grad():
-            out = [module(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+            out = [module(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     finally:
         module.train(was_training)
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def simulate_traffic(model: nn.Module, model_name: str, model_version: str | int, root: str, start_date: date,
-                     days: int, rows_per_day: int, schedule: DriftSchedule | str | dict | list | None = None,
-                     shadow_fraction: float = 0.1, label_fraction: float = 0.2, teacher: nn.Module | None = None,
-                     seed: int = 0, endpoint_url: str | None = None, label_delay_days: int = 1) -> dict[str, Any]:
+def simulate_traffic(
+    model: nn.Module,
+    model_name: str,
+    model_version: str | int,
+    root: str,
+    start_date: date,
+    days: int,
+    rows_per_day: int,
+    schedule: DriftSchedule | str | dict | list | None = None,
+    shadow_fraction: float = 0.1,
+    label_fraction: float = 0.2,
+    teacher: nn.Module | None = None,
+    seed: int = 0,
+    endpoint_url: str | None = None,
+    label_delay_days: int = 1,
+) -> dict[str, Any]:
     """Simulate ``days`` days of traffic from ``start_date`` and write them as inference logs under ``root``.
 
     Each day: draw inputs by the schedule, score them with ``model`` (returns calibrated probabilities),
@@ -246,17 +272,42 @@ def simulate_traffic(model: nn.Module, model_name: str, model_version: str | int
         writer.flush()
         labeled = np.sort(rng.choice(rows_per_day, int(round(label_fraction * rows_per_day)), replace=False))
         if len(labeled):
-            write_labels(root, ids[labeled], y[labeled], stamps[labeled] + pd.Timedelta(days=label_delay_days),
-                         endpoint_url=endpoint_url)
+            write_labels(
+                root,
+                ids[labeled],
+                y[labeled],
+                stamps[labeled] + pd.Timedelta(days=label_delay_days),
+                endpoint_url=endpoint_url,
+            )
         knobs, priors = schedule.at(day)
-        per_day.append({
-            "day": day, "date": today.isoformat(), "rows": rows_per_day, "shadow_rows": len(shadow),
-            "labeled_rows": len(labeled), "accuracy": float((probs.argmax(1) == y).mean()),
-            "teacher_agreement": (float((teacher_logits[shadow].argmax(1) == probs[shadow].argmax(1)).mean())
-                                  if len(shadow) else None),
-            "knobs": knobs, "class_priors": [round(float(p), 6) for p in priors]})
-    return {"root": root, "model_name": model_name, "model_version": str(model_version),
-            "start_date": start_date.isoformat(), "days": days, "rows_per_day": rows_per_day,
-            "rows": days * rows_per_day, "seed": seed, "schedule": schedule.name, "segments": schedule.to_list(),
-            "shadow_fraction": shadow_fraction, "label_fraction": label_fraction,
-            "label_delay_days": label_delay_days, "per_day": per_day}
+        per_day.append(
+            {
+                "day": day,
+                "date": today.isoformat(),
+                "rows": rows_per_day,
+                "shadow_rows": len(shadow),
+                "labeled_rows": len(labeled),
+                "accuracy": float((probs.argmax(1) == y).mean()),
+                "teacher_agreement": (
+                    float((teacher_logits[shadow].argmax(1) == probs[shadow].argmax(1)).mean()) if len(shadow) else None
+                ),
+                "knobs": knobs,
+                "class_priors": [round(float(p), 6) for p in priors],
+            }
+        )
+    return {
+        "root": root,
+        "model_name": model_name,
+        "model_version": str(model_version),
+        "start_date": start_date.isoformat(),
+        "days": days,
+        "rows_per_day": rows_per_day,
+        "rows": days * rows_per_day,
+        "seed": seed,
+        "schedule": schedule.name,
+        "segments": schedule.to_list(),
+        "shadow_fraction": shadow_fraction,
+        "label_fraction": label_fraction,
+        "label_delay_days": label_delay_days,
+        "per_day": per_day,
+    }

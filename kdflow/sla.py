@@ -76,8 +76,11 @@ class PromotionDecision:
 
 
 def decide_promotion(
-    checks: list[SLACheck], candidate_accuracy: float, champion_version: str | None,
-    champion_accuracy: float | None, tolerance: float,
+    checks: list[SLACheck],
+    candidate_accuracy: float,
+    champion_version: str | None,
+    champion_accuracy: float | None,
+    tolerance: float,
     recent: tuple[float, float] | None = None,
 ) -> PromotionDecision:
     """Promote iff every SLA passed and, when a champion exists, the candidate's accuracy on the same test
@@ -93,15 +96,20 @@ def decide_promotion(
             False,
             f"worse than champion v{champion_version}: accuracy {candidate_accuracy:.4f} < "
             f"{champion_accuracy:.4f} - tolerance {tolerance}",
-            champion_version, champion_accuracy,
+            champion_version,
+            champion_accuracy,
         )
     reason = f"SLAs passed; accuracy {candidate_accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}"
     if recent is not None:
         cand, champ = recent
         if cand + 1e-12 < champ - tolerance:
             return PromotionDecision(
-                False, f"worse than champion v{champion_version} on recent labeled traffic: accuracy {cand:.4f} < "
-                       f"{champ:.4f} - tolerance {tolerance}", champion_version, champion_accuracy)
+                False,
+                f"worse than champion v{champion_version} on recent labeled traffic: accuracy {cand:.4f} < "
+                f"{champ:.4f} - tolerance {tolerance}",
+                champion_version,
+                champion_accuracy,
+            )
         reason += f"; on recent labeled traffic {cand:.4f} vs {champ:.4f}"
     return PromotionDecision(True, reason, champion_version, champion_accuracy)
 
@@ -135,11 +143,18 @@ def _champion(name: str) -> tuple[str | None, nn.Module | None]:
     if version is None:
         return None, None
     return version, registry.load_torch_model(
-        registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None))
+        registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None)
+    )
 
 
-def gate_candidate(evaluation: Evaluation, sla: SLAConfig, student_name: str, test: Dataset,
-                   student: nn.Module | None = None, recent: Dataset | None = None) -> Gate:
+def gate_candidate(
+    evaluation: Evaluation,
+    sla: SLAConfig,
+    student_name: str,
+    test: Dataset,
+    student: nn.Module | None = None,
+    recent: Dataset | None = None,
+) -> Gate:
     """Check every SLA and compare with ``student_name``'s current champion on the same test set — and on the
     recent labeled production traffic ``recent`` (scoring ``student`` there) when given (a retrain)."""
     checks = check_slas(evaluation, sla)
@@ -148,10 +163,13 @@ def gate_candidate(evaluation: Evaluation, sla: SLAConfig, student_name: str, te
     if champion is not None:
         champion_accuracy = accuracy(predict_logits(champion, test.x), test.y)
         if recent is not None and student is not None:
-            recent_pair = (accuracy(predict_logits(student, recent.x), recent.y),
-                           accuracy(predict_logits(champion, recent.x), recent.y))
-    decision = decide_promotion(checks, evaluation.student_accuracy, champion_version, champion_accuracy,
-                                sla.champion_tolerance, recent_pair)
+            recent_pair = (
+                accuracy(predict_logits(student, recent.x), recent.y),
+                accuracy(predict_logits(champion, recent.x), recent.y),
+            )
+    decision = decide_promotion(
+        checks, evaluation.student_accuracy, champion_version, champion_accuracy, sla.champion_tolerance, recent_pair
+    )
     return Gate(checks, decision, *(recent_pair or (None, None)))
 
 
@@ -163,17 +181,25 @@ def champion_test_accuracy(name: str, test: Dataset) -> tuple[str | None, float 
         return None, None, None
     try:
         champion = registry.load_torch_model(
-            registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None))
+            registry.ModelRef(f"models:/{name}@{registry.CHAMPION}", name, version, None)
+        )
         return version, accuracy(predict_logits(champion, test.x), test.y), None
     except Exception as exc:  # another architecture or input width: no comparison possible
         return version, None, f"{type(exc).__name__}: {exc}"[:500]
 
 
-def judge_teacher_model(model: nn.Module, test: Dataset, name: str,
-                        gate: TeacherGateConfig | None = None) -> registry.TeacherVerdict:
+def judge_teacher_model(
+    model: nn.Module, test: Dataset, name: str, gate: TeacherGateConfig | None = None
+) -> registry.TeacherVerdict:
     """Gate a trained teacher (:func:`kdflow.registry.judge_teacher`): its test accuracy against
     ``gate.min_accuracy`` and against ``name``'s current champion scored on the same ``test``."""
     gate = gate or TeacherGateConfig()
     champion_version, champion_accuracy, champion_error = champion_test_accuracy(name, test)
-    return registry.judge_teacher(accuracy(predict_logits(model, test.x), test.y), gate.min_accuracy,
-                                  gate.champion_tolerance, champion_version, champion_accuracy, champion_error)
+    return registry.judge_teacher(
+        accuracy(predict_logits(model, test.x), test.y),
+        gate.min_accuracy,
+        gate.champion_tolerance,
+        champion_version,
+        champion_accuracy,
+        champion_error,
+    )

@@ -15,11 +15,18 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
-
 # S3 error codes that no retry can fix: the credentials are wrong, lack permission, or the bucket/object is
 # not there. Anything else (throttling, 5xx, a dropped connection) may pass and is retried.
-REJECTED_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-                                  "TokenRefreshRequired", "AuthorizationHeaderMalformed"})
+REJECTED_CREDENTIALS = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AuthorizationHeaderMalformed",
+    }
+)
 ACCESS_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"})
 MISSING = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404"})
 PERMANENT_S3_ERRORS = REJECTED_CREDENTIALS | ACCESS_DENIED | MISSING | {"InvalidBucketName", "PermanentRedirect", "301"}
@@ -174,11 +181,15 @@ class S3Store(ObjectStore):
         if code in REJECTED_CREDENTIALS:
             return PermanentStoreError(f"{where}: the credentials were rejected ({code}); {check}: {exc}", code)
         if code in ACCESS_DENIED:
-            return PermanentStoreError(f"{where}: access denied ({code}): the credentials were rejected or lack "
-                                       f"permission here; {check}: {exc}", code)
+            return PermanentStoreError(
+                f"{where}: access denied ({code}): the credentials were rejected or lack "
+                f"permission here; {check}: {exc}",
+                code,
+            )
         if code == "NoSuchBucket":
-            return PermanentStoreError(f"{where}: bucket {self.bucket!r} does not exist ({code}); create it or fix "
-                                       f"the URI: {exc}", code)
+            return PermanentStoreError(
+                f"{where}: bucket {self.bucket!r} does not exist ({code}); create it or fix the URI: {exc}", code
+            )
         if code in PERMANENT_S3_ERRORS:
             return PermanentStoreError(f"{where}: {exc}", code)
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -221,8 +232,11 @@ class S3Store(ObjectStore):
             raise self._fail("head", key, exc) from exc
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "") if prefix else (
-            f"{self.prefix}/" if self.prefix else "")
+        full = (
+            self._key(prefix.rstrip("/")) + ("/" if prefix.endswith("/") else "")
+            if prefix
+            else (f"{self.prefix}/" if self.prefix else "")
+        )
         keys: list[str] = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
@@ -254,7 +268,7 @@ def open_store(uri: str, endpoint_url: str | None = None) -> ObjectStore:
         return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url)
     if parsed.scheme == "file":
         return LocalStore(parsed.path)
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+    if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and os.name == "nt"):
         return LocalStore(uri)
     raise StoreError(f"unsupported store URI scheme {parsed.scheme!r} in {uri!r} (use a path, file:// or s3://)")
 

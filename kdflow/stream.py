@@ -83,15 +83,24 @@ class StreamingSource:
     ``parts`` are ``(split name, data URI, logit store(s), labeled)``; with several teachers give one store
     per teacher (in the order of ``teacher_version``) and a ``combine`` that merges their logits."""
 
-    def __init__(self, parts: list[tuple[str, str, LogitStore | Sequence[LogitStore], bool]], data: DataConfig,
-                 teacher_version: str | Sequence[str], fingerprints: dict[str, str], endpoint_url: str | None = None,
-                 buffer_chunks: int = 4, shard_cache: int = 4,
-                 combine: Callable[[list[np.ndarray]], np.ndarray] | None = None):
+    def __init__(
+        self,
+        parts: list[tuple[str, str, LogitStore | Sequence[LogitStore], bool]],
+        data: DataConfig,
+        teacher_version: str | Sequence[str],
+        fingerprints: dict[str, str],
+        endpoint_url: str | None = None,
+        buffer_chunks: int = 4,
+        shard_cache: int = 4,
+        combine: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+    ):
         self._tmp = tempfile.TemporaryDirectory(prefix="kdflow-stream-")
         self.data = data
         self.buffer_chunks = buffer_chunks
         self.shard_cache = shard_cache
-        versions = [str(teacher_version)] if isinstance(teacher_version, (str, int)) else [str(v) for v in teacher_version]
+        versions = (
+            [str(teacher_version)] if isinstance(teacher_version, (str, int)) else [str(v) for v in teacher_version]
+        )
         if len(versions) > 1 and combine is None:
             raise ValueError("several teachers need a combine function")
         self.combine = combine
@@ -105,8 +114,10 @@ class StreamingSource:
             manifests = tuple(store.require_manifest() for store in stores)
             for store, manifest, version in zip(stores, manifests, versions):
                 if manifest.teacher_version != version or manifest.data_fingerprint != fingerprints[name]:
-                    raise LogitStoreError(f"{store.uri}: manifest does not match teacher version {version} "
-                                          f"and the {name} data fingerprint")
+                    raise LogitStoreError(
+                        f"{store.uri}: manifest does not match teacher version {version} "
+                        f"and the {name} data fingerprint"
+                    )
             paths = [local_copy(f, endpoint_url, Path(self._tmp.name)) for f in expand_uri(uri, endpoint_url)]
             starts, row = [], 0
             for path in paths:
@@ -119,8 +130,9 @@ class StreamingSource:
             for store, manifest in zip(stores, manifests):
                 if row != manifest.num_rows:
                     raise LogitStoreError(f"{store.uri}: {manifest.num_rows} stored rows, {uri} has {row}")
-            shard_starts = tuple(tuple(int(v) for v in np.cumsum([0] + [s.rows for s in m.shards[:-1]]))
-                                 for m in manifests)
+            shard_starts = tuple(
+                tuple(int(v) for v in np.cumsum([0] + [s.rows for s in m.shards[:-1]])) for m in manifests
+            )
             self.parts.append(_Part(name, tuple(paths), stores, labeled, manifests, tuple(starts), shard_starts))
             part = len(self.parts) - 1
             self.chunks += [(part, f, g) for f, groups in enumerate(starts) for g in range(len(groups))]
@@ -170,8 +182,10 @@ class StreamingSource:
             shard_ids = np.concatenate([p[0] for p in pieces])
             pos = pd.Index(shard_ids).get_indexer(pd.Index(ids))
             if (pos < 0).any():
-                raise LogitStoreError(f"{part.stores[t].uri}: {int((pos < 0).sum())} id(s) of {part.name} row group "
-                                      f"{group} have no stored logits, e.g. {ids[pos < 0][:3].tolist()}")
+                raise LogitStoreError(
+                    f"{part.stores[t].uri}: {int((pos < 0).sum())} id(s) of {part.name} row group "
+                    f"{group} have no stored logits, e.g. {ids[pos < 0][:3].tolist()}"
+                )
             per_teacher.append(np.concatenate([p[1] for p in pieces])[pos])
         z = per_teacher[0] if self.combine is None else self.combine(per_teacher)
         return x, y, z

@@ -59,20 +59,32 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _restore(saved: dict, model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-             gen: torch.Generator, checkpoints: Checkpoints) -> bool:
+def _restore(
+    saved: dict,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    checkpoints: Checkpoints,
+) -> bool:
     """Load a checkpoint's states into the training objects; on any failure put every one back as it was,
     warn, and return False (the checkpoint is not used)."""
-    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict()),
-              gen.get_state(), rng_state())
+    before = (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(opt.state_dict()),
+        copy.deepcopy(sched.state_dict()),
+        gen.get_state(),
+        rng_state(),
+    )
     try:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         gen.set_state(saved["generator"])
         set_rng_state(saved["rng"])
-        missing = [k for k in ("best_state", "step", "stale", "history", "best_epoch", "best_val_accuracy")
-                   if k not in saved]
+        missing = [
+            k for k in ("best_state", "step", "stale", "history", "best_epoch", "best_val_accuracy") if k not in saved
+        ]
         if missing:
             raise KeyError(f"the checkpoint lacks {missing}")
         model.load_state_dict(saved["best_state"])  # the best state fits this model too
@@ -153,7 +165,10 @@ def fit(
     epochs = math.ceil(total_steps / steps_per_epoch)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, total_steps, min(cfg.schedule.warmup_steps, total_steps // 2), cfg.schedule.min_lr_ratio)
+        opt,
+        lambda s: warmup_cosine(
+            s, total_steps, min(cfg.schedule.warmup_steps, total_steps // 2), cfg.schedule.min_lr_ratio
+        ),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult()
@@ -173,9 +188,21 @@ def fit(
             result.best_epoch, result.best_val_accuracy = int(saved["best_epoch"]), float(saved["best_val_accuracy"])
             result.resumed_from_epoch = int(saved["epoch"])
             start_epoch = result.resumed_from_epoch + 1
-            log.info("resuming from the checkpoint after epoch %d (step %d) at %s", result.resumed_from_epoch, step,
-                     checkpoints.store.url(checkpoints.prefix))
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=None if progress else True, leave=False, mininterval=2.0)
+            log.info(
+                "resuming from the checkpoint after epoch %d (step %d) at %s",
+                result.resumed_from_epoch,
+                step,
+                checkpoints.store.url(checkpoints.prefix),
+            )
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=None if progress else True,
+        leave=False,
+        mininterval=2.0,
+    )
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -233,16 +260,31 @@ def fit(
         if step >= total_steps:
             break
         if checkpoints is not None and checkpoints.due(epoch):
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": gen.get_state(), "rng": rng_state(), "step": step, "best_state": best_state,
-                     "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "stale": stale,
-                     "history": result.history, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                     "num_rows": len(source)}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "rng": rng_state(),
+                "step": step,
+                "best_state": best_state,
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "stale": stale,
+                "history": result.history,
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+                "num_rows": len(source),
+            }
             try:
                 checkpoints.save(epoch, state)
             except Exception as exc:  # a checkpoint only protects progress: never fail the training over it
-                log.warning("could not save the checkpoint after epoch %d to %s: %s", epoch,
-                            checkpoints.store.url(checkpoints.prefix), exc)
+                log.warning(
+                    "could not save the checkpoint after epoch %d to %s: %s",
+                    epoch,
+                    checkpoints.store.url(checkpoints.prefix),
+                    exc,
+                )
     bar.close()
     result.steps = step
     if checkpoints is not None:

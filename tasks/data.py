@@ -24,18 +24,31 @@ def publish_validation_report(report: ValidationReport, run_id: str | None, out_
         from mlflow import MlflowClient
 
         MlflowClient().log_artifacts(run_id, str(out_dir), "validation")
-        log_metrics(run_id, {"validation_passed": float(report.success),
-                             "validation_failed_checks": float(len(report.failures)),
-                             "validation_seconds": report.seconds})
-    create_markdown_artifact(markdown=report.to_markdown(), key="kdflow-data-validation",
-                             description=f"data validation {'passed' if report.success else 'FAILED'}")
+        log_metrics(
+            run_id,
+            {
+                "validation_passed": float(report.success),
+                "validation_failed_checks": float(len(report.failures)),
+                "validation_seconds": report.seconds,
+            },
+        )
+    create_markdown_artifact(
+        markdown=report.to_markdown(),
+        key="kdflow-data-validation",
+        description=f"data validation {'passed' if report.success else 'FAILED'}",
+    )
     return paths
 
 
 @kdflow_task(name="validate-inputs")
-def validate_inputs(data: DataConfig, model: ModelSpec, endpoint_url: str | None = None,
-                    with_transfer: bool = True, run_id: str | None = None,
-                    validation: ValidationConfig | None = None) -> Datasets:
+def validate_inputs(
+    data: DataConfig,
+    model: ModelSpec,
+    endpoint_url: str | None = None,
+    with_transfer: bool = True,
+    run_id: str | None = None,
+    validation: ValidationConfig | None = None,
+) -> Datasets:
     """Validate train/val/test (labeled) and the transfer set (unlabeled) with the GX suites
     (:func:`kdflow.validation.validate_data`), attach the report to the MLflow run ``run_id`` and to the flow
     run, then build the datasets and check that ``model`` takes their feature shape. Any failure stops the flow
@@ -44,12 +57,20 @@ def validate_inputs(data: DataConfig, model: ModelSpec, endpoint_url: str | None
     logger = get_run_logger()
     validation = validation or ValidationConfig()
     with tempfile.TemporaryDirectory(prefix="kdflow-validation-") as tmp:  # report files and data docs: a tree
-        report, frames = validate_data(data, validation, endpoint_url, with_transfer,
-                                       docs_dir=Path(tmp) / "site" if validation.data_docs else None)
+        report, frames = validate_data(
+            data, validation, endpoint_url, with_transfer, docs_dir=Path(tmp) / "site" if validation.data_docs else None
+        )
         publish_validation_report(report, run_id, Path(tmp) / "report")
     for d in report.datasets.values():
-        logger.info("validation %s (%s): %s, %s rows, %d check(s), %d failed", d.name, d.uri,
-                    "pass" if d.success else "FAIL", d.rows, len(d.checks), len(d.failures))
+        logger.info(
+            "validation %s (%s): %s, %s rows, %d check(s), %d failed",
+            d.name,
+            d.uri,
+            "pass" if d.success else "FAIL",
+            d.rows,
+            len(d.checks),
+            len(d.failures),
+        )
     report.raise_for_failures()
     labeled = {name: flag for name, (_, flag) in dataset_uris(data, with_transfer).items()}
     datasets = datasets_from_frames(frames, {n: d.uri for n, d in report.datasets.items()}, labeled, data)

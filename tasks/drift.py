@@ -9,10 +9,9 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from kdflow import monitor, registry
-from kdflow.config import DriftConfig, MlflowConfig
+from kdflow.config import DriftConfig, MlflowConfig, RetrainVia
 from kdflow.drift import Decision, DriftCheck, decide
 from kdflow.inference_logs import LogWindow
-from kdflow.config import RetrainVia
 from kdflow.monitor import Champion, DriftHistory
 from tasks import kdflow_task
 
@@ -47,8 +46,14 @@ def decide_action(history: DriftHistory, check: DriftCheck, cfg: DriftConfig, as
 
 
 @kdflow_task(name="record-drift-check", retries=1, retry_delay_seconds=2)
-def record_drift_check(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime,
-                       check: DriftCheck, decision: Decision) -> str:
+def record_drift_check(
+    mlflow: MlflowConfig,
+    drift: DriftConfig,
+    ref: registry.ModelRef,
+    as_of: datetime,
+    check: DriftCheck,
+    decision: Decision,
+) -> str:
     """One MLflow run per check in the monitoring experiment (:func:`kdflow.monitor.record_drift_check`) and a
     Prefect markdown artifact. Returns the MLflow run id.
 
@@ -57,17 +62,27 @@ def record_drift_check(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.M
     from prefect.runtime import task_run
 
     key = task_run.get_id()
-    run_id = monitor.record_drift_check(_monitoring_experiment(mlflow, drift),
-                                        f"record-drift-check:{key}" if key else None, ref, as_of, check, decision,
-                                        drift)
-    create_markdown_artifact(markdown=monitor.drift_markdown(ref, as_of, check, decision), key="kdflow-drift-check",
-                             description=f"drift check of {ref.name} v{ref.version}: {decision.action}")
+    run_id = monitor.record_drift_check(
+        _monitoring_experiment(mlflow, drift),
+        f"record-drift-check:{key}" if key else None,
+        ref,
+        as_of,
+        check,
+        decision,
+        drift,
+    )
+    create_markdown_artifact(
+        markdown=monitor.drift_markdown(ref, as_of, check, decision),
+        key="kdflow-drift-check",
+        description=f"drift check of {ref.name} v{ref.version}: {decision.action}",
+    )
     return run_id
 
 
 @kdflow_task(name="emit-drift-event")
-def emit_drift_event(config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck,
-                     decision: Decision) -> str | None:
+def emit_drift_event(
+    config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
+) -> str | None:
     """Emit ``kdflow.drift.detected`` (:func:`kdflow.monitor.drift_event`); a deployment trigger on it starts
     the retrain deployment. Returns the event id."""
     from prefect.events import emit_event

@@ -13,23 +13,39 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from torch import nn
 
 from kdflow import registry
-from kdflow.config import DistillConfig, StoreConfig
+from kdflow.config import DistillConfig, StoreConfig, TeacherWeighting
 from kdflow.data import Dataset
-from kdflow.config import TeacherWeighting
 from kdflow.ensemble import TeacherEnsemble, TeacherLogits
 from kdflow.ensemble import combine_teachers as combine_teacher_logits
 from kdflow.logits import LogitStore, ShardJob, ShardResult, StoreSpec, compute_shard
-from kdflow.precompute import (LogitPlan, TeacherOutputs, finalize_logits, logit_stores, plan_logits, read_eval_logits,
-                               store_spec)
+from kdflow.precompute import (
+    LogitPlan,
+    TeacherOutputs,
+    finalize_logits,
+    logit_stores,
+    plan_logits,
+    read_eval_logits,
+    store_spec,
+)
 from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
 from kdflow.train import predict_logits
 from tasks import kdflow_task
 from tasks.preflight import retry_unless_permanent
 
-__all__ = ["LogitPlan", "TeacherOutputs", "combine_teachers", "compute_logit_shard", "finalize_teacher_logits",
-           "load_teacher_logits", "logit_stores", "plan_teacher_logits", "precompute_teacher_logits",
-           "resolve_teacher", "task_runner_for"]
+__all__ = [
+    "LogitPlan",
+    "TeacherOutputs",
+    "combine_teachers",
+    "compute_logit_shard",
+    "finalize_teacher_logits",
+    "load_teacher_logits",
+    "logit_stores",
+    "plan_teacher_logits",
+    "precompute_teacher_logits",
+    "resolve_teacher",
+    "task_runner_for",
+]
 
 store_retries = {"retries": 1, "retry_delay_seconds": 2, "retry_condition_fn": retry_unless_permanent}
 
@@ -67,14 +83,17 @@ def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping
     plan = plan_logits(cfg, teacher, datasets)
     get_run_logger().info(
         "teacher logits: %d split(s) reused, %d shard(s) to compute, %d kept from an earlier run",
-        sum(p.reused is not None for p in plan.splits.values()), len(plan.jobs),
-        sum(len(p.kept) for p in plan.splits.values()))
+        sum(p.reused is not None for p in plan.splits.values()),
+        len(plan.jobs),
+        sum(len(p.kept) for p in plan.splits.values()),
+    )
     return plan
 
 
 @kdflow_task(name="compute-logit-shard", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent)
-def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, job: ShardJob, ids: np.ndarray,
-                        x: np.ndarray) -> ShardResult:
+def compute_logit_shard(
+    cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, job: ShardJob, ids: np.ndarray, x: np.ndarray
+) -> ShardResult:
     """:func:`kdflow.logits.compute_shard` on one shard's rows (``ids``, ``x``), independent of every other shard."""
     model = _teacher_model(cfg.mlflow.tracking_uri, teacher)
     ls = LogitStore(open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url), spec.key)
@@ -82,17 +101,38 @@ def compute_logit_shard(cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, 
 
 
 @kdflow_task(name="finalize-teacher-logits", **store_retries)
-def finalize_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset], plan: LogitPlan,
-                            results: list[tuple[str, ShardResult]], seconds: float) -> TeacherOutputs:
+def finalize_teacher_logits(
+    cfg: DistillConfig,
+    teacher: ModelRef,
+    datasets: Mapping[str, Dataset],
+    plan: LogitPlan,
+    results: list[tuple[str, ShardResult]],
+    seconds: float,
+) -> TeacherOutputs:
     """:func:`kdflow.precompute.finalize_logits`: each split's manifest written last, the teacher's size/latency
     profile measured once."""
-    out = finalize_logits(cfg, teacher, datasets, plan, results, seconds,
-                          functools.partial(_teacher_model, cfg.mlflow.tracking_uri, teacher))
+    out = finalize_logits(
+        cfg,
+        teacher,
+        datasets,
+        plan,
+        results,
+        seconds,
+        functools.partial(_teacher_model, cfg.mlflow.tracking_uri, teacher),
+    )
     logger = get_run_logger()
     for name, st in out.stats.items():
-        logger.info("%s logits at %s: %s (%d of %d shards computed, %d kept, %d rows, %d values clipped)",
-                    name, out.store_uris[name], "reused" if st.reused else "computed", st.shards_computed,
-                    st.shards_total, st.shards_kept, st.rows_computed, st.clipped_values)
+        logger.info(
+            "%s logits at %s: %s (%d of %d shards computed, %d kept, %d rows, %d values clipped)",
+            name,
+            out.store_uris[name],
+            "reused" if st.reused else "computed",
+            st.shards_computed,
+            st.shards_total,
+            st.shards_kept,
+            st.rows_computed,
+            st.clipped_values,
+        )
     return out
 
 
@@ -105,8 +145,14 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: M
     futures = []
     for name, job in plan.jobs:
         ds = datasets[name]
-        futures.append((name, compute_logit_shard.submit(cfg, teacher, store_spec(cfg, teacher, name, ds), job,
-                                                         ds.ids[job.rows], ds.x[job.rows])))
+        futures.append(
+            (
+                name,
+                compute_logit_shard.submit(
+                    cfg, teacher, store_spec(cfg, teacher, name, ds), job, ds.ids[job.rows], ds.x[job.rows]
+                ),
+            )
+        )
     results = [(name, f.result()) for name, f in futures]
     return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
 
@@ -119,13 +165,24 @@ def load_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping
 
 
 @kdflow_task(name="combine-teachers")
-def combine_teachers(logits: list[TeacherLogits], profiles: list[dict[str, float]], val: Dataset,
-                     weighting: TeacherWeighting, temperature: float) -> TeacherEnsemble:
+def combine_teachers(
+    logits: list[TeacherLogits],
+    profiles: list[dict[str, float]],
+    val: Dataset,
+    weighting: TeacherWeighting,
+    temperature: float,
+) -> TeacherEnsemble:
     """:func:`kdflow.ensemble.combine_teachers`: weight the teachers (uniform, or by validation accuracy on
     ``val``) and combine their stored evaluation logits."""
     ensemble = combine_teacher_logits(logits, profiles, val.y, weighting, temperature)
     if len(ensemble.teachers) > 1:
-        get_run_logger().info("%d teachers combined (%s): %s", len(ensemble.teachers), weighting, ", ".join(
-            f"{t.name} v{t.version} w={w:.3f} val_acc={a:.4f}"
-            for t, w, a in zip(ensemble.teachers, ensemble.weights, ensemble.val_accuracies)))
+        get_run_logger().info(
+            "%d teachers combined (%s): %s",
+            len(ensemble.teachers),
+            weighting,
+            ", ".join(
+                f"{t.name} v{t.version} w={w:.3f} val_acc={a:.4f}"
+                for t, w, a in zip(ensemble.teachers, ensemble.weights, ensemble.val_accuracies)
+            ),
+        )
     return ensemble

@@ -56,8 +56,13 @@ def promotion_slot(name: str, timeout_seconds: float = ACQUIRE_TIMEOUT_S) -> Ite
     """Hold the single slot of ``kdflow-promote-<name>`` (strict: a missing limit is an error, never a no-op)."""
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(ensure_promotion_limit(name), occupy=1, strict=True, timeout_seconds=timeout_seconds,
-                     lease_duration=LEASE_DURATION_S):
+    with concurrency(
+        ensure_promotion_limit(name),
+        occupy=1,
+        strict=True,
+        timeout_seconds=timeout_seconds,
+        lease_duration=LEASE_DURATION_S,
+    ):
         yield
 
 
@@ -81,8 +86,9 @@ def _not_a_refusal(task, task_run, state) -> bool:
 
 
 @kdflow_task(name="promote-version", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_a_refusal)
-def promote_version(name: str, version: str, reason: str, actor: str,
-                    tracking_uri: str | None = None) -> dict[str, Any]:
+def promote_version(
+    name: str, version: str, reason: str, actor: str, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Make ``version`` champion of ``name`` under the model's promotion limit (SLA re-checked inside it).
 
     Idempotent under retries: the event carries this task run's id (the same across Prefect's retries) as its
@@ -92,12 +98,29 @@ def promote_version(name: str, version: str, reason: str, actor: str,
         registry.configure_tracking(tracking_uri)
     who, run_id = run_actor(actor)
     request = task_run.get_id()
-    result = registry.promote(name, version, reason, who, lock=promotion_slot(name), flow_run=run_id,
-                              request=str(request) if request else None)
-    get_run_logger().info("%s: champion %s -> %s%s", name, result.previous, result.version,
-                          "" if result.changed else " (already champion: recorded no-op)")
-    return {"name": name, "version": result.version, "previous": result.previous, "changed": result.changed,
-            "event": result.event.key}
+    result = registry.promote(
+        name,
+        version,
+        reason,
+        who,
+        lock=promotion_slot(name),
+        flow_run=run_id,
+        request=str(request) if request else None,
+    )
+    get_run_logger().info(
+        "%s: champion %s -> %s%s",
+        name,
+        result.previous,
+        result.version,
+        "" if result.changed else " (already champion: recorded no-op)",
+    )
+    return {
+        "name": name,
+        "version": result.version,
+        "previous": result.previous,
+        "changed": result.changed,
+        "event": result.event.key,
+    }
 
 
 @kdflow_task(name="rollback-champion", retries=0)
@@ -110,5 +133,10 @@ def rollback_champion(name: str, reason: str, actor: str, tracking_uri: str | No
     who, run_id = run_actor(actor)
     result = registry.rollback(name, reason, who, lock=promotion_slot(name), flow_run=run_id)
     get_run_logger().info("%s: champion rolled back %s -> %s", name, result.previous, result.version)
-    return {"name": name, "version": result.version, "previous": result.previous, "changed": result.changed,
-            "event": result.event.key}
+    return {
+        "name": name,
+        "version": result.version,
+        "previous": result.previous,
+        "changed": result.changed,
+        "event": result.event.key,
+    }

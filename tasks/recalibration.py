@@ -9,26 +9,44 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from kdflow import monitor
-from kdflow.config import CalibrationConfig, LogsConfig, RecalibrationConfig, SLAConfig, ValidationConfig
-from kdflow.config import RecalibrationTrigger
+from kdflow.config import (
+    CalibrationConfig,
+    LogsConfig,
+    RecalibrationConfig,
+    RecalibrationTrigger,
+    SLAConfig,
+    ValidationConfig,
+)
 from kdflow.lifecycle import RecalibrationOutcome
 from kdflow.monitor import Champion, LabeledWindow
 from tasks import kdflow_task
 
 
 @kdflow_task(name="labeled-window")
-def labeled_window(logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime,
-                   end: datetime) -> LabeledWindow:
+def labeled_window(
+    logs: LogsConfig, validation: ValidationConfig, num_classes: int, start: datetime, end: datetime
+) -> LabeledWindow:
     """The labeled rows of the validated logs in ``[start, end)`` (:func:`kdflow.monitor.read_labeled_window`)."""
     window = monitor.read_labeled_window(logs, validation, num_classes, start, end)
-    get_run_logger().info("labeled window [%s, %s): %d of %d rows labeled", start.isoformat(), end.isoformat(),
-                          len(window.labeled), window.rows)
+    get_run_logger().info(
+        "labeled window [%s, %s): %d of %d rows labeled",
+        start.isoformat(),
+        end.isoformat(),
+        len(window.labeled),
+        window.rows,
+    )
     return window
 
 
 @kdflow_task(name="refit-and-judge")
-def refit_and_judge(champion: Champion, window: LabeledWindow, trigger: RecalibrationTrigger,
-                      cfg: RecalibrationConfig, calibration: CalibrationConfig, sla: SLAConfig) -> RecalibrationOutcome:
+def refit_and_judge(
+    champion: Champion,
+    window: LabeledWindow,
+    trigger: RecalibrationTrigger,
+    cfg: RecalibrationConfig,
+    calibration: CalibrationConfig,
+    sla: SLAConfig,
+) -> RecalibrationOutcome:
     """Refit the champion's temperature on the labeled window and judge it against ECE and every SLA
     (:func:`kdflow.monitor.recalibrate`)."""
     outcome = monitor.recalibrate(champion, window, trigger, cfg, calibration, sla)
@@ -44,6 +62,9 @@ def record_recalibration(run_id: str, name: str, as_of: datetime, outcome: Recal
     A repeat is harmless, so it is retried as is: it creates no run and no version; the markdown artifact is
     written last, so an attempt that created it did not fail before it."""
     monitor.record_recalibration(run_id, outcome)
-    create_markdown_artifact(key="kdflow-recalibration", markdown=outcome.markdown(name, as_of),
-                             description=f"recalibration of {name} v{outcome.parent_version}")
+    create_markdown_artifact(
+        key="kdflow-recalibration",
+        markdown=outcome.markdown(name, as_of),
+        description=f"recalibration of {name} v{outcome.parent_version}",
+    )
     get_run_logger().info("recalibration: %s", outcome.reason)

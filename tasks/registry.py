@@ -16,19 +16,25 @@ from kdflow.config import SLAConfig, TeacherGateConfig
 from kdflow.data import Dataset
 from kdflow.evaluation import Evaluation
 from kdflow.models import CalibratedClassifier
+from kdflow.monitor import PROFILE_ARTIFACT
 from kdflow.profile import build_profile
 from kdflow.report import DistillReport, Registration, to_markdown, write_report
 from kdflow.sla import Gate, SLACheck, gate_candidate, judge_teacher_model
 from kdflow.train import TrainResult, predict_logits
-from kdflow.monitor import PROFILE_ARTIFACT
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_dict, log_metrics
 
 
-
 @kdflow_task(name="sla-gate", retries=1, retry_delay_seconds=2)
-def sla_gate(evaluation: Evaluation, sla: SLAConfig, student_name: str, test: Dataset, run_id: str,
-             student: CalibratedClassifier | None = None, recent: Dataset | None = None) -> Gate:
+def sla_gate(
+    evaluation: Evaluation,
+    sla: SLAConfig,
+    student_name: str,
+    test: Dataset,
+    run_id: str,
+    student: CalibratedClassifier | None = None,
+    recent: Dataset | None = None,
+) -> Gate:
     """:func:`kdflow.sla.gate_candidate`: every SLA, and the comparison with the current champion on the same
     test set — and on the recent labeled production traffic ``recent`` when given (the retrain flow)."""
     gate = gate_candidate(evaluation, sla, student_name, test, student, recent)
@@ -38,8 +44,9 @@ def sla_gate(evaluation: Evaluation, sla: SLAConfig, student_name: str, test: Da
 
 
 @kdflow_task(name="reference-profile")
-def reference_profile(student: CalibratedClassifier, reference: Dataset, teacher_logits: np.ndarray | None,
-                      n_bins: int) -> dict[str, Any]:
+def reference_profile(
+    student: CalibratedClassifier, reference: Dataset, teacher_logits: np.ndarray | None, n_bins: int
+) -> dict[str, Any]:
     """The student's reference profile (:func:`kdflow.profile.build_profile`) on ``reference`` — the validation
     split, or for a retrained or recalibrated version the labeled production traffic it was fitted to: what
     the drift check compares production windows with."""
@@ -49,9 +56,16 @@ def reference_profile(student: CalibratedClassifier, reference: Dataset, teacher
 
 
 @kdflow_task(name="register-student", retries=1, retry_delay_seconds=2)
-def register_student(student: CalibratedClassifier, input_example: np.ndarray, name: str, run_id: str,
-                     checks: list[SLACheck], register_failed: bool, tags: dict[str, Any],
-                     profile: dict[str, Any]) -> Registration:
+def register_student(
+    student: CalibratedClassifier,
+    input_example: np.ndarray,
+    name: str,
+    run_id: str,
+    checks: list[SLACheck],
+    register_failed: bool,
+    tags: dict[str, Any],
+    profile: dict[str, Any],
+) -> Registration:
     """Log and register the served model with its reference profile (``reference/profile.json``) and alias it
     ``challenger``; ``champion`` moves later, in :func:`tasks.promotion.promote_version`. A candidate that failed
     its SLAs is not registered unless ``register_failed`` is set. Inside a Prefect ``transaction()`` that
@@ -66,8 +80,17 @@ def register_student(student: CalibratedClassifier, input_example: np.ndarray, n
     log_dict(run_id, profile, PROFILE_ARTIFACT)
     model_uri, version, _ = registry.register_run_model(student, input_example, name, run_id)
     get_transaction().set("registered", (name, version))
-    registry.tag_version(name, version, {**tags, "sla_passed": sla_passed, "sla_checks": [c.as_dict() for c in checks],
-                                         "run_id": run_id, "reference_profile": PROFILE_ARTIFACT})
+    registry.tag_version(
+        name,
+        version,
+        {
+            **tags,
+            "sla_passed": sla_passed,
+            "sla_checks": [c.as_dict() for c in checks],
+            "run_id": run_id,
+            "reference_profile": PROFILE_ARTIFACT,
+        },
+    )
     registry.ensure_alias(name, registry.CHALLENGER, version, reason="new candidate", actor="distill-flow")
     get_run_logger().info("registered %s version %s as challenger", name, version)
     return Registration(name, version, (registry.CHALLENGER,), model_uri)
@@ -103,14 +126,22 @@ def publish_report(report: DistillReport, output_dir: str) -> dict[str, Any]:
     for path in (json_path, md_path):
         log_artifact(report.run_id, path, "report")
     log_metrics(report.run_id, {"gate_passed": float(report.gate.passed)})
-    create_markdown_artifact(markdown=to_markdown(data), key="kdflow-distill-report",
-                             description=f"SLA report for {report.student_name}")
+    create_markdown_artifact(
+        markdown=to_markdown(data), key="kdflow-distill-report", description=f"SLA report for {report.student_name}"
+    )
     return {**data, "paths": {"json": str(json_path.resolve()), "markdown": str(md_path.resolve())}}
 
 
 @kdflow_task(name="register-teacher", retries=1, retry_delay_seconds=2)
-def register_teacher(model, datasets: dict[str, Dataset], name: str, alias: str, run_id: str,
-                     training: TrainResult, gate: TeacherGateConfig | None = None) -> dict[str, Any]:
+def register_teacher(
+    model,
+    datasets: dict[str, Dataset],
+    name: str,
+    alias: str,
+    run_id: str,
+    training: TrainResult,
+    gate: TeacherGateConfig | None = None,
+) -> dict[str, Any]:
     """Log the teacher (raw logits out), register it as ``challenger`` and judge it with ``gate``
     (:func:`kdflow.sla.judge_teacher_model`: test accuracy against ``gate.min_accuracy`` and the current
     champion's on the same test set), recording the verdict as version tags (``kdflow.sla_passed``,
@@ -121,11 +152,22 @@ def register_teacher(model, datasets: dict[str, Dataset], name: str, alias: str,
 
     test = datasets["test"]
     verdict = judge_teacher_model(model, test, name, gate)
-    log_metrics(run_id, {"teacher_test_accuracy": verdict.test_accuracy} | (
-        {} if verdict.champion_accuracy is None else {"champion_test_accuracy": verdict.champion_accuracy}))
+    log_metrics(
+        run_id,
+        {"teacher_test_accuracy": verdict.test_accuracy}
+        | ({} if verdict.champion_accuracy is None else {"champion_test_accuracy": verdict.champion_accuracy}),
+    )
     model_uri, version, _ = registry.register_run_model(model, test.x[:5], name, run_id)
-    registry.tag_version(name, version, {"test_accuracy": verdict.test_accuracy, "run_id": run_id, **verdict.tags(),
-                                         "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()}})
+    registry.tag_version(
+        name,
+        version,
+        {
+            "test_accuracy": verdict.test_accuracy,
+            "run_id": run_id,
+            **verdict.tags(),
+            "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
+        },
+    )
     MlflowClient().set_tag(run_id, registry.GATE_REASON_TAG, verdict.reason[:5000])
     MlflowClient().set_tag(run_id, f"{registry.TAG_PREFIX}promote", str(verdict.promote))
     why = f"trained teacher, test accuracy {verdict.test_accuracy:.4f}"
@@ -135,9 +177,21 @@ def register_teacher(model, datasets: dict[str, Dataset], name: str, alias: str,
         registry.ensure_alias(name, alias, version, reason=verdict.reason, actor="train-teacher-flow")
         aliases.append(alias)
     (get_run_logger().info if verdict.promote else get_run_logger().warning)(
-        "teacher %s version %s (test accuracy %.4f): %s", name, version, verdict.test_accuracy, verdict.reason)
-    return {"name": name, "version": version, "alias": uri_alias, "aliases": aliases,
-            "uri": f"models:/{name}@{uri_alias}", "model_uri": model_uri, "test_accuracy": verdict.test_accuracy,
-            "best_val_accuracy": training.best_val_accuracy, "run_id": run_id, "promote": verdict.promote,
-            "gate_passed": verdict.passed, "reason": verdict.reason, "champion_version": verdict.champion_version,
-            "champion_accuracy": verdict.champion_accuracy}
+        "teacher %s version %s (test accuracy %.4f): %s", name, version, verdict.test_accuracy, verdict.reason
+    )
+    return {
+        "name": name,
+        "version": version,
+        "alias": uri_alias,
+        "aliases": aliases,
+        "uri": f"models:/{name}@{uri_alias}",
+        "model_uri": model_uri,
+        "test_accuracy": verdict.test_accuracy,
+        "best_val_accuracy": training.best_val_accuracy,
+        "run_id": run_id,
+        "promote": verdict.promote,
+        "gate_passed": verdict.passed,
+        "reason": verdict.reason,
+        "champion_version": verdict.champion_version,
+        "champion_accuracy": verdict.champion_accuracy,
+    }

@@ -16,17 +16,30 @@ from tasks import kdflow_task
 
 
 @kdflow_task(name="start-mlflow-run", retries=2, retry_delay_seconds=2)
-def start_mlflow_run(tracking_uri: str, experiment: str, artifact_location: str | None,
-                     params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+def start_mlflow_run(
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str | None,
+    params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+) -> str:
     """Create the MLflow run for this flow run (named after it) and log the flattened config as params.
 
     Idempotent: the run is tagged ``kdflow.run_key`` with this task run's id, which a Prefect retry keeps, and
     a retry returns the run its first attempt created (completing its params) instead of creating a second."""
     exp_id = registry.configure(tracking_uri, experiment, artifact_location)
-    run_tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": str(flow_run.get_name() or "")}
+    run_tags = {
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "prefect.flow_run_name": str(flow_run.get_name() or ""),
+    }
     key = task_run.get_id()
-    run_id, _ = registry.open_run(exp_id, f"start-mlflow-run:{key}" if key else None, flow_run.get_name() or None,
-                                  {**run_tags, **(tags or {})}, params)
+    run_id, _ = registry.open_run(
+        exp_id,
+        f"start-mlflow-run:{key}" if key else None,
+        flow_run.get_name() or None,
+        {**run_tags, **(tags or {})},
+        params,
+    )
     return run_id
 
 
@@ -38,8 +51,9 @@ def end_mlflow_run(run_id: str, status: str) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_run(mlflow: MlflowConfig, experiment: str, params: dict[str, Any],
-               tags: dict[str, str] | None = None) -> Iterator[str]:
+def mlflow_run(
+    mlflow: MlflowConfig, experiment: str, params: dict[str, Any], tags: dict[str, str] | None = None
+) -> Iterator[str]:
     """The flow run's MLflow run, from start to end: yields its id; ends it FINISHED when the block completes
     and FAILED when it raises (anything, interrupts included), then re-raises."""
     run_id = start_mlflow_run(mlflow.tracking_uri, experiment, mlflow.artifact_location, params, tags)
@@ -55,13 +69,14 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
     """Log numeric metrics to ``run_id`` (NaN-free, names sanitised for MLflow).
 
     A repeat (a retried task) appends the same values again at the same step: the metric's value is unchanged."""
-    from mlflow import MlflowClient
-
     from mlflow.entities import Metric
 
+    from mlflow import MlflowClient
+
     now = int(time.time() * 1000)
-    batch = [Metric(key.replace("@", "_"), float(value), now, step or 0) for key, value in metrics.items()
-             if value == value]  # skip NaN
+    batch = [
+        Metric(key.replace("@", "_"), float(value), now, step or 0) for key, value in metrics.items() if value == value
+    ]  # skip NaN
     for i in range(0, len(batch), 1000):
         MlflowClient().log_batch(run_id, metrics=batch[i : i + 1000])
 

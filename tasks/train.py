@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from pathlib import Path
-
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger
@@ -18,48 +17,86 @@ from kdflow.data import Dataset
 from kdflow.ensemble import TeacherEnsemble, combine_logits
 from kdflow.models import build_model, count_parameters
 from kdflow.plots import training_curves
+from kdflow.precompute import logit_stores
 from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
-from kdflow.precompute import logit_stores
 from kdflow.train import TrainResult, fit, seed_everything
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_metrics
 
 
 @kdflow_task(name="train-student")
-def train_student(cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset],
-                  run_id: str) -> tuple[nn.Module, TrainResult]:
+def train_student(
+    cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset], run_id: str
+) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits, streamed shard by shard with the labeled train rows and
     the unlabeled transfer (and, when retraining, recent production) rows (no teacher runs here); several teachers' logits are combined per batch
     (:func:`kdflow.ensemble.combine_logits`). Curves go to MLflow."""
     seed_everything(cfg.train.seed)  # the initial weights too: same config, same student
     model = build_model(cfg.student.arch, cfg.student.args, datasets["train"].input_shape, cfg.data.num_classes)
     per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
-    splits = [("train", cfg.data.train, True)] + [(n, getattr(cfg.data, n), False) for n in ("transfer", "recent")
-                                                  if getattr(cfg.data, n)]
+    splits = [("train", cfg.data.train, True)] + [
+        (n, getattr(cfg.data, n), False) for n in ("transfer", "recent") if getattr(cfg.data, n)
+    ]
     parts = [(name, uri, [stores[name] for stores in per_teacher], labeled) for name, uri, labeled in splits]
-    combine = (functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
-               if len(ensemble.teachers) > 1 else None)
-    source = StreamingSource(parts, cfg.data, [t.version for t in ensemble.teachers],
-                             {n: d.fingerprint for n, d in datasets.items()}, cfg.store.endpoint_url, combine=combine)
-    get_run_logger().info("student %s: %d parameters, %d training rows streamed from %d row groups",
-                          cfg.student.arch, count_parameters(model), len(source), len(source.chunks))
-    teachers = [{"name": t.name, "version": str(t.version), "weight": w,
-                 "logit_keys": {name: ls.key for name, ls in sorted(stores.items())}}
-                for t, w, stores in zip(ensemble.teachers, ensemble.weights, per_teacher)]
-    key = training_key("student", cfg.student, cfg.train, cfg.data.num_classes, datasets["train"].input_shape,
-                       {n: d.fingerprint for n, d in datasets.items()}, teachers)
-    checkpoints = Checkpoints(open_store(cfg.store.root, cfg.store.endpoint_url), key, cfg.train.checkpoint_every_epochs)
+    combine = (
+        functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
+        if len(ensemble.teachers) > 1
+        else None
+    )
+    source = StreamingSource(
+        parts,
+        cfg.data,
+        [t.version for t in ensemble.teachers],
+        {n: d.fingerprint for n, d in datasets.items()},
+        cfg.store.endpoint_url,
+        combine=combine,
+    )
+    get_run_logger().info(
+        "student %s: %d parameters, %d training rows streamed from %d row groups",
+        cfg.student.arch,
+        count_parameters(model),
+        len(source),
+        len(source.chunks),
+    )
+    teachers = [
+        {
+            "name": t.name,
+            "version": str(t.version),
+            "weight": w,
+            "logit_keys": {name: ls.key for name, ls in sorted(stores.items())},
+        }
+        for t, w, stores in zip(ensemble.teachers, ensemble.weights, per_teacher)
+    ]
+    key = training_key(
+        "student",
+        cfg.student,
+        cfg.train,
+        cfg.data.num_classes,
+        datasets["train"].input_shape,
+        {n: d.fingerprint for n, d in datasets.items()},
+        teachers,
+    )
+    checkpoints = Checkpoints(
+        open_store(cfg.store.root, cfg.store.endpoint_url), key, cfg.train.checkpoint_every_epochs
+    )
     try:
-        return model, _fit(model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student",
-                           checkpoints)
+        return model, _fit(
+            model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student", checkpoints
+        )
     finally:
         source.close()
 
 
 @kdflow_task(name="train-teacher")
-def train_teacher(spec: ModelSpec, train_cfg: TrainConfig, num_classes: int, datasets: Mapping[str, Dataset],
-                  run_id: str, store: StoreConfig | None = None) -> tuple[nn.Module, TrainResult]:
+def train_teacher(
+    spec: ModelSpec,
+    train_cfg: TrainConfig,
+    num_classes: int,
+    datasets: Mapping[str, Dataset],
+    run_id: str,
+    store: StoreConfig | None = None,
+) -> tuple[nn.Module, TrainResult]:
     """Train a teacher on the labeled train split with cross-entropy, checkpointing to ``store`` (when given)
     so a re-run of the same training resumes."""
     seed_everything(train_cfg.seed)
@@ -68,32 +105,59 @@ def train_teacher(spec: ModelSpec, train_cfg: TrainConfig, num_classes: int, dat
     ds = datasets["train"]
     checkpoints = None
     if store is not None:
-        key = training_key("teacher", spec, train_cfg, num_classes, ds.input_shape,
-                           {n: d.fingerprint for n, d in datasets.items()})
+        key = training_key(
+            "teacher", spec, train_cfg, num_classes, ds.input_shape, {n: d.fingerprint for n, d in datasets.items()}
+        )
         checkpoints = Checkpoints(open_store(store.root, store.endpoint_url), key, train_cfg.checkpoint_every_epochs)
-    return model, _fit(model, train_cfg, ArraySource(ds.x, ds.y), datasets["val"], None, run_id, "teacher",
-                       checkpoints)
+    return model, _fit(model, train_cfg, ArraySource(ds.x, ds.y), datasets["val"], None, run_id, "teacher", checkpoints)
 
 
-def _fit(model: nn.Module, cfg: TrainConfig, source: ArraySource | StreamingSource, val: Dataset,
-         z_val: np.ndarray | None, run_id: str, who: str, checkpoints: Checkpoints | None) -> TrainResult:
+def _fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    source: ArraySource | StreamingSource,
+    val: Dataset,
+    z_val: np.ndarray | None,
+    run_id: str,
+    who: str,
+    checkpoints: Checkpoints | None,
+) -> TrainResult:
     logger = get_run_logger()
     if checkpoints is not None and checkpoints.enabled:
-        logger.info("%s training %s: checkpoints every %d epoch(s) at %s", who, checkpoints.key,
-                    checkpoints.every_epochs, checkpoints.store.url(checkpoints.prefix))
+        logger.info(
+            "%s training %s: checkpoints every %d epoch(s) at %s",
+            who,
+            checkpoints.key,
+            checkpoints.every_epochs,
+            checkpoints.store.url(checkpoints.prefix),
+        )
 
     def on_epoch(m: dict[str, float]) -> None:
         log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
-        logger.info("%s epoch %d: loss %.4f (soft %.4f, hard %.4f) val_acc %.4f (%.1fs)", who, int(m["epoch"]),
-                    m["loss"], m["soft_loss"], m["hard_loss"], m["val_accuracy"], m["epoch_seconds"])
+        logger.info(
+            "%s epoch %d: loss %.4f (soft %.4f, hard %.4f) val_acc %.4f (%.1fs)",
+            who,
+            int(m["epoch"]),
+            m["loss"],
+            m["soft_loss"],
+            m["hard_loss"],
+            m["val_accuracy"],
+            m["epoch_seconds"],
+        )
 
     result = fit(model, source, val.x, val.y, cfg, teacher_val_logits=z_val, on_epoch=on_epoch, checkpoints=checkpoints)
     if result.resumed_from_epoch:
         logger.info("%s resumed from the checkpoint after epoch %d", who, result.resumed_from_epoch)
         for m in result.history[: result.resumed_from_epoch]:  # this run's curves cover the restored epochs too
             log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
-    log_metrics(run_id, {f"{who}_best_epoch": result.best_epoch, f"{who}_best_val_accuracy": result.best_val_accuracy,
-                         f"{who}_resumed_from_epoch": result.resumed_from_epoch})
+    log_metrics(
+        run_id,
+        {
+            f"{who}_best_epoch": result.best_epoch,
+            f"{who}_best_val_accuracy": result.best_val_accuracy,
+            f"{who}_resumed_from_epoch": result.resumed_from_epoch,
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:  # a PNG file: MLflow uploads files
         log_artifact(run_id, training_curves(result.history, Path(tmp) / f"{who}_training_curves.png"), "plots")
     return result

@@ -43,8 +43,11 @@ def s3_endpoint():
     """moto's S3 server on a free loopback port; boto3 (unchanged) talks to it over real HTTP."""
     from moto.server import ThreadedMotoServer
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(key, value)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -96,7 +99,10 @@ def teacher_config(tiny_data, state_dir) -> dict[str, Any]:
     cfg["model"]["args"] = {"channels": 32, "depth": 3, "kernel_size": 5}
     cfg["train"].update(epochs=12, early_stopping_patience=None, batch_size=64)
     cfg["gate"]["min_accuracy"] = 0.2  # a floor for 600 training rows (chance is 0.1); the packaged one is 0.85
-    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state_dir}/mlflow.db", "artifact_location": str(state_dir / "artifacts")}
+    cfg["mlflow"] = {
+        "tracking_uri": f"sqlite:///{state_dir}/mlflow.db",
+        "artifact_location": str(state_dir / "artifacts"),
+    }
     cfg["store"] = {"root": str(state_dir / "store")}  # training checkpoints stay in the tmp state
     return cfg
 
@@ -116,11 +122,21 @@ def distill_config(tiny_data, state_dir, teacher, request) -> dict[str, Any]:
     cfg["data"].update({k: str(tiny_data[k]) for k in ("train", "val", "test", "transfer")})
     cfg["train"].update(epochs=4, early_stopping_patience=None, batch_size=128, schedule={"warmup_steps": 10})
     # SLAs loose enough for a 4-epoch student on 1,800 rows; tests that need a failing gate tighten them.
-    cfg["sla"] = {"min_accuracy": 0.3, "max_teacher_gap": 0.6, "max_ece": 0.5, "max_flip_rate": 0.7,
-                  "max_latency_p95_ms": 1000.0, "max_size_ratio": 0.5, "champion_tolerance": 0.5}
+    cfg["sla"] = {
+        "min_accuracy": 0.3,
+        "max_teacher_gap": 0.6,
+        "max_ece": 0.5,
+        "max_flip_rate": 0.7,
+        "max_latency_p95_ms": 1000.0,
+        "max_size_ratio": 0.5,
+        "champion_tolerance": 0.5,
+    }
     cfg["evaluation"] = {"latency_batches": 20, "throughput_batches": 2}
     cfg["registry"]["student_name"] = f"student-{request.node.name}".replace("[", "-").replace("]", "")[:60]
-    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state_dir}/mlflow.db", "artifact_location": str(state_dir / "artifacts")}
+    cfg["mlflow"] = {
+        "tracking_uri": f"sqlite:///{state_dir}/mlflow.db",
+        "artifact_location": str(state_dir / "artifacts"),
+    }
     cfg["store"] = {"root": str(state_dir / "store"), "rows_per_shard": 512}
     cfg["output_dir"] = str(state_dir / "reports")
     return cfg

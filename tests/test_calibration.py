@@ -5,8 +5,15 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from kdflow.calibration import (bin_gaps, calibration_metrics, ece_improvement_confidence, expected_calibration_error,
-                                fit_temperature, nll, weighted_ece)
+from kdflow.calibration import (
+    bin_gaps,
+    calibration_metrics,
+    ece_improvement_confidence,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    weighted_ece,
+)
 
 
 def synthetic_overconfident(n: int, c: int, true_t: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +71,9 @@ def test_weighted_ece_is_the_ece_of_repeated_rows():
     assert weighted_ece(bins, gaps, np.ones(len(y)), 15) == pytest.approx(expected_calibration_error(probs, y, 15))
     w = np.random.default_rng(0).integers(0, 3, len(y))
     repeated = np.repeat(np.arange(len(y)), w)
-    assert weighted_ece(bins, gaps, w, 15) == pytest.approx(expected_calibration_error(probs[repeated], y[repeated], 15))
+    assert weighted_ece(bins, gaps, w, 15) == pytest.approx(
+        expected_calibration_error(probs[repeated], y[repeated], 15)
+    )
     both = weighted_ece(bins, gaps, np.stack([np.ones(len(y)), w]), 15)
     assert both.shape == (2,) and both[1] == pytest.approx(weighted_ece(bins, gaps, w, 15))
 

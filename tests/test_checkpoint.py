@@ -21,8 +21,8 @@ from kdflow.checkpoint import Checkpoints, rng_state, set_rng_state, training_ke
 from kdflow.config import ModelSpec, TrainConfig
 from kdflow.models import build_model
 from kdflow.store import LocalStore, S3Store
-from kdflow.train import fit, make_optimizer, seed_everything
 from kdflow.stream import ArraySource
+from kdflow.train import fit, make_optimizer, seed_everything
 from tests.conftest import make_bucket, write_yaml
 
 KEY = "teacher-" + "a" * 32
@@ -38,8 +38,9 @@ def _data(n: int = 240, seed: int = 7) -> tuple[np.ndarray, ...]:
     return x[:180], y[:180], x[180:], y[180:]
 
 
-CFG = TrainConfig(epochs=6, batch_size=32, lr=0.01, early_stopping_patience=4,
-                  schedule={"warmup_steps": 5, "min_lr_ratio": 0.1})
+CFG = TrainConfig(
+    epochs=6, batch_size=32, lr=0.01, early_stopping_patience=4, schedule={"warmup_steps": 5, "min_lr_ratio": 0.1}
+)
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -112,8 +113,9 @@ def _corrupt(ckpt: Checkpoints, how: str) -> None:
         ckpt.store.put(ckpt.pointer_key, other.store.get(other.pointer_key))
 
 
-@pytest.mark.parametrize("how", ["flipped byte", "truncated object", "pointer not json", "object missing",
-                                 "other training"])
+@pytest.mark.parametrize(
+    "how", ["flipped byte", "truncated object", "pointer not json", "object missing", "other training"]
+)
 def test_corrupt_or_mismatched_checkpoint_is_ignored_with_a_warning(tmp_path, caplog, how):
     ckpt = Checkpoints(LocalStore(tmp_path), KEY)
     ckpt.save(3, {"model": _model().state_dict()})
@@ -169,10 +171,14 @@ def test_resume_after_a_kill_is_bit_identical_to_an_uninterrupted_run(uninterrup
     assert result.resumed_from_epoch == 3 and resumed_epochs == [4, 5, 6]
     assert _same_weights(model.state_dict(), weights)
     drop = "epoch_seconds"
-    assert [{k: v for k, v in m.items() if k != drop} for m in result.history] == \
-           [{k: v for k, v in m.items() if k != drop} for m in reference.history]
-    assert (result.best_epoch, result.best_val_accuracy, result.steps) == \
-           (reference.best_epoch, reference.best_val_accuracy, reference.steps)
+    assert [{k: v for k, v in m.items() if k != drop} for m in result.history] == [
+        {k: v for k, v in m.items() if k != drop} for m in reference.history
+    ]
+    assert (result.best_epoch, result.best_val_accuracy, result.steps) == (
+        reference.best_epoch,
+        reference.best_val_accuracy,
+        reference.steps,
+    )
     assert store.list("checkpoints/") == []
 
 
@@ -181,10 +187,25 @@ def test_checkpoint_that_does_not_fit_the_model_is_not_loaded(uninterrupted, tmp
     ckpt = Checkpoints(LocalStore(tmp_path), KEY)
     wrong = build_model("mlp", {"width": 8, "depth": 1}, (10,), 3)
     x, y, _, _ = _data()
-    ckpt.save(2, {"model": wrong.state_dict(), "optimizer": make_optimizer(wrong, CFG).state_dict(),
-                  "scheduler": {}, "generator": torch.Generator().get_state(), "rng": rng_state(), "step": 12,
-                  "best_state": wrong.state_dict(), "best_epoch": 1, "best_val_accuracy": 0.5, "stale": 0,
-                  "history": [], "total_steps": 36, "steps_per_epoch": 6, "num_rows": len(x)})
+    ckpt.save(
+        2,
+        {
+            "model": wrong.state_dict(),
+            "optimizer": make_optimizer(wrong, CFG).state_dict(),
+            "scheduler": {},
+            "generator": torch.Generator().get_state(),
+            "rng": rng_state(),
+            "step": 12,
+            "best_state": wrong.state_dict(),
+            "best_epoch": 1,
+            "best_val_accuracy": 0.5,
+            "stale": 0,
+            "history": [],
+            "total_steps": 36,
+            "steps_per_epoch": 6,
+            "num_rows": len(x),
+        },
+    )
     with caplog.at_level(logging.WARNING, logger="kdflow.checkpoint"):
         model, result = _train(ckpt)
     assert "does not fit this model" in caplog.text
@@ -194,8 +215,11 @@ def test_checkpoint_that_does_not_fit_the_model_is_not_loaded(uninterrupted, tmp
 def test_checkpoint_of_another_data_size_is_not_loaded(uninterrupted, tmp_path, caplog):
     ckpt = Checkpoints(LocalStore(tmp_path), KEY)
     with pytest.raises(Kill):
-        _train(ckpt, lambda m: (_ for _ in ()).throw(Kill) if m["epoch"] == 3 else None,
-               cfg=CFG.model_copy(update={"batch_size": 16}))
+        _train(
+            ckpt,
+            lambda m: (_ for _ in ()).throw(Kill) if m["epoch"] == 3 else None,
+            cfg=CFG.model_copy(update={"batch_size": 16}),
+        )
     with caplog.at_level(logging.WARNING, logger="kdflow.checkpoint"):
         model, result = _train(ckpt)
     assert "this run has" in caplog.text and result.resumed_from_epoch == 0
@@ -214,9 +238,15 @@ def test_checkpoint_interval_and_none_disables(tmp_path):
 
 
 def test_training_key_names_what_the_training_computes():
-    base = dict(role="student", model=SPEC, train=CFG, num_classes=3, input_shape=(10,),
-                fingerprints={"train": "f1", "val": "f2"},
-                teachers=[{"name": "t", "version": "1", "weight": 1.0, "logit_keys": {"train": "logits/t/v1/f1"}}])
+    base = dict(
+        role="student",
+        model=SPEC,
+        train=CFG,
+        num_classes=3,
+        input_shape=(10,),
+        fingerprints={"train": "f1", "val": "f2"},
+        teachers=[{"name": "t", "version": "1", "weight": 1.0, "logit_keys": {"train": "logits/t/v1/f1"}}],
+    )
     key = training_key(**base)
     assert key.startswith("student-") and key == training_key(**base)
     assert training_key(**{**base, "train": CFG.model_copy(update={"checkpoint_every_epochs": 5})}) == key
@@ -238,8 +268,9 @@ EPOCHS = 20  # ~0.5 s each at batch 16 here: the kill lands early in the run
 
 def _teacher_cfg(teacher_config: dict, state: Path) -> Path:
     cfg = json.loads(json.dumps(teacher_config))
-    cfg["train"].update(epochs=EPOCHS, batch_size=16, num_threads=1, early_stopping_patience=None,
-                        checkpoint_every_epochs=1)
+    cfg["train"].update(
+        epochs=EPOCHS, batch_size=16, num_threads=1, early_stopping_patience=None, checkpoint_every_epochs=1
+    )
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{state}/mlflow.db", "artifact_location": str(state / "artifacts")}
     cfg["store"] = {"root": str(state / "store")}
     cfg["registry_name"] = "ckpt-teacher"
@@ -251,9 +282,15 @@ def _start(config: Path, state: Path, log_name: str) -> tuple[subprocess.Popen, 
     env = {**os.environ, "PREFECT_HOME": str(state / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     log_path = state / log_name
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "kdflow"), "teacher", "train", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=state,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "kdflow"), "teacher", "train", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=state,
+            start_new_session=True,
+        )
     return proc, log_path
 
 
@@ -271,7 +308,6 @@ def _finish(proc: subprocess.Popen, log_path: Path, timeout: float = 400) -> str
 def _final(state: Path) -> tuple[dict, dict]:
     """The registered version's weights and the metrics of the run that registered it (FINISHED)."""
     import mlflow
-
     from kdflow import registry
 
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
@@ -301,8 +337,9 @@ def test_sigkilled_teacher_training_resumes_and_ends_where_an_uninterrupted_run_
                 proc.wait()
 
 
-def _kill_resume_compare(teacher_config: dict, killed_state: Path, clean_state: Path,
-                         started: list[subprocess.Popen]) -> None:
+def _kill_resume_compare(
+    teacher_config: dict, killed_state: Path, clean_state: Path, started: list[subprocess.Popen]
+) -> None:
     config = _teacher_cfg(teacher_config, killed_state)
     store = LocalStore(killed_state / "store")
     # The uninterrupted reference runs alongside (one torch thread each: the result does not depend on the load).
@@ -347,14 +384,20 @@ def _kill_resume_compare(teacher_config: dict, killed_state: Path, clean_state: 
 
 
 def test_config_fields_default_to_every_epoch_and_reject_zero(tmp_path):
-    from kdflow.config import packaged_config
-    from kdflow.config import ConfigError, DistillConfig, TeacherConfig, load_config
+    from kdflow.config import ConfigError, DistillConfig, TeacherConfig, load_config, packaged_config
 
     teacher = load_config(packaged_config("mnist1d_teacher.yaml"), TeacherConfig)
     assert teacher.train.checkpoint_every_epochs == 1 and teacher.store.root == ".kdflow/store"
     assert load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).train.checkpoint_every_epochs == 1
-    assert TrainConfig().checkpoint_every_epochs == 1 and TrainConfig(checkpoint_every_epochs=None).checkpoint_every_epochs is None
-    raw = packaged_config("mnist1d_teacher.yaml").read_text().replace("checkpoint_every_epochs: 1", "checkpoint_every_epochs: 0")
+    assert (
+        TrainConfig().checkpoint_every_epochs == 1
+        and TrainConfig(checkpoint_every_epochs=None).checkpoint_every_epochs is None
+    )
+    raw = (
+        packaged_config("mnist1d_teacher.yaml")
+        .read_text()
+        .replace("checkpoint_every_epochs: 1", "checkpoint_every_epochs: 0")
+    )
     (tmp_path / "t.yaml").write_text(raw)
     with pytest.raises(ConfigError, match=r"train\.checkpoint_every_epochs: Input should be greater than 0"):
         load_config(tmp_path / "t.yaml", TeacherConfig)
@@ -372,8 +415,16 @@ def test_student_resume_from_streamed_logits_is_bit_identical(tmp_path):
     z = (np.eye(3)[y] * 4 + np.random.default_rng(1).normal(size=(len(x), 3))).astype(np.float32)
     path = write_parquet(to_frame(ids, x, y), tmp_path / "train.parquet", row_group_size=50)
     ls = LogitStore(LocalStore(tmp_path / "logits"), store_key("t", "1", "f" * 64))
-    ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
-                  data_fingerprint="f" * 64, dataset="train", rows_per_shard=64)
+    ls.precompute(
+        ids,
+        lambda rows: z[rows],
+        teacher_uri="u",
+        teacher_name="t",
+        teacher_version="1",
+        data_fingerprint="f" * 64,
+        dataset="train",
+        rows_per_shard=64,
+    )
     data = DataConfig(train=str(path), val="-", test="-", num_classes=3)
     cfg = CFG.model_copy(update={"alpha": 0.7, "temperature": 2.0, "epochs": 4})
     key = "student-" + "c" * 32

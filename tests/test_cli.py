@@ -52,9 +52,16 @@ def _store_with_logits(tmp_path):
     from kdflow.store import LocalStore
 
     ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "2", "b" * 64))
-    ls.precompute(np.arange(300), lambda rows: np.ones((rows.stop - rows.start, 3), np.float32),
-                  teacher_uri="models:/t/2", teacher_name="t", teacher_version="2", data_fingerprint="b" * 64,
-                  dataset="val", rows_per_shard=100)
+    ls.precompute(
+        np.arange(300),
+        lambda rows: np.ones((rows.stop - rows.start, 3), np.float32),
+        teacher_uri="models:/t/2",
+        teacher_name="t",
+        teacher_version="2",
+        data_fingerprint="b" * 64,
+        dataset="val",
+        rows_per_shard=100,
+    )
     return ls
 
 
@@ -89,8 +96,11 @@ def test_servers_that_do_not_answer_exit_4_before_anything_runs(monkeypatch, tmp
     monkeypatch.delenv("PREFECT_API_URL")
     result = runner.invoke(app, ["models", "list", "--tracking-uri", dead])
     assert result.exit_code == SERVER_DOWN_EXIT and f"the MLflow tracking server at {dead}" in result.output
-    cfg = packaged_config("mnist1d_distill.yaml").read_text().replace("tracking_uri: sqlite:///.kdflow/mlflow.db",
-                                                                       f"tracking_uri: {dead}")
+    cfg = (
+        packaged_config("mnist1d_distill.yaml")
+        .read_text()
+        .replace("tracking_uri: sqlite:///.kdflow/mlflow.db", f"tracking_uri: {dead}")
+    )
     assert dead in cfg
     (tmp_path / "d.yaml").write_text(cfg)
     result = runner.invoke(app, ["recalibrate", "--config", str(tmp_path / "d.yaml")])

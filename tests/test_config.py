@@ -3,9 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from kdflow.config import packaged_config
-from kdflow.config import ConfigError, DistillConfig, TeacherConfig, config_hash, load_config
-
+from kdflow.config import ConfigError, DistillConfig, TeacherConfig, config_hash, load_config, packaged_config
 from tests.conftest import write_yaml
 
 
@@ -18,9 +16,14 @@ def test_shipped_configs_load():
 
 def test_defaults_follow_common_practice():
     d = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
-    fresh = DistillConfig.model_validate({
-        "data": d.data.model_dump(), "teacher_uri": d.teacher_uri, "student": d.student.model_dump(),
-        "registry": {"student_name": "s"}})
+    fresh = DistillConfig.model_validate(
+        {
+            "data": d.data.model_dump(),
+            "teacher_uri": d.teacher_uri,
+            "student": d.student.model_dump(),
+            "registry": {"student_name": "s"},
+        }
+    )
     assert fresh.train.temperature == 4.0 and fresh.train.alpha == 0.7
     assert fresh.calibration.n_bins == 15
 
@@ -36,9 +39,16 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
 def test_missing_file_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml", DistillConfig)
-    bad = write_yaml(tmp_path / "b.yaml", {"data": {"train": "a", "val": "b", "test": "c", "num_classes": 10},
-                                          "teacher_uri": "runs:/abc/model", "student": {"arch": "mlp"},
-                                          "registry": {"student_name": "s"}, "train": {"alpha": 1.5}})
+    bad = write_yaml(
+        tmp_path / "b.yaml",
+        {
+            "data": {"train": "a", "val": "b", "test": "c", "num_classes": 10},
+            "teacher_uri": "runs:/abc/model",
+            "student": {"arch": "mlp"},
+            "registry": {"student_name": "s"},
+            "train": {"alpha": 1.5},
+        },
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(bad, DistillConfig)
     assert "teacher_uri" in str(exc.value) and "train.alpha" in str(exc.value)
@@ -64,11 +74,20 @@ def test_with_recent_sets_the_recent_traffic_on_a_validated_copy():
     from kdflow.config import RecentTraffic, with_recent
 
     cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig)
-    traffic = RecentTraffic(recent="r.parquet", recent_labeled=None, window=("2026-01-01T00:00:00+00:00",
-                            "2026-01-04T00:00:00+00:00"), rows=10, recent_rows=10, labeled_rows=0)
+    traffic = RecentTraffic(
+        recent="r.parquet",
+        recent_labeled=None,
+        window=("2026-01-01T00:00:00+00:00", "2026-01-04T00:00:00+00:00"),
+        rows=10,
+        recent_rows=10,
+        labeled_rows=0,
+    )
     updated = with_recent(cfg, traffic)
     assert (updated.data.recent, updated.data.recent_labeled, updated.data.recent_window) == (
-        "r.parquet", None, ("2026-01-01T00:00:00+00:00", "2026-01-04T00:00:00+00:00"))
+        "r.parquet",
+        None,
+        ("2026-01-01T00:00:00+00:00", "2026-01-04T00:00:00+00:00"),
+    )
     assert cfg.data.recent is None and updated.model_dump(exclude={"data"}) == cfg.model_dump(exclude={"data"})
     with pytest.raises(ValidationError):
         RecentTraffic(recent="r.parquet", window=("a", "b"), rows=-1, recent_rows=0, labeled_rows=0)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kdflow.config import DataConfig, ValidationConfig
-from kdflow.data import Dataset, DataError, dataset_from_frame, read_frame, to_frame, write_parquet
+from kdflow.data import DataError, Dataset, dataset_from_frame, read_frame, to_frame, write_parquet
 from kdflow.generators import mnist1d_arrays, write_digits, write_mnist1d
 from kdflow.validation import read_split, validate_data, validate_splits
 
@@ -59,19 +59,25 @@ def test_unlabeled_transfer_ignores_label_column(tmp_path):
     assert load(tmp_path, df, labeled=False).y is None
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda d: d.assign(x=[np.array([np.nan, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])), r"1 row\(s\) with NaN or infinite features"),
-    (lambda d: d.assign(x=[np.array([np.inf, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])), "NaN or infinite"),
-    (lambda d: d.drop(columns=["x"]), "missing feature column 'x'"),
-    (lambda d: d.assign(x=["a"] * len(d)), "must hold float arrays"),
-    (lambda d: d.assign(x=[np.zeros(3, dtype=np.float32)] + list(d.x[1:])), r"expected 4, found \[3\] in 1 row"),
-    (lambda d: d.assign(label=[-1] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\)"),
-    (lambda d: d.assign(label=[3] + list(d.label[1:])), r"outside \[0, 3\), e.g. \[3\]"),
-    (lambda d: d.assign(label=d.label.astype(float) + 0.5), "must be integer, found float64"),
-    (lambda d: d.assign(id=[0, 0, 1, 2, 3, 4]), r"2 row\(s\) with duplicated id\(s\), e.g. \[0\]"),
-    (lambda d: d.assign(id=[None, 1.0, 2.0, 3.0, 4.0, 5.0]), "null value"),
-    (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda d: d.assign(x=[np.array([np.nan, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])),
+            r"1 row\(s\) with NaN or infinite features",
+        ),
+        (lambda d: d.assign(x=[np.array([np.inf, 0, 0, 0], dtype=np.float32)] + list(d.x[1:])), "NaN or infinite"),
+        (lambda d: d.drop(columns=["x"]), "missing feature column 'x'"),
+        (lambda d: d.assign(x=["a"] * len(d)), "must hold float arrays"),
+        (lambda d: d.assign(x=[np.zeros(3, dtype=np.float32)] + list(d.x[1:])), r"expected 4, found \[3\] in 1 row"),
+        (lambda d: d.assign(label=[-1] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\)"),
+        (lambda d: d.assign(label=[3] + list(d.label[1:])), r"outside \[0, 3\), e.g. \[3\]"),
+        (lambda d: d.assign(label=d.label.astype(float) + 0.5), "must be integer, found float64"),
+        (lambda d: d.assign(id=[0, 0, 1, 2, 3, 4]), r"2 row\(s\) with duplicated id\(s\), e.g. \[0\]"),
+        (lambda d: d.assign(id=[None, 1.0, 2.0, 3.0, 4.0, 5.0]), "null value"),
+        (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, mutate, message):
     with pytest.raises(DataError, match=message) as exc:
         load(tmp_path, mutate(frame()))

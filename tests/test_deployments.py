@@ -27,8 +27,12 @@ import pytest
 from tests.conftest import free_port, write_yaml
 
 BIN = Path(sys.executable).parent
-DEPLOYMENTS = {"distill": "distill/kdflow-distill", "retrain": "retrain/kdflow-retrain",
-               "drift": "drift-check/kdflow-drift-check", "recalibrate": "recalibrate/kdflow-recalibrate"}
+DEPLOYMENTS = {
+    "distill": "distill/kdflow-distill",
+    "retrain": "retrain/kdflow-retrain",
+    "drift": "drift-check/kdflow-drift-check",
+    "recalibrate": "recalibrate/kdflow-recalibrate",
+}
 STARTUP_TIMEOUT_S = 180
 T = TypeVar("T")
 
@@ -44,8 +48,9 @@ class Process:
     def tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the process' log."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (pid {self.popen.pid}, exit {self.popen.poll()}), {self.log}:\n" + \
-            "\n".join(text.splitlines()[-lines:])
+        return f"--- {self.name} (pid {self.popen.pid}, exit {self.popen.poll()}), {self.log}:\n" + "\n".join(
+            text.splitlines()[-lines:]
+        )
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after ``grace_s``."""
@@ -69,8 +74,15 @@ class Process:
 def start_process(name: str, args: list[str], log: Path, env: dict[str, str], cwd: Path) -> Process:
     """Start ``args`` in a new session with stdout and stderr appended to ``log``."""
     with log.open("ab") as out:
-        popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 cwd=cwd, start_new_session=True)
+        popen = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     return Process(name, popen, log)
 
 
@@ -131,12 +143,20 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
     """A real Prefect server on a free loopback port with its own PREFECT_HOME and SQLite database."""
     root = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_API_", "PREFECT_SERVER_DATABASE_"))}
-    env.update(PREFECT_HOME=str(root / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root}/prefect.db", PREFECT_UI_ENABLED="false")
-    process = start_process("prefect server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                               "--port", str(port)], root / "server.log", env, root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_SERVER_DATABASE_"))}
+    env.update(
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root}/prefect.db",
+        PREFECT_UI_ENABLED="false",
+    )
+    process = start_process(
+        "prefect server",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        root / "server.log",
+        env,
+        root,
+    )
     api_url = f"http://127.0.0.1:{port}/api"
     try:
         with explained(process):
@@ -159,8 +179,13 @@ def server_api(prefect_server) -> Iterator[str]:
 def serving(config_path: Path, api_url: str, workdir: Path) -> Iterator[Process]:
     """``kdflow serve --config config_path`` (``flows.deployments.serve_all``) in a subprocess, stopped after."""
     workdir.mkdir(parents=True, exist_ok=True)
-    process = start_process("kdflow serve", [str(BIN / "kdflow"), "serve", "--config", str(config_path)],
-                            workdir / "serve.log", client_env(api_url, workdir / "prefect-home"), workdir)
+    process = start_process(
+        "kdflow serve",
+        [str(BIN / "kdflow"), "serve", "--config", str(config_path)],
+        workdir / "serve.log",
+        client_env(api_url, workdir / "prefect-home"),
+        workdir,
+    )
     try:
         yield process
     finally:
@@ -194,11 +219,19 @@ def retrain_automations(api_url: str, deployment_id) -> list:
 
 def tiny_config(tmp_path: Path) -> Path:
     """A valid distill config with non-default crons (nothing in it is read until a flow runs)."""
-    cfg = {"data": {"train": str(tmp_path / "train.parquet"), "val": str(tmp_path / "val.parquet"),
-                    "test": str(tmp_path / "test.parquet"), "num_classes": 10},
-           "teacher_uri": "models:/teacher@champion", "student": {"arch": "cnn1d"},
-           "registry": {"student_name": "deploy-student"},
-           "drift": {"cron": "15 4 * * *"}, "recalibration": {"cron": "30 5 2 * *"}}
+    cfg = {
+        "data": {
+            "train": str(tmp_path / "train.parquet"),
+            "val": str(tmp_path / "val.parquet"),
+            "test": str(tmp_path / "test.parquet"),
+            "num_classes": 10,
+        },
+        "teacher_uri": "models:/teacher@champion",
+        "student": {"arch": "cnn1d"},
+        "registry": {"student_name": "deploy-student"},
+        "drift": {"cron": "15 4 * * *"},
+        "recalibration": {"cron": "30 5 2 * *"},
+    }
     return write_yaml(tmp_path / "deploy.yaml", cfg)
 
 
@@ -209,8 +242,9 @@ def test_committed_prefect_yaml_is_the_generated_one(monkeypatch):
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # the config path is written as the worker sees it: relative to the checkout
-    assert (repo / "prefect.yaml").read_text() == prefect_yaml("kdflow/configs/mnist1d_distill.yaml"), \
+    assert (repo / "prefect.yaml").read_text() == prefect_yaml("kdflow/configs/mnist1d_distill.yaml"), (
         "prefect.yaml is out of date with flows/deployments.py: run `kdflow deployments export > prefect.yaml`"
+    )
 
 
 def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
@@ -229,8 +263,11 @@ def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
     assert list(found) == [name.split("/")[1] for name in DEPLOYMENTS.values()]
     assert {name: d["parameters"]["config_path"] for name, d in found.items()} == dict.fromkeys(found, str(config_path))
     assert {name: d["schedules"] for name, d in found.items()} == {
-        "kdflow-distill": [], "kdflow-retrain": [], "kdflow-drift-check": [{"cron": "15 4 * * *", "timezone": "UTC"}],
-        "kdflow-recalibrate": [{"cron": "30 5 2 * *", "timezone": "UTC"}]}
+        "kdflow-distill": [],
+        "kdflow-retrain": [],
+        "kdflow-drift-check": [{"cron": "15 4 * * *", "timezone": "UTC"}],
+        "kdflow-recalibrate": [{"cron": "30 5 2 * *", "timezone": "UTC"}],
+    }
     assert [name for name, d in found.items() if "triggers" in d] == ["kdflow-retrain"]
     assert found["kdflow-retrain"]["triggers"][0]["expect"] == ["kdflow.drift.detected"]
     assert found["kdflow-drift-check"]["entrypoint"] == "flows/drift.py:drift_check_flow"
@@ -244,13 +281,19 @@ def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_pa
     """Schedules from the config's crons in UTC, the drift-check's retrain_via=event, and the retrain trigger."""
     config_path = tiny_config(tmp_path)
     with serving(config_path, server_api, tmp_path / "serve") as serve, explained(serve, prefect_server.process):
-        deployments = wait_for("the four deployments", lambda: read_deployments(server_api, config_path),
-                               STARTUP_TIMEOUT_S, serve, every_s=2.0)
+        deployments = wait_for(
+            "the four deployments",
+            lambda: read_deployments(server_api, config_path),
+            STARTUP_TIMEOUT_S,
+            serve,
+            every_s=2.0,
+        )
         retrain_id = deployments["retrain"].id
         automations = wait_for("the retrain trigger", lambda: retrain_automations(server_api, retrain_id), 60, serve)
 
-    assert {key: d.flow_id is not None and not d.paused for key, d in deployments.items()} == \
-        dict.fromkeys(DEPLOYMENTS, True)
+    assert {key: d.flow_id is not None and not d.paused for key, d in deployments.items()} == dict.fromkeys(
+        DEPLOYMENTS, True
+    )
     assert not deployments["distill"].schedules and not deployments["retrain"].schedules
     for key, cron in (("drift", "15 4 * * *"), ("recalibrate", "30 5 2 * *")):
         [schedule] = deployments[key].schedules
@@ -265,8 +308,11 @@ def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_pa
     assert (trigger.posture.value, trigger.threshold) == ("Reactive", 1)
     [action] = automation.actions
     assert (action.type, action.source, action.deployment_id) == ("run-deployment", "selected", retrain_id)
-    assert action.parameters == {"config_path": "{{ event.payload.config_path }}",
-                                 "as_of": "{{ event.payload.as_of }}", "reason": "drift"}
+    assert action.parameters == {
+        "config_path": "{{ event.payload.config_path }}",
+        "as_of": "{{ event.payload.as_of }}",
+        "reason": "drift",
+    }
 
 
 def emit_drift_event(api_url: str, config_path: Path, model: str, as_of: str) -> str:
@@ -275,12 +321,19 @@ def emit_drift_event(api_url: str, config_path: Path, model: str, as_of: str) ->
     from prefect.events import Event
     from prefect.events.clients import PrefectEventsClient
 
-    event = Event(event="kdflow.drift.detected",
-                  resource={"prefect.resource.id": f"kdflow.model.{model}", "kdflow.model": model,
-                            "kdflow.version": "1"},
-                  payload={"config_path": str(config_path), "as_of": as_of, "model": model, "version": "1",
-                           "statistics": {"psi_confidence": 0.31, "flip_rate": 0.18}, "triggered": ["flip_rate"],
-                           "reason": "flip_rate above 0.1 on 2 consecutive windows"})
+    event = Event(
+        event="kdflow.drift.detected",
+        resource={"prefect.resource.id": f"kdflow.model.{model}", "kdflow.model": model, "kdflow.version": "1"},
+        payload={
+            "config_path": str(config_path),
+            "as_of": as_of,
+            "model": model,
+            "version": "1",
+            "statistics": {"psi_confidence": 0.31, "flip_rate": 0.18},
+            "triggered": ["flip_rate"],
+            "reason": "flip_rate above 0.1 on 2 consecutive windows",
+        },
+    )
 
     async def send() -> None:
         async with PrefectEventsClient(api_url=api_url) as events:
@@ -308,17 +361,28 @@ def finished_run(api_url: str, flow_run_id):
 
 def write_traffic(cfg: dict[str, Any], start: date, days: int) -> dict[str, Any]:
     """``days`` days of stable MNIST-1D traffic "served" by the teacher (softmax of its logits) into the logs."""
-    import mlflow
     from torch import nn
 
+    import mlflow
     from kdflow import registry
     from kdflow.simulate import simulate_traffic
 
     mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
     teacher = registry.load_torch_model(registry.resolve(cfg["teacher_uri"]))
     served = nn.Sequential(teacher, nn.Softmax(dim=1)).eval()
-    return simulate_traffic(served, cfg["registry"]["student_name"], "0", cfg["logs"]["root"], start, days, 300,
-                            "stable", shadow_fraction=0.0, label_fraction=0.4, seed=7)
+    return simulate_traffic(
+        served,
+        cfg["registry"]["student_name"],
+        "0",
+        cfg["logs"]["root"],
+        start,
+        days,
+        300,
+        "stable",
+        shadow_fraction=0.0,
+        label_fraction=0.4,
+        seed=7,
+    )
 
 
 @pytest.mark.slow
@@ -335,16 +399,24 @@ def test_drift_event_runs_the_retrain_deployment(prefect_server, server_api, dis
     as_of = "2026-01-04T00:00:00+00:00"
 
     with serving(config_path, server_api, tmp_path / "serve") as serve, explained(serve, prefect_server.process):
-        deployments = wait_for("the four deployments", lambda: read_deployments(server_api, config_path),
-                               STARTUP_TIMEOUT_S, serve, every_s=2.0)
+        deployments = wait_for(
+            "the four deployments",
+            lambda: read_deployments(server_api, config_path),
+            STARTUP_TIMEOUT_S,
+            serve,
+            every_s=2.0,
+        )
         retrain_id = deployments["retrain"].id
         wait_for("the retrain trigger", lambda: retrain_automations(server_api, retrain_id), 60, serve)
         emit_drift_event(server_api, config_path, name, as_of)
         [run] = wait_for("a retrain flow run", lambda: retrain_runs(server_api, retrain_id, config_path), 120, serve)
         assert run.parameters == {"config_path": str(config_path), "as_of": as_of, "reason": "drift"}
-        final = wait_for(f"retrain run {run.name} to finish", lambda: finished_run(server_api, run.id), 900, serve,
-                         every_s=3.0)
-        assert final.state.is_completed(), f"retrain run {run.name} ended {final.state.type.value}: {final.state.message}"
+        final = wait_for(
+            f"retrain run {run.name} to finish", lambda: finished_run(server_api, run.id), 900, serve, every_s=3.0
+        )
+        assert final.state.is_completed(), (
+            f"retrain run {run.name} ended {final.state.type.value}: {final.state.message}"
+        )
 
     mlflow_client = MlflowClient(cfg["mlflow"]["tracking_uri"])
     versions = mlflow_client.search_model_versions(f"name = '{name}'")
@@ -363,8 +435,9 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server, server_api, tmp_p
     env = client_env(server_api, tmp_path / "prefect-home")
 
     def prefect(*args: str) -> None:
-        done = subprocess.run([str(BIN / "prefect"), *args], cwd=repo, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [str(BIN / "prefect"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     with explained(prefect_server.process):
@@ -386,5 +459,8 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server, server_api, tmp_p
         assert (schedule.schedule.cron, schedule.schedule.timezone) == (cron, "UTC")
     [automation] = automations
     assert automation.trigger.expect == {"kdflow.drift.detected"}
-    assert automation.actions[0].parameters == {"config_path": "{{ event.payload.config_path }}",
-                                                "as_of": "{{ event.payload.as_of }}", "reason": "drift"}
+    assert automation.actions[0].parameters == {
+        "config_path": "{{ event.payload.config_path }}",
+        "as_of": "{{ event.payload.as_of }}",
+        "reason": "drift",
+    }

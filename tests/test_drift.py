@@ -15,8 +15,20 @@ from scipy.special import softmax
 from scipy.stats import false_discovery_control
 
 from kdflow.config import DriftConfig
-from kdflow.drift import (SIGNALS, Decision, DriftCheck, WindowData, check_window, correct_pvalues, decide,
-                          estimate_accuracy, feature_tests, flip_rate, psi, psi_binned)
+from kdflow.drift import (
+    SIGNALS,
+    Decision,
+    DriftCheck,
+    WindowData,
+    check_window,
+    correct_pvalues,
+    decide,
+    estimate_accuracy,
+    feature_tests,
+    flip_rate,
+    psi,
+    psi_binned,
+)
 from kdflow.generators import mnist1d_arrays
 from kdflow.profile import FEATURE_SUMMARIES, ReferenceProfile, build_profile, entropy, summarize_features
 
@@ -55,9 +67,11 @@ def profile() -> ReferenceProfile:
 @pytest.fixture(scope="module")
 def checks(profile):
     """One clean, one prior-shifted and one too-small check, reused by the decision tests."""
-    return {"clean": check_window(profile, window(1000, seed=1), CFG),
-            "drift": check_window(profile, window(1000, seed=2, priors=[0.7, 0.1, 0.1, 0.1]), CFG),
-            "small": check_window(profile, window(50, seed=3), CFG)}
+    return {
+        "clean": check_window(profile, window(1000, seed=1), CFG),
+        "drift": check_window(profile, window(1000, seed=2, priors=[0.7, 0.1, 0.1, 0.1]), CFG),
+        "small": check_window(profile, window(50, seed=3), CFG),
+    }
 
 
 # ------------------------------------------------------------------------------------------- exact math

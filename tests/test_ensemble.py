@@ -83,14 +83,27 @@ def test_streaming_source_combines_two_teachers_joined_by_id(tmp_path):
     stores = []
     for name, version, z, rows_per_shard in (("a", "1", za, 100), ("b", "7", zb, 70)):
         ls = LogitStore(LocalStore(tmp_path / "store"), f"logits/{name}")
-        ls.precompute(ids, lambda rows, z=z: z[rows], rows_per_shard=rows_per_shard, teacher_uri=f"models:/{name}/{version}",
-                      teacher_name=name, teacher_version=version, data_fingerprint="f" * 64, dataset="train",
-                      clip_value=None)
+        ls.precompute(
+            ids,
+            lambda rows, z=z: z[rows],
+            rows_per_shard=rows_per_shard,
+            teacher_uri=f"models:/{name}/{version}",
+            teacher_name=name,
+            teacher_version=version,
+            data_fingerprint="f" * 64,
+            dataset="train",
+            clip_value=None,
+        )
         stores.append(ls)
     cfg = DataConfig(train=str(path), val=str(path), test=str(path), num_classes=c)
     w, t = [0.3, 0.7], 2.0
-    src = StreamingSource([("train", str(path), stores, True)], cfg, ["1", "7"], {"train": "f" * 64},
-                          combine=lambda zs: combine_logits(zs, w, t))
+    src = StreamingSource(
+        [("train", str(path), stores, True)],
+        cfg,
+        ["1", "7"],
+        {"train": "f" * 64},
+        combine=lambda zs: combine_logits(zs, w, t),
+    )
     seen = {}
     for xb, _, zb_ in src.batches(50, torch.Generator().manual_seed(0)):
         for row_x, row_z in zip(xb.numpy(), zb_.numpy()):
@@ -102,8 +115,9 @@ def test_streaming_source_combines_two_teachers_joined_by_id(tmp_path):
     # stored fp16, so compare the softened probabilities to the mixture of the fp16-rounded logits
     za16, zb16 = za.astype(np.float16).astype(np.float64), zb.astype(np.float16).astype(np.float64)
     expected = w[0] * _softmax(za16, t) + w[1] * _softmax(zb16, t)
-    np.testing.assert_allclose(F.softmax(torch.tensor(got, dtype=torch.float64) / t, -1).numpy(), expected[rows],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        F.softmax(torch.tensor(got, dtype=torch.float64) / t, -1).numpy(), expected[rows], atol=1e-5
+    )
     with pytest.raises(ValueError, match="combine"):
         StreamingSource([("train", str(path), stores, True)], cfg, ["1", "7"], {"train": "f" * 64})
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from kdflow import registry
 from kdflow.config import ConfigError
 from kdflow.data import DataError
 from kdflow.models import CalibratedClassifier, ModelSpecError
 from kdflow.registry import RegistryError
+from mlflow import MlflowClient
 from tests.conftest import write_yaml
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,9 @@ def test_distill_registers_calibrated_student_with_provenance(distill_config, tm
     assert json.loads(tags["kdflow.alias.champion.event"])["previous"] is None
 
     ev = report["evaluation"]
-    assert 0 <= ev["flip_rate"] <= 1 and ev["teacher_gap"] == pytest.approx(ev["teacher_accuracy"] - ev["student_accuracy"])
+    assert 0 <= ev["flip_rate"] <= 1 and ev["teacher_gap"] == pytest.approx(
+        ev["teacher_accuracy"] - ev["student_accuracy"]
+    )
     assert ev["size_ratio"] == pytest.approx(ev["student_params"] / ev["teacher_params"])
     assert len(ev["per_class_accuracy"]) == 10 and ev["student_latency_p95_ms"] > 0 and ev["teacher_throughput"] > 0
     assert Path(report["paths"]["json"]).is_file() and "SLA gate" in Path(report["paths"]["markdown"]).read_text()
@@ -149,8 +151,8 @@ def test_bad_input_stops_the_flow_with_one_clear_error_and_registers_nothing(cas
 @pytest.mark.parametrize("runner", ["threads", "dask"])
 def test_precompute_shards_run_as_parallel_tasks(runner, distill_config, tmp_path, teacher):
     from flows.logits import precompute_flow
-    from tasks.logits import task_runner_for
     from kdflow.config import StoreConfig
+    from tasks.logits import task_runner_for
 
     distill_config["store"].update(root=str(tmp_path / "store"), rows_per_shard=256, task_runner=runner, workers=2)
     path = write_yaml(tmp_path / "pre.yaml", distill_config)
@@ -188,8 +190,12 @@ def test_two_teachers_weighted_by_validation_accuracy(distill_config, teacher_co
     from kdflow.metrics import accuracy
     from kdflow.store import open_store
 
-    second_cfg = {**teacher_config, "registry_name": "teacher-mlp", "model": {"arch": "mlp", "args": {"width": 64, "depth": 1}},
-                  "train": {**teacher_config["train"], "epochs": 4}}
+    second_cfg = {
+        **teacher_config,
+        "registry_name": "teacher-mlp",
+        "model": {"arch": "mlp", "args": {"width": 64, "depth": 1}},
+        "train": {**teacher_config["train"], "epochs": 4},
+    }
     second = teacher_flow(str(write_yaml(tmp_path / "teacher2.yaml", second_cfg)))
     distill_config.update(extra_teachers=[second["uri"]], teacher_weighting="val_accuracy")
     report = run_distill(distill_config, tmp_path)
@@ -205,13 +211,18 @@ def test_two_teachers_weighted_by_validation_accuracy(distill_config, teacher_co
     test = pd.read_parquet(distill_config["data"]["test"])
     store = open_store(distill_config["store"]["root"])
     fingerprint = report["provenance"]["data_fingerprints"]["test"]
-    per_teacher = [LogitStore(store, store_key(name, t["version"], fingerprint)).read_aligned(
-                       test["id"].to_numpy(), t["version"], fingerprint)
-                   for name, t in zip((teacher["name"], second["name"]), teachers)]
+    per_teacher = [
+        LogitStore(store, store_key(name, t["version"], fingerprint)).read_aligned(
+            test["id"].to_numpy(), t["version"], fingerprint
+        )
+        for name, t in zip((teacher["name"], second["name"]), teachers)
+    ]
     mixture = combine_logits(per_teacher, [t["weight"] for t in teachers], 1.0)
     assert report["evaluation"]["teacher_accuracy"] == pytest.approx(accuracy(mixture, test["label"].to_numpy()))
-    profiles = [json.loads(store.get(teacher_profile_key(n, t["version"])))
-                for n, t in zip((teacher["name"], second["name"]), teachers)]
+    profiles = [
+        json.loads(store.get(teacher_profile_key(n, t["version"])))
+        for n, t in zip((teacher["name"], second["name"]), teachers)
+    ]
     assert report["evaluation"]["teacher_params"] == sum(int(p["params"]) for p in profiles)
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from prefect import flow
 from torch import nn
 
 from kdflow import promotion, registry
 from kdflow.data import Dataset
 from kdflow.train import TrainResult
+from mlflow import MlflowClient
 
 
 class FailOnce:
@@ -47,8 +47,9 @@ def tracking(tmp_path) -> str:
 
 def _test_split(n: int = 40) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset("test", "memory://test", np.arange(n), rng.normal(size=(n, 4)).astype(np.float32),
-                   rng.integers(0, 3, size=n))
+    return Dataset(
+        "test", "memory://test", np.arange(n), rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, size=n)
+    )
 
 
 def _run_id(tracking: str) -> str:
@@ -69,8 +70,9 @@ def test_retried_register_teacher_creates_one_version(prefect_harness, tracking,
 
     @flow
     def register() -> dict[str, Any]:
-        return register_teacher(nn.Linear(4, 3), {"test": test}, "idem-teacher", "champion", run_id, TrainResult(),
-                                None)
+        return register_teacher(
+            nn.Linear(4, 3), {"test": test}, "idem-teacher", "champion", run_id, TrainResult(), None
+        )
 
     result = register()
     assert tag.calls == 2  # the first attempt failed after registering, Prefect retried once
@@ -93,8 +95,16 @@ def test_retried_register_student_creates_one_version(prefect_harness, tracking,
 
     @flow
     def register() -> dict[str, Any]:
-        return register_student(CalibratedClassifier(nn.Linear(4, 3), 1.5), np.zeros((2, 4), np.float32),
-                                "idem-student", run_id, checks, False, {"trigger": "test"}, {"rows": 2})
+        return register_student(
+            CalibratedClassifier(nn.Linear(4, 3), 1.5),
+            np.zeros((2, 4), np.float32),
+            "idem-student",
+            run_id,
+            checks,
+            False,
+            {"trigger": "test"},
+            {"rows": 2},
+        )
 
     result = register()
     assert alias.calls == 2
@@ -113,8 +123,9 @@ def test_register_run_model_registers_a_logged_but_unregistered_model(tracking):
     with mlflow.start_run(run_id=run_id):
         logged_uri, none = registry.log_torch_model(nn.Linear(4, 3), np.zeros((2, 4), np.float32), None)
     assert none is None and not _versions("idem-logged")
-    uri, version, reused = registry.register_run_model(nn.Linear(4, 3), np.zeros((2, 4), np.float32), "idem-logged",
-                                                        run_id)
+    uri, version, reused = registry.register_run_model(
+        nn.Linear(4, 3), np.zeros((2, 4), np.float32), "idem-logged", run_id
+    )
     assert (uri, version, reused) == (logged_uri, "1", False)
     again = registry.register_run_model(nn.Linear(4, 3), np.zeros((2, 4), np.float32), "idem-logged", run_id)
     assert again == (logged_uri, "1", True) and len(_versions("idem-logged")) == 1
@@ -131,8 +142,9 @@ def test_retried_start_mlflow_run_creates_one_run(prefect_harness, tmp_path, mon
 
     @flow
     def start() -> str:
-        return start_mlflow_run(uri, "idem-runs", str(tmp_path / "artifacts"), {"a": 1, "b.c": "x"},
-                                {"kdflow.flow": "test"})
+        return start_mlflow_run(
+            uri, "idem-runs", str(tmp_path / "artifacts"), {"a": 1, "b.c": "x"}, {"kdflow.flow": "test"}
+        )
 
     run_id = start()
     assert batch.calls == 2
@@ -180,26 +192,39 @@ def test_retried_promote_version_moves_and_records_once(prefect_harness, trackin
 
 
 def test_retried_record_drift_check_creates_one_run(prefect_harness, tmp_path, monkeypatch):
-    from kdflow.config import packaged_config
-    from kdflow.config import DistillConfig, load_config
+    from kdflow.config import DistillConfig, load_config, packaged_config
     from kdflow.drift import Decision, DriftCheck, Signal
     from tasks.drift import record_drift_check
 
-    cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).model_copy(update={"mlflow": {
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "artifacts")}})
+    cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).model_copy(
+        update={
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                "artifact_location": str(tmp_path / "artifacts"),
+            }
+        }
+    )
     cfg = DistillConfig.model_validate(cfg.model_dump(mode="json"))
     # record_drift_check reads only the champion's ref: no model or profile is needed to record a check.
     ref = registry.ModelRef("models:/s@champion", "s", "3", None)
-    check = DriftCheck("drift", "psi exceeded", 500, 100, 50,
-                       {"psi": Signal("psi", 0.4, 0.2, True, "max feature PSI")}, metrics={"accuracy": 0.9})
+    check = DriftCheck(
+        "drift",
+        "psi exceeded",
+        500,
+        100,
+        50,
+        {"psi": Signal("psi", 0.4, 0.2, True, "max feature PSI")},
+        metrics={"accuracy": 0.9},
+    )
     decision = Decision("none", "one check so far", [], {"psi": 1})
     metrics = FailOnce(MlflowClient.log_batch, before=True)  # the run exists, its first log_batch fails
     monkeypatch.setattr(MlflowClient, "log_batch", lambda self, *a, **kw: metrics(self, *a, **kw))
 
     @flow
     def record() -> str:
-        return record_drift_check(cfg.mlflow, cfg.drift, ref, datetime(2026, 3, 1, tzinfo=timezone.utc), check,
-                                  decision)
+        return record_drift_check(
+            cfg.mlflow, cfg.drift, ref, datetime(2026, 3, 1, tzinfo=timezone.utc), check, decision
+        )
 
     run_id = record()
     assert metrics.calls >= 2

@@ -102,8 +102,16 @@ def test_part_without_a_column_or_with_a_wrong_type_names_file_and_column(tmp_pa
 
 def test_simulate_writes_days_and_fractions_deterministically(tmp_path):
     model, teacher = tiny_models()
-    kwargs = dict(start_date=DAY, days=3, rows_per_day=200, schedule="stable", shadow_fraction=0.1,
-                  label_fraction=0.25, teacher=teacher, seed=5)
+    kwargs = dict(
+        start_date=DAY,
+        days=3,
+        rows_per_day=200,
+        schedule="stable",
+        shadow_fraction=0.1,
+        label_fraction=0.25,
+        teacher=teacher,
+        seed=5,
+    )
     summary = simulate_traffic(model, "student", 2, str(tmp_path / "a"), **kwargs)
     simulate_traffic(model, "student", 2, str(tmp_path / "b"), **kwargs)
     assert [d["rows"] for d in summary["per_day"]] == [200] * 3 and summary["rows"] == 600
@@ -115,23 +123,39 @@ def test_simulate_writes_days_and_fractions_deterministically(tmp_path):
     assert (delay == pd.Timedelta(days=1)).all()
     np.testing.assert_allclose(a.probs.sum(1), 1, atol=1e-5)
     with torch.no_grad():
-        np.testing.assert_allclose(a.teacher_logits[a.shadow_mask], teacher(torch.from_numpy(a.x[a.shadow_mask])),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            a.teacher_logits[a.shadow_mask], teacher(torch.from_numpy(a.x[a.shadow_mask])), atol=1e-5
+        )
 
 
 def test_drift_schedule_moves_inputs_and_priors(tmp_path):
     spec = tmp_path / "drift.yaml"
-    spec.write_text("- {start_day: 0, end_day: 2}\n"
-                    "- {start_day: 2, end_day: 4, mode: gradual, shear_scale: 3.0}\n"
-                    "- {start_day: 4, mode: sudden, iid_noise_scale: 0.3, class_priors: [5, 1, 1, 1, 1, 1, 1, 1, 1, 1]}\n")
+    spec.write_text(
+        "- {start_day: 0, end_day: 2}\n"
+        "- {start_day: 2, end_day: 4, mode: gradual, shear_scale: 3.0}\n"
+        "- {start_day: 4, mode: sudden, iid_noise_scale: 0.3, class_priors: [5, 1, 1, 1, 1, 1, 1, 1, 1, 1]}\n"
+    )
     schedule = DriftSchedule.load(str(spec))
     assert schedule.at(1)[0]["shear_scale"] == 0.75 and schedule.at(2)[0]["shear_scale"] == pytest.approx(1.875)
-    assert schedule.at(9)[0] == {**schedule.at(3)[0], "iid_noise_scale": 0.3} and schedule.at(9)[1][0] == pytest.approx(5 / 14)
+    assert schedule.at(9)[0] == {**schedule.at(3)[0], "iid_noise_scale": 0.3} and schedule.at(9)[1][0] == pytest.approx(
+        5 / 14
+    )
     roughness = {d: np.abs(np.diff(day_traffic(200, d, schedule, seed=0)[0], axis=1)).mean() for d in (0, 5)}
     assert roughness[5] > 1.4 * roughness[0]  # iid noise: neighbouring samples decorrelate
     model, _ = tiny_models()
-    summary = simulate_traffic(model, "student", 1, str(tmp_path / "logs"), DAY, 6, 150, schedule,
-                               shadow_fraction=0.0, label_fraction=1.0, seed=0)
+    summary = simulate_traffic(
+        model,
+        "student",
+        1,
+        str(tmp_path / "logs"),
+        DAY,
+        6,
+        150,
+        schedule,
+        shadow_fraction=0.0,
+        label_fraction=1.0,
+        seed=0,
+    )
     window = read_window(str(tmp_path / "logs"), DAY + timedelta(days=4), DAY + timedelta(days=6))
     assert 0.25 < (window.labels == 0).mean() < 0.45  # class 0 prior 5/14
     assert summary["per_day"][5]["knobs"]["iid_noise_scale"] == 0.3
@@ -146,8 +170,21 @@ def test_drift_schedule_moves_inputs_and_priors(tmp_path):
 def test_logs_on_s3_over_http(s3_endpoint):
     root = f"s3://{make_bucket(s3_endpoint, 'kdflow-inference-logs')}/prod/logs"
     model, teacher = tiny_models()
-    simulate_traffic(model, "student", 3, root, DAY, 2, 100, None, shadow_fraction=0.2, label_fraction=0.5,
-                     teacher=teacher, seed=1, endpoint_url=s3_endpoint)
+    simulate_traffic(
+        model,
+        "student",
+        3,
+        root,
+        DAY,
+        2,
+        100,
+        None,
+        shadow_fraction=0.2,
+        label_fraction=0.5,
+        teacher=teacher,
+        seed=1,
+        endpoint_url=s3_endpoint,
+    )
     assert list_dates(root, endpoint_url=s3_endpoint) == [DAY, DAY + timedelta(days=1)]
     window = read_window(root, DAY, DAY + timedelta(days=2), endpoint_url=s3_endpoint)
     assert len(window) == 200 and window.shadow_mask.sum() == 40 and window.label_mask.sum() == 100
@@ -159,11 +196,18 @@ def test_labels_arriving_after_as_of_are_ignored_without_error(tmp_path):
     """Every label of the window arrives after ``labels_as_of``: the window reads with no label known."""
     root = str(tmp_path / "logs")
     with InferenceLogWriter(root, "m", "1") as w:
-        ids = w.log(np.zeros((3, 4), np.float32), np.full((3, 2), 0.5, np.float32),
-                    datetime(2026, 1, 1, 12, tzinfo=timezone.utc))
+        ids = w.log(
+            np.zeros((3, 4), np.float32),
+            np.full((3, 2), 0.5, np.float32),
+            datetime(2026, 1, 1, 12, tzinfo=timezone.utc),
+        )
     write_labels(root, ids, [0, 1, 0], datetime(2026, 1, 2, 6, tzinfo=timezone.utc))
-    window = read_window(root, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc),
-                         labels_as_of=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    window = read_window(
+        root,
+        datetime(2026, 1, 1, tzinfo=timezone.utc),
+        datetime(2026, 1, 2, tzinfo=timezone.utc),
+        labels_as_of=datetime(2026, 1, 2, tzinfo=timezone.utc),
+    )
     assert len(window) == 3 and not window.label_mask.any()
     later = read_window(root, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc))
     assert dict(zip(later.request_ids, later.labels.tolist())) == dict(zip(ids, [0, 1, 0]))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from scipy.special import softmax
 
 from kdflow import registry
@@ -16,11 +15,21 @@ from kdflow.calibration import calibration_metrics, ece_improvement_confidence, 
 from kdflow.config import CalibrationConfig, ConfigError, DriftConfig, RecalibrationConfig, SLAConfig
 from kdflow.data import Dataset
 from kdflow.drift import Decision, DriftCheck, Signal
-from kdflow.lifecycle import (Recalibration, RecalibrationOutcome, ids_from_request_ids, judge_refit, parse_as_of,
-                              recalibration_window, refit_temperature, traffic_frames, window_bounds)
+from kdflow.lifecycle import (
+    Recalibration,
+    RecalibrationOutcome,
+    ids_from_request_ids,
+    judge_refit,
+    parse_as_of,
+    recalibration_window,
+    refit_temperature,
+    traffic_frames,
+    window_bounds,
+)
 from kdflow.models import CalibratedClassifier
 from kdflow.monitor import Champion, DriftHistory, LabeledWindow, recalibrate, record_recalibration
 from kdflow.train import predict_logits
+from mlflow import MlflowClient
 from tests.conftest import write_yaml
 
 
@@ -87,7 +96,8 @@ def test_refit_temperature_repairs_an_overconfident_temperature():
     assert not good.improved and "does not improve" in good.reason
     assert bad.improvement_confidence == 1.0 and bad.nll_after < bad.nll_before
     assert bad.improvement_confidence == ece_improvement_confidence(
-        softmax(z / 0.5, axis=1), softmax(out_of_fold, axis=1), y, 15, seed=0)
+        softmax(z / 0.5, axis=1), softmax(out_of_fold, axis=1), y, 15, seed=0
+    )
 
 
 def test_a_refit_within_the_noise_of_a_small_window_changes_nothing():
@@ -108,8 +118,20 @@ def _traffic(cfg: dict, name: str, start: date, days: int, schedule, seed: int, 
 
     ref = registry.resolve(f"models:/{name}@champion")
     teacher = registry.load_torch_model(registry.resolve(cfg["teacher_uri"]))
-    return simulate_traffic(registry.load_torch_model(ref), name, ref.version, cfg["logs"]["root"], start, days,
-                            rows_per_day, schedule, shadow_fraction=0.2, label_fraction=0.4, teacher=teacher, seed=seed)
+    return simulate_traffic(
+        registry.load_torch_model(ref),
+        name,
+        ref.version,
+        cfg["logs"]["root"],
+        start,
+        days,
+        rows_per_day,
+        schedule,
+        shadow_fraction=0.2,
+        label_fraction=0.4,
+        teacher=teacher,
+        seed=seed,
+    )
 
 
 @pytest.fixture()
@@ -118,10 +140,17 @@ def lifecycle_config(distill_config, tmp_path) -> dict:
     cfg["logs"] = {"root": str(tmp_path / "logs")}
     # The tiny 4-epoch student (~50% accurate) already disagrees with the teacher on ~40% of rows and is
     # unconfident, so output-based signals are weak; its inputs' drift is what shows.
-    cfg["drift"] = {"window_days": 1, "min_rows": 200, "min_labeled_rows": 30, "min_shadow_rows": 20,
-                    "max_flip_rate": 0.6, "consecutive_windows": 2, "cooldown_days": 7,
-                    "trigger_on": ["accuracy", "estimated_accuracy", "psi_confidence", "features"],
-                    "monitoring_experiment": f"mon-{tmp_path.name}"}
+    cfg["drift"] = {
+        "window_days": 1,
+        "min_rows": 200,
+        "min_labeled_rows": 30,
+        "min_shadow_rows": 20,
+        "max_flip_rate": 0.6,
+        "consecutive_windows": 2,
+        "cooldown_days": 7,
+        "trigger_on": ["accuracy", "estimated_accuracy", "psi_confidence", "features"],
+        "monitoring_experiment": f"mon-{tmp_path.name}",
+    }
     cfg["retrain"] = {"window_days": 3, "min_recent_labeled_rows": 50}
     cfg["recalibration"] = {"window_days": 30, "min_labeled_rows": 100}
     return cfg
@@ -148,8 +177,9 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     assert {"signal_psi_confidence", "signal_features", "signal_flip_rate", "n_rows"} <= set(run.data.metrics)
 
     # A sudden shift: more noise and translation than the student was trained on.
-    shifted = _traffic(cfg, name, date(2026, 1, 4), 3, [{"start_day": 0, "iid_noise_scale": 0.08,
-                                                          "max_translation": 72}], seed=2)
+    shifted = _traffic(
+        cfg, name, date(2026, 1, 4), 3, [{"start_day": 0, "iid_noise_scale": 0.08, "max_translation": 72}], seed=2
+    )
     assert np.mean([d["accuracy"] for d in shifted["per_day"]]) < 0.8
     first = drift_check_flow(path, "2026-01-05")
     assert first["status"] == "drift" and first["decision"]["action"] == "none"  # 1 of 2 consecutive windows
@@ -167,14 +197,23 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     v2 = MlflowClient().get_model_version(name, "2").tags
     assert v2["kdflow.reference"] == "production"
     assert (v2["kdflow.reference_window_start"], v2["kdflow.reference_window_end"]) == (
-        "2026-01-03T00:00:00+00:00", "2026-01-06T00:00:00+00:00")
+        "2026-01-03T00:00:00+00:00",
+        "2026-01-06T00:00:00+00:00",
+    )
 
     # A further shift while the retrain cools down: two drifted checks of v2 recalibrate it instead, on the
     # labeled traffic since the streak began (2026-01-07; the labels of 01-08 arrive on 01-09).
     # 1,500 rows a day, so the refit is judged on 600 labeled rows: on 120 (300 a day) the bootstrap gate sat at
     # 92-96% against its 95% bar and flipped between machines. Each statistical decision here has a wide margin.
-    _traffic(cfg, name, date(2026, 1, 7), 2, [{"start_day": 0, "iid_noise_scale": 0.15, "max_translation": 72,
-                                               "shear_scale": 1.5}], seed=4, rows_per_day=1500)
+    _traffic(
+        cfg,
+        name,
+        date(2026, 1, 7),
+        2,
+        [{"start_day": 0, "iid_noise_scale": 0.15, "max_translation": 72, "shear_scale": 1.5}],
+        seed=4,
+        rows_per_day=1500,
+    )
     assert drift_check_flow(path, "2026-01-08")["decision"]["action"] == "none"  # v2's first drifted window
     cooling = drift_check_flow(path, "2026-01-09")
     decision = cooling["decision"]
@@ -218,14 +257,21 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     # The new version's reference is the window it was refit on; a later recalibration starts no earlier.
     window_start = outcome["window"][0]
     assert (new_tags["kdflow.reference_window_start"], new_tags["kdflow.reference_window_end"]) == (
-        "2026-01-10T00:00:00+00:00", "2026-01-14T00:00:00+00:00")
+        "2026-01-10T00:00:00+00:00",
+        "2026-01-14T00:00:00+00:00",
+    )
     assert new_tags["kdflow.recalibration_trigger"] == "manual"
     import json
 
     import mlflow.artifacts
 
-    profile = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=MlflowClient().get_model_version(name, new).run_id, artifact_path="reference/profile.json")).read_text())
+    profile = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=MlflowClient().get_model_version(name, new).run_id, artifact_path="reference/profile.json"
+            )
+        ).read_text()
+    )
     assert profile["n_rows"] == outcome["labeled_rows"]  # the labeled rows of the window, not the validation split
     # Recalibrating a recalibrated champion finds the distillation report through report_run_id.
     again = recalibration_flow(path, "2026-01-15")  # scheduled: 30 days back, but not before v4's reference
@@ -266,23 +312,48 @@ def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, t
     part = next((tmp_path / "logs" / "date=2026-01-01").glob("part-*.parquet"))
     bad = part.with_name("part-bad.parquet")
     pq.write_table(pq.read_table(part).drop_columns(["probabilities"]), bad)
-    runs_before = len(MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id]))
+    runs_before = len(
+        MlflowClient().search_runs(
+            [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id]
+        )
+    )
     with pytest.raises(InferenceLogError, match=r"part-bad\.parquet.*probabilities"):
         drift_check_flow(str(write_yaml(tmp_path / "few.yaml", few_cfg)), "2026-01-02")
-    assert len(MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id])) == runs_before
+    assert (
+        len(
+            MlflowClient().search_runs(
+                [MlflowClient().get_experiment_by_name(cfg["drift"]["monitoring_experiment"]).experiment_id]
+            )
+        )
+        == runs_before
+    )
 
 
 # ------------------------------------------------------------------------------- recalibration rule (exact)
 def _refit(improved: bool, ece_after: float = 0.02) -> Recalibration:
-    return Recalibration(current_temperature=1.5, new_temperature=2.0, ece_before=0.08, ece_after=ece_after,
-                         nll_before=0.9, nll_after=0.8, accuracy=0.9, improved=improved, reason="ECE 0.08 -> x",
-                         fold_temperatures=(1.9, 2.1), improvement_confidence=0.99)
+    return Recalibration(
+        current_temperature=1.5,
+        new_temperature=2.0,
+        ece_before=0.08,
+        ece_after=ece_after,
+        nll_before=0.9,
+        nll_after=0.8,
+        accuracy=0.9,
+        improved=improved,
+        reason="ECE 0.08 -> x",
+        fold_temperatures=(1.9, 2.1),
+        improvement_confidence=0.99,
+    )
 
 
-EVALUATION = {"student_accuracy": 0.9, "teacher_gap": 0.01, "student_ece": 0.2, "flip_rate": 0.05,
-              "student_latency_p95_ms": 1.0, "size_ratio": 0.1}
+EVALUATION = {
+    "student_accuracy": 0.9,
+    "teacher_gap": 0.01,
+    "student_ece": 0.2,
+    "flip_rate": 0.05,
+    "student_latency_p95_ms": 1.0,
+    "size_ratio": 0.1,
+}
 WHEN = (datetime(2026, 3, 1, tzinfo=timezone.utc), datetime(2026, 3, 31, tzinfo=timezone.utc))
 
 
@@ -293,8 +364,13 @@ def test_judge_refit_registers_only_an_improvement_that_keeps_every_sla():
     assert passed.register and passed.reason == "recalibrated: ECE 0.08 -> x; every SLA passes"
     # The parent's evaluation with the refit's out-of-fold ECE: 0.02 <= 0.05 passes, whatever the parent had.
     assert [(c.name, c.value, c.passed) for c in passed.sla_checks] == [
-        ("min_accuracy", 0.9, True), ("max_teacher_gap", 0.01, True), ("max_ece", 0.02, True),
-        ("max_flip_rate", 0.05, True), ("max_latency_p95_ms", 1.0, True), ("max_size_ratio", 0.1, True)]
+        ("min_accuracy", 0.9, True),
+        ("max_teacher_gap", 0.01, True),
+        ("max_ece", 0.02, True),
+        ("max_flip_rate", 0.05, True),
+        ("max_latency_p95_ms", 1.0, True),
+        ("max_size_ratio", 0.1, True),
+    ]
     assert outcome.result is None and not outcome.register  # the input is left as it was
     same = judge_refit(outcome, _refit(False), EVALUATION, sla)
     assert not same.register and same.reason == "nothing changed: ECE 0.08 -> x"
@@ -305,40 +381,78 @@ def test_judge_refit_registers_only_an_improvement_that_keeps_every_sla():
 
 def test_recalibration_outcome_as_dict_metrics_and_markdown():
     outcome = RecalibrationOutcome("4", "manual", *WHEN, rows=1000, labeled_rows=400, reason="cannot decide: few")
-    assert outcome.as_dict() == {"parent_version": "4", "trigger": "manual",
-                                 "window": ["2026-03-01T00:00:00+00:00", "2026-03-31T00:00:00+00:00"], "rows": 1000,
-                                 "labeled_rows": 400, "version": None, "result": None, "reason": "cannot decide: few"}
+    assert outcome.as_dict() == {
+        "parent_version": "4",
+        "trigger": "manual",
+        "window": ["2026-03-01T00:00:00+00:00", "2026-03-31T00:00:00+00:00"],
+        "rows": 1000,
+        "labeled_rows": 400,
+        "version": None,
+        "result": None,
+        "reason": "cannot decide: few",
+    }
     assert outcome.metrics() == {"labeled_rows": 400.0, "registered": 0.0}
     judged = judge_refit(outcome, _refit(True), EVALUATION, SLAConfig(max_ece=0.05))
     judged.version, judged.promotion = "5", {"version": "5"}
     d = judged.as_dict()
     assert d["version"] == "5" and d["promotion"] == {"version": "5"} and len(d["sla_checks"]) == 6
     assert d["result"]["new_temperature"] == 2.0 and d["result"]["fold_temperatures"] == (1.9, 2.1)
-    assert judged.metrics() == {"labeled_rows": 400.0, "registered": 1.0, "current_temperature": 1.5,
-                                "new_temperature": 2.0, "ece_before": 0.08, "ece_after": 0.02, "nll_before": 0.9,
-                                "nll_after": 0.8, "accuracy": 0.9, "improved": 1.0, "improvement_confidence": 0.99}
-    assert judged.markdown("s", WHEN[1]) == ("# Recalibration of s v4 at 2026-03-31T00:00:00+00:00\n\n"
-                                             f"{judged.reason}\n\nNew version: 5")
+    assert judged.metrics() == {
+        "labeled_rows": 400.0,
+        "registered": 1.0,
+        "current_temperature": 1.5,
+        "new_temperature": 2.0,
+        "ece_before": 0.08,
+        "ece_after": 0.02,
+        "nll_before": 0.9,
+        "nll_after": 0.8,
+        "accuracy": 0.9,
+        "improved": 1.0,
+        "improvement_confidence": 0.99,
+    }
+    assert judged.markdown("s", WHEN[1]) == (
+        f"# Recalibration of s v4 at 2026-03-31T00:00:00+00:00\n\n{judged.reason}\n\nNew version: 5"
+    )
 
 
 def test_recalibrate_with_too_few_labeled_rows_cannot_decide():
     """Nothing is refit (the champion's module is never called) and no report is read."""
     champion = Champion(registry.ModelRef("models:/s@champion", "s", "4", "run-4"), model=None, profile=None)
     labeled = Dataset("recalibration_window", "logs", np.arange(3), np.zeros((3, 4), np.float32), np.array([0, 1, 2]))
-    outcome = recalibrate(champion, LabeledWindow(*WHEN, labeled, rows=10), "schedule", RecalibrationConfig(),
-                          CalibrationConfig(), SLAConfig())
+    outcome = recalibrate(
+        champion,
+        LabeledWindow(*WHEN, labeled, rows=10),
+        "schedule",
+        RecalibrationConfig(),
+        CalibrationConfig(),
+        SLAConfig(),
+    )
     assert (outcome.parent_version, outcome.rows, outcome.labeled_rows, outcome.result, outcome.register) == (
-        "4", 10, 3, None, False)
-    assert outcome.reason == ("cannot decide: 3 labeled rows in the window, fewer than "
-                              "recalibration.min_labeled_rows=300")
+        "4",
+        10,
+        3,
+        None,
+        False,
+    )
+    assert outcome.reason == (
+        "cannot decide: 3 labeled rows in the window, fewer than recalibration.min_labeled_rows=300"
+    )
 
 
 def test_champion_tags_say_where_its_reference_and_report_are():
     ref = registry.ModelRef("models:/s@champion", "s", "4", "run-4")
     distilled = Champion(ref, None, None, {"kdflow.run_id": "run-4"})
     assert distilled.reference_window_start is None and distilled.report_run_id == "run-4"
-    recalibrated = Champion(ref, None, None, {"kdflow.run_id": "run-4", "kdflow.report_run_id": "run-1",
-                                              "kdflow.reference_window_start": "2026-01-07T00:00:00+00:00"})
+    recalibrated = Champion(
+        ref,
+        None,
+        None,
+        {
+            "kdflow.run_id": "run-4",
+            "kdflow.report_run_id": "run-1",
+            "kdflow.reference_window_start": "2026-01-07T00:00:00+00:00",
+        },
+    )
     assert recalibrated.reference_window_start == datetime(2026, 1, 7, tzinfo=timezone.utc)
     assert recalibrated.report_run_id == "run-1"
     assert Champion(ref, None, None, {}).report_run_id == "run-4"  # untagged: the run that logged the model
@@ -356,10 +470,17 @@ def test_recalibrate_refits_judges_and_tags_against_the_parent_report(tmp_path):
     MlflowClient().log_dict(run_id, {"evaluation": EVALUATION}, "report/report.json")
     torch.manual_seed(0)
     inner = torch.nn.Linear(4, 3)
-    tags = {"kdflow.run_id": run_id, "kdflow.teacher_uri": "models:/t@champion", "kdflow.sla_passed": "True",
-            "kdflow.alias.champion.event": "{}", "kdflow.reference_profile": "reference/profile.json", "other": "x"}
-    champion = Champion(registry.ModelRef("models:/s@champion", "s", "2", run_id), CalibratedClassifier(inner, 0.25),
-                        None, tags)
+    tags = {
+        "kdflow.run_id": run_id,
+        "kdflow.teacher_uri": "models:/t@champion",
+        "kdflow.sla_passed": "True",
+        "kdflow.alias.champion.event": "{}",
+        "kdflow.reference_profile": "reference/profile.json",
+        "other": "x",
+    }
+    champion = Champion(
+        registry.ModelRef("models:/s@champion", "s", "2", run_id), CalibratedClassifier(inner, 0.25), None, tags
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 4)).astype(np.float32)
     z = predict_logits(inner, x).astype(np.float64)
@@ -370,13 +491,22 @@ def test_recalibrate_refits_judges_and_tags_against_the_parent_report(tmp_path):
     expected = refit_temperature(z, y, 0.25, CalibrationConfig(), 0.0, 0.5)
     assert outcome.result == expected and expected.improved, expected.reason
     assert outcome.register and outcome.reason == f"recalibrated: {expected.reason}; every SLA passes"
-    assert outcome.served.model is inner and float(outcome.served.temperature) == pytest.approx(expected.new_temperature)
+    assert outcome.served.model is inner and float(outcome.served.temperature) == pytest.approx(
+        expected.new_temperature
+    )
     assert outcome.tags == {
-        "teacher_uri": "models:/t@champion", "parent_version": "2", "trigger": "recalibration",
-        "report_run_id": run_id, "recalibration_trigger": "drift",
-        "recalibration_window": "[2026-03-01T00:00:00+00:00, 2026-03-31T00:00:00+00:00)", "reference": "production",
-        "reference_window_start": "2026-03-01T00:00:00+00:00", "reference_window_end": "2026-03-31T00:00:00+00:00",
-        "calibrated_temperature": expected.new_temperature, "previous_temperature": 0.25}
+        "teacher_uri": "models:/t@champion",
+        "parent_version": "2",
+        "trigger": "recalibration",
+        "report_run_id": run_id,
+        "recalibration_trigger": "drift",
+        "recalibration_window": "[2026-03-01T00:00:00+00:00, 2026-03-31T00:00:00+00:00)",
+        "reference": "production",
+        "reference_window_start": "2026-03-01T00:00:00+00:00",
+        "reference_window_end": "2026-03-31T00:00:00+00:00",
+        "calibrated_temperature": expected.new_temperature,
+        "previous_temperature": 0.25,
+    }
     record_recalibration(run_id, outcome)
     metrics = MlflowClient().get_run(run_id).data.metrics
     assert metrics["registered"] == 0.0 and metrics["new_temperature"] == pytest.approx(expected.new_temperature)
@@ -397,9 +527,13 @@ def _two_versions_logs(root: Path, days: list[date]) -> None:
                 t0 = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
                 rows = np.arange({"3": 0, "4": 1}[version], 100, 2)
                 x = rng.normal(size=(len(rows), 8)).astype(np.float32)
-                writer.log(x, softmax(rng.normal(size=(len(rows), 3)), axis=1),
-                           [t0 + timedelta(minutes=6 * int(r)) for r in rows],
-                           request_ids=[f"{day}-{r}" for r in rows], labels=np.where(rows % 4 == 0, rows % 3, -1))
+                writer.log(
+                    x,
+                    softmax(rng.normal(size=(len(rows), 3)), axis=1),
+                    [t0 + timedelta(minutes=6 * int(r)) for r in rows],
+                    request_ids=[f"{day}-{r}" for r in rows],
+                    labels=np.where(rows % 4 == 0, rows % 3, -1),
+                )
 
 
 def test_check_version_uses_the_versions_rows_and_cannot_decide_on_a_missing_day(tmp_path):
@@ -422,22 +556,32 @@ def test_check_version_uses_the_versions_rows_and_cannot_decide_on_a_missing_day
     assert check == check_window(profile, recent, cfg, labeled_window=v3) and check.n_rows == 50
     assert check.n_labeled == 50  # labels of the label-lag day count too
     # 2026-01-03 has no partition: the check of the window [01-02, 01-04) cannot decide, and says why.
-    gap = read_window(str(tmp_path), *drift_window(datetime(2026, 1, 4, tzinfo=timezone.utc), cfg),
-                      require_all_partitions=False)
+    gap = read_window(
+        str(tmp_path), *drift_window(datetime(2026, 1, 4, tzinfo=timezone.utc), cfg), require_all_partitions=False
+    )
     missing = check_version(profile, "3", gap, cfg)
     assert (missing.status, missing.n_rows, missing.signals) == ("cannot_decide", 100, {})
     assert missing.reason == f"cannot decide: 1 missing log partition(s) in {gap.root}: 2026-01-03"
     # Only the label-lag day (01-03) missing: the check of [01-04, 01-05) decides.
-    lag = read_window(str(tmp_path), *drift_window(datetime(2026, 1, 5, tzinfo=timezone.utc), cfg),
-                      require_all_partitions=False)
+    lag = read_window(
+        str(tmp_path), *drift_window(datetime(2026, 1, 5, tzinfo=timezone.utc), cfg), require_all_partitions=False
+    )
     assert lag.missing_dates == [date(2026, 1, 3)] and check_version(profile, "3", lag, cfg).status != "cannot_decide"
 
 
 def _signal_check(status: str, psi: float | None, exceeded: bool | None) -> DriftCheck:
-    return DriftCheck(status, f"{status} check", 500, 100, 50,
-                      {"psi_confidence": Signal("psi_confidence", psi, 0.2, exceeded, "PSI of confidence"),
-                       "flip_rate": Signal("flip_rate", None, 0.1, None, "too few shadow rows")},
-                      metrics={"accuracy": 0.9})
+    return DriftCheck(
+        status,
+        f"{status} check",
+        500,
+        100,
+        50,
+        {
+            "psi_confidence": Signal("psi_confidence", psi, 0.2, exceeded, "PSI of confidence"),
+            "flip_rate": Signal("flip_rate", None, 0.1, None, "too few shadow rows"),
+        },
+        metrics={"accuracy": 0.9},
+    )
 
 
 REF = registry.ModelRef("models:/s@champion", "s", "3", "run-3")
@@ -448,30 +592,73 @@ def test_drift_event_result_and_markdown_of_a_check(tmp_path):
     from kdflow.monitor import DRIFT_EVENT, DriftCheckResult, drift_event, drift_markdown, drift_metrics
 
     check = _signal_check("drift", 0.4, True)
-    decision = Decision("retrain", "retrain: psi", ["psi_confidence"], {"psi_confidence": 2, "flip_rate": 0},
-                        since={"psi_confidence": "2026-02-28T02:00:00+00:00"})
+    decision = Decision(
+        "retrain",
+        "retrain: psi",
+        ["psi_confidence"],
+        {"psi_confidence": 2, "flip_rate": 0},
+        since={"psi_confidence": "2026-02-28T02:00:00+00:00"},
+    )
     event = drift_event("cfg.yaml", REF, DAY1, check, decision)
     assert event.event == DRIFT_EVENT == "kdflow.drift.detected"
     assert event.resource == {"prefect.resource.id": "kdflow.model.s", "kdflow.model": "s", "kdflow.version": "3"}
-    assert event.payload == {"config_path": str(Path("cfg.yaml").resolve()), "as_of": "2026-03-01T02:00:00+00:00",
-                             "model": "s", "version": "3", "statistics": {"psi_confidence": 0.4},
-                             "triggered": ["psi_confidence"], "reason": "retrain: psi"}
+    assert event.payload == {
+        "config_path": str(Path("cfg.yaml").resolve()),
+        "as_of": "2026-03-01T02:00:00+00:00",
+        "model": "s",
+        "version": "3",
+        "statistics": {"psi_confidence": 0.4},
+        "triggered": ["psi_confidence"],
+        "reason": "retrain: psi",
+    }
     assert drift_metrics(DAY1, check, decision) == {
-        "as_of_ts": DAY1.timestamp(), "n_rows": 500, "n_labeled": 100, "n_shadow": 50, "retrain": 1.0,
-        "signal_psi_confidence": 0.4, "exceeded_psi_confidence": 1.0, "window_accuracy": 0.9}
+        "as_of_ts": DAY1.timestamp(),
+        "n_rows": 500,
+        "n_labeled": 100,
+        "n_shadow": 50,
+        "retrain": 1.0,
+        "signal_psi_confidence": 0.4,
+        "exceeded_psi_confidence": 1.0,
+        "window_accuracy": 0.9,
+    }
     result = DriftCheckResult(REF, DAY1, check, decision, "run-1", event_id="e-1", retrain_via="event")
-    assert result.as_dict() == {"model": "s", "version": "3", "as_of": "2026-03-01T02:00:00+00:00",
-                                "status": "drift", "decision": decision.to_dict(), "mlflow_run_id": "run-1",
-                                "signals": {"psi_confidence": 0.4, "flip_rate": None}, "retrain": None,
-                                "recalibration": None, "event_id": "e-1", "retrain_via": "event"}
+    assert result.as_dict() == {
+        "model": "s",
+        "version": "3",
+        "as_of": "2026-03-01T02:00:00+00:00",
+        "status": "drift",
+        "decision": decision.to_dict(),
+        "mlflow_run_id": "run-1",
+        "signals": {"psi_confidence": 0.4, "flip_rate": None},
+        "retrain": None,
+        "recalibration": None,
+        "event_id": "e-1",
+        "retrain_via": "event",
+    }
     none = Decision("none", "no retrain", [], {"psi_confidence": 0, "flip_rate": 0})
     assert set(DriftCheckResult(REF, DAY1, check, none, "run-1").as_dict()) == {
-        "model", "version", "as_of", "status", "decision", "mlflow_run_id", "signals", "retrain", "recalibration"}
+        "model",
+        "version",
+        "as_of",
+        "status",
+        "decision",
+        "mlflow_run_id",
+        "signals",
+        "retrain",
+        "recalibration",
+    }
     assert drift_markdown(REF, DAY1, check, decision).splitlines() == [
-        "# Drift check: s v3 at 2026-03-01T02:00:00+00:00", "", "**Decision: retrain** — retrain: psi", "",
-        "500 rows, 100 labeled, 50 shadow-scored.", "", "| signal | value | threshold | exceeded | detail |",
-        "|---|---|---|---|---|", "| psi_confidence | 0.4 | 0.2 | True | PSI of confidence |",
-        "| flip_rate | n/a | 0.1 | None | too few shadow rows |"]
+        "# Drift check: s v3 at 2026-03-01T02:00:00+00:00",
+        "",
+        "**Decision: retrain** — retrain: psi",
+        "",
+        "500 rows, 100 labeled, 50 shadow-scored.",
+        "",
+        "| signal | value | threshold | exceeded | detail |",
+        "|---|---|---|---|---|",
+        "| psi_confidence | 0.4 | 0.2 | True | PSI of confidence |",
+        "| flip_rate | n/a | 0.1 | None | too few shadow rows |",
+    ]
 
 
 @pytest.mark.slow
@@ -484,8 +671,13 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     cfg = DriftConfig()
     assert drift_history(exp, "s", "3", DAY1) == DriftHistory(None, None)
     first = Decision("none", "1 of 2", [], {"psi_confidence": 1}, since={"psi_confidence": "2026-02-28T02:00:00+00:00"})
-    second = Decision("retrain", "retrain: psi", ["psi_confidence"], {"psi_confidence": 2},
-                      since={"psi_confidence": "2026-02-28T02:00:00+00:00"})
+    second = Decision(
+        "retrain",
+        "retrain: psi",
+        ["psi_confidence"],
+        {"psi_confidence": 2},
+        since={"psi_confidence": "2026-02-28T02:00:00+00:00"},
+    )
     day2, day3 = DAY1 + timedelta(days=1), DAY1 + timedelta(days=2)
     run1 = record_drift_check(exp, "k1", REF, DAY1, _signal_check("drift", 0.4, True), first, cfg)
     assert record_drift_check(exp, "k1", REF, DAY1, _signal_check("drift", 0.4, True), first, cfg) == run1
@@ -501,9 +693,21 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     assert "kdflow.episode_start" not in run.data.tags  # nothing triggered yet
     tags = MlflowClient().get_run(run2).data.tags
     assert (tags["kdflow.action"], tags["kdflow.triggered"], tags["kdflow.episode_start"]) == (
-        "retrain", "psi_confidence", "2026-02-28T02:00:00+00:00")
+        "retrain",
+        "psi_confidence",
+        "2026-02-28T02:00:00+00:00",
+    )
     assert {a.path for a in MlflowClient().list_artifacts(run1)} == {"check.json", "decision.json"}
-    assert run.data.metrics == pytest.approx({"as_of_ts": DAY1.timestamp(), "n_rows": 500, "n_labeled": 100,
-                                              "n_shadow": 50, "retrain": 0.0, "signal_psi_confidence": 0.4,
-                                              "exceeded_psi_confidence": 1.0, "window_accuracy": 0.9})
+    assert run.data.metrics == pytest.approx(
+        {
+            "as_of_ts": DAY1.timestamp(),
+            "n_rows": 500,
+            "n_labeled": 100,
+            "n_shadow": 50,
+            "retrain": 0.0,
+            "signal_psi_confidence": 0.4,
+            "exceeded_psi_confidence": 1.0,
+            "window_accuracy": 0.9,
+        }
+    )
     assert len(MlflowClient().search_runs([exp])) == 3

@@ -21,8 +21,14 @@ from tests.conftest import TINY_SIZES, TINY_TRANSFER, make_bucket, write_yaml
 from tests.s3_proxy import FaultyS3Proxy
 
 N, C, ROWS = 2000, 4, 250
-META = dict(teacher_uri="models:/t@champion", teacher_name="t", teacher_version="1", data_fingerprint="a" * 64,
-            dataset="transfer", rows_per_shard=ROWS)
+META = dict(
+    teacher_uri="models:/t@champion",
+    teacher_name="t",
+    teacher_version="1",
+    data_fingerprint="a" * 64,
+    dataset="transfer",
+    rows_per_shard=ROWS,
+)
 KEY = store_key("t", "1", "a" * 64)
 
 
@@ -44,7 +50,9 @@ class Counter:
 REPO = Path(__file__).resolve().parents[1]
 KDFLOW = Path(sys.executable).parent / "kdflow"
 ROWS_KILL = 8
-SUMMARY = re.compile(r"^  (\w+): (\S+) \((\d+) of (\d+) shards computed, (\d+) kept from an earlier run, (\d+) rows\)$", re.M)
+SUMMARY = re.compile(
+    r"^  (\w+): (\S+) \((\d+) of (\d+) shards computed, (\d+) kept from an earlier run, (\d+) rows\)$", re.M
+)
 
 
 def cli_env() -> dict[str, str]:
@@ -59,9 +67,16 @@ def cli_env() -> dict[str, str]:
 
 def precompute_cli(config: Path, **kwargs) -> subprocess.Popen:
     """``kdflow logits precompute --config CONFIG`` as a real process in its own process group."""
-    return subprocess.Popen([str(KDFLOW), "logits", "precompute", "--config", str(config)], cwd=REPO,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [str(KDFLOW), "logits", "precompute", "--config", str(config)],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def finish(proc: subprocess.Popen) -> dict[str, tuple[str, int, int, int, int]]:
@@ -82,13 +97,16 @@ def shard_writes(store, backend: str, root: str, endpoint: str | None) -> dict[s
         return {k: ((st.st_ino, st.st_mtime_ns),) for k, st in stats.items()}
     import boto3
 
-    bucket, prefix = root[len("s3://"):].split("/", 1)
-    pages = boto3.client("s3", endpoint_url=endpoint).get_paginator("list_object_versions").paginate(
-        Bucket=bucket, Prefix=f"{prefix}/logits/")
+    bucket, prefix = root[len("s3://") :].split("/", 1)
+    pages = (
+        boto3.client("s3", endpoint_url=endpoint)
+        .get_paginator("list_object_versions")
+        .paginate(Bucket=bucket, Prefix=f"{prefix}/logits/")
+    )
     versions: dict[str, list[str]] = {}
     for page in pages:
         for v in page.get("Versions", []):
-            versions.setdefault(v["Key"][len(prefix) + 1:], []).append(v["VersionId"])
+            versions.setdefault(v["Key"][len(prefix) + 1 :], []).append(v["VersionId"])
     return {k: tuple(sorted(v)) for k, v in versions.items() if "/shard-" in k}
 
 
@@ -98,6 +116,7 @@ def test_killed_precompute_command_resumes_with_only_missing_shards(backend, dis
     """SIGKILL a real ``kdflow logits precompute`` once some (not all) shards are stored, run the same command
     again: it computes exactly the missing shards, leaves the earlier ones untouched, and the stored logits
     equal an uninterrupted run's."""
+
     def store_cfg(name: str) -> dict:
         if backend == "local":
             return {"root": str(tmp_path / name)}
@@ -106,7 +125,8 @@ def test_killed_precompute_command_resumes_with_only_missing_shards(backend, dis
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
-            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # every put becomes a version
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+        )  # every put becomes a version
         return {"root": f"s3://{bucket}/root", "endpoint_url": endpoint}
 
     # 2,400 rows in 8-row shards: 300 shard tasks (~10-20 per second here), so the kill lands mid-run
@@ -159,7 +179,10 @@ def test_killed_precompute_command_resumes_with_only_missing_shards(backend, dis
         got, want = LogitStore(store, f"logits/{key}"), LogitStore(ref_store, f"logits/{key}")
         m_got, m_want = got.require_manifest(), want.require_manifest()
         assert (m_got.num_rows, m_got.clipped_values, len(m_got.shards)) == (
-            m_want.num_rows, m_want.clipped_values, len(m_want.shards))
+            m_want.num_rows,
+            m_want.clipped_values,
+            len(m_want.shards),
+        )
         for (ids_a, z_a), (ids_b, z_b) in zip(got.iter_shards(m_got), want.iter_shards(m_want), strict=True):
             assert np.array_equal(ids_a, ids_b) and z_a.dtype == z_b.dtype == np.float16
             assert z_a.tobytes() == z_b.tobytes()  # identical stored fp16 values, bit for bit
@@ -227,11 +250,11 @@ def test_wrong_credentials_name_the_store_and_the_problem(s3_endpoint, iam_enfor
 
 
 @pytest.mark.slow
-def test_distill_with_wrong_store_credentials_trains_and_registers_nothing(distill_config, tmp_path, s3_endpoint,
-                                                                           iam_enforced):
-    from mlflow import MlflowClient
-
+def test_distill_with_wrong_store_credentials_trains_and_registers_nothing(
+    distill_config, tmp_path, s3_endpoint, iam_enforced
+):
     from flows.distill import distill_flow
+    from mlflow import MlflowClient
     from tests.conftest import write_yaml
 
     distill_config["store"] = {"root": f"s3://{iam_enforced}/store", "endpoint_url": s3_endpoint}
@@ -241,5 +264,7 @@ def test_distill_with_wrong_store_credentials_trains_and_registers_nothing(disti
     assert MlflowClient().search_model_versions(f"name='{name}'") == []
     # the flow's first step (the output preflight) stopped it: no MLflow run was even started
     experiment = MlflowClient().get_experiment_by_name(distill_config["registry"].get("experiment", "kdflow"))
-    assert experiment is None or MlflowClient().search_runs(
-        [experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []
+    assert (
+        experiment is None
+        or MlflowClient().search_runs([experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []
+    )

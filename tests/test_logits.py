@@ -12,8 +12,9 @@ N, C = 1000, 5
 IDS = np.arange(100, 100 + N)
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(scale=4, size=(N, C)).astype(np.float32)
-META = dict(teacher_uri="models:/t@champion", teacher_name="t", teacher_version="3", data_fingerprint="f" * 64,
-            dataset="train")
+META = dict(
+    teacher_uri="models:/t@champion", teacher_name="t", teacher_version="3", data_fingerprint="f" * 64, dataset="train"
+)
 
 
 class CountingTeacher:
@@ -162,10 +163,15 @@ def test_topk_must_leave_some_classes_out(ls):
 def test_store_key_names_every_setting_that_changes_stored_values():
     base = store_key("t", "3", "f" * 64)
     assert base == store_key("t", "3", "f" * 64, top_k=None, clip_value=50.0) == f"logits/t/v3/{'f' * 32}-f16-clip50.0"
-    variants = [store_key("t", "3", "f" * 64, clip_value=20.0), store_key("t", "3", "f" * 64, clip_value=None),
-                store_key("t", "3", "f" * 64, clip_value=50.000001), store_key("t", "3", "f" * 64, top_k=5),
-                store_key("t", "3", "f" * 64, top_k=5, clip_value=20.0), store_key("t", "4", "f" * 64),
-                store_key("t", "3", "e" * 64)]
+    variants = [
+        store_key("t", "3", "f" * 64, clip_value=20.0),
+        store_key("t", "3", "f" * 64, clip_value=None),
+        store_key("t", "3", "f" * 64, clip_value=50.000001),
+        store_key("t", "3", "f" * 64, top_k=5),
+        store_key("t", "3", "f" * 64, top_k=5, clip_value=20.0),
+        store_key("t", "4", "f" * 64),
+        store_key("t", "3", "e" * 64),
+    ]
     assert len({base, *variants}) == 1 + len(variants)
     assert variants[1].endswith("-f16-noclip") and variants[3].endswith("-f16u16-clip50.0-top5")
     assert store_key("t", "3", "f" * 64, clip_value=50) == base  # an int clip is the same setting
@@ -184,8 +190,9 @@ def test_changed_teacher_logit_clip_gets_its_own_store_and_recomputes(tmp_path):
     for spec in specs:
         teacher = CountingTeacher()
         ls = LogitStore(store, spec.key)
-        stats = ls.precompute(IDS, lambda rows: (teacher(rows), big[rows])[1], rows_per_shard=300,
-                              clip_value=spec.clip_value, **META)
+        stats = ls.precompute(
+            IDS, lambda rows: (teacher(rows), big[rows])[1], rows_per_shard=300, clip_value=spec.clip_value, **META
+        )
         assert not stats.reused and stats.shards_computed == 4 and teacher.rows == N
         backs.append(ls.read_aligned(IDS, "3", "f" * 64))
         assert ls.require_manifest().clip_value == spec.clip_value
@@ -213,8 +220,7 @@ def test_flow_store_keys_follow_teacher_logit_clip_and_top_k():
 
     import yaml
 
-    from kdflow.config import packaged_config
-    from kdflow.config import DistillConfig
+    from kdflow.config import DistillConfig, packaged_config
     from kdflow.data import Dataset
     from kdflow.registry import ModelRef
     from tasks.logits import logit_stores
@@ -230,7 +236,12 @@ def test_flow_store_keys_follow_teacher_logit_clip_and_top_k():
         cfg["store"].update(store)
         return logit_stores(DistillConfig(**cfg), teacher, datasets)["train"].key
 
-    keys = [key({}, {}), key({"teacher_logit_clip": 20.0}, {}), key({"teacher_logit_clip": None}, {}),
-            key({}, {"top_k": 3}), key({}, {"rows_per_shard": 100})]
+    keys = [
+        key({}, {}),
+        key({"teacher_logit_clip": 20.0}, {}),
+        key({"teacher_logit_clip": None}, {}),
+        key({}, {"top_k": 3}),
+        key({}, {"rows_per_shard": 100}),
+    ]
     assert len(set(keys[:4])) == 4 and keys[4] == keys[0]  # shard size changes the layout, not the values
     assert keys[1].endswith("-f16-clip20.0")

@@ -6,11 +6,14 @@ import torch
 from kdflow.models import CalibratedClassifier, ModelSpecError, build_model, count_parameters
 
 
-@pytest.mark.parametrize("arch,shape,args", [
-    ("mlp", (40,), {"width": 32, "depth": 2}),
-    ("cnn1d", (40,), {"channels": 8, "depth": 3}),
-    ("cnn2d", (8, 8), {"channels": 8, "depth": 2}),
-])
+@pytest.mark.parametrize(
+    "arch,shape,args",
+    [
+        ("mlp", (40,), {"width": 32, "depth": 2}),
+        ("cnn1d", (40,), {"channels": 8, "depth": 3}),
+        ("cnn2d", (8, 8), {"channels": 8, "depth": 2}),
+    ],
+)
 def test_registered_architectures_map_inputs_to_logits(arch, shape, args):
     model = build_model(arch, args, shape, 10)
     assert model(torch.randn(5, *shape)).shape == (5, 10)

@@ -17,17 +17,23 @@ from tests.conftest import make_bucket
 
 
 def s3_keys(endpoint: str, bucket: str) -> list[str]:
-    return [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return [
+        o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])
+    ]
 
 
 def test_writable_locations_pass_and_keep_nothing(tmp_path, s3_endpoint):
     bucket = make_bucket(s3_endpoint, "kdflow-preflight-ok")
     existing = tmp_path / "existing"
     existing.mkdir()
-    check_writable([Location("store.root", f"s3://{bucket}/store", s3_endpoint),
-                    Location("output_dir", str(existing)),
-                    Location("logs.root", str(tmp_path / "new" / "logs")),
-                    Location("mlflow.artifact_location", (tmp_path / "art").as_uri())])
+    check_writable(
+        [
+            Location("store.root", f"s3://{bucket}/store", s3_endpoint),
+            Location("output_dir", str(existing)),
+            Location("logs.root", str(tmp_path / "new" / "logs")),
+            Location("mlflow.artifact_location", (tmp_path / "art").as_uri()),
+        ]
+    )
     assert s3_keys(s3_endpoint, bucket) == []  # the probe was deleted
     assert list(existing.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # folders made for the probe removed again
@@ -37,23 +43,28 @@ def test_path_under_a_regular_file_is_not_a_directory(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(PreflightError) as err:
         check_writable([Location("output_dir", str(tmp_path / "file.txt" / "sub"))])
-    assert str(err.value) == (f"1 output location(s) not writable; stopped before any compute: output_dir "
-                              f"{tmp_path}/file.txt/sub: not a directory: {tmp_path}/file.txt is a file")
+    assert str(err.value) == (
+        f"1 output location(s) not writable; stopped before any compute: output_dir "
+        f"{tmp_path}/file.txt/sub: not a directory: {tmp_path}/file.txt is a file"
+    )
 
 
 def test_location_that_is_a_file_is_not_a_directory(tmp_path):
     (tmp_path / "reports").write_text("x")
-    with pytest.raises(PreflightError, match=f"output_dir {tmp_path}/reports: not a directory: {tmp_path}/reports "
-                                             "is a file"):
+    with pytest.raises(
+        PreflightError, match=f"output_dir {tmp_path}/reports: not a directory: {tmp_path}/reports is a file"
+    ):
         check_writable([Location("output_dir", str(tmp_path / "reports"))])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/sys/kernel"),
-                    reason="needs Linux sysfs")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs"
+)
 def test_permission_denied_even_for_root():
     """sysfs refuses new folders to every user, root included (chmod does not stop root)."""
-    with pytest.raises(PreflightError, match="logs.root /sys/kdflow-preflight/logs: permission denied: "
-                                             "/sys/kdflow-preflight"):
+    with pytest.raises(
+        PreflightError, match="logs.root /sys/kdflow-preflight/logs: permission denied: /sys/kdflow-preflight"
+    ):
         check_writable([Location("logs.root", "/sys/kdflow-preflight/logs")])
 
 
@@ -92,13 +103,16 @@ def test_rejected_and_insufficient_credentials(s3_endpoint, monkeypatch):
     where = Location("store.root", f"s3://{bucket}/store", s3_endpoint)
     with enable_iam_authentication():
         use_keys(monkeypatch, "AKIAWRONGWRONGWRONG1", "wrong-secret")
-        assert probe(where) == (f"the credentials were rejected at {s3_endpoint} (InvalidAccessKeyId); check "
-                                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses")
+        assert probe(where) == (
+            f"the credentials were rejected at {s3_endpoint} (InvalidAccessKeyId); check "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile boto3 uses"
+        )
         use_keys(monkeypatch, key["AccessKeyId"], "not-its-secret")
         assert probe(where).startswith(f"the credentials were rejected at {s3_endpoint} (SignatureDoesNotMatch)")
         use_keys(monkeypatch, key["AccessKeyId"], key["SecretAccessKey"])
-        assert probe(where) == (f"access denied at {s3_endpoint} (AccessDenied): the credentials may not write to "
-                                f"bucket '{bucket}'")
+        assert probe(where) == (
+            f"access denied at {s3_endpoint} (AccessDenied): the credentials may not write to bucket '{bucket}'"
+        )
         with pytest.raises(PermanentStoreError, match="access denied \\(AccessDenied\\)") as err:
             open_store(where.uri, s3_endpoint).put("k", b"1")
     assert err.value.code == "AccessDenied"
@@ -108,9 +122,14 @@ def test_every_unwritable_location_is_named_in_one_error(tmp_path, s3_endpoint):
     (tmp_path / "file.txt").write_text("x")
     ok = Location("logs.root", str(tmp_path / "logs"))
     with pytest.raises(PreflightError) as err:
-        check_writable([Location("store.root", "s3://kdflow-preflight-gone/s", s3_endpoint), ok,
-                        Location("output_dir", str(tmp_path / "file.txt" / "r")),
-                        Location("store.root", "gs://elsewhere/x")])
+        check_writable(
+            [
+                Location("store.root", "s3://kdflow-preflight-gone/s", s3_endpoint),
+                ok,
+                Location("output_dir", str(tmp_path / "file.txt" / "r")),
+                Location("store.root", "gs://elsewhere/x"),
+            ]
+        )
     message = str(err.value)
     assert message.startswith("3 output location(s) not writable") and "\n" not in message
     assert [loc.label for loc, _ in err.value.problems] == ["store.root", "output_dir", "store.root"]
@@ -121,15 +140,25 @@ def test_every_unwritable_location_is_named_in_one_error(tmp_path, s3_endpoint):
 def test_output_locations_from_a_config(monkeypatch):
     from kdflow.config import DistillConfig
 
-    cfg = DistillConfig.model_validate({
-        "data": {"train": "t", "val": "v", "test": "s", "num_classes": 3}, "teacher_uri": "models:/t@champion",
-        "student": {"arch": "mlp"}, "registry": {"student_name": "s"}, "output_dir": "out",
-        "store": {"root": "s3://b-store/p", "endpoint_url": "http://minio:9000"}, "logs": {"root": "s3://b-logs/l"},
-        "mlflow": {"artifact_location": "s3://b-mlflow/a"}})
+    cfg = DistillConfig.model_validate(
+        {
+            "data": {"train": "t", "val": "v", "test": "s", "num_classes": 3},
+            "teacher_uri": "models:/t@champion",
+            "student": {"arch": "mlp"},
+            "registry": {"student_name": "s"},
+            "output_dir": "out",
+            "store": {"root": "s3://b-store/p", "endpoint_url": "http://minio:9000"},
+            "logs": {"root": "s3://b-logs/l"},
+            "mlflow": {"artifact_location": "s3://b-mlflow/a"},
+        }
+    )
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://minio:9001")
     assert output_locations(cfg, ("store", "reports", "mlflow", "logs")) == [
-        Location("store.root", "s3://b-store/p", "http://minio:9000"), Location("output_dir", "out"),
-        Location("mlflow.artifact_location", "s3://b-mlflow/a", "http://minio:9001"), Location("logs.root", "s3://b-logs/l")]
+        Location("store.root", "s3://b-store/p", "http://minio:9000"),
+        Location("output_dir", "out"),
+        Location("mlflow.artifact_location", "s3://b-mlflow/a", "http://minio:9001"),
+        Location("logs.root", "s3://b-logs/l"),
+    ]
     cfg.mlflow.artifact_location = "mlflow-artifacts:/exp"  # written by the tracking server, not by us
     assert output_locations(cfg, ("mlflow",)) == []
     with pytest.raises(ValueError, match="unknown output 'bucket'"):
@@ -172,15 +201,19 @@ def test_retried_store_task_attempts_a_permanent_error_once(prefect_harness, s3_
     teacher = ModelRef("models:/t/1", "t", "1", None)
 
     def attempts(root: str, proxy: FaultyS3Proxy) -> tuple[int, int, str]:
-        cfg = DistillConfig.model_validate({
-            "data": {"train": "t", "val": "v", "test": "s", "num_classes": 3}, "teacher_uri": "models:/t@champion",
-            "student": {"arch": "mlp"}, "registry": {"student_name": "s"},
-            "store": {"root": root, "endpoint_url": proxy.url}})
+        cfg = DistillConfig.model_validate(
+            {
+                "data": {"train": "t", "val": "v", "test": "s", "num_classes": 3},
+                "teacher_uri": "models:/t@champion",
+                "student": {"arch": "mlp"},
+                "registry": {"student_name": "s"},
+                "store": {"root": root, "endpoint_url": proxy.url},
+            }
+        )
 
         @flow
         def finalize_only() -> tuple[str, BaseException]:
-            state = finalize_teacher_logits(cfg, teacher, {}, LogitPlan(need_profile=False), [], 0.0,
-                                            return_state=True)
+            state = finalize_teacher_logits(cfg, teacher, {}, LogitPlan(need_profile=False), [], 0.0, return_state=True)
             return str(state.state_details.task_run_id), state.result(raise_on_failure=False)
 
         task_run_id, error = finalize_only()

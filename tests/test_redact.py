@@ -22,34 +22,58 @@ SECRET = "pa55-w0rd"
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("postgresql+psycopg2://kd:pa55@db:5432/mlflow", "postgresql+psycopg2://kd:***@db:5432/mlflow"),
-    ("http://admin:pa55@127.0.0.1:5000", "http://admin:***@127.0.0.1:5000"),
-    ("https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2Fx&X-Amz-Signature=abcd&versionId=2",
-     "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&versionId=2"),
-    ("postgresql://u@h/db?sslmode=require&password=pa55", "postgresql://u@h/db?sslmode=require&password=***"),
-    ("AWS_SECRET_ACCESS_KEY=abc AWS_ACCESS_KEY_ID=AKIA", "AWS_SECRET_ACCESS_KEY=*** AWS_ACCESS_KEY_ID=AKIA"),
-    # Nothing secret: unchanged.
-    ("s3://bucket/prefix http://127.0.0.1:5000/api user@host", "s3://bucket/prefix http://127.0.0.1:5000/api user@host"),
-    ("sqlite:////tmp/x/mlflow.db", "sqlite:////tmp/x/mlflow.db"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("postgresql+psycopg2://kd:pa55@db:5432/mlflow", "postgresql+psycopg2://kd:***@db:5432/mlflow"),
+        ("http://admin:pa55@127.0.0.1:5000", "http://admin:***@127.0.0.1:5000"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2Fx&X-Amz-Signature=abcd&versionId=2",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&versionId=2",
+        ),
+        ("postgresql://u@h/db?sslmode=require&password=pa55", "postgresql://u@h/db?sslmode=require&password=***"),
+        ("AWS_SECRET_ACCESS_KEY=abc AWS_ACCESS_KEY_ID=AKIA", "AWS_SECRET_ACCESS_KEY=*** AWS_ACCESS_KEY_ID=AKIA"),
+        # Nothing secret: unchanged.
+        (
+            "s3://bucket/prefix http://127.0.0.1:5000/api user@host",
+            "s3://bucket/prefix http://127.0.0.1:5000/api user@host",
+        ),
+        ("sqlite:////tmp/x/mlflow.db", "sqlite:////tmp/x/mlflow.db"),
+        ("", ""),
+    ],
+)
 def test_redact_text(text, expected):
     assert redact_text(text) == expected
 
 
 def test_redact_nested_values_and_report(tmp_path):
-    report = {"provenance": {"tracking_uri": f"postgresql://kd:{SECRET}@db/mlflow", "n": 3},
-              "uris": [f"http://u:{SECRET}@h", "s3://b/k"], "gate": ("ok", 1.0)}
-    assert redact(report) == {"provenance": {"tracking_uri": "postgresql://kd:***@db/mlflow", "n": 3},
-                              "uris": ["http://u:***@h", "s3://b/k"], "gate": ("ok", 1.0)}
+    report = {
+        "provenance": {"tracking_uri": f"postgresql://kd:{SECRET}@db/mlflow", "n": 3},
+        "uris": [f"http://u:{SECRET}@h", "s3://b/k"],
+        "gate": ("ok", 1.0),
+    }
+    assert redact(report) == {
+        "provenance": {"tracking_uri": "postgresql://kd:***@db/mlflow", "n": 3},
+        "uris": ["http://u:***@h", "s3://b/k"],
+        "gate": ("ok", 1.0),
+    }
     metrics = {"ece": 0.1, "mce": 0.2, "nll": 0.3, "brier": 0.4}
-    ev = {f"{who}_{m}": 1.0 for who in ("student", "teacher") for m in (
-        "accuracy", "ece", "latency_p50_ms", "latency_p95_ms", "throughput", "params")}
-    full = {**report, "student_name": "s", "teacher": {"uri": f"http://u:{SECRET}@h/models/t", "version": "1"},
-            "evaluation": {**ev, "flip_rate": 0.0, "teacher_gap": 0.0, "size_ratio": 0.1},
-            "calibration": {"temperature": 1.5, "before": metrics, "after": metrics}, "sla_checks": [],
-            "registration": {"version": "1"}, "gate_passed": True, "decision": {"reason": "ok"}}
+    ev = {
+        f"{who}_{m}": 1.0
+        for who in ("student", "teacher")
+        for m in ("accuracy", "ece", "latency_p50_ms", "latency_p95_ms", "throughput", "params")
+    }
+    full = {
+        **report,
+        "student_name": "s",
+        "teacher": {"uri": f"http://u:{SECRET}@h/models/t", "version": "1"},
+        "evaluation": {**ev, "flip_rate": 0.0, "teacher_gap": 0.0, "size_ratio": 0.1},
+        "calibration": {"temperature": 1.5, "before": metrics, "after": metrics},
+        "sla_checks": [],
+        "registration": {"version": "1"},
+        "gate_passed": True,
+        "decision": {"reason": "ok"},
+    }
     json_path, md_path = write_report(full, tmp_path)
     assert "http://u:***@h/models/t" in md_path.read_text()
     assert SECRET not in json_path.read_text() and SECRET not in md_path.read_text()
@@ -84,6 +108,7 @@ def test_prefect_run_logs_reach_the_api_redacted(prefect_harness):
     def speak() -> str:
         talk()
         from prefect.runtime import flow_run
+
         return flow_run.id
 
     run_id = speak()
@@ -102,8 +127,13 @@ def test_prefect_run_logs_reach_the_api_redacted(prefect_harness):
 def test_actor_names_a_user_and_host_without_user_variables():
     """$USER, $LOGNAME, ... unset (a cron job, a bare container): the actor still names the OS user and host."""
     env = {k: v for k, v in os.environ.items() if k not in ("USER", "LOGNAME", "LNAME", "USERNAME")}
-    out = subprocess.run([sys.executable, "-c", "from kdflow.redact import actor; print(actor('cli'))"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "from kdflow.redact import actor; print(actor('cli'))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.startswith("cli:") and "unknown" not in out and "@" in out, out
     assert out.split("@", 1)[1] == os.uname().nodename
     assert actor("flow").startswith("flow:")
@@ -114,13 +144,23 @@ def test_start_stack_never_prints_the_s3_secret(tmp_path):
     """infra/start-stack.sh with the local S3: the secret appears in neither its output nor its logs; it goes to
     a file only its owner can read, which the printed line sources."""
     stack = tmp_path / "stack"
-    env = {**os.environ, "KDFLOW_LOCAL_S3": "1", "KDFLOW_PREFECT_DB": "sqlite", "KDFLOW_START_MLFLOW": "0",
-           "S3_PORT": str(free_port()), "PREFECT_PORT": str(free_port()), "KDFLOW_STACK_DIR": str(stack),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "AWS_ACCESS_KEY_ID": "kdflow-test",
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        **os.environ,
+        "KDFLOW_LOCAL_S3": "1",
+        "KDFLOW_PREFECT_DB": "sqlite",
+        "KDFLOW_START_MLFLOW": "0",
+        "S3_PORT": str(free_port()),
+        "PREFECT_PORT": str(free_port()),
+        "KDFLOW_STACK_DIR": str(stack),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "AWS_ACCESS_KEY_ID": "kdflow-test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     try:
-        started = subprocess.run(["bash", "infra/start-stack.sh"], cwd=REPO, env=env, capture_output=True,
-                                 text=True, timeout=240)
+        started = subprocess.run(
+            ["bash", "infra/start-stack.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+        )
         assert started.returncode == 0, started.stderr[-2000:]
         printed = started.stdout + started.stderr + "".join(p.read_text() for p in stack.glob("*.log"))
         assert SECRET not in printed
@@ -138,9 +178,8 @@ def test_start_stack_never_prints_the_s3_secret(tmp_path):
 def test_mlflow_params_tags_and_version_tags_are_redacted(tmp_path):
     """A run opened with a config holding a PostgreSQL URI with a password: MLflow stores it masked, in the run's
     params and tags and in a model version's tags; the audit actor of an alias move defaults to user@host."""
-    from mlflow import MlflowClient
-
     from kdflow import registry
+    from mlflow import MlflowClient
 
     exp = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "redact", str(tmp_path / "artifacts"))
     uri = f"postgresql://kd:{SECRET}@db:5432/mlflow"

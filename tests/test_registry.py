@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from torch import nn
 
 from kdflow import registry
 from kdflow.registry import RegistryError
+from mlflow import MlflowClient
 from tests.conftest import chain_is_consistent
 
 
@@ -55,7 +55,9 @@ class Registered:
         for passed in sla:
             version = str(mlflow.register_model(self.model_uri, self.name).version)
             if passed is not None:
-                registry.tag_version(self.name, version, {"sla_passed": passed, "test_accuracy": 0.5 + int(version) / 100})
+                registry.tag_version(
+                    self.name, version, {"sla_passed": passed, "test_accuracy": 0.5 + int(version) / 100}
+                )
             out.append(version)
         return out
 
@@ -63,7 +65,11 @@ class Registered:
 def test_promote_moves_champion_and_records_every_move(model):
     model.add(True, True, True)
     results = [registry.promote(model.name, v, f"promote {v}", "tester") for v in ("1", "2", "3")]
-    assert [(r.previous, r.version, r.changed) for r in results] == [(None, "1", True), ("1", "2", True), ("2", "3", True)]
+    assert [(r.previous, r.version, r.changed) for r in results] == [
+        (None, "1", True),
+        ("1", "2", True),
+        ("2", "3", True),
+    ]
     assert registry.alias_version(model.name, "champion") == "3" == registry.champion_version(model.name)
 
     events = registry.history(model.name, "champion")
@@ -104,8 +110,9 @@ def test_history_stays_in_move_order_when_a_writer_clock_was_ahead(model):
     # An event written by a machine whose clock runs a year ahead (same shape as ours).
     ahead = registry.history(model.name)[0]
     future_key = "kdflow.alias_event.20991231T235959.999990-0000beef"
-    MlflowClient().set_registered_model_tag(model.name, future_key, MlflowClient().get_registered_model(
-        model.name).tags[ahead.key])
+    MlflowClient().set_registered_model_tag(
+        model.name, future_key, MlflowClient().get_registered_model(model.name).tags[ahead.key]
+    )
     result = registry.promote(model.name, "2", "second", "tester")
     events = registry.history(model.name)
     assert events[-1].key == result.event.key and result.event.key > future_key
@@ -195,7 +202,10 @@ def test_list_models_and_versions(model):
     assert (summary.champion, summary.challenger, summary.latest) == ("1", "2", "3")
     infos = registry.versions(model.name)
     assert [(i.version, i.aliases, i.sla_passed) for i in infos] == [
-        ("1", ["champion"], True), ("2", ["challenger"], False), ("3", [], None)]
+        ("1", ["champion"], True),
+        ("2", ["challenger"], False),
+        ("3", [], None),
+    ]
     assert infos[0].metrics == {"test_accuracy": pytest.approx(0.51)} and infos[2].metrics == {}
     assert infos[0].created is not None and infos[0].created.tzinfo is not None
 
@@ -231,8 +241,9 @@ def _kdflow(*args: str, home: Path) -> subprocess.CompletedProcess:
 
     env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([str(Path(sys.executable).parent / "kdflow"), *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kdflow"), *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -240,15 +251,26 @@ def test_models_cli_list_history_promote_rollback(model, logged_model, tmp_path)
     uri = logged_model[0]
     model.add(True, True, False)
     for version in ("1", "2"):
-        out = _kdflow("models", "promote", model.name, version, "--reason", f"cli {version}", "--tracking-uri", uri,
-                      home=tmp_path / "prefect")
+        out = _kdflow(
+            "models",
+            "promote",
+            model.name,
+            version,
+            "--reason",
+            f"cli {version}",
+            "--tracking-uri",
+            uri,
+            home=tmp_path / "prefect",
+        )
         assert out.returncode == 0, out.stderr
     assert registry.alias_version(model.name, "champion") == "2"
-    refused = _kdflow("models", "promote", model.name, "3", "--reason", "bad", "--tracking-uri", uri,
-                      home=tmp_path / "prefect")
+    refused = _kdflow(
+        "models", "promote", model.name, "3", "--reason", "bad", "--tracking-uri", uri, home=tmp_path / "prefect"
+    )
     assert refused.returncode == 2 and "version 3" in refused.stderr and "SLA" in refused.stderr
-    back = _kdflow("models", "rollback", model.name, "--reason", "cli rollback", "--tracking-uri", uri,
-                   home=tmp_path / "prefect")
+    back = _kdflow(
+        "models", "rollback", model.name, "--reason", "cli rollback", "--tracking-uri", uri, home=tmp_path / "prefect"
+    )
     assert back.returncode == 0 and "2 -> 1" in back.stdout, back.stderr
     listed = _kdflow("models", "list", "--tracking-uri", uri, home=tmp_path / "prefect")
     assert f"{model.name}: champion 1," in listed.stdout

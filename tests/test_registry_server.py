@@ -41,8 +41,24 @@ def postgres_answers() -> bool:
 
 def drop_database(db: str) -> None:
     """Drop the test database (terminating leftover connections)."""
-    subprocess.run(["psql", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres", "-d", "postgres", "-qc",
-                    f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)',
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -70,16 +86,26 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
         pytest.skip(reason)
     suffix = uuid.uuid4().hex[:10]
     db, bucket, port = f"kdflow_test_{suffix}", make_bucket(s3_endpoint, f"kdflow-mlflow-{suffix}"), free_port()
-    env = {**os.environ,
-           "MLFLOW_BACKEND_STORE_URI": f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{db}",
-           "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/artifacts", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-           "KDFLOW_MLFLOW_HOST": "127.0.0.1", "KDFLOW_MLFLOW_PORT": str(port), "KDFLOW_MLFLOW_WORKERS": "2"}
+    env = {
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{db}",
+        "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/artifacts",
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "KDFLOW_MLFLOW_HOST": "127.0.0.1",
+        "KDFLOW_MLFLOW_PORT": str(port),
+        "KDFLOW_MLFLOW_WORKERS": "2",
+    }
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         # Own session: the server's workers are stopped with it as one process group.
-        proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "start-server.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "mlflow" / "start-server.sh")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_healthy(url, proc, log)
         yield {"url": url, "bucket": bucket, "database": db, "endpoint": s3_endpoint}
@@ -137,8 +163,12 @@ def test_concurrent_prefect_promotions_on_the_server_are_serialized(mlflow_serve
     name = "server-student"
     versions = register_versions(name, 5)
     assert versions == ["1", "2", "3", "4", "5"]
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=mlflow_server["endpoint"]).list_objects_v2(
-        Bucket=mlflow_server["bucket"], Prefix="artifacts/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=mlflow_server["endpoint"])
+        .list_objects_v2(Bucket=mlflow_server["bucket"], Prefix="artifacts/")
+        .get("Contents", [])
+    ]
     assert any(k.endswith("/MLmodel") for k in keys), keys
     registry.promote(name, "1", "first champion", "server-test")
 
@@ -192,12 +222,14 @@ def test_unlocked_concurrent_promotions_can_break_the_chain(mlflow_server):
         versions = register_versions(name, 6)
         start = registry.history(name, "champion")
         before = start[-1].version if start else None
-        _, errors = run_in_threads(lambda v: registry.promote(name, v, "unlocked", "server-test"), [(v,) for v in versions])
+        _, errors = run_in_threads(
+            lambda v: registry.promote(name, v, "unlocked", "server-test"), [(v,) for v in versions]
+        )
         if errors:  # MLflow's own alias upsert can collide too (UniqueViolation on PostgreSQL): also the race
             assert all("UniqueViolation" in str(e) or "unique" in str(e).lower() for _, e in errors), errors
             broken_rounds += 1
             break
-        events = registry.history(name, "champion")[len(start):]
+        events = registry.history(name, "champion")[len(start) :]
         assert len(events) == len(versions)  # unique keys: no event lost even without a lock
         if not chain_is_consistent(events, before):
             broken_rounds += 1

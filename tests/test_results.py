@@ -5,14 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdflow.data import Dataset, DataError, Datasets
+from kdflow.data import DataError, Dataset, Datasets
 from kdflow.report import Registration
 
 
 def _split(name: str, n: int, width: int = 4, labeled: bool = True) -> Dataset:
     rng = np.random.default_rng(len(name))
-    return Dataset(name, f"memory://{name}", np.arange(n), rng.normal(size=(n, width)).astype(np.float32),
-                   rng.integers(0, 3, n) if labeled else None)
+    return Dataset(
+        name,
+        f"memory://{name}",
+        np.arange(n),
+        rng.normal(size=(n, width)).astype(np.float32),
+        rng.integers(0, 3, n) if labeled else None,
+    )
 
 
 def test_datasets_read_like_a_dict_and_name_the_reference_split():

@@ -7,8 +7,8 @@ import copy
 
 import boto3
 import pytest
-from mlflow import MlflowClient
 
+from mlflow import MlflowClient
 from tests.conftest import make_bucket, write_yaml
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,9 @@ def test_distill_on_s3_matches_local(distill_config, tmp_path, tiny_data, s3_end
 
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="store/logits/")["Contents"]]
     assert sum(k.endswith("manifest.json") for k in keys) == 4 and any(k.endswith(".npz") for k in keys)
-    assert all(uri.startswith(f"s3://{bucket}/store/logits/") for uri in remote["provenance"]["logit_store_keys"].values())
+    assert all(
+        uri.startswith(f"s3://{bucket}/store/logits/") for uri in remote["provenance"]["logit_store_keys"].values()
+    )
 
     run = MlflowClient().get_run(remote["run_id"])
     assert run.info.artifact_uri.startswith(f"s3://{bucket}/mlflow/")
@@ -52,8 +54,9 @@ def test_distill_on_s3_matches_local(distill_config, tmp_path, tiny_data, s3_end
     assert remote["registration"]["version"] == "1"
 
 
-def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(distill_config, tmp_path, s3_endpoint,
-                                                                            monkeypatch):
+def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(
+    distill_config, tmp_path, s3_endpoint, monkeypatch
+):
     """A fresh machine's first run with a store bucket nobody created: one line naming the bucket, exit 2, in
     seconds; one S3 request (the probe, not retried); no validation, no teacher logits, no MLflow run or model."""
     import time
@@ -76,7 +79,8 @@ def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(dist
     assert result.exit_code == 2, result.output
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
         "error: 1 output location(s) not writable; stopped before any compute: store.root "
-        f"s3://kdflow-never-created/store: bucket 'kdflow-never-created' does not exist at {proxy.url} (NoSuchBucket)"]
+        f"s3://kdflow-never-created/store: bucket 'kdflow-never-created' does not exist at {proxy.url} (NoSuchBucket)"
+    ]
     assert seconds < 20, seconds
     assert proxy.forwarded == 1  # the probe's PUT, attempted once
 
@@ -85,11 +89,14 @@ def test_cli_distill_with_a_missing_store_bucket_exits_2_before_any_compute(dist
     name = distill_config["registry"]["student_name"]
     assert MlflowClient().search_model_versions(f"name='{name}'") == []
     experiment = MlflowClient().get_experiment_by_name(distill_config["registry"].get("experiment", "kdflow"))
-    assert experiment is None or MlflowClient().search_runs(
-        [experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []  # no run was even started
+    assert (
+        experiment is None
+        or MlflowClient().search_runs([experiment.experiment_id], f"params.`registry.student_name` = '{name}'") == []
+    )  # no run was even started
     with get_client(sync_client=True) as client:
-        [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["distill"])),
-                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
+        [run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["distill"])), sort=FlowRunSort.START_TIME_DESC, limit=1
+        )
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert run.state.is_failed()
     assert [(t.name.rsplit("-", 1)[0], t.run_count) for t in tasks] == [("check-outputs-writable", 1)]

@@ -70,7 +70,9 @@ def test_store_classifies_permanent_s3_errors(s3_endpoint):
 def test_s3_error_code_is_found_through_wrapping_exceptions():
     from botocore.exceptions import ClientError
 
-    inner = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"}}, "PutObject")
+    inner = ClientError(
+        {"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"}}, "PutObject"
+    )
     try:
         try:
             raise inner

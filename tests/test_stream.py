@@ -22,8 +22,16 @@ def files(tmp_path):
     z = rng.normal(size=(N, C)).astype(np.float32)
     path = write_parquet(to_frame(ids, x, y), tmp_path / "train.parquet", row_group_size=300)
     ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "f" * 64))
-    ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
-                  data_fingerprint="f" * 64, dataset="train", rows_per_shard=256)
+    ls.precompute(
+        ids,
+        lambda rows: z[rows],
+        teacher_uri="u",
+        teacher_name="t",
+        teacher_version="1",
+        data_fingerprint="f" * 64,
+        dataset="train",
+        rows_per_shard=256,
+    )
     return ids, x, y, z, path, ls
 
 
@@ -80,8 +88,16 @@ def test_a_split_of_several_files_streams_in_fingerprint_order(tmp_path):
     write_parquet(to_frame(ids[:400], x[:400]), folder / "part-0.parquet", row_group_size=150)
     write_parquet(to_frame(ids[400:], x[400:]), folder / "part-1.parquet", row_group_size=150)
     ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "e" * 64))
-    ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
-                  data_fingerprint="e" * 64, dataset="transfer", rows_per_shard=256)
+    ls.precompute(
+        ids,
+        lambda rows: z[rows],
+        teacher_uri="u",
+        teacher_name="t",
+        teacher_version="1",
+        data_fingerprint="e" * 64,
+        dataset="transfer",
+        rows_per_shard=256,
+    )
     cfg = DataConfig(train="-", val="-", test="-", transfer=str(folder), num_classes=C)
     src = StreamingSource([("transfer", str(folder), ls, False)], cfg, "1", {"transfer": "e" * 64}, buffer_chunks=2)
     assert len(src) == 700 and len(src.chunks) == 5  # 3 + 2 row groups

@@ -9,22 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from kdflow import registry
 from app.cli import GATE_FAILED_EXIT, app
+from kdflow import registry
 from kdflow.config import TeacherConfig, TeacherGateConfig, load_config
+from mlflow import MlflowClient
 from tests.conftest import write_yaml
 
 
-@pytest.mark.parametrize("acc, champion, champ_acc, error, passed, promote, says", [
-    (0.80, None, None, None, False, False, "< gate.min_accuracy 0.85"),
-    (0.90, None, None, None, True, True, "no champion yet"),
-    (0.90, "3", 0.92, None, True, True, "within 0.05 of champion version 3's 0.9200"),
-    (0.86, "3", 0.92, None, True, False, "below champion version 3's 0.9200 by more than gate.champion_tolerance"),
-    (0.95, "3", None, "RuntimeError: shape", True, False, "could not be scored on this test set (RuntimeError"),
-])
+@pytest.mark.parametrize(
+    "acc, champion, champ_acc, error, passed, promote, says",
+    [
+        (0.80, None, None, None, False, False, "< gate.min_accuracy 0.85"),
+        (0.90, None, None, None, True, True, "no champion yet"),
+        (0.90, "3", 0.92, None, True, True, "within 0.05 of champion version 3's 0.9200"),
+        (0.86, "3", 0.92, None, True, False, "below champion version 3's 0.9200 by more than gate.champion_tolerance"),
+        (0.95, "3", None, "RuntimeError: shape", True, False, "could not be scored on this test set (RuntimeError"),
+    ],
+)
 def test_judge_teacher(acc, champion, champ_acc, error, passed, promote, says):
     verdict = registry.judge_teacher(acc, 0.85, 0.05, champion, champ_acc, error)
     assert (verdict.passed, verdict.promote) == (passed, promote) and says in verdict.reason
@@ -61,15 +64,18 @@ def _version_tags(name: str, version: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_teacher_below_min_accuracy_is_challenger_only_and_the_cli_exits_3(prefect_harness, gate_config, tmp_path,
-                                                                            monkeypatch):
+def test_teacher_below_min_accuracy_is_challenger_only_and_the_cli_exits_3(
+    prefect_harness, gate_config, tmp_path, monkeypatch
+):
     name = gate_config["registry_name"]
     first = _train(gate_config, tmp_path / "first.yaml")
     assert first["promoted"] and first["uri"] == f"models:/{name}@champion" and first["version"] == "1"
 
     strict = {**gate_config, "gate": {"min_accuracy": 0.999, "champion_tolerance": 1.0}}
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    result = CliRunner().invoke(app, ["teacher", "train", "--config", str(write_yaml(tmp_path / "strict.yaml", strict))])
+    result = CliRunner().invoke(
+        app, ["teacher", "train", "--config", str(write_yaml(tmp_path / "strict.yaml", strict))]
+    )
     assert result.exit_code == GATE_FAILED_EXIT, result.output
     assert "gate FAILED: not promoted: test accuracy" in result.output and "< gate.min_accuracy 0.999" in result.output
 

@@ -16,9 +16,19 @@ from app.cli import app
 from kdflow.config import ConfigError, DataConfig, DistillConfig, FeatureSpec, ValidationConfig, load_config
 from kdflow.data import DataError, to_frame, write_parquet
 from kdflow.generators import write_digits
-from kdflow.validation import (DataValidationError, FeatureMoments, FeatureRanges, deterministic_sample, expand_uri,
-                               read_split, scale_differences, validate_data, validate_inference_logs, validate_splits,
-                               validate_teacher_logits)
+from kdflow.validation import (
+    DataValidationError,
+    FeatureMoments,
+    FeatureRanges,
+    deterministic_sample,
+    expand_uri,
+    read_split,
+    scale_differences,
+    validate_data,
+    validate_inference_logs,
+    validate_splits,
+    validate_teacher_logits,
+)
 from tests.conftest import make_bucket, write_yaml
 
 C, WIDTH = 3, 8
@@ -29,7 +39,9 @@ SIZES = {"train": 60, "val": 30, "test": 30, "transfer": 45}
 def frame(n: int, seed: int, first_id: int = 0, labeled: bool = True) -> pd.DataFrame:
     """``n`` rows of WIDTH standard-normal features, ids from ``first_id``, every class present."""
     rng = np.random.default_rng(seed)
-    return to_frame(np.arange(first_id, first_id + n), rng.normal(size=(n, WIDTH)), np.arange(n) % C if labeled else None)
+    return to_frame(
+        np.arange(first_id, first_id + n), rng.normal(size=(n, WIDTH)), np.arange(n) % C if labeled else None
+    )
 
 
 def write_all(tmp_path: Path, **frames: pd.DataFrame) -> DataConfig:
@@ -64,23 +76,51 @@ def inf_row(d):
     return with_row(d, 2, np.r_[np.zeros(WIDTH - 1), -np.inf].astype(np.float32))
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (nan_row, r"train.parquet: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['nan'\]\); e.g. ids \[2\]"),
-    (inf_row, r"1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['-inf'\]\); e.g. ids \[2\]"),
-    (lambda d: d.drop(columns=["x"]), r"missing feature column 'x'; found columns \['id', 'label'\]"),
-    (lambda d: d.assign(x=["a"] * len(d)), r"feature column 'x' must hold float arrays, found \['str'\] in 60 row\(s\)"),
-    (lambda d: with_row(d, 4, np.zeros(3, dtype=np.float32)),
-     r"arrays of different lengths: expected 8, found \[3\] in 1 row\(s\); e.g. ids \[4\]"),
-    (lambda d: d.assign(label=[-1] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\), e.g. \[-1\]; e.g. ids \[0\]"),
-    (lambda d: d.assign(label=[3] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\), e.g. \[3\]"),
-    (lambda d: d.assign(label=d.label.astype(float) + 0.5), "label column 'label' must be integer, found float64"),
-    (lambda d: d.assign(id=[0, 0] + list(d.id[2:])), r"id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[0\]"),
-    (lambda d: d.assign(id=[None] + [float(i) for i in d.id[1:]]), r"id column 'id' has 1 null value\(s\)"),
-    (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
-    (lambda d: d.assign(label=d.label.where(d.label != 2, 0)), r"missing class\(es\) \[2\] of \[0, 3\)"),
-    (lambda d: d.iloc[:0], r"0 row\(s\), expected at least 1"),
-], ids=["nan", "inf", "missing_feature", "string_feature", "wrong_length", "label_minus_one", "label_C", "float_label",
-        "duplicated_ids", "null_id", "missing_label", "missing_class", "no_rows"])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (nan_row, r"train.parquet: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['nan'\]\); e.g. ids \[2\]"),
+        (inf_row, r"1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['-inf'\]\); e.g. ids \[2\]"),
+        (lambda d: d.drop(columns=["x"]), r"missing feature column 'x'; found columns \['id', 'label'\]"),
+        (
+            lambda d: d.assign(x=["a"] * len(d)),
+            r"feature column 'x' must hold float arrays, found \['str'\] in 60 row\(s\)",
+        ),
+        (
+            lambda d: with_row(d, 4, np.zeros(3, dtype=np.float32)),
+            r"arrays of different lengths: expected 8, found \[3\] in 1 row\(s\); e.g. ids \[4\]",
+        ),
+        (
+            lambda d: d.assign(label=[-1] + list(d.label[1:])),
+            r"1 label\(s\) outside \[0, 3\), e.g. \[-1\]; e.g. ids \[0\]",
+        ),
+        (lambda d: d.assign(label=[3] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\), e.g. \[3\]"),
+        (lambda d: d.assign(label=d.label.astype(float) + 0.5), "label column 'label' must be integer, found float64"),
+        (
+            lambda d: d.assign(id=[0, 0] + list(d.id[2:])),
+            r"id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[0\]",
+        ),
+        (lambda d: d.assign(id=[None] + [float(i) for i in d.id[1:]]), r"id column 'id' has 1 null value\(s\)"),
+        (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
+        (lambda d: d.assign(label=d.label.where(d.label != 2, 0)), r"missing class\(es\) \[2\] of \[0, 3\)"),
+        (lambda d: d.iloc[:0], r"0 row\(s\), expected at least 1"),
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "missing_feature",
+        "string_feature",
+        "wrong_length",
+        "label_minus_one",
+        "label_C",
+        "float_label",
+        "duplicated_ids",
+        "null_id",
+        "missing_label",
+        "missing_class",
+        "no_rows",
+    ],
+)
 def test_each_bad_input_is_one_failure_with_its_message(tmp_path, mutate, message):
     report = train_only(tmp_path, mutate(frame(60, 0)))
     assert not report.success and len(report.failures) == 1, report.error_message()
@@ -106,8 +146,11 @@ def test_all_datasets_pass_and_every_failure_lands_in_one_error(tmp_path):
     report, frames = validate_data(data, FAST)
     assert report.success and set(frames) == {"train", "val", "test", "transfer"}
     assert [len(frames[n]) for n in SIZES] == list(SIZES.values())
-    bad = write_all(tmp_path, val=frame(30, 1, 60).assign(label=[7] + [0, 1, 2] * 9 + [0, 1]),
-                    transfer=nan_row(frame(45, 3, 120, labeled=False)))
+    bad = write_all(
+        tmp_path,
+        val=frame(30, 1, 60).assign(label=[7] + [0, 1, 2] * 9 + [0, 1]),
+        transfer=nan_row(frame(45, 3, 120, labeled=False)),
+    )
     report, _ = validate_data(bad, FAST)
     message = report.error_message()
     assert message.startswith("data validation failed: 2 failed check(s) in val (") and "transfer (" in message
@@ -143,7 +186,8 @@ def test_mixed_schemas_across_two_files_of_one_dataset(tmp_path):
     report, frames = validate_data(data.model_copy(update={"train": str(parts)}), FAST)
     assert [c.message for c in report.failures] == [
         f"{parts / 'part-1.parquet'}: schema drift between the files of train: column 'label' re-typed from "
-        f"integer to float (vs {parts / 'part-0.parquet'})"]
+        f"integer to float (vs {parts / 'part-0.parquet'})"
+    ]
     assert "train" not in frames
 
 
@@ -217,9 +261,11 @@ def test_ids_shared_between_splits_fail_naming_both_splits(tmp_path):
     report, _ = validate_data(data, FAST)
     [failure] = report.failures
     assert (failure.dataset, failure.check, failure.unexpected_count) == ("val", "ids.disjoint", 5)
-    assert failure.message == (f"{data.val}: 5 of 30 id(s) in val are also in train ({data.train}): splits must not "
-                               "share ids (a leak that inflates every figure measured on them); "
-                               "e.g. ids [55, 56, 57, 58, 59]")
+    assert failure.message == (
+        f"{data.val}: 5 of 30 id(s) in val are also in train ({data.train}): splits must not "
+        "share ids (a leak that inflates every figure measured on them); "
+        "e.g. ids [55, 56, 57, 58, 59]"
+    )
     with pytest.raises(DataValidationError, match=r"(?s)1 failed check\(s\) in val .*\[kdflow\.ids\.disjoint\(id\)\]$"):
         report.raise_for_failures()
     same = write_all(tmp_path)
@@ -238,18 +284,22 @@ def test_the_transfer_set_may_share_ids_with_train_only_by_default(tmp_path):
     data = write_all(tmp_path, transfer=frame(30, 2, 90, labeled=False))  # the test inputs: transductive
     [failure] = validate_data(data, FAST)[0].failures
     assert f"30 of 30 id(s) in transfer are also in test ({data.test})" in failure.message
-    assert "validation.transfer_overlap_allowed lists the splits the transfer set may share ids with: now ['train']" \
+    assert (
+        "validation.transfer_overlap_allowed lists the splits the transfer set may share ids with: now ['train']"
         in failure.message
+    )
     assert validate_data(data, FAST.model_copy(update={"transfer_overlap_allowed": ["train", "test"]}))[0].success
 
 
 def scaled(df: pd.DataFrame, factor: float, feature: int | None = None, shift: float = 0.0) -> pd.DataFrame:
     """Every feature (or just ``feature``) times ``factor`` plus ``shift``."""
+
     def change(v):
         v = v.copy()
         cols = slice(None) if feature is None else feature
         v[cols] = v[cols] * factor + shift
         return v.astype(np.float32)
+
     return df.assign(x=[change(v) for v in df["x"]])
 
 
@@ -262,10 +312,15 @@ def test_a_train_split_on_a_larger_scale_fails_every_split_compared_with_it(tmp_
     assert validate_data(data, FAST.model_copy(update={"feature_scale": False}))[0].success
     report, _ = validate_data(data, FAST)
     assert [(c.dataset, c.check) for c in report.failures] == [
-        ("val", "features.scale"), ("test", "features.scale"), ("transfer", "features.scale")]
+        ("val", "features.scale"),
+        ("test", "features.scale"),
+        ("transfer", "features.scale"),
+    ]
     val = report.failures[0]
-    assert val.message.startswith(f"{data.val}: feature scale differs from train's ({data.train}) in 8 of 8 "
-                                  "feature(s), compared on 30 vs 60 sampled row(s): x[")
+    assert val.message.startswith(
+        f"{data.val}: feature scale differs from train's ({data.train}) in 8 of 8 "
+        "feature(s), compared on 30 vs 60 sampled row(s): x["
+    )
     assert len(re.findall(SCALE_LINE, val.message)) == 5 and val.message.endswith("; and 3 more")
     assert val.examples and all(re.fullmatch(r"x\[\d\]", e) for e in val.examples)
 
@@ -284,8 +339,11 @@ def test_a_mean_shift_in_one_feature_names_that_feature(tmp_path):
     config = FAST.model_copy(update={"feature_ranges": False})
     [failure] = validate_data(data, config)[0].failures
     assert "in 1 of 8 feature(s)" in failure.message and failure.examples == ["x[2]"]
-    assert re.search(r": x\[2\]: mean \d\.\d+ vs train -?0\.\d+ \(standardized mean difference \d\.\d\d, "
-                     r"allowed <= 1\.34\)$", failure.message), failure.message
+    assert re.search(
+        r": x\[2\]: mean \d\.\d+ vs train -?0\.\d+ \(standardized mean difference \d\.\d\d, "
+        r"allowed <= 1\.34\)$",
+        failure.message,
+    ), failure.message
 
 
 def test_a_split_outside_the_range_is_reported_by_the_range_check_not_twice(tmp_path):
@@ -302,16 +360,25 @@ def test_a_named_column_in_other_units_is_named(tmp_path):
 
     def named(n, seed, first, b_scale=1.0, labeled=True):
         rng = np.random.default_rng(seed)
-        df = pd.DataFrame({"id": np.arange(first, first + n), "a": rng.normal(5, 2, n),
-                           "b": rng.normal(0, 1, n) * b_scale})
+        df = pd.DataFrame(
+            {"id": np.arange(first, first + n), "a": rng.normal(5, 2, n), "b": rng.normal(0, 1, n) * b_scale}
+        )
         return df.assign(label=np.arange(n) % C) if labeled else df
 
-    data = write_all(tmp_path, train=named(60, 0, 0), val=named(30, 1, 60, b_scale=0.05), test=named(30, 2, 90),
-                     transfer=named(45, 3, 120, labeled=False)).model_copy(update={"features": FeatureSpec(**features)})
+    data = write_all(
+        tmp_path,
+        train=named(60, 0, 0),
+        val=named(30, 1, 60, b_scale=0.05),
+        test=named(30, 2, 90),
+        transfer=named(45, 3, 120, labeled=False),
+    ).model_copy(update={"features": FeatureSpec(**features)})
     [failure] = validate_data(data, FAST)[0].failures
     assert failure.check == "features.scale" and failure.column == "features" and failure.examples == ["b"]
-    assert re.search(r"in 1 of 2 feature\(s\), compared on 30 vs 60 sampled row\(s\): b: sd 0\.0\d+ vs train "
-                     r"\d\.\d+ \(\|ln sd ratio\| \d\.\d\d", failure.message), failure.message
+    assert re.search(
+        r"in 1 of 2 feature\(s\), compared on 30 vs 60 sampled row\(s\): b: sd 0\.0\d+ vs train "
+        r"\d\.\d+ \(\|ln sd ratio\| \d\.\d\d",
+        failure.message,
+    ), failure.message
 
 
 def test_scale_limits_widen_with_sampling_noise_and_floor_near_constant_features():
@@ -319,7 +386,7 @@ def test_scale_limits_widen_with_sampling_noise_and_floor_near_constant_features
     x = rng.normal(size=(4000, 1))
     names = ["f"]
     for n, fails in ((10, False), (2000, True)):  # the same 2.5x spread: noise at 10 rows, a fault at 2,000
-        train, other = FeatureMoments.of(names, x[:n]), FeatureMoments.of(names, x[n:2 * n] * 2.5)
+        train, other = FeatureMoments.of(names, x[:n]), FeatureMoments.of(names, x[n : 2 * n] * 2.5)
         found = scale_differences(train, other, ValidationConfig())
         assert bool(found) == fails
         # two-sided: the same comparison the other way round gives the same verdict
@@ -383,10 +450,16 @@ def test_report_files_and_data_docs(tmp_path):
 def logs(n: int = 20, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.ones(C), size=n)
-    return pd.DataFrame({
-        "id": np.arange(n), "timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
-        "model_version": "3", "x": list(rng.normal(size=(n, WIDTH)).astype(np.float32)),
-        "probabilities": list(p.astype(np.float32)), "label": pd.array([0, None] * (n // 2), dtype="Int64")})
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "model_version": "3",
+            "x": list(rng.normal(size=(n, WIDTH)).astype(np.float32)),
+            "probabilities": list(p.astype(np.float32)),
+            "label": pd.array([0, None] * (n // 2), dtype="Int64"),
+        }
+    )
 
 
 def test_inference_logs_pass_with_an_optional_label():
@@ -400,8 +473,10 @@ def test_inference_logs_whose_probabilities_do_not_sum_to_one():
     report = validate_inference_logs(df, C, config=FAST, uri="s3://bucket/logs/day=1.parquet")
     [failure] = report.failures
     assert failure.check == "probabilities.sum"
-    assert failure.message == ("s3://bucket/logs/day=1.parquet: probabilities column 'probabilities': 1 of 20 row(s) "
-                               "do not sum to 1 within 0.001, e.g. sums [1.2]; e.g. ids [4]")
+    assert failure.message == (
+        "s3://bucket/logs/day=1.parquet: probabilities column 'probabilities': 1 of 20 row(s) "
+        "do not sum to 1 within 0.001, e.g. sums [1.2]; e.g. ids [4]"
+    )
     with pytest.raises(DataValidationError, match="do not sum to 1"):
         report.raise_for_failures()
     loose = ValidationConfig(data_docs=False, probability_mostly=0.9)
@@ -441,15 +516,21 @@ def test_teacher_logits():
     assert validate_teacher_logits(z, 6, C).success
     z[4, 1] = np.nan
     report = validate_teacher_logits(z, 6, C, uri="s3://b/logits/v1/abc", ids=np.arange(100, 106))
-    assert report.error_message().endswith("s3://b/logits/v1/abc: 1 row(s) with NaN or infinite logits, e.g. ids [104] "
-                                           "[kdflow.logits.finite]")
+    assert report.error_message().endswith(
+        "s3://b/logits/v1/abc: 1 row(s) with NaN or infinite logits, e.g. ids [104] [kdflow.logits.finite]"
+    )
     assert "logits of shape (6, 3), expected (7, 3)" in validate_teacher_logits(z, 7, C).error_message()
     assert "expected (6, 4)" in validate_teacher_logits(z, 6, 4).error_message()
 
 
 def test_validation_config_is_strict(tmp_path):
-    raw = {"data": {"train": "a", "val": "b", "test": "c", "num_classes": 3}, "teacher_uri": "models:/t@champion",
-           "student": {"arch": "mlp"}, "registry": {"student_name": "s"}, "validation": {"sample_sise": 10}}
+    raw = {
+        "data": {"train": "a", "val": "b", "test": "c", "num_classes": 3},
+        "teacher_uri": "models:/t@champion",
+        "student": {"arch": "mlp"},
+        "registry": {"student_name": "s"},
+        "validation": {"sample_sise": 10},
+    }
     with pytest.raises(ConfigError, match=r"validation\.sample_sise: Extra inputs"):
         load_config(write_yaml(tmp_path / "c.yaml", raw), DistillConfig)
     raw["validation"] = {"sample_size": 10, "range_mostly": 0.95}
@@ -461,8 +542,13 @@ runner = CliRunner()
 
 
 def cli_config(tmp_path: Path, data: DataConfig) -> Path:
-    raw = {"data": data.model_dump(), "teacher_uri": "models:/t@champion", "student": {"arch": "mlp"},
-           "registry": {"student_name": "s"}, "validation": {"data_docs": False}}
+    raw = {
+        "data": data.model_dump(),
+        "teacher_uri": "models:/t@champion",
+        "student": {"arch": "mlp"},
+        "registry": {"student_name": "s"},
+        "validation": {"data_docs": False},
+    }
     return write_yaml(tmp_path / "distill.yaml", raw)
 
 
@@ -484,7 +570,9 @@ def test_cli_validate_passes_and_fails_with_exit_codes(tmp_path):
 
 def test_cli_validate_stops_a_leak_and_a_rescaled_split_with_one_message_each(tmp_path):
     data = write_all(tmp_path)
-    leak = runner.invoke(app, ["validate", "--config", str(cli_config(tmp_path, data.model_copy(update={"test": data.val})))])
+    leak = runner.invoke(
+        app, ["validate", "--config", str(cli_config(tmp_path, data.model_copy(update={"test": data.val})))]
+    )
     assert leak.exit_code == 2 and "[FAIL] test" in leak.output and leak.output.count("\n  - ") == 1
     assert f"30 of 30 id(s) in test are also in val ({data.val}): splits must not share ids" in leak.output
     write_parquet(scaled(frame(30, 1, 60), 0.1), tmp_path / "val.parquet")

@@ -11,10 +11,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from kdflow.data import DataError
 from kdflow.validation import DataValidationError
+from mlflow import MlflowClient
 from tests.conftest import write_yaml
 
 pytestmark = pytest.mark.slow
@@ -30,8 +30,9 @@ def flow_run(cfg: dict) -> Any:
     """The MLflow run the flow created for this test's student (names are unique per test)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg["registry"]["experiment"])
-    [run] = client.search_runs([experiment.experiment_id],
-                               f"params.`registry.student_name` = '{cfg['registry']['student_name']}'")
+    [run] = client.search_runs(
+        [experiment.experiment_id], f"params.`registry.student_name` = '{cfg['registry']['student_name']}'"
+    )
     return run
 
 
@@ -73,23 +74,37 @@ def label_at(value):
 TRAIN_CASES: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str]] = {
     "nan_feature": (nan_at, r"{f}: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['nan'\]\); e.g. ids \[3\]"),
     "inf_feature": (inf_at, r"{f}: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['inf'\]\); e.g. ids \[3\]"),
-    "missing_feature_column": (lambda d: d.drop(columns=["x"]),
-                               r"{f}: missing feature column 'x'; found columns \['id', 'label'\]"),
-    "string_feature": (lambda d: d.assign(x=["0.1,0.2"] * len(d)),
-                       r"{f}: feature column 'x' must hold float arrays, found \['str'\] in 600 row\(s\)"),
-    "wrong_array_length": (lambda d: mutate_x(d, 7, np.zeros(39, dtype=np.float32)),
-                           r"{f}: feature column 'x' has arrays of different lengths: expected 40, found \[39\] "
-                           r"in 1 row\(s\); e.g. ids \[7\]"),
+    "missing_feature_column": (
+        lambda d: d.drop(columns=["x"]),
+        r"{f}: missing feature column 'x'; found columns \['id', 'label'\]",
+    ),
+    "string_feature": (
+        lambda d: d.assign(x=["0.1,0.2"] * len(d)),
+        r"{f}: feature column 'x' must hold float arrays, found \['str'\] in 600 row\(s\)",
+    ),
+    "wrong_array_length": (
+        lambda d: mutate_x(d, 7, np.zeros(39, dtype=np.float32)),
+        r"{f}: feature column 'x' has arrays of different lengths: expected 40, found \[39\] "
+        r"in 1 row\(s\); e.g. ids \[7\]",
+    ),
     "label_minus_one": (label_at(-1), r"{f}: 1 label\(s\) outside \[0, 10\), e.g. \[-1\]; e.g. ids \[0\]"),
     "label_equals_C": (label_at(10), r"{f}: 1 label\(s\) outside \[0, 10\), e.g. \[10\]; e.g. ids \[0\]"),
-    "float_label": (lambda d: d.assign(label=d["label"].astype(float) + 0.5),
-                    r"{f}: label column 'label' must be integer, found float64"),
-    "duplicated_ids": (lambda d: d.assign(id=[d["id"][1]] + list(d["id"][1:])),
-                       r"{f}: id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[1\]"),
-    "null_id": (lambda d: d.assign(id=[None] + [float(i) for i in d["id"][1:]]),
-                r"{f}: id column 'id' has 1 null value\(s\)"),
-    "train_missing_a_class": (lambda d: d[d["label"] != 7],
-                              r"{f}: label column 'label' is missing class\(es\) \[7\] of \[0, 10\)"),
+    "float_label": (
+        lambda d: d.assign(label=d["label"].astype(float) + 0.5),
+        r"{f}: label column 'label' must be integer, found float64",
+    ),
+    "duplicated_ids": (
+        lambda d: d.assign(id=[d["id"][1]] + list(d["id"][1:])),
+        r"{f}: id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[1\]",
+    ),
+    "null_id": (
+        lambda d: d.assign(id=[None] + [float(i) for i in d["id"][1:]]),
+        r"{f}: id column 'id' has 1 null value\(s\)",
+    ),
+    "train_missing_a_class": (
+        lambda d: d[d["label"] != 7],
+        r"{f}: label column 'label' is missing class\(es\) \[7\] of \[0, 10\)",
+    ),
 }
 
 
@@ -138,7 +153,8 @@ def test_mixed_schemas(distill_config, tmp_path, tiny_data):
         run_distill(distill_config, tmp_path)
     assert str(exc.value).splitlines()[1:] == [
         f"  - train: {parts / 'part-1.parquet'}: schema drift between the files of train: column 'label' re-typed "
-        f"from integer to string (vs {parts / 'part-0.parquet'}) [kdflow.schema.drift(label)]"]
+        f"from integer to string (vs {parts / 'part-0.parquet'}) [kdflow.schema.drift(label)]"
+    ]
     assert_nothing_ran(distill_config)
 
 
@@ -146,8 +162,10 @@ def shrink(cfg: dict, tmp_path: Path) -> dict:
     """A few training steps: these cases are about validation passing, not about the student."""
     cfg["train"].update(epochs=1, max_steps=3)
     cfg["store"]["root"] = str(tmp_path / "store")
-    cfg["sla"] = {k: None for k in ("min_accuracy", "max_teacher_gap", "max_ece", "max_flip_rate",
-                                    "max_latency_p95_ms", "max_size_ratio")}
+    cfg["sla"] = {
+        k: None
+        for k in ("min_accuracy", "max_teacher_gap", "max_ece", "max_flip_rate", "max_latency_p95_ms", "max_size_ratio")
+    }
     return cfg
 
 
@@ -157,8 +175,12 @@ def test_good_data_passes(distill_config, tmp_path):
     assert run.info.run_id == report["run_id"] and run.info.status == "FINISHED"
     assert run.data.metrics["validation_passed"] == 1.0 and run.data.metrics["validation_failed_checks"] == 0.0
     found = artifacts(report["run_id"])
-    assert {"validation/summary.json", "validation/gx_results.json", "validation/report.html",
-            "validation/data_docs"} <= found
+    assert {
+        "validation/summary.json",
+        "validation/gx_results.json",
+        "validation/report.html",
+        "validation/data_docs",
+    } <= found
     local = Path(MlflowClient().download_artifacts(report["run_id"], "validation", str(tmp_path / "dl")))
     summary = json.loads((local / "summary.json").read_text())
     assert summary["success"] and set(summary["datasets"]) == {"train", "val", "test", "transfer"}
@@ -193,7 +215,8 @@ def test_leaking_test_split(distill_config, tmp_path, tiny_data):
         f"data validation failed: 1 failed check(s) in test ({leaking})",
         f"  - test: {leaking}: 30 of 330 id(s) in test are also in train ({tiny_data['train']}): splits must not "
         "share ids (a leak that inflates every figure measured on them); e.g. ids [0, 1, 2, 3, 4] "
-        "[kdflow.ids.disjoint(id)]"]
+        "[kdflow.ids.disjoint(id)]",
+    ]
     assert_nothing_ran(distill_config)
 
 
@@ -210,7 +233,9 @@ def test_train_on_a_larger_scale(distill_config, tmp_path, tiny_data):
     lines = str(exc.value).splitlines()
     assert lines[0].startswith("data validation failed: 3 failed check(s) in val (")
     for line, split, rows in zip(lines[1:], ("val", "test", "transfer"), ("300", "300", "1,200")):
-        assert line.startswith(f"  - {split}: {tiny_data[split]}: feature scale differs from train's ({rescaled}) "
-                               f"in 40 of 40 feature(s), compared on {rows} vs 600 sampled row(s): x["), line
+        assert line.startswith(
+            f"  - {split}: {tiny_data[split]}: feature scale differs from train's ({rescaled}) "
+            f"in 40 of 40 feature(s), compared on {rows} vs 600 sampled row(s): x["
+        ), line
         assert line.endswith("; and 35 more [kdflow.features.scale(x)]") and "|ln sd ratio| 2." in line
     assert_nothing_ran(distill_config)

@@ -64,26 +64,67 @@ from __future__ import annotations
 
 import os
 
-from kdflow.validation.datasets import (DISJOINT_SPLITS, LABELED_SPLITS, REFERENCE, dataset_uris, validate_data,
-                                        validate_splits)
-from kdflow.validation.features import (FINITE, FeatureMoments, FeatureProfile, FeatureRanges, ScaleDifference,
-                                        add_range_status, array_kinds, deterministic_sample, profile_features,
-                                        scale_differences)
+from kdflow.validation.datasets import (
+    DISJOINT_SPLITS,
+    LABELED_SPLITS,
+    REFERENCE,
+    dataset_uris,
+    validate_data,
+    validate_splits,
+)
+from kdflow.validation.features import (
+    FINITE,
+    FeatureMoments,
+    FeatureProfile,
+    FeatureRanges,
+    ScaleDifference,
+    add_range_status,
+    array_kinds,
+    deterministic_sample,
+    profile_features,
+    scale_differences,
+)
 from kdflow.validation.inference import validate_inference_logs, validate_teacher_logits
 from kdflow.validation.reading import SplitFrames, column_kind, expand_uri, frame_schema, read_split, schema_drift
 from kdflow.validation.results import SUITE_VERSION, CheckResult, DatasetReport, DataValidationError, ValidationReport
-from kdflow.validation.suites import (INTEGER_TYPES, NUMERIC_TYPES, inference_log_suite, labeled_suite,
-                                      transfer_suite)
+from kdflow.validation.suites import INTEGER_TYPES, NUMERIC_TYPES, inference_log_suite, labeled_suite, transfer_suite
 
 # GX is imported lazily (in suites and runner), so this still comes first.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 __all__ = [
-    "DISJOINT_SPLITS", "FINITE", "INTEGER_TYPES", "LABELED_SPLITS", "NUMERIC_TYPES", "REFERENCE", "SUITE_VERSION",
-    "CheckResult", "DataValidationError", "DatasetReport", "FeatureMoments", "FeatureProfile", "FeatureRanges",
-    "ScaleDifference", "SplitFrames", "ValidationReport",
-    "add_range_status", "array_kinds", "column_kind", "dataset_uris", "deterministic_sample", "expand_uri",
-    "frame_schema", "inference_log_suite", "labeled_suite", "profile_features", "read_split", "scale_differences",
-    "schema_drift", "transfer_suite", "validate_data", "validate_inference_logs", "validate_splits",
+    "DISJOINT_SPLITS",
+    "FINITE",
+    "INTEGER_TYPES",
+    "LABELED_SPLITS",
+    "NUMERIC_TYPES",
+    "REFERENCE",
+    "SUITE_VERSION",
+    "CheckResult",
+    "DataValidationError",
+    "DatasetReport",
+    "FeatureMoments",
+    "FeatureProfile",
+    "FeatureRanges",
+    "ScaleDifference",
+    "SplitFrames",
+    "ValidationReport",
+    "add_range_status",
+    "array_kinds",
+    "column_kind",
+    "dataset_uris",
+    "deterministic_sample",
+    "expand_uri",
+    "frame_schema",
+    "inference_log_suite",
+    "labeled_suite",
+    "profile_features",
+    "read_split",
+    "scale_differences",
+    "schema_drift",
+    "transfer_suite",
+    "validate_data",
+    "validate_inference_logs",
+    "validate_splits",
     "validate_teacher_logits",
 ]

@@ -11,13 +11,19 @@ import pandas as pd
 
 from kdflow.config import DataConfig, FeatureSpec, ValidationConfig
 from kdflow.data import DataError
-from kdflow.validation.features import (FeatureMoments, FeatureProfile, FeatureRanges, add_range_status,
-                                       deterministic_sample, profile_features, scale_differences)
+from kdflow.validation.features import (
+    FeatureMoments,
+    FeatureProfile,
+    FeatureRanges,
+    add_range_status,
+    deterministic_sample,
+    profile_features,
+    scale_differences,
+)
 from kdflow.validation.reading import SplitFrames, frame_schema, read_split, schema_drift
 from kdflow.validation.results import SUITE_VERSION, CheckResult, DatasetReport, ValidationReport, _jsonable, _plain
 from kdflow.validation.runner import _collect, _gx_frame, _GXRunner
 from kdflow.validation.suites import labeled_suite, transfer_suite
-
 
 LABELED_SPLITS = ("train", "val", "test")
 DISJOINT_SPLITS = ("train", "val", "test", "transfer")  # checked pairwise for shared ids
@@ -36,9 +42,9 @@ def dataset_uris(data: DataConfig, with_transfer: bool = True) -> dict[str, tupl
     return out
 
 
-
-def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: ValidationConfig,
-                    docs_dir: Path | None = None) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
+def validate_splits(
+    splits: dict[str, SplitFrames], data: DataConfig, config: ValidationConfig, docs_dir: Path | None = None
+) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
     """Validate datasets already read, train first (the reference for feature width, ranges and schema).
 
     Returns the report and each valid-schema dataset's frame (the transfer set's label column dropped)."""
@@ -55,8 +61,12 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
         split = splits[name]
         files = list(split.frames)
         ds = report.datasets[name] = DatasetReport(
-            name=name, uri=split.uri, files=files, rows=None,
-            suite=f"kdflow-{'labeled' if split.labeled else 'transfer'}-v{SUITE_VERSION}")
+            name=name,
+            uri=split.uri,
+            files=files,
+            rows=None,
+            suite=f"kdflow-{'labeled' if split.labeled else 'transfer'}-v{SUITE_VERSION}",
+        )
         if split.error:
             ds.checks.append(_plain(name, "file.readable", None, False, split.error))
             continue
@@ -65,8 +75,15 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
         ds.schema = file_schemas[files[0]]
         mixed = [(f, d) for f in files[1:] for d in schema_drift(file_schemas[files[0]], file_schemas[f])]
         for f, (column, what) in mixed:
-            ds.checks.append(_plain(name, "schema.drift", column, False,
-                                    f"{f}: schema drift between the files of {name}: {what} (vs {files[0]})"))
+            ds.checks.append(
+                _plain(
+                    name,
+                    "schema.drift",
+                    column,
+                    False,
+                    f"{f}: schema drift between the files of {name}: {what} (vs {files[0]})",
+                )
+            )
         if mixed:
             ds.notes.append("suite not run: the files of this dataset do not share one schema")
             continue
@@ -82,8 +99,9 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
             sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
             if config.feature_ranges:
                 ranges = FeatureRanges.learn(profile.names, profile.matrix[sample], config.range_margin)
-                ds.notes.append(f"feature ranges learned from {len(sample):,} sampled row(s) "
-                                f"(seed {config.sample_seed})")
+                ds.notes.append(
+                    f"feature ranges learned from {len(sample):,} sampled row(s) (seed {config.sample_seed})"
+                )
             if config.feature_scale:
                 train_moments = FeatureMoments.of(profile.names, profile.matrix[sample])
         range_mostly = None
@@ -92,17 +110,27 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
             range_mostly = config.range_mostly
             ds.notes.append(f"feature ranges checked on {sampled:,} sampled row(s) (seed {config.sample_seed})")
         min_rows = max(data.min_rows, config.min_rows.get(name, 1))
-        suite = (labeled_suite(data, profile.width, min_rows, name in config.require_all_classes, range_mostly)
-                 if split.labeled else transfer_suite(data, profile.width, min_rows, range_mostly))
+        suite = (
+            labeled_suite(data, profile.width, min_rows, name in config.require_all_classes, range_mostly)
+            if split.labeled
+            else transfer_suite(data, profile.width, min_rows, range_mostly)
+        )
         id_col = data.id_column if data.id_column in df.columns else None
         index_cols = [c for c in (id_col, "__file" if len(files) > 1 else None) if c]
         file_of_row = np.repeat(files, [len(f) for f in split.frames.values()]) if len(files) > 1 else None
         runner = runner or _GXRunner(report.docs_dir)
         scalar = [data.id_column, *(spec.columns or []), *([data.label_column] if split.labeled else [])]
-        results = runner.run(name, ds.suite, suite, _gx_frame(df, scalar, profile.derived, file_of_row), index_cols,
-                             config.max_examples)
-        extra = {"columns": list(df.columns), "rows": len(df), "min_rows": min_rows, "width": profile.width,
-                 "num_classes": data.num_classes, "range_mostly": config.range_mostly}
+        results = runner.run(
+            name, ds.suite, suite, _gx_frame(df, scalar, profile.derived, file_of_row), index_cols, config.max_examples
+        )
+        extra = {
+            "columns": list(df.columns),
+            "rows": len(df),
+            "min_rows": min_rows,
+            "width": profile.width,
+            "num_classes": data.num_classes,
+            "range_mostly": config.range_mostly,
+        }
         ds.checks += _collect(name, split.uri, results, id_col, config.max_examples, extra)
         if train_moments is not None and name != REFERENCE and name in config.scale_datasets:
             scale = _scale_check(ds, profile, train_moments, report.datasets[REFERENCE].uri, spec, config)
@@ -118,8 +146,9 @@ def validate_splits(splits: dict[str, SplitFrames], data: DataConfig, config: Va
     return report, frames
 
 
-def _cross_split_drift(report: ValidationReport, schemas: dict[str, dict[str, str]], labeled: dict[str, bool],
-                       label_column: str) -> None:
+def _cross_split_drift(
+    report: ValidationReport, schemas: dict[str, dict[str, str]], labeled: dict[str, bool], label_column: str
+) -> None:
     """Report columns added, removed or re-typed relative to train, unless an expectation already failed on
     that column in train or in the dataset (then that failure is the message)."""
     if REFERENCE not in schemas:
@@ -133,13 +162,25 @@ def _cross_split_drift(report: ValidationReport, schemas: dict[str, dict[str, st
         reference = {c: k for c, k in schemas[REFERENCE].items() if labeled[name] or c != label_column}
         for column, what in schema_drift(reference, schema):
             if (REFERENCE, column) not in failing and (name, column) not in failing:
-                report.datasets[name].checks.append(_plain(
-                    name, "schema.drift", column, False,
-                    f"{report.datasets[name].uri}: schema drift: {what} ({name} vs train {ref.uri})"))
+                report.datasets[name].checks.append(
+                    _plain(
+                        name,
+                        "schema.drift",
+                        column,
+                        False,
+                        f"{report.datasets[name].uri}: schema drift: {what} ({name} vs train {ref.uri})",
+                    )
+                )
 
 
-def _scale_check(ds: DatasetReport, profile: FeatureProfile, train: FeatureMoments, train_uri: str,
-                 spec: FeatureSpec, config: ValidationConfig) -> CheckResult | None:
+def _scale_check(
+    ds: DatasetReport,
+    profile: FeatureProfile,
+    train: FeatureMoments,
+    train_uri: str,
+    spec: FeatureSpec,
+    config: ValidationConfig,
+) -> CheckResult | None:
     """``features.scale`` for one dataset against train's moments (on the deterministic sample), or None when
     its features cannot be compared (no well-formed rows, or another width: already reported). Superseded
     when an expectation on the feature column (e.g. the range check) already failed in this dataset."""
@@ -150,52 +191,73 @@ def _scale_check(ds: DatasetReport, profile: FeatureProfile, train: FeatureMomen
         ds.notes.append("feature scale not compared with train: too few well-formed rows or another feature width")
         return None
     found = scale_differences(train, moments, config)
-    check = CheckResult(dataset=ds.name, check="features.scale", expectation="kdflow.features.scale", column=source,
-                        success=not found, unexpected_count=len(found), sampled=True,
-                        examples=[d.feature for d in found[:config.max_examples]])
+    check = CheckResult(
+        dataset=ds.name,
+        check="features.scale",
+        expectation="kdflow.features.scale",
+        column=source,
+        success=not found,
+        unexpected_count=len(found),
+        sampled=True,
+        examples=[d.feature for d in found[: config.max_examples]],
+    )
     ds.notes.append(f"feature scale compared with train on {moments.n:,} vs {train.n:,} sampled row(s)")
     if found:
-        shown = "; ".join(d.describe() for d in found[:config.max_examples])
+        shown = "; ".join(d.describe() for d in found[: config.max_examples])
         more = f"; and {len(found) - config.max_examples} more" if len(found) > config.max_examples else ""
-        check.message = (f"{ds.uri}: feature scale differs from train's ({train_uri}) in {len(found)} of "
-                         f"{len(train.names)} feature(s), compared on {moments.n:,} vs {train.n:,} sampled row(s): "
-                         f"{shown}{more}")
+        check.message = (
+            f"{ds.uri}: feature scale differs from train's ({train_uri}) in {len(found)} of "
+            f"{len(train.names)} feature(s), compared on {moments.n:,} vs {train.n:,} sampled row(s): "
+            f"{shown}{more}"
+        )
         earlier = next((c for c in ds.failures if c.column == source), None)
         if earlier is not None:
             check.skipped = f"superseded by {earlier.check} on {source!r}"
     return check
 
 
-def _split_overlaps(report: ValidationReport, frames: dict[str, pd.DataFrame], id_column: str,
-                    config: ValidationConfig) -> None:
+def _split_overlaps(
+    report: ValidationReport, frames: dict[str, pd.DataFrame], id_column: str, config: ValidationConfig
+) -> None:
     """``ids.disjoint``: for each pair of train, val, test and transfer (those read with an id column), the
     ids they share. Reported on the later split of the pair, naming both, the count and a few ids; the
     transfer set may share ids with the splits in ``config.transfer_overlap_allowed``."""
     names = [n for n in DISJOINT_SPLITS if n in frames and id_column in frames[n].columns]
     ids = {n: pd.Index(pd.unique(frames[n][id_column].dropna().to_numpy())) for n in names}
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             if second == "transfer" and first in config.transfer_overlap_allowed:
                 continue
             try:
                 shared = ids[first].intersection(ids[second])
-                shown = list(shared.sort_values()[:config.max_examples])
+                shown = list(shared.sort_values()[: config.max_examples])
             except TypeError:  # ids of different types: schema drift reports it; nothing is shared
                 shared, shown = pd.Index([]), []
             ds, other = report.datasets[second], report.datasets[first]
             message = ""
             if len(shared):
-                hint = (f" (validation.transfer_overlap_allowed lists the splits the transfer set may share ids "
-                        f"with: now {config.transfer_overlap_allowed})" if second == "transfer" else "")
-                message = (f"{ds.uri}: {len(shared):,} of {len(ids[second]):,} id(s) in {second} are also in {first} "
-                           f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
-                           f"on them){hint}; e.g. ids {_jsonable(shown)}")
+                hint = (
+                    f" (validation.transfer_overlap_allowed lists the splits the transfer set may share ids "
+                    f"with: now {config.transfer_overlap_allowed})"
+                    if second == "transfer"
+                    else ""
+                )
+                message = (
+                    f"{ds.uri}: {len(shared):,} of {len(ids[second]):,} id(s) in {second} are also in {first} "
+                    f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
+                    f"on them){hint}; e.g. ids {_jsonable(shown)}"
+                )
             ds.checks.append(_plain(second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown))
 
 
-def validate_data(data: DataConfig, config: ValidationConfig, endpoint_url: str | None = None,
-                  with_transfer: bool = True, only: str | None = None,
-                  docs_dir: Path | None = None) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
+def validate_data(
+    data: DataConfig,
+    config: ValidationConfig,
+    endpoint_url: str | None = None,
+    with_transfer: bool = True,
+    only: str | None = None,
+    docs_dir: Path | None = None,
+) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
     """Read and validate the datasets of ``data`` (or just ``only``, with train read as its reference).
 
     Bad data never raises here: call ``report.raise_for_failures()``. Returns the report and the frames."""

@@ -17,12 +17,12 @@ from kdflow.config import FeatureSpec, ValidationConfig
 class FeatureProfile:
     """Row-level derived columns for GX, and the well-formed finite rows as a float matrix (for ranges)."""
 
-    derived: dict[str, Any]     # column name -> values (numpy array or pandas Categorical)
-    matrix: np.ndarray          # (m, d): rows that are numeric, of the expected width and finite
-    rows: np.ndarray            # (m,): their row numbers in the frame
-    names: list[str]            # the d feature names: ``x[0]`` ... ``x[d-1]``, or the named columns
-    width: int | None           # the expected width used
-    range_column: str           # derived column that holds the sampled range status
+    derived: dict[str, Any]  # column name -> values (numpy array or pandas Categorical)
+    matrix: np.ndarray  # (m, d): rows that are numeric, of the expected width and finite
+    rows: np.ndarray  # (m,): their row numbers in the frame
+    names: list[str]  # the d feature names: ``x[0]`` ... ``x[d-1]``, or the named columns
+    width: int | None  # the expected width used
+    range_column: str  # derived column that holds the sampled range status
 
 
 FINITE = ["finite", "nan", "inf", "-inf"]  # categories of ``*__finite``: the row's first non-finite value
@@ -49,8 +49,11 @@ def array_kinds(values: np.ndarray) -> tuple[pd.Categorical, np.ndarray]:
     """Per row of an object column: its kind ("array" = 1-D numeric array; else e.g. "str", "null",
     "array of str") and its length (NaN unless "array"). Fast path when every row is a 1-D numeric array."""
     n = len(values)
-    if n and set(map(type, values)) == {np.ndarray} and {(v.dtype.kind, v.ndim) for v in values} <= {
-            ("f", 1), ("i", 1), ("u", 1)}:
+    if (
+        n
+        and set(map(type, values)) == {np.ndarray}
+        and {(v.dtype.kind, v.ndim) for v in values} <= {("f", 1), ("i", 1), ("u", 1)}
+    ):
         return _categorical(np.zeros(n, dtype=np.int8), ["array"]), np.fromiter(map(len, values), np.float64, n)
     kinds = np.full(n, "array", dtype=object)
     lengths = np.full(n, np.nan)
@@ -148,8 +151,7 @@ def deterministic_sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def add_range_status(profile: FeatureProfile, ranges: FeatureRanges, n_rows: int, sample_size: int,
-                     seed: int) -> int:
+def add_range_status(profile: FeatureProfile, ranges: FeatureRanges, n_rows: int, sample_size: int, seed: int) -> int:
     """Fill ``profile.derived[range_column]`` with the range status of a deterministic sample of the
     well-formed rows (null elsewhere, so GX counts only sampled rows); returns the sample size."""
     codes = np.full(n_rows, -1, dtype=np.int32)
@@ -171,7 +173,7 @@ class FeatureMoments:
     n: int
     mean: np.ndarray
     sd: np.ndarray
-    kurtosis: np.ndarray     # m4 / m2^2 (3 for a normal feature); 1 where the feature is constant
+    kurtosis: np.ndarray  # m4 / m2^2 (3 for a normal feature); 1 where the feature is constant
 
     @classmethod
     def of(cls, names: list[str], matrix: np.ndarray) -> "FeatureMoments | None":
@@ -196,10 +198,10 @@ class ScaleDifference:
     train_mean: float
     sd: float
     train_sd: float
-    mean_shift: float        # |mean - train mean| / pooled sd
-    mean_limit: float        # max(max_mean_shift, scale_z x its standard error)
-    log_sd_ratio: float      # |ln(sd / train sd)|, sds floored
-    log_sd_limit: float      # max(max_log_sd_ratio, scale_z x its standard error)
+    mean_shift: float  # |mean - train mean| / pooled sd
+    mean_limit: float  # max(max_mean_shift, scale_z x its standard error)
+    log_sd_ratio: float  # |ln(sd / train sd)|, sds floored
+    log_sd_limit: float  # max(max_log_sd_ratio, scale_z x its standard error)
 
     @property
     def severity(self) -> float:
@@ -210,11 +212,15 @@ class ScaleDifference:
         """e.g. ``x[3]: sd 9.8 vs train 0.98 (|ln sd ratio| 2.30, allowed <= 0.69)``."""
         parts = []
         if self.log_sd_ratio > self.log_sd_limit:
-            parts.append(f"sd {self.sd:.4g} vs train {self.train_sd:.4g} "
-                         f"(|ln sd ratio| {self.log_sd_ratio:.2f}, allowed <= {self.log_sd_limit:.2f})")
+            parts.append(
+                f"sd {self.sd:.4g} vs train {self.train_sd:.4g} "
+                f"(|ln sd ratio| {self.log_sd_ratio:.2f}, allowed <= {self.log_sd_limit:.2f})"
+            )
         if self.mean_shift > self.mean_limit:
-            parts.append(f"mean {self.mean:.4g} vs train {self.train_mean:.4g} "
-                         f"(standardized mean difference {self.mean_shift:.2f}, allowed <= {self.mean_limit:.2f})")
+            parts.append(
+                f"mean {self.mean:.4g} vs train {self.train_mean:.4g} "
+                f"(standardized mean difference {self.mean_shift:.2f}, allowed <= {self.mean_limit:.2f})"
+            )
         return f"{self.feature}: " + "; ".join(parts)
 
 
@@ -229,16 +235,26 @@ def scale_differences(train: FeatureMoments, other: FeatureMoments, config: Vali
     times train's root-mean-square feature sd."""
     if train.names != other.names:
         return []
-    floor = max(config.scale_sd_floor * float(np.sqrt(np.mean(train.sd ** 2))), 1e-12)
+    floor = max(config.scale_sd_floor * float(np.sqrt(np.mean(train.sd**2))), 1e-12)
     sd_t, sd_o = np.maximum(train.sd, floor), np.maximum(other.sd, floor)
-    pooled = np.maximum(np.sqrt((train.sd ** 2 + other.sd ** 2) / 2), floor)
+    pooled = np.maximum(np.sqrt((train.sd**2 + other.sd**2) / 2), floor)
     mean_shift = np.abs(other.mean - train.mean) / pooled
     log_ratio = np.abs(np.log(sd_o / sd_t))
     inv_n = 1.0 / other.n + 1.0 / train.n
     mean_limit = max(config.max_mean_shift, config.scale_z * float(np.sqrt(inv_n)))
     log_limit = np.maximum(config.max_log_sd_ratio, config.scale_z * np.sqrt((train.kurtosis - 1.0) / 4.0 * inv_n))
-    out = [ScaleDifference(train.names[j], float(other.mean[j]), float(train.mean[j]), float(other.sd[j]),
-                           float(train.sd[j]), float(mean_shift[j]), mean_limit, float(log_ratio[j]),
-                           float(log_limit[j]))
-           for j in np.flatnonzero((mean_shift > mean_limit) | (log_ratio > log_limit))]
+    out = [
+        ScaleDifference(
+            train.names[j],
+            float(other.mean[j]),
+            float(train.mean[j]),
+            float(other.sd[j]),
+            float(train.sd[j]),
+            float(mean_shift[j]),
+            mean_limit,
+            float(log_ratio[j]),
+            float(log_limit[j]),
+        )
+        for j in np.flatnonzero((mean_shift > mean_limit) | (log_ratio > log_limit))
+    ]
     return sorted(out, key=lambda d: -d.severity)

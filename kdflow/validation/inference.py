@@ -16,13 +16,22 @@ from kdflow.validation.runner import _collect, _gx_frame, _GXRunner
 from kdflow.validation.suites import inference_log_suite
 
 
-def validate_inference_logs(df: pd.DataFrame, num_classes: int, features: FeatureSpec | None = None,
-                            config: ValidationConfig | None = None, *, name: str = "inference_logs",
-                            uri: str = "<frame>", timestamp_column: str = "timestamp",
-                            model_version_column: str = "model_version",
-                            probabilities_column: str = "probabilities", label_column: str = "label",
-                            id_column: str = "id", ranges: FeatureRanges | None = None,
-                            docs_dir: Path | None = None) -> ValidationReport:
+def validate_inference_logs(
+    df: pd.DataFrame,
+    num_classes: int,
+    features: FeatureSpec | None = None,
+    config: ValidationConfig | None = None,
+    *,
+    name: str = "inference_logs",
+    uri: str = "<frame>",
+    timestamp_column: str = "timestamp",
+    model_version_column: str = "model_version",
+    probabilities_column: str = "probabilities",
+    label_column: str = "label",
+    id_column: str = "id",
+    ranges: FeatureRanges | None = None,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
     """Validate production inference logs (one row per prediction) with the ``kdflow-inference-logs`` suite.
 
     The label is optional: the column may be absent, or null per row (labels arrive late); a present label
@@ -31,8 +40,12 @@ def validate_inference_logs(df: pd.DataFrame, num_classes: int, features: Featur
     start = time.perf_counter()
     config = config or ValidationConfig()
     features = features or FeatureSpec()
-    columns = {"timestamp": timestamp_column, "model_version": model_version_column,
-               "probabilities": probabilities_column, "label": label_column}
+    columns = {
+        "timestamp": timestamp_column,
+        "model_version": model_version_column,
+        "probabilities": probabilities_column,
+        "label": label_column,
+    }
     width = len(features.columns) if features.columns else (int(np.prod(features.shape)) if features.shape else None)
     profile = profile_features(df, features, width)
     if ranges is not None:
@@ -40,8 +53,11 @@ def validate_inference_logs(df: pd.DataFrame, num_classes: int, features: Featur
     derived = dict(profile.derived)
     if timestamp_column in df.columns:
         ts = df[timestamp_column]
-        parsed = (ts if pd.api.types.is_datetime64_any_dtype(ts)
-                  else pd.to_datetime(ts, errors="coerce", utc=True, format="mixed"))
+        parsed = (
+            ts
+            if pd.api.types.is_datetime64_any_dtype(ts)
+            else pd.to_datetime(ts, errors="coerce", utc=True, format="mixed")
+        )
         derived[f"{timestamp_column}__valid"] = np.where(ts.isna(), None, parsed.notna()).astype(object)
     if probabilities_column in df.columns:
         probs = profile_features(df, FeatureSpec(column=probabilities_column), num_classes)
@@ -56,16 +72,29 @@ def validate_inference_logs(df: pd.DataFrame, num_classes: int, features: Featur
         integral = np.where(df[label_column].isna(), None, np.isfinite(values) & (values == np.round(values)))
         derived[f"{label_column}__integral"] = integral.astype(object)
     report = ValidationReport(docs_dir=docs_dir if config.data_docs else None)
-    ds = report.datasets[name] = DatasetReport(name=name, uri=uri, files=[uri], rows=len(df),
-                                               suite=f"kdflow-inference-logs-v{SUITE_VERSION}", schema=frame_schema(df))
+    ds = report.datasets[name] = DatasetReport(
+        name=name,
+        uri=uri,
+        files=[uri],
+        rows=len(df),
+        suite=f"kdflow-inference-logs-v{SUITE_VERSION}",
+        schema=frame_schema(df),
+    )
     suite = inference_log_suite(num_classes, features, profile.width, columns, has_label, config, ranges is not None)
     id_col = id_column if id_column in df.columns else None
     runner = _GXRunner(report.docs_dir)
     scalar = [id_column, timestamp_column, model_version_column, label_column, *(features.columns or [])]
-    results = runner.run(name, ds.suite, suite, _gx_frame(df, scalar, derived), [id_col] if id_col else [],
-                         config.max_examples)
-    extra = {"columns": list(df.columns), "min_rows": 1, "width": profile.width, "num_classes": num_classes,
-             "range_mostly": config.range_mostly, "tolerance": config.probability_tolerance}
+    results = runner.run(
+        name, ds.suite, suite, _gx_frame(df, scalar, derived), [id_col] if id_col else [], config.max_examples
+    )
+    extra = {
+        "columns": list(df.columns),
+        "min_rows": 1,
+        "width": profile.width,
+        "num_classes": num_classes,
+        "range_mostly": config.range_mostly,
+        "tolerance": config.probability_tolerance,
+    }
     ds.checks += _collect(name, uri, results, id_col, config.max_examples, extra)
     runner.build_docs()
     report.gx_results = runner.results
@@ -73,28 +102,62 @@ def validate_inference_logs(df: pd.DataFrame, num_classes: int, features: Featur
     return report
 
 
-def validate_teacher_logits(logits: np.ndarray, rows: int, num_classes: int, *, name: str = "teacher_logits",
-                            uri: str = "<array>", ids: np.ndarray | None = None,
-                            max_examples: int = 5) -> ValidationReport:
+def validate_teacher_logits(
+    logits: np.ndarray,
+    rows: int,
+    num_classes: int,
+    *,
+    name: str = "teacher_logits",
+    uri: str = "<array>",
+    ids: np.ndarray | None = None,
+    max_examples: int = 5,
+) -> ValidationReport:
     """Check teacher logits read back from the store: shape ``(rows, num_classes)``, numeric, all finite.
 
     Plain numpy checks (a GX context is not worth it for three checks on an array), same report format."""
     start = time.perf_counter()
     logits = np.asarray(logits)
-    ds = DatasetReport(name=name, uri=uri, files=[uri], rows=int(logits.shape[0]) if logits.ndim else 0,
-                       suite=f"kdflow-teacher-logits-v{SUITE_VERSION}")
+    ds = DatasetReport(
+        name=name,
+        uri=uri,
+        files=[uri],
+        rows=int(logits.shape[0]) if logits.ndim else 0,
+        suite=f"kdflow-teacher-logits-v{SUITE_VERSION}",
+    )
     expected = (rows, num_classes)
     shape_ok = logits.ndim == 2 and tuple(logits.shape) == expected
-    ds.checks.append(_plain(name, "logits.shape", None, shape_ok, "" if shape_ok else
-                            f"{uri}: logits of shape {tuple(logits.shape)}, expected {expected} (rows x classes)"))
+    ds.checks.append(
+        _plain(
+            name,
+            "logits.shape",
+            None,
+            shape_ok,
+            "" if shape_ok else f"{uri}: logits of shape {tuple(logits.shape)}, expected {expected} (rows x classes)",
+        )
+    )
     numeric = np.issubdtype(logits.dtype, np.number)
-    ds.checks.append(_plain(name, "logits.numeric", None, numeric, "" if numeric else
-                            f"{uri}: logits must be numeric, found {logits.dtype}"))
+    ds.checks.append(
+        _plain(
+            name,
+            "logits.numeric",
+            None,
+            numeric,
+            "" if numeric else f"{uri}: logits must be numeric, found {logits.dtype}",
+        )
+    )
     if numeric and logits.ndim == 2:
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         labels = ids if ids is not None and len(ids) == len(logits) else np.arange(len(logits))
         eg = labels[bad[:max_examples]].tolist()
-        ds.checks.append(_plain(name, "logits.finite", None, not len(bad), "" if not len(bad) else
-                                f"{uri}: {len(bad)} row(s) with NaN or infinite logits, e.g. ids {eg}",
-                                count=int(len(bad)), ids=eg))
+        ds.checks.append(
+            _plain(
+                name,
+                "logits.finite",
+                None,
+                not len(bad),
+                "" if not len(bad) else f"{uri}: {len(bad)} row(s) with NaN or infinite logits, e.g. ids {eg}",
+                count=int(len(bad)),
+                ids=eg,
+            )
+        )
     return ValidationReport(datasets={name: ds}, seconds=time.perf_counter() - start)

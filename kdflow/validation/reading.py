@@ -101,6 +101,9 @@ def schema_drift(reference: dict[str, str], other: dict[str, str]) -> list[tuple
     """``(column, description)`` for each column added, removed or re-typed in ``other`` vs ``reference``."""
     out = [(c, f"column {c!r} added") for c in other if c not in reference]
     out += [(c, f"column {c!r} removed") for c in reference if c not in other]
-    out += [(c, f"column {c!r} re-typed from {reference[c]} to {other[c]}")
-            for c in reference if c in other and reference[c] != other[c]]
+    out += [
+        (c, f"column {c!r} re-typed from {reference[c]} to {other[c]}")
+        for c in reference
+        if c in other and reference[c] != other[c]
+    ]
     return out

@@ -15,7 +15,6 @@ import numpy as np
 
 from kdflow.data import DataError
 
-
 SUITE_VERSION = 1
 
 
@@ -30,23 +29,22 @@ class DataValidationError(DataError):
         self.report = report
 
 
-
 @dataclass
 class CheckResult:
     """One expectation (or plain check) on one dataset, as a person reads it."""
 
     dataset: str
-    check: str                      # kdflow check id, e.g. "label.range", "schema.drift"
-    expectation: str                # GX expectation type, or "kdflow.<check>" for plain checks
-    column: str | None              # the dataset column concerned
+    check: str  # kdflow check id, e.g. "label.range", "schema.drift"
+    expectation: str  # GX expectation type, or "kdflow.<check>" for plain checks
+    column: str | None  # the dataset column concerned
     success: bool
     message: str = ""
-    gx_column: str | None = None    # the column GX checked (a derived one such as ``x__finite``)
+    gx_column: str | None = None  # the column GX checked (a derived one such as ``x__finite``)
     unexpected_count: int | None = None
     examples: list[Any] = field(default_factory=list)
     example_ids: list[Any] = field(default_factory=list)
-    sampled: bool = False           # ran on the deterministic sample, not every row
-    skipped: str | None = None      # why a failure is not reported (an earlier check on the column failed)
+    sampled: bool = False  # ran on the deterministic sample, not every row
+    skipped: str | None = None  # why a failure is not reported (an earlier check on the column failed)
 
     @property
     def failed(self) -> bool:
@@ -100,8 +98,10 @@ class ValidationReport:
     def error_message(self) -> str:
         """One message: a summary line, then one line per failed expectation naming dataset and file."""
         failed = [d for d in self.datasets.values() if not d.success]
-        lines = [f"data validation failed: {len(self.failures)} failed check(s) in "
-                 + ", ".join(f"{d.name} ({d.uri})" for d in failed)]
+        lines = [
+            f"data validation failed: {len(self.failures)} failed check(s) in "
+            + ", ".join(f"{d.name} ({d.uri})" for d in failed)
+        ]
         for d in failed:
             for c in d.failures:
                 target = c.gx_column or c.column
@@ -115,32 +115,53 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (GX's raw results are kept apart, in ``gx_results``)."""
-        return _jsonable({
-            "success": self.success, "suite_version": SUITE_VERSION, "gx_version": _gx_version(),
-            "seconds": round(self.seconds, 3),
-            "datasets": {n: {**{k: v for k, v in asdict(d).items() if k != "checks"}, "success": d.success,
-                             "checks": [asdict(c) for c in d.checks]} for n, d in self.datasets.items()},
-        })
+        return _jsonable(
+            {
+                "success": self.success,
+                "suite_version": SUITE_VERSION,
+                "gx_version": _gx_version(),
+                "seconds": round(self.seconds, 3),
+                "datasets": {
+                    n: {
+                        **{k: v for k, v in asdict(d).items() if k != "checks"},
+                        "success": d.success,
+                        "checks": [asdict(c) for c in d.checks],
+                    }
+                    for n, d in self.datasets.items()
+                },
+            }
+        )
 
     def to_markdown(self) -> str:
         """A short Markdown summary: one row per dataset, then each failure."""
-        lines = [f"# Data validation: {'PASSED' if self.success else 'FAILED'}", "",
-                 "| dataset | file(s) | rows | checks | failed | status |", "|---|---|---:|---:|---:|---|"]
+        lines = [
+            f"# Data validation: {'PASSED' if self.success else 'FAILED'}",
+            "",
+            "| dataset | file(s) | rows | checks | failed | status |",
+            "|---|---|---:|---:|---:|---|",
+        ]
         for d in self.datasets.values():
             counted = [c for c in d.checks if c.skipped is None]
-            lines.append(f"| {d.name} | {', '.join(f'`{f}`' for f in d.files) or f'`{d.uri}`'} | "
-                         f"{'' if d.rows is None else f'{d.rows:,}'} | {len(counted)} | {len(d.failures)} | "
-                         f"{'pass' if d.success else '**FAIL**'} |")
+            lines.append(
+                f"| {d.name} | {', '.join(f'`{f}`' for f in d.files) or f'`{d.uri}`'} | "
+                f"{'' if d.rows is None else f'{d.rows:,}'} | {len(counted)} | {len(d.failures)} | "
+                f"{'pass' if d.success else '**FAIL**'} |"
+            )
         if not self.success:
             lines += ["", "## Failures", ""]
-            lines += [f"- **{c.dataset}** `{c.expectation}`{' on `' + c.column + '`' if c.column else ''}: "
-                      f"{c.message}" for c in self.failures]
+            lines += [
+                f"- **{c.dataset}** `{c.expectation}`{' on `' + c.column + '`' if c.column else ''}: {c.message}"
+                for c in self.failures
+            ]
         notes = [f"- {d.name}: {n}" for d in self.datasets.values() for n in d.notes]
         if notes:
             lines += ["", "## Notes", "", *notes]
-        lines += ["", f"Suites `kdflow-*-v{SUITE_VERSION}`, Great Expectations {_gx_version()}, "
-                      f"{self.seconds:.2f} s. Full results: `validation/` artifacts of the MLflow run "
-                      "(summary.json, gx_results.json, report.html, data_docs/)."]
+        lines += [
+            "",
+            f"Suites `kdflow-*-v{SUITE_VERSION}`, Great Expectations {_gx_version()}, "
+            f"{self.seconds:.2f} s. Full results: `validation/` artifacts of the MLflow run "
+            "(summary.json, gx_results.json, report.html, data_docs/).",
+        ]
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -149,10 +170,19 @@ class ValidationReport:
         for d in self.datasets.values():
             for c in d.checks:
                 state = "pass" if c.success else ("skipped" if c.skipped else "FAIL")
-                cells = (d.name, c.expectation, c.column or "", state,
-                         "" if c.unexpected_count is None else c.unexpected_count, c.message or c.skipped or "")
-                rows.append(f"<tr class='{state.lower()}'>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
-                            + "</tr>")
+                cells = (
+                    d.name,
+                    c.expectation,
+                    c.column or "",
+                    state,
+                    "" if c.unexpected_count is None else c.unexpected_count,
+                    c.message or c.skipped or "",
+                )
+                rows.append(
+                    f"<tr class='{state.lower()}'>"
+                    + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
+                    + "</tr>"
+                )
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>kdflow data validation</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
@@ -160,14 +190,20 @@ class ValidationReport:
             f"<h1>Data validation: {'PASSED' if self.success else 'FAILED'}</h1>"
             f"<pre>{html.escape(self.to_markdown())}</pre><h2>Every check</h2><table><tr><th>dataset</th>"
             "<th>expectation</th><th>column</th><th>result</th><th>offending rows</th><th>message</th></tr>"
-            + "".join(rows) + "</table></body></html>")
+            + "".join(rows)
+            + "</table></body></html>"
+        )
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write summary.json, gx_results.json, report.md, report.html and data_docs/ under ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"summary": out / "summary.json", "gx_results": out / "gx_results.json",
-                 "markdown": out / "report.md", "html": out / "report.html"}
+        paths = {
+            "summary": out / "summary.json",
+            "gx_results": out / "gx_results.json",
+            "markdown": out / "report.md",
+            "html": out / "report.html",
+        }
         paths["summary"].write_text(json.dumps(self.to_dict(), indent=2))
         paths["gx_results"].write_text(json.dumps(_jsonable(self.gx_results), indent=2))
         paths["markdown"].write_text(self.to_markdown())
@@ -175,8 +211,12 @@ class ValidationReport:
         if self.docs_dir and Path(self.docs_dir).is_dir():
             if Path(self.docs_dir).resolve() != (out / "data_docs").resolve():
                 # The site's static/ folder holds ~4 MB of GIFs and fonts the pages do not need to be read.
-                shutil.copytree(self.docs_dir, out / "data_docs", dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("*.gif", "fonts", "*.otf", "*.png"))
+                shutil.copytree(
+                    self.docs_dir,
+                    out / "data_docs",
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.gif", "fonts", "*.otf", "*.png"),
+                )
             paths["data_docs"] = out / "data_docs"
         return paths
 
@@ -202,8 +242,23 @@ def _gx_version() -> str:
     return version("great_expectations")
 
 
-def _plain(name: str, check: str, column: str | None, success: bool, message: str = "", count: int | None = None,
-           ids: list | None = None) -> CheckResult:
+def _plain(
+    name: str,
+    check: str,
+    column: str | None,
+    success: bool,
+    message: str = "",
+    count: int | None = None,
+    ids: list | None = None,
+) -> CheckResult:
     """A check kdflow runs itself (file readable, schema drift, logits), in the same report format."""
-    return CheckResult(dataset=name, check=check, expectation=f"kdflow.{check}", column=column, success=success,
-                       message=message, unexpected_count=count, example_ids=_jsonable(ids or []))
+    return CheckResult(
+        dataset=name,
+        check=check,
+        expectation=f"kdflow.{check}",
+        column=column,
+        success=success,
+        message=message,
+        unexpected_count=count,
+        example_ids=_jsonable(ids or []),
+    )

@@ -12,7 +12,6 @@ import pandas as pd
 
 from kdflow.validation.results import SUITE_VERSION, CheckResult, _jsonable
 
-
 _DOCS_SITE = "local_site"
 
 
@@ -34,22 +33,35 @@ class _GXRunner:
         self.source = self.context.data_sources.add_pandas("kdflow")
         self.results: list[dict[str, Any]] = []
 
-    def run(self, name: str, suite_name: str, expectations: list, frame: pd.DataFrame,
-            index_columns: list[str], max_examples: int) -> list:
+    def run(
+        self,
+        name: str,
+        suite_name: str,
+        expectations: list,
+        frame: pd.DataFrame,
+        index_columns: list[str],
+        max_examples: int,
+    ) -> list:
         """Validate ``frame`` with a suite of ``expectations`` through a checkpoint; the expectation results."""
         gx = self.gx
         batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
         # Expectations passed to the constructor: adding them one by one to a stored suite re-saves it each time.
-        suite = self.context.suites.add(gx.ExpectationSuite(
-            name=f"{suite_name}.{name}", expectations=expectations,
-            meta={"kdflow_suite": suite_name, "kdflow_suite_version": SUITE_VERSION}))
+        suite = self.context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{suite_name}.{name}",
+                expectations=expectations,
+                meta={"kdflow_suite": suite_name, "kdflow_suite_version": SUITE_VERSION},
+            )
+        )
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(data=batch, suite=suite, name=name))
+            gx.ValidationDefinition(data=batch, suite=suite, name=name)
+        )
         result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": max_examples}
         if index_columns:
             result_format["unexpected_index_column_names"] = index_columns
-        checkpoint = self.context.checkpoints.add(gx.Checkpoint(
-            name=f"{name}-checkpoint", validation_definitions=[definition], result_format=result_format))
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(name=f"{name}-checkpoint", validation_definitions=[definition], result_format=result_format)
+        )
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
         results = []
         for run_result in outcome.run_results.values():
@@ -90,43 +102,60 @@ _MESSAGES: dict[str, Callable[[_Failure], str]] = {
     "rows.min": lambda f: f"{f.res.get('observed_value')} row(s), expected at least {f.extra['min_rows']}",
     "schema.columns": lambda f: (
         ", ".join(f"missing {f.roles.get(c, 'required').replace(' array', '')} column {c!r}" for c in f.examples)
-        + f"; found columns {f.extra['columns']}"),
+        + f"; found columns {f.extra['columns']}"
+    ),
     "id.not_null": lambda f: f"id column {f.column!r} has {f.n} null value(s)",
-    "id.unique": lambda f: (f"id column {f.column!r} has {f.n} row(s) with duplicated id(s), "
-                            f"e.g. {sorted(set(f.examples), key=str)}"),
-    "features.kind": lambda f: (f"feature column {f.column!r} must hold float arrays, found {f.kinds} "
-                                f"in {f.n} row(s){f.eg}"),
-    "features.length": lambda f: (f"feature column {f.column!r} has arrays of different lengths: expected "
-                                  f"{f.extra['width']}, found {sorted({int(e) for e in f.examples})} "
-                                  f"in {f.n} row(s){f.eg}"),
-    "feature.numeric": lambda f: (f"feature column(s) must be numeric, "
-                                  f"found {{{f.column!r}: '{f.res.get('observed_value')}'}}"),
+    "id.unique": lambda f: (
+        f"id column {f.column!r} has {f.n} row(s) with duplicated id(s), e.g. {sorted(set(f.examples), key=str)}"
+    ),
+    "features.kind": lambda f: (
+        f"feature column {f.column!r} must hold float arrays, found {f.kinds} in {f.n} row(s){f.eg}"
+    ),
+    "features.length": lambda f: (
+        f"feature column {f.column!r} has arrays of different lengths: expected "
+        f"{f.extra['width']}, found {sorted({int(e) for e in f.examples})} "
+        f"in {f.n} row(s){f.eg}"
+    ),
+    "feature.numeric": lambda f: (
+        f"feature column(s) must be numeric, found {{{f.column!r}: '{f.res.get('observed_value')}'}}"
+    ),
     "features.finite": lambda f: f"{f.n} row(s) with NaN or infinite features in {f.column!r} (e.g. {f.kinds}){f.eg}",
     "features.range": lambda f: (
         f"{f.n} of {f.res.get('element_count', 0) - f.res.get('missing_count', 0)} sampled row(s) "
         f"({f.res.get('unexpected_percent_nonmissing') or 0:.2f}%) have a feature outside the range learned from "
-        f"train, more than the {100 * (1 - f.extra['range_mostly']):.2f}% allowed, e.g. {f.examples}{f.eg}"),
+        f"train, more than the {100 * (1 - f.extra['range_mostly']):.2f}% allowed, e.g. {f.examples}{f.eg}"
+    ),
     "label.not_null": lambda f: f"label column {f.column!r} has {f.n} null value(s){f.eg}",
-    "label.integer": lambda f: (f"label column {f.column!r} must be integer, found {f.res['observed_value']}"
-                                if f.res.get("observed_value")
-                                else f"label column {f.column!r} has {f.n} non-integer value(s){f.eg}"),
-    "label.range": lambda f: (f"{f.n} label(s) outside [0, {f.extra['num_classes']}), "
-                              f"e.g. {sorted(set(f.examples), key=float)}{f.eg}"),
-    "label.classes": lambda f: (f"label column {f.column!r} is missing class(es) {f.res.get('partial_missing_list')} "
-                                f"of [0, {f.extra['num_classes']}): every class must be present"),
+    "label.integer": lambda f: (
+        f"label column {f.column!r} must be integer, found {f.res['observed_value']}"
+        if f.res.get("observed_value")
+        else f"label column {f.column!r} has {f.n} non-integer value(s){f.eg}"
+    ),
+    "label.range": lambda f: (
+        f"{f.n} label(s) outside [0, {f.extra['num_classes']}), e.g. {sorted(set(f.examples), key=float)}{f.eg}"
+    ),
+    "label.classes": lambda f: (
+        f"label column {f.column!r} is missing class(es) {f.res.get('partial_missing_list')} "
+        f"of [0, {f.extra['num_classes']}): every class must be present"
+    ),
     "timestamp.not_null": lambda f: f"timestamp column {f.column!r} has {f.n} null value(s){f.eg}",
     "timestamp.valid": lambda f: f"timestamp column {f.column!r} has {f.n} value(s) that are not timestamps{f.eg}",
     "model_version.not_null": lambda f: f"model version column {f.column!r} has {f.n} null value(s){f.eg}",
-    "probabilities.kind": lambda f: (f"probabilities column {f.column!r} must hold float arrays, found {f.kinds} "
-                                     f"in {f.n} row(s){f.eg}"),
-    "probabilities.length": lambda f: (f"probabilities column {f.column!r}: expected {f.extra['num_classes']} per row, "
-                                       f"found {sorted({int(e) for e in f.examples})} in {f.n} row(s){f.eg}"),
-    "probabilities.finite": lambda f: (f"probabilities column {f.column!r}: {f.n} row(s) with NaN or infinite "
-                                       f"values{f.eg}"),
+    "probabilities.kind": lambda f: (
+        f"probabilities column {f.column!r} must hold float arrays, found {f.kinds} in {f.n} row(s){f.eg}"
+    ),
+    "probabilities.length": lambda f: (
+        f"probabilities column {f.column!r}: expected {f.extra['num_classes']} per row, "
+        f"found {sorted({int(e) for e in f.examples})} in {f.n} row(s){f.eg}"
+    ),
+    "probabilities.finite": lambda f: (
+        f"probabilities column {f.column!r}: {f.n} row(s) with NaN or infinite values{f.eg}"
+    ),
     "probabilities.unit": lambda f: f"probabilities column {f.column!r}: {f.n} row(s) with values outside [0, 1]{f.eg}",
     "probabilities.sum": lambda f: (
         f"probabilities column {f.column!r}: {f.n} of {f.res.get('element_count')} row(s) do not sum to 1 within "
-        f"{f.extra['tolerance']}, e.g. sums {[round(float(e), 6) for e in f.examples]}{f.eg}"),
+        f"{f.extra['tolerance']}, e.g. sums {[round(float(e), 6) for e in f.examples]}{f.eg}"
+    ),
 }
 
 
@@ -151,8 +180,9 @@ def _raised(info: dict[str, Any] | None) -> bool:
     return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
 
 
-def _collect(name: str, uri: str, results: list, id_column: str | None, limit: int,
-             extra: dict[str, Any]) -> list[CheckResult]:
+def _collect(
+    name: str, uri: str, results: list, id_column: str | None, limit: int, extra: dict[str, Any]
+) -> list[CheckResult]:
     """Turn GX expectation results into :class:`CheckResult` (messages for failures), a gate failure
     superseding later failures on the same source column."""
     out, rank, gates = [], {}, set()
@@ -169,18 +199,39 @@ def _collect(name: str, uri: str, results: list, id_column: str | None, limit: i
             ids = _example_ids(res, id_column, limit)
             required = meta.get("kdflow_roles") or {}
             if check == "schema.columns":  # the dataset's names of the missing columns (``x``, not ``x__kind``)
-                examples = [required.get(c, [None, c])[1]
-                            for c in ((res.get("details") or {}).get("mismatched") or {}).get("missing") or []]
-            failure = _Failure(uri, column, res.get("unexpected_count"), res, examples, ids, extra,
-                               {name: role for role, name in required.values()})
+                examples = [
+                    required.get(c, [None, c])[1]
+                    for c in ((res.get("details") or {}).get("mismatched") or {}).get("missing") or []
+                ]
+            failure = _Failure(
+                uri,
+                column,
+                res.get("unexpected_count"),
+                res,
+                examples,
+                ids,
+                extra,
+                {name: role for role, name in required.values()},
+            )
             if _raised(r.exception_info):
                 message = f"{uri}: {check} could not be evaluated on column {column!r}"
             else:
                 message = f"{uri}: {_MESSAGES[check](failure)}" if check in _MESSAGES else f"{uri}: {check} failed"
-        out.append(CheckResult(dataset=name, check=check, expectation=cfg.type, column=column,
-                               success=bool(r.success), message=message, gx_column=cfg.kwargs.get("column"),
-                               unexpected_count=res.get("unexpected_count"), examples=examples, example_ids=ids,
-                               sampled=check.endswith(".range")))
+        out.append(
+            CheckResult(
+                dataset=name,
+                check=check,
+                expectation=cfg.type,
+                column=column,
+                success=bool(r.success),
+                message=message,
+                gx_column=cfg.kwargs.get("column"),
+                unexpected_count=res.get("unexpected_count"),
+                examples=examples,
+                example_ids=ids,
+                sampled=check.endswith(".range"),
+            )
+        )
     missing = {m for c in out if c.check == "schema.columns" and not c.success for m in c.examples}
     empty = any(c.check == "rows.min" and not c.success and extra.get("rows") == 0 for c in out)
     for c in out:
@@ -210,9 +261,9 @@ def _supersede(checks: list[CheckResult], rank: dict[str, int], gates: set[str])
     return checks
 
 
-
-def _gx_frame(df: pd.DataFrame, columns: list[str], derived: dict[str, Any],
-              files: np.ndarray | None = None) -> pd.DataFrame:
+def _gx_frame(
+    df: pd.DataFrame, columns: list[str], derived: dict[str, Any], files: np.ndarray | None = None
+) -> pd.DataFrame:
     """The frame GX validates: the scalar ``columns`` the suite reads (those present) plus the derived ones
     (and ``__file`` per row when a dataset has several files). List columns stay out: GX cannot check them
     and fingerprints a batch by hashing it, which falls back to pickling (minutes at 1M rows) for arrays."""
