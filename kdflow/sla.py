@@ -203,3 +203,45 @@ def judge_teacher_model(
         champion_accuracy,
         champion_error,
     )
+
+
+def register_teacher_version(
+    model: nn.Module,
+    datasets: Mapping[str, Dataset],
+    name: str,
+    alias: str,
+    run_id: str,
+    gate: TeacherGateConfig | None = None,
+) -> tuple[registry.TeacherVerdict, str, str, list[str]]:
+    """Judge a trained teacher (:func:`judge_teacher_model`), register it from ``run_id`` as ``challenger``
+    (idempotent: :func:`kdflow.registry.register_run_model`), and record the verdict as version tags
+    (``kdflow.sla_passed``, ``kdflow.gate_reason``, ...) and run tags (``kdflow.gate_reason``, ``kdflow.promote``).
+    Moves no ``champion`` (the caller promotes through the serialized promotion); any other ``alias`` is set here
+    when the gate passed. Returns the verdict, the model URI, the version and its aliases."""
+    from mlflow import MlflowClient
+
+    test = datasets["test"]
+    verdict = judge_teacher_model(model, test, name, gate)
+    metrics = {"teacher_test_accuracy": verdict.test_accuracy}
+    if verdict.champion_accuracy is not None:
+        metrics["champion_test_accuracy"] = verdict.champion_accuracy
+    for key, value in metrics.items():
+        MlflowClient().log_metric(run_id, key, value)
+    model_uri, version, _ = registry.register_run_model(model, test.x[:5], name, run_id)
+    fingerprints = {n: d.fingerprint for n, d in datasets.items()}
+    tags = {
+        "test_accuracy": verdict.test_accuracy,
+        "run_id": run_id,
+        **verdict.tags(),
+        "data_fingerprints": fingerprints,
+    }
+    registry.tag_version(name, version, tags)
+    MlflowClient().set_tag(run_id, registry.GATE_REASON_TAG, verdict.reason[:5000])
+    MlflowClient().set_tag(run_id, f"{registry.TAG_PREFIX}promote", str(verdict.promote))
+    why = f"trained teacher, test accuracy {verdict.test_accuracy:.4f}"
+    registry.ensure_alias(name, registry.CHALLENGER, version, reason=why, actor="train-teacher-flow")
+    aliases = [registry.CHALLENGER]
+    if verdict.promote and alias not in (registry.CHAMPION, registry.CHALLENGER):
+        registry.ensure_alias(name, alias, version, reason=verdict.reason, actor="train-teacher-flow")
+        aliases.append(alias)
+    return verdict, model_uri, version, aliases

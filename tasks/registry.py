@@ -19,7 +19,7 @@ from kdflow.models import CalibratedClassifier
 from kdflow.monitor import PROFILE_ARTIFACT
 from kdflow.profile import build_profile
 from kdflow.report import DistillReport, Registration, to_markdown, write_report
-from kdflow.sla import Gate, SLACheck, gate_candidate, judge_teacher_model
+from kdflow.sla import Gate, SLACheck, gate_candidate, register_teacher_version
 from kdflow.train import TrainResult, predict_logits
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_dict, log_metrics
@@ -142,56 +142,18 @@ def register_teacher(
     training: TrainResult,
     gate: TeacherGateConfig | None = None,
 ) -> dict[str, Any]:
-    """Log the teacher (raw logits out), register it as ``challenger`` and judge it with ``gate``
-    (:func:`kdflow.sla.judge_teacher_model`: test accuracy against ``gate.min_accuracy`` and the current
-    champion's on the same test set), recording the verdict as version tags (``kdflow.sla_passed``,
-    ``kdflow.gate_reason``) and run tags (``kdflow.gate_reason``, ``kdflow.promote``). Moves no ``champion``:
-    the flow promotes ``result["promote"]`` teachers through :func:`tasks.promotion.promote_version`. Any other
-    ``alias`` is set here when the gate passed. Idempotent under retries, like :func:`register_student`."""
-    from mlflow import MlflowClient
-
-    test = datasets["test"]
-    verdict = judge_teacher_model(model, test, name, gate)
-    log_metrics(
-        run_id,
-        {"teacher_test_accuracy": verdict.test_accuracy}
-        | ({} if verdict.champion_accuracy is None else {"champion_test_accuracy": verdict.champion_accuracy}),
-    )
-    model_uri, version, _ = registry.register_run_model(model, test.x[:5], name, run_id)
-    registry.tag_version(
-        name,
-        version,
-        {
-            "test_accuracy": verdict.test_accuracy,
-            "run_id": run_id,
-            **verdict.tags(),
-            "data_fingerprints": {n: d.fingerprint for n, d in datasets.items()},
-        },
-    )
-    MlflowClient().set_tag(run_id, registry.GATE_REASON_TAG, verdict.reason[:5000])
-    MlflowClient().set_tag(run_id, f"{registry.TAG_PREFIX}promote", str(verdict.promote))
-    why = f"trained teacher, test accuracy {verdict.test_accuracy:.4f}"
-    registry.ensure_alias(name, registry.CHALLENGER, version, reason=why, actor="train-teacher-flow")
-    aliases, uri_alias = [registry.CHALLENGER], alias if verdict.promote else registry.CHALLENGER
-    if verdict.promote and alias not in (registry.CHAMPION, registry.CHALLENGER):
-        registry.ensure_alias(name, alias, version, reason=verdict.reason, actor="train-teacher-flow")
-        aliases.append(alias)
+    """Register the teacher as ``challenger`` with its gate verdict (:func:`kdflow.sla.register_teacher_version`);
+    the flow promotes ``result["promote"]`` teachers through :func:`tasks.promotion.promote_version`. Idempotent
+    under retries, like :func:`register_student`."""
+    verdict, model_uri, version, aliases = register_teacher_version(model, datasets, name, alias, run_id, gate)
+    uri_alias = alias if verdict.promote else registry.CHALLENGER
     (get_run_logger().info if verdict.promote else get_run_logger().warning)(
         "teacher %s version %s (test accuracy %.4f): %s", name, version, verdict.test_accuracy, verdict.reason
     )
     return {
-        "name": name,
-        "version": version,
-        "alias": uri_alias,
-        "aliases": aliases,
-        "uri": f"models:/{name}@{uri_alias}",
-        "model_uri": model_uri,
-        "test_accuracy": verdict.test_accuracy,
-        "best_val_accuracy": training.best_val_accuracy,
-        "run_id": run_id,
-        "promote": verdict.promote,
-        "gate_passed": verdict.passed,
-        "reason": verdict.reason,
-        "champion_version": verdict.champion_version,
+        "name": name, "version": version, "alias": uri_alias, "aliases": aliases, "uri": f"models:/{name}@{uri_alias}",
+        "model_uri": model_uri, "test_accuracy": verdict.test_accuracy,
+        "best_val_accuracy": training.best_val_accuracy, "run_id": run_id, "promote": verdict.promote,
+        "gate_passed": verdict.passed, "reason": verdict.reason, "champion_version": verdict.champion_version,
         "champion_accuracy": verdict.champion_accuracy,
-    }
+    }  # fmt: skip

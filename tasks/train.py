@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,12 +13,12 @@ from torch import nn
 from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
 from kdflow.data import Dataset
-from kdflow.ensemble import TeacherEnsemble, combine_logits
+from kdflow.ensemble import TeacherEnsemble
 from kdflow.models import build_model, count_parameters
 from kdflow.plots import training_curves
-from kdflow.precompute import logit_stores
 from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
+from kdflow.student import prepare_student_training
 from kdflow.train import TrainResult, fit, seed_everything
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_metrics
@@ -29,63 +28,18 @@ from tasks.tracking import log_artifact, log_metrics
 def train_student(
     cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset], run_id: str
 ) -> tuple[nn.Module, TrainResult]:
-    """Distil a fresh student from the stored logits, streamed shard by shard with the labeled train rows and
-    the unlabeled transfer (and, when retraining, recent production) rows (no teacher runs here); several teachers' logits are combined per batch
-    (:func:`kdflow.ensemble.combine_logits`). Curves go to MLflow."""
-    seed_everything(cfg.train.seed)  # the initial weights too: same config, same student
-    model = build_model(cfg.student.arch, cfg.student.args, datasets["train"].input_shape, cfg.data.num_classes)
-    per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
-    splits = [("train", cfg.data.train, True)] + [
-        (n, getattr(cfg.data, n), False) for n in ("transfer", "recent") if getattr(cfg.data, n)
-    ]
-    parts = [(name, uri, [stores[name] for stores in per_teacher], labeled) for name, uri, labeled in splits]
-    combine = (
-        functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
-        if len(ensemble.teachers) > 1
-        else None
-    )
-    source = StreamingSource(
-        parts,
-        cfg.data,
-        [t.version for t in ensemble.teachers],
-        {n: d.fingerprint for n, d in datasets.items()},
-        cfg.store.endpoint_url,
-        combine=combine,
-    )
-    get_run_logger().info(
-        "student %s: %d parameters, %d training rows streamed from %d row groups",
-        cfg.student.arch,
-        count_parameters(model),
-        len(source),
-        len(source.chunks),
-    )
-    teachers = [
-        {
-            "name": t.name,
-            "version": str(t.version),
-            "weight": w,
-            "logit_keys": {name: ls.key for name, ls in sorted(stores.items())},
-        }
-        for t, w, stores in zip(ensemble.teachers, ensemble.weights, per_teacher)
-    ]
-    key = training_key(
-        "student",
-        cfg.student,
-        cfg.train,
-        cfg.data.num_classes,
-        datasets["train"].input_shape,
-        {n: d.fingerprint for n, d in datasets.items()},
-        teachers,
-    )
-    checkpoints = Checkpoints(
-        open_store(cfg.store.root, cfg.store.endpoint_url), key, cfg.train.checkpoint_every_epochs
-    )
+    """Distil a fresh student from the stored logits (no teacher runs here): the model, its streamed input and
+    its checkpoints come from :func:`kdflow.student.prepare_student_training`. Curves go to MLflow."""
+    training = prepare_student_training(cfg, ensemble, datasets)
+    get_run_logger().info(training.describe(cfg.student.arch))
     try:
-        return model, _fit(
-            model, cfg.train, source, datasets["val"], ensemble.train_logits["val"], run_id, "student", checkpoints
-        )
+        result = _fit(
+            training.model, cfg.train, training.source, datasets["val"], ensemble.train_logits["val"], run_id,
+            "student", training.checkpoints,
+        )  # fmt: skip
+        return training.model, result
     finally:
-        source.close()
+        training.source.close()
 
 
 @kdflow_task(name="train-teacher")
