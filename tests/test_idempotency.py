@@ -192,19 +192,14 @@ def test_retried_promote_version_moves_and_records_once(prefect_harness, trackin
 
 
 def test_retried_record_drift_check_creates_one_run(prefect_harness, tmp_path, monkeypatch):
-    from kdflow.config import DistillConfig, load_config, packaged_config
+    from kdflow.config import DistillConfig, MlflowConfig, load_config, packaged_config
     from kdflow.drift import Decision, DriftCheck, Signal
     from tasks.drift import record_drift_check
 
-    cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).model_copy(
-        update={
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                "artifact_location": str(tmp_path / "artifacts"),
-            }
-        }
+    mlflow_cfg = MlflowConfig(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts")
     )
-    cfg = DistillConfig.model_validate(cfg.model_dump(mode="json"))
+    cfg = load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).model_copy(update={"mlflow": mlflow_cfg})
     # record_drift_check reads only the champion's ref: no model or profile is needed to record a check.
     ref = registry.ModelRef("models:/s@champion", "s", "3", None)
     check = DriftCheck(
