@@ -1,11 +1,11 @@
 # kdflow: `make demo` and `make test` each set everything up on a fresh machine, then run.
-# Every install comes from requirements/lock.txt (pip-compile output), never from a fresh resolve, so a fresh
+# Every install comes from requirements.txt (pip-compile output), never from a fresh resolve, so a fresh
 # machine gets exactly the versions CI tested. `make lock` refreshes the lock after a change to pyproject.toml.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-LOCK   := requirements/lock.txt
+LOCK   := requirements.txt
 # The lock's tool, pinned: pip-tools 7.7.0 runs on pip 26.3 (both also in the lock).
 PIP_VERSION      := 26.3
 PIP_TOOLS_VERSION := 7.7.0
@@ -55,7 +55,7 @@ lock-check: $(STAMP)
 	@tmp=$$(mktemp -d) && cp $(LOCK) $$tmp/lock.txt && \
 	$(COMPILE) --output-file $$tmp/lock.txt pyproject.toml && \
 	if diff -u -I '^#    pip-compile' $(LOCK) $$tmp/lock.txt; then echo "lock is up to date with pyproject.toml"; \
-	else echo "requirements/lock.txt is out of date with pyproject.toml: run 'make lock' and commit it" >&2; exit 1; fi
+	else echo "requirements.txt is out of date with pyproject.toml: run 'make lock' and commit it" >&2; exit 1; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/quality.py --json bench/results/quality.json
