@@ -31,6 +31,7 @@ RetrainVia = Literal["auto", "event", "subflow", "none"]  # how a drift check's 
 RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # what started a recalibration
 DriftStatus = Literal["ok", "drift", "cannot_decide"]  # kdflow.drift.DriftCheck.status
 DriftAction = Literal["retrain", "recalibrate", "none", "cannot_decide"]  # kdflow.drift.Decision.action
+ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifact a scoring server runs
 
 
 def packaged_config(name: str) -> Path:
@@ -213,7 +214,14 @@ class StoreConfig(_Strict):
 
 
 DriftSignal = Literal[
-    "accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_entropy", "psi_predicted_class", "features"
+    "accuracy",
+    "estimated_accuracy",
+    "flip_rate",
+    "psi_confidence",
+    "psi_entropy",
+    "psi_predicted_class",
+    "features",
+    "deferral_rate",
 ]
 
 
@@ -245,6 +253,9 @@ class DriftConfig(_Strict):
     max_flip_rate: float = Field(default=0.10, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # vs the champion's reference accuracy
     max_estimated_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Confidence fallback (serving.cascade): the share of production rows the teacher answered may exceed the
+    # version's validation deferral rate by at most this much (absolute). Not computed for logs without it.
+    max_deferral_rate_increase: float = Field(default=0.05, ge=0.0, le=1.0)
     trigger_on: list[DriftSignal] = Field(
         default_factory=lambda: ["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_predicted_class"]
     )
@@ -278,6 +289,54 @@ class RecalibrationConfig(_Strict):
     min_improvement_confidence: float = Field(default=0.95, ge=0.0, le=1.0)
 
 
+class CascadeConfig(_Strict):
+    """Confidence fallback (selective classification, Geifman & El-Yaniv 2017): the student answers when its
+    calibrated confidence is at or above a threshold, the teacher otherwise.
+
+    At registration the threshold is chosen on the validation split: the largest student coverage whose system
+    accuracy (student above the threshold, teacher below) stays at or above ``target_accuracy`` — or, when that
+    is empty, the teacher's validation accuracy minus ``max_accuracy_loss``. It is stored on the version
+    (``kdflow.cascade_threshold``) and refitted by recalibration."""
+
+    enabled: bool = True
+    target_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_accuracy_loss: float = Field(default=0.005, ge=0.0, le=1.0)
+
+
+class ServingConfig(_Strict):
+    """``kdflow serve-model``: an HTTP scoring server for ``models:/<registry.student_name>@<alias>``.
+
+    Every accepted prediction is logged under ``logs.root`` (buffered; flushed every ``log_flush_rows`` rows or
+    ``log_flush_seconds`` seconds and on SIGTERM; a failed write spills to ``spill_dir`` and is retried).
+    ``teacher`` (a ``models:/`` URI) enables the shadow teacher (``shadow_fraction`` of requests scored off the
+    request path, filling ``teacher_logits``) and the confidence fallback (``cascade``); without it the student
+    answers alone. ``challenger_fraction`` of requests goes to ``@challenger`` when one exists."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    alias: str = "champion"
+    runtime: ServingRuntime = "onnx"
+    poll_seconds: float = Field(default=10.0, gt=0.0)  # how often the alias is re-read; a move swaps models live
+    max_rows_per_request: int = Field(default=1024, gt=0)
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    log_flush_rows: int = Field(default=1000, gt=0)
+    log_flush_seconds: float = Field(default=5.0, gt=0.0)
+    spill_dir: str = ".kdflow/spill"
+    teacher: str | None = None
+    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    cascade: CascadeConfig = CascadeConfig()
+    challenger_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("models:/"):
+            raise ValueError(
+                f"serving.teacher must look like models:/<name>@<alias> or models:/<name>/<version>, got {v!r}"
+            )
+        return v
+
+
 class DistillConfig(_Strict):
     """Everything one distillation run needs."""
 
@@ -300,6 +359,7 @@ class DistillConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     retrain: RetrainConfig = RetrainConfig()
     recalibration: RecalibrationConfig = RecalibrationConfig()
+    serving: ServingConfig = ServingConfig()
     output_dir: str = ".kdflow/reports"
 
     @field_validator("teacher_uri")

@@ -15,6 +15,11 @@ Format (`kdflow-inference-logs`, the reference):
 | `probabilities` | list<float32> | calibrated student probabilities (length C) |
 | `teacher_logits` | list<float32>, nullable | raw teacher logits, for the shadow-scored sample only |
 | `label` | int64, nullable | the true class when known at serving time |
+| `answered_by` | string, nullable | who gave the answer: `student`, or `teacher` (the confidence fallback); null: student |
+| `latency_ms` | float64, nullable | server time from accepting the request to its answer, per request (null: not measured) |
+
+The last two columns are optional: parts written without them read back as null. `model_version` is the student
+version that served the row (under a champion/challenger split, the challenger's rows carry its version).
 
 Labels usually arrive later. They are written as separate files
 `<root>/labels/date=YYYY-MM-DD/part-<uuid>.parquet` with `request_id` (string), `label` (int64) and
@@ -54,8 +59,11 @@ LOG_SCHEMA = pa.schema(
         ("probabilities", pa.list_(pa.float32())),
         ("teacher_logits", pa.list_(pa.float32())),
         ("label", pa.int64()),
+        ("answered_by", pa.string()),
+        ("latency_ms", pa.float64()),
     ]
 )
+ANSWERED_BY = ("student", "teacher")
 LABEL_SCHEMA = pa.schema(
     [("request_id", pa.string()), ("label", pa.int64()), ("label_timestamp", pa.timestamp("us", tz="UTC"))]
 )
@@ -122,12 +130,17 @@ class InferenceLogWriter:
         teacher_logits: np.ndarray | None = None,
         shadow_mask: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        answered_by: Sequence[str | None] | None = None,
+        latency_ms: np.ndarray | None = None,
+        model_version: str | None = None,
     ) -> list[str]:
         """Buffer n predictions; returns their request ids (uuid4 hex when not given).
 
         ``x`` (n, d) features, ``probs`` (n, C) calibrated probabilities, ``timestamps`` n instants (or one for
         all). ``teacher_logits`` (n, C): rows with NaN (or ``shadow_mask`` False) are stored as null.
-        ``labels`` (n,): negative values mean unknown (null)."""
+        ``labels`` (n,): negative values mean unknown (null). ``answered_by`` (n,): ``student``/``teacher``/None;
+        ``latency_ms`` (n,): NaN means not measured. ``model_version`` overrides the writer's version for these
+        rows (a server whose champion moved keeps one writer)."""
         x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         probs = np.asarray(probs, dtype=np.float32)
         n = len(x)
@@ -154,17 +167,37 @@ class InferenceLogWriter:
         else:
             y = np.asarray(labels, dtype=np.int64)
             label = pa.array(y, mask=y < 0)
+        if answered_by is None:
+            answered = pa.nulls(n, pa.string())
+        else:
+            answered_list = [None if a is None else str(a) for a in answered_by]
+            unknown = sorted({a for a in answered_list if a is not None and a not in ANSWERED_BY})
+            if len(answered_list) != n or unknown:
+                raise ValueError(
+                    f"answered_by must hold {n} values from {ANSWERED_BY} or None, got {unknown or len(answered_list)}"
+                )
+            answered = pa.array(answered_list, pa.string())
+        if latency_ms is None:
+            latency = pa.nulls(n, pa.float64())
+        else:
+            lat = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
+            if len(lat) != n:
+                raise ValueError(f"{len(lat)} latencies for {n} rows")
+            latency = pa.array(lat, mask=np.isnan(lat))
+        version = self.model_version if model_version is None else str(model_version)
         self._batches.append(
             pa.Table.from_arrays(
                 [
                     _arrow_utc(ts),
                     pa.array(ids, pa.string()),
                     pa.array([self.model_name] * n, pa.string()),
-                    pa.array([self.model_version] * n, pa.string()),
+                    pa.array([version] * n, pa.string()),
                     _list_array(x),
                     _list_array(probs),
                     teacher,
                     label,
+                    answered,
+                    latency,
                 ],
                 schema=LOG_SCHEMA,
             )
@@ -239,9 +272,11 @@ def _check_type(url: str, name: str, actual: pa.DataType) -> None:
     if pa.types.is_timestamp(expected):
         ok = pa.types.is_timestamp(actual)
     elif pa.types.is_string(expected):
-        ok = pa.types.is_string(actual) or pa.types.is_large_string(actual)
+        ok = pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_null(actual)
     elif pa.types.is_integer(expected):
         ok = pa.types.is_integer(actual) or pa.types.is_null(actual)
+    elif pa.types.is_floating(expected):
+        ok = pa.types.is_floating(actual) or pa.types.is_integer(actual) or pa.types.is_null(actual)
     else:  # list<float32>
         ok = pa.types.is_null(actual) or (
             (pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_fixed_size_list(actual))
