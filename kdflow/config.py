@@ -31,6 +31,7 @@ RetrainVia = Literal["auto", "event", "subflow", "none"]  # how a drift check's 
 RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # what started a recalibration
 DriftStatus = Literal["ok", "drift", "cannot_decide"]  # kdflow.drift.DriftCheck.status
 DriftAction = Literal["retrain", "recalibrate", "none", "cannot_decide"]  # kdflow.drift.Decision.action
+LossKind = Literal["kd", "dkd", "dist"]  # kdflow.losses.distillation_loss
 ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifact a scoring server runs
 
 
@@ -140,6 +141,13 @@ class TrainConfig(_Strict):
 
     temperature: float = Field(default=4.0, gt=0.0)
     alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    # The soft term (kdflow.losses): kd (Hinton et al. 2015), dkd (Zhao et al. 2022: dkd_alpha * TCKD +
+    # dkd_beta * NCKD) or dist (Huang et al. 2022: dist_beta * inter- + dist_gamma * intra-class relation).
+    loss: LossKind = "kd"
+    dkd_alpha: float = Field(default=1.0, ge=0.0)
+    dkd_beta: float = Field(default=8.0, ge=0.0)
+    dist_beta: float = Field(default=1.0, ge=0.0)
+    dist_gamma: float = Field(default=1.0, ge=0.0)
     optimizer: Optimizer = "adamw"
     lr: float = Field(default=3e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from kdflow.checkpoint import Checkpoints, rng_state, set_rng_state
 from kdflow.config import TrainConfig
-from kdflow.losses import kd_loss
+from kdflow.losses import distillation_loss
 from kdflow.models import raw_logits
 from kdflow.stream import ArraySource, StreamingSource
 
@@ -142,8 +142,8 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place on batches from ``source`` and leave it at its best-validation-accuracy weights.
 
-    When the source carries teacher logits the loss is :func:`kdflow.losses.kd_loss` (``alpha`` weights the
-    soft term; rows labeled ``-1`` contribute only to the soft term); otherwise plain cross-entropy on the
+    When the source carries teacher logits the loss is :func:`kdflow.losses.distillation_loss` of kind
+    ``cfg.loss`` (``kd``, ``dkd`` or ``dist``; ``alpha`` weights the soft term; rows labeled ``-1`` contribute only to the soft term); otherwise plain cross-entropy on the
     labels. Teacher logits are clipped to ``±teacher_logit_clip``. Early stopping watches validation accuracy.
 
     With ``checkpoints``, the full training state (weights, optimizer, LR schedule and step, RNG states, the
@@ -215,7 +215,10 @@ def fit(
             if zb is not None:
                 if clip is not None:
                     zb = zb.clamp(-clip, clip)
-                loss, soft, hard = kd_loss(logits, zb, yb, cfg.temperature, cfg.alpha)
+                loss, soft, hard = distillation_loss(
+                    cfg.loss, logits, zb, yb, cfg.temperature, cfg.alpha,
+                    (cfg.dkd_alpha, cfg.dkd_beta), (cfg.dist_beta, cfg.dist_gamma),
+                )  # fmt: skip
             else:
                 loss = hard = F.cross_entropy(logits, yb)
                 soft = loss.new_zeros(())
