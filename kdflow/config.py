@@ -345,6 +345,89 @@ class ServingConfig(_Strict):
         return v
 
 
+class SearchDimension(_Strict):
+    """One hyper-parameter's search range: ``low``..``high`` (uniform, or log-uniform when ``log``; integers for
+    an integer setting) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("give either choices or low/high (and log), not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-uniform range needs low > 0, got low={self.low}")
+        return self
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {
+        "temperature": SearchDimension(low=1.0, high=20.0, log=True),
+        "alpha": SearchDimension(low=0.1, high=0.95),
+        "lr": SearchDimension(low=3e-4, high=3e-2, log=True),
+        "weight_decay": SearchDimension(low=1e-6, high=1e-2, log=True),
+        "loss": SearchDimension(choices=["kd", "dkd", "dist"]),
+    }
+
+
+class TuneConfig(_Strict):
+    """``kdflow tune``: Bayesian search (Optuna's TPE sampler, Bergstra et al. 2011) over ``train.*`` settings.
+
+    ``space`` maps a ``train`` setting to its range; every trial trains the student with the sampled values for
+    ``epochs`` epochs (default ``train.epochs``), reports validation accuracy after each epoch to a median pruner
+    (a trial below the median of earlier trials at the same epoch stops), and must keep its validation ECE after
+    temperature scaling within ``sla.max_ece``. ``trials`` and ``subset`` (a stratified fraction of train and
+    transfer rows) are defaults for the command's options."""
+
+    space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+    trials: int = Field(default=30, gt=0)
+    epochs: int | None = Field(default=None, gt=0)
+    subset: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int = 0  # the sampler's (worker i uses seed + i) and the subset's
+    startup_trials: int = Field(default=10, ge=0)  # TPE: random trials before the model is fitted
+    pruner_startup_trials: int = Field(default=5, ge=0)  # no pruning until this many trials finished
+    pruner_warmup_epochs: int = Field(default=1, ge=0)  # no pruning in a trial's first epochs
+
+    @field_validator("space")
+    @classmethod
+    def _known_settings(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        if not space:
+            raise ValueError("the search space is empty")
+        for name, dim in space.items():
+            default = TrainConfig.model_fields.get(name)
+            if default is None or isinstance(default.default, BaseModel):
+                scalars = sorted(k for k, f in TrainConfig.model_fields.items() if not isinstance(f.default, BaseModel))
+                raise ValueError(f"{name!r} is not a train setting that can be tuned; expected one of {scalars}")
+            values = dim.choices if dim.choices is not None else [dim.low, dim.high]
+            if dim.choices is None and tune_as_int(name) and any(float(v) != int(v) for v in values):
+                raise ValueError(f"{name}: train.{name} is an integer, got bounds {values}")
+            for value in values:
+                try:
+                    TrainConfig.model_validate({name: int(value) if tune_as_int(name) else value})
+                except ValidationError as exc:
+                    raise ValueError(
+                        f"{name}: {value!r} is not a valid train.{name}: {exc.errors()[0]['msg']}"
+                    ) from None
+        return space
+
+
+def tune_as_int(name: str) -> bool:
+    """Whether ``train.<name>`` is an integer setting (sampled with ``suggest_int``)."""
+    field = TrainConfig.model_fields[name]
+    return field.annotation in (int, int | None)
+
+
 class DistillConfig(_Strict):
     """Everything one distillation run needs."""
 
@@ -368,6 +451,7 @@ class DistillConfig(_Strict):
     retrain: RetrainConfig = RetrainConfig()
     recalibration: RecalibrationConfig = RecalibrationConfig()
     serving: ServingConfig = ServingConfig()
+    tune: TuneConfig = TuneConfig()
     output_dir: str = ".kdflow/reports"
 
     @field_validator("teacher_uri")
