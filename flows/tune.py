@@ -9,7 +9,7 @@ import optuna
 from prefect import flow
 
 from kdflow.config import DistillConfig, load_config
-from kdflow.tune import check_tune_options, shares
+from kdflow.tune import check_tune_options, shares, storage_url
 from tasks.data import validate_inputs
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
 from tasks.preflight import check_outputs
@@ -49,7 +49,7 @@ def tune_flow(
             cfg.train.temperature,
         )
         data = load_tune_inputs(cfg, ensemble, datasets, subset)
-        shared = storage if storage is not None else optuna.storages.InMemoryStorage()
+        shared = storage_url(storage) if storage is not None else optuna.storages.InMemoryStorage()
         name = create_study(study or f"kdflow-tune-{run_id}", shared, cfg.tune)
         futures = [
             tune_worker.submit(cfg, data, shared, name, n, i, run_id)

@@ -63,6 +63,16 @@ def check_tune_options(storage: str | None, workers: int, subset: float | None) 
         raise ConfigError(f"--subset must be a fraction in (0, 1], got {subset}")
 
 
+def storage_url(storage: str) -> str:
+    """The SQLAlchemy URL Optuna opens: a bare ``postgresql://`` runs on psycopg2 (``postgresql+psycopg2://``), the
+    driver kdflow installs - SQLAlchemy 2.1 would pick psycopg 3 (as ``mlflow/start-server.sh`` does)."""
+    return (
+        "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
+        if storage.startswith("postgresql://")
+        else storage
+    )
+
+
 def shares(trials: int, workers: int) -> list[int]:
     """``trials`` split over ``workers`` as evenly as possible (the first ones take the remainder)."""
     return [trials // workers + (i < trials % workers) for i in range(workers)]

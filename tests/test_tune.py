@@ -26,6 +26,7 @@ from kdflow.tune import (
     open_study,
     run_trials,
     shares,
+    storage_url,
     stratified_subset,
     summary,
     trial_train_config,
@@ -90,6 +91,8 @@ def test_bad_tune_options_are_refused(storage, workers, subset, message):
     assert message in str(err.value) and "hunter2" not in str(err.value)
     check_tune_options("postgresql+psycopg2://postgres@127.0.0.1:5432/x", 2, 0.5)  # a valid set passes
     check_tune_options("sqlite:///tmp/optuna.db", 1, None)
+    assert storage_url("postgresql://postgres@h:5432/db") == "postgresql+psycopg2://postgres@h:5432/db"
+    assert storage_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_the_cli_exits_2_on_bad_input_before_any_work(tmp_path):
@@ -244,7 +247,7 @@ def test_two_workers_share_one_study_on_postgresql(distill_config, tmp_path):
         path = write_yaml(tmp_path / "distill.yaml", distill_config)
         first = tune_flow(str(path), trials=3, storage=storage, study="shared", subset=0.3, workers=2)
         second = tune_flow(str(path), trials=2, storage=storage, study="shared", subset=0.3, workers=1)
-        study = optuna.load_study(study_name="shared", storage=storage)
+        study = optuna.load_study(study_name="shared", storage=storage_url(storage))
         assert first["trials"] == 3 and second["trials"] == 5 and len(study.trials) == 3 + 2
         assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
         assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
