@@ -171,6 +171,43 @@ def test_trials_whose_ece_exceeds_the_sla_are_infeasible_and_reported(tmp_path):
     assert all(r.info.status == "FINISHED" and "train.lr" in r.data.params for r in children)
 
 
+def test_a_trial_below_the_median_is_pruned_after_its_first_epoch(tmp_path):
+    """Two enqueued trials: a good learning rate, then one too small to learn anything in an epoch; the median pruner
+    (one finished trial is enough here) stops the second after epoch 1 and its MLflow run says so."""
+    from kdflow import registry
+    from mlflow import MlflowClient
+
+    cfg = DistillConfig.model_validate(
+        packaged(
+            data={**packaged()["data"], "num_classes": 3},
+            student={"arch": "mlp", "args": {"width": 16, "depth": 1}},
+            train={"epochs": 3, "batch_size": 32, "early_stopping_patience": None, "schedule": {"warmup_steps": 1}},
+            sla={"max_ece": None},
+            tune={
+                "space": {"lr": {"low": 1e-7, "high": 0.1, "log": True}},
+                "pruner_startup_trials": 1,
+                "pruner_warmup_epochs": 0,
+            },
+        )
+    )
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = registry.configure(tracking, "tune-pruning", str(tmp_path / "artifacts"))
+    parent = MlflowClient(tracking).create_run(exp).info.run_id
+    study = open_study("pruning", None, cfg.tune)
+    study.enqueue_trial({"lr": 0.05})
+    study.enqueue_trial({"lr": 1e-7})
+    run_trials(study, make_objective(cfg, _toy_data(), TrialRuns(tracking, parent, "pruning")), 2)
+    good, bad = study.trials
+    assert good.state == optuna.trial.TrialState.COMPLETE and good.user_attrs["feasible"] is True
+    assert bad.state == optuna.trial.TrialState.PRUNED and list(bad.intermediate_values) == [1]
+    assert summary(study, None)["best"]["number"] == 0
+    runs = {
+        r.data.tags["optuna.trial"]: r
+        for r in MlflowClient(tracking).search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    }
+    assert runs["1"].data.tags["optuna.state"] == "PRUNED" and runs["0"].data.tags["optuna.state"] == "COMPLETE"
+
+
 @pytest.mark.slow
 def test_three_tiny_trials_end_to_end(distill_config, tmp_path):
     from mlflow import MlflowClient
