@@ -30,16 +30,16 @@ import numpy as np
 import optuna
 import yaml
 
-from kdflow.calibration import calibration_metrics, fit_temperature
 from kdflow.config import ConfigError, DistillConfig, SearchDimension, TrainConfig, TuneConfig, tune_as_int
 from kdflow.data import Dataset
 from kdflow.ensemble import combine_logits
+from kdflow.evaluation import calibrate_student
 from kdflow.models import build_model
 from kdflow.precompute import logit_stores
 from kdflow.redact import redact_text
 from kdflow.registry import ModelRef
 from kdflow.stream import ArraySource
-from kdflow.train import fit, predict_logits, seed_everything
+from kdflow.train import fit, seed_everything
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")  # Optuna's RDBStorage (SQLAlchemy URLs, drivers with "+")
 ECE_CONSTRAINT = "val_ece_over_max"
@@ -259,10 +259,8 @@ def make_objective(
                 model, data.source(train.temperature), data.val.x, data.val.y, train,
                 data.val_logits(train.temperature), on_epoch, progress=False,
             )  # fmt: skip
-            logits = predict_logits(model, data.val.x)
-            c = cfg.calibration
-            t_star = fit_temperature(logits, data.val.y, c.t_min, c.t_max, c.max_iter)
-            ece = calibration_metrics(logits, data.val.y, t_star, c.n_bins).ece
+            calibration = calibrate_student(model, data.val, cfg.calibration)  # as the distill flow serves it
+            ece, t_star = calibration.after.ece, calibration.temperature
             feasible = max_ece is None or ece <= max_ece
             trial.set_user_attr("val_ece", ece)
             trial.set_user_attr("calibrated_temperature", t_star)
