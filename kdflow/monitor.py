@@ -315,8 +315,9 @@ def record_drift_check(
     cfg: DriftConfig,
 ) -> str:
     """Store one check as a finished MLflow run in ``experiment_id``: tags (model, version, as_of, status,
-    action, triggered signals, reason, episode start; the checked version, rows per serving version and why), the drift config as params, :func:`drift_metrics`,
-    ``check.json`` and ``decision.json`` (what the next check reads back). Returns the run id.
+    action, triggered signals, reason, episode start; the checked version, rows per serving version and why),
+    the drift config as params, :func:`drift_metrics`, ``check.json`` and ``decision.json`` (what the next check
+    reads back). Returns the run id.
 
     ``run_key`` (:func:`kdflow.registry.open_run`): a repeat with the same key completes the run the first call
     created instead of adding a second check to the history; metrics and the JSON files are rewritten with the

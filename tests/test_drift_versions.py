@@ -153,9 +153,9 @@ def test_check_served_checks_the_previous_version_against_its_own_profile(tmp_pa
     assert check.n_labeled == 200 + 100  # the label-lag day's rows and every 3rd of the checked day
     assert check.served == {"1": 300, "2": 40} and check.checked_version == "1" and check.scope == served.scope
     assert check.reason == f"{served.scope}; {expected.reason}"
-    # 60 of 300 rows answered by the teacher (rows without answered_by count as the student's answers).
+    # Rows 0-59 answered by the teacher except every 7th (not recorded: counts as the student's answer).
     teacher = int(np.sum(logged["answered"] == "teacher"))
-    assert check.metrics["deferral_rate"] == teacher / 300
+    assert teacher == 51 and check.metrics["deferral_rate"] == 51 / 300
     assert check.signals["deferral_rate"].value == pytest.approx(teacher / 300 - 0.1, abs=1e-15)
     with pytest.raises(ValueError, match="the reference is v2's, the checked rows are v1's"):
         check_served(served, refs["2"], window, CFG)
@@ -257,7 +257,8 @@ def test_drift_check_after_a_champion_switch_checks_who_served(prefect_harness, 
     assert result["served"] == {"1": 300, "2": 40} and result["checked_version"] == "1"
     assert result["scope"].startswith("checked v1's 300 rows in [2026-01-01T00:00:00+00:00, 2026-01-02T00:00:00+00:00)")
     assert "against v1's own reference profile: the champion v2 served 40 rows" in result["scope"]
-    assert result["signals"]["deferral_rate"] == pytest.approx(60 / 300 - 0.1, abs=1e-12)
+    # Rows 0-59 answered by the teacher, except every 7th (not recorded: the student's), so 51 of 300.
+    assert result["signals"]["deferral_rate"] == pytest.approx(51 / 300 - 0.1, abs=1e-12)
     assert result["decision"]["action"] in ("none", "retrain") and "has 0 rows" not in result["decision"]["reason"]
     run = MlflowClient().get_run(result["mlflow_run_id"])
     tags = run.data.tags
