@@ -236,17 +236,23 @@ def champion_reference(champion: Champion) -> VersionReference:
 def check_served(served: ServedRows, reference: VersionReference, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
     """The drift check of the version ``served`` chose (:func:`check_version` against ``reference``, which must be
     that version's; the champion's when none was chosen), carrying the rows per serving version and which were
-    checked. When no version served ``min_rows`` rows, "cannot decide" names the versions and their rows."""
+    checked. When no version served ``min_rows`` rows, or a checked day has no log partition, "cannot decide"
+    names the versions and their rows."""
     version = served.checked or served.champion
     if reference.version != version:
         raise ValueError(f"check_served: the reference is v{reference.version}'s, the checked rows are v{version}'s")
     check = check_version(reference.profile, version, window, cfg, reference.deferral_rate)
-    if served.checked is None and not recent_days(window, cfg)[1]:
+    check.served, check.checked_version, check.scope = dict(served.counts), served.checked, served.scope
+    if recent_days(window, cfg)[1]:  # a missing day: nothing was checked
+        check.reason += (
+            f" (rows by serving version on the days present: {served_text(served.counts, served.champion) or 'none'})"
+        )
+        check.checked_version, check.scope = None, check.reason
+    elif served.checked is None:
         check.reason = served.scope
         check.signals = {name: replace(s, detail=served.scope) for name, s in check.signals.items()}
-    elif served.checked not in (None, served.champion):
+    elif served.checked != served.champion:
         check.reason = f"{served.scope}; {check.reason}"
-    check.served, check.checked_version, check.scope = dict(served.counts), served.checked, served.scope
     return check
 
 

@@ -181,12 +181,21 @@ def test_check_served_checks_the_previous_version_against_its_own_profile(tmp_pa
 
 def test_a_missing_day_still_cannot_decide_and_says_who_served(tmp_path):
     write_switch_logs(tmp_path)
+    two_days = CFG.model_copy(update={"window_days": 2, "label_lag_days": 0})
     window = read_window(str(tmp_path), datetime(2026, 1, 1), datetime(2026, 1, 3), require_all_partitions=False)
-    served = served_rows(window, "2", CFG)  # the checked day 2026-01-02 has no partition
-    assert served.counts == {} and served.checked is None
-    check = check_served(served, VersionReference("2", profiles()["2"]), window, CFG)
-    assert check.status == "cannot_decide" and check.reason.startswith("cannot decide: 1 missing log partition(s)")
-    assert check.scope == served.scope
+    served = served_rows(window, "2", two_days)  # 2026-01-02 has no partition
+    assert served.counts == {"1": 300, "2": 40} and served.checked == "1"
+    check = check_served(served, VersionReference("1", profiles()["1"]), window, two_days)
+    assert check.status == "cannot_decide" and check.checked_version is None and check.signals == {}
+    assert (
+        check.reason
+        == check.scope
+        == (
+            f"cannot decide: 1 missing log partition(s) in {window.root}: 2026-01-02 "
+            "(rows by serving version on the days present: v1 300 rows, v2 (champion) 40 rows)"
+        )
+    )
+    assert check.served == {"1": 300, "2": 40}
 
 
 # ------------------------------------------------------------------------------- registered versions, the flow
