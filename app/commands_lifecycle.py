@@ -29,6 +29,11 @@ def drift_check(
     preflight(config)
     result = run(drift_check_flow, str(config), as_of, retrain_via)
     typer.echo(f"{result['model']} v{result['version']} at {result['as_of']}: {result['status']}")
+    if "served" in result:
+        from kdflow.served import served_text
+
+        typer.echo(f"served: {served_text(result['served'], result['version']) or 'no rows'}")
+        typer.echo(f"  {result['scope']}")
     for name, value in result["signals"].items():
         typer.echo(f"  {name:<22} {'n/a' if value is None else f'{value:.4f}'}")
     typer.echo(f"decision: {result['decision']['action']} - {result['decision']['reason']}")

@@ -13,14 +13,24 @@ from flows.retrain import retrain_flow
 from kdflow.config import DistillConfig, RetrainVia, load_config
 from kdflow.lifecycle import parse_as_of
 from kdflow.monitor import DriftCheckResult, drift_window
-from tasks.drift import check_drift, decide_action, drift_history, emit_drift_event, record_drift_check, retrain_route
-from tasks.monitoring import load_champion, read_logs
+from tasks.drift import (
+    check_drift,
+    decide_action,
+    drift_history,
+    emit_drift_event,
+    record_drift_check,
+    retrain_route,
+    served_versions,
+)
+from tasks.monitoring import load_champion, load_reference, read_logs
 from tasks.preflight import check_outputs
 
 
 @flow(name="drift-check", log_prints=True)
 def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: RetrainVia = "auto") -> dict[str, Any]:
-    """Check the champion's last ``drift.window_days`` of traffic at ``as_of`` (default: now).
+    """Check the champion's last ``drift.window_days`` of traffic at ``as_of`` (default: now) — or, when the
+    champion served fewer than ``drift.min_rows`` of them (it was just promoted), the rows of the version that
+    served the window against that version's own reference; the decision is the champion's either way.
 
     On a retrain decision the event is always emitted; ``retrain_via`` says who retrains: ``event`` (a
     deployment trigger on a Prefect server), ``subflow`` (here, the embedded default), ``none``, or ``auto``
@@ -31,7 +41,9 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     when = parse_as_of(as_of)
     champion = load_champion(cfg.mlflow.tracking_uri, cfg.registry.student_name)
     window = read_logs(cfg.logs, cfg.validation, cfg.data.num_classes, *drift_window(when, cfg.drift))
-    check = check_drift(champion, window, cfg.drift)
+    served = served_versions(window, champion, cfg.drift)  # after a champion switch: who served the window
+    reference = load_reference(cfg.mlflow.tracking_uri, champion, served.checked)
+    check = check_drift(served, reference, window, cfg.drift)
     decision = decide_action(drift_history(cfg.mlflow, cfg.drift, champion.ref, when), check, cfg.drift, when)
     result = DriftCheckResult(
         champion.ref,

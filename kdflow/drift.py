@@ -29,6 +29,7 @@ SIGNALS = (
     "psi_teacher_entropy",
     "accuracy",
     "estimated_accuracy",
+    "deferral_rate",
 )  # psi_teacher_entropy is informational (not a DriftSignal trigger)
 
 
@@ -132,6 +133,16 @@ def flip_rate(student_probs: np.ndarray, teacher_logits: np.ndarray) -> float:
     return eval_metrics.flip_rate(student_probs, teacher_logits)
 
 
+def deferral_rate(answered_by: np.ndarray | Sequence[str | None]) -> float | None:
+    """The share of rows the teacher answered (the confidence fallback): ``#{answered_by == "teacher"} / n``,
+    a null counting as the student's answer (the inference-log format); None when no row records who answered
+    (a server without the fallback)."""
+    answered = np.asarray(answered_by, dtype=object)
+    if not any(isinstance(a, str) for a in answered):
+        return None
+    return float(np.mean(answered == "teacher"))
+
+
 # ---------------------------------------------------------------------------------------------- one window
 @dataclass
 class WindowData:
@@ -139,7 +150,7 @@ class WindowData:
 
     ``labels`` (n,): the true class where known, NaN or negative where unknown. ``teacher_logits`` (n, C):
     the teacher's logits for shadow-scored rows; other rows are NaN, or ``shadow_mask`` (n,) marks the
-    shadow-scored rows explicitly.
+    shadow-scored rows explicitly. ``answered_by`` (n,): ``student``, ``teacher`` or None per row.
     """
 
     probs: np.ndarray  # (n, C) calibrated student probabilities, as served
@@ -147,6 +158,7 @@ class WindowData:
     labels: np.ndarray | None = None
     teacher_logits: np.ndarray | None = None
     shadow_mask: np.ndarray | None = None
+    answered_by: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -193,6 +205,11 @@ class DriftCheck:
     signals: dict[str, Signal]
     features: list[FeatureTest] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # raw values: accuracy, estimated_accuracy, ...
+    # Who served the checked days: rows per serving version (most first; empty when not known), the version
+    # whose rows were checked, and a sentence saying which and why.
+    served: dict[str, int] = field(default_factory=dict)
+    checked_version: str | None = None
+    scope: str = ""
 
     def exceeded(self) -> list[str]:
         """Names of the signals that exceeded their threshold."""
@@ -214,6 +231,9 @@ class DriftCheck:
             signals={k: Signal(**s) for k, s in d.get("signals", {}).items()},
             features=[FeatureTest(**f) for f in d.get("features", [])],
             metrics={k: float(v) for k, v in d.get("metrics", {}).items()},
+            served={k: int(v) for k, v in d.get("served", {}).items()},
+            checked_version=d.get("checked_version"),
+            scope=d.get("scope", ""),
         )
 
 
@@ -348,18 +368,47 @@ def _estimated_accuracy_signal(profile: ReferenceProfile, probs: np.ndarray, cfg
     )
 
 
+def _deferral_signal(window: WindowData, reference: float | None, cfg: DriftConfig) -> tuple[Signal, float | None]:
+    """Rise of the production deferral rate (:func:`deferral_rate`) above the version's validation deferral rate
+    ``reference`` (signal value: the rise), and that rate (None when not computed)."""
+    threshold = cfg.max_deferral_rate_increase
+    rate = None if window.answered_by is None else deferral_rate(window.answered_by)
+    if rate is None:
+        return Signal(
+            "deferral_rate", None, threshold, None, "no row records answered_by: no confidence fallback"
+        ), None
+    if reference is None:
+        why = "the version has no validation deferral rate (tag kdflow.cascade_deferral_rate)"
+        return Signal("deferral_rate", None, threshold, None, why), rate
+    teacher = int(np.sum(np.asarray(window.answered_by, dtype=object) == "teacher"))
+    return _above(
+        "deferral_rate",
+        rate - reference,
+        threshold,
+        f"deferral rate {rate:.4f} ({teacher} of {window.n_rows} rows answered by the teacher) vs validation "
+        f"{reference:.4f}: rise",
+    ), rate
+
+
 def check_window(
-    profile: ReferenceProfile, window: WindowData, cfg: DriftConfig, labeled_window: WindowData | None = None
+    profile: ReferenceProfile,
+    window: WindowData,
+    cfg: DriftConfig,
+    labeled_window: WindowData | None = None,
+    deferral_reference: float | None = None,
 ) -> DriftCheck:
     """Every drift statistic of ``window`` against ``profile`` with ``cfg``'s thresholds.
 
     ``labeled_window``: where the accuracy signal looks for labeled rows instead of ``window`` — labels
-    arrive late, so a flow passes the window extended back by ``cfg.label_lag_days``.
+    arrive late, so a flow passes the window extended back by ``cfg.label_lag_days``. ``deferral_reference``:
+    the version's validation deferral rate (tag ``kdflow.cascade_deferral_rate``), for the deferral-rate rise
+    on rows that record ``answered_by``.
 
     PSI of confidence, entropy (reference quantile bins) and predicted-class frequencies; KS tests of feature
     summaries; teacher-student flip rate and teacher-entropy PSI (informational) on >= ``min_shadow_rows``
     shadow rows; accuracy drop vs the reference on >= ``min_labeled_rows`` labeled rows; CBPE
-    estimated-accuracy drop. Fewer than ``min_rows`` rows: ``cannot_decide``, and no signal is computed.
+    estimated-accuracy drop; deferral-rate rise. Fewer than ``min_rows`` rows: ``cannot_decide``, and no signal
+    is computed.
     """
     labeled, shadowed = window.labeled(), window.shadowed()
     counts = {"n_rows": window.n_rows, "n_labeled": int(labeled.sum()), "n_shadow": int(shadowed.sum())}
@@ -390,12 +439,14 @@ def check_window(
     labels_from = labeled_window if labeled_window is not None else window
     counts["n_labeled"] = int(labels_from.labeled().sum())
     accuracy_signal, acc = _accuracy_signal(profile, labels_from, cfg)
+    deferral_signal, deferral = _deferral_signal(window, deferral_reference, cfg)
     signals = [
         *_output_signals(profile, probs, cfg),
         _feature_signal(tests, cfg),
         *_teacher_signals(profile, probs, window, shadowed, cfg),
         accuracy_signal,
         _estimated_accuracy_signal(profile, probs, cfg),
+        deferral_signal,
     ]
     exceeded = [s for s in signals if s.exceeded]
     reason = (
@@ -409,6 +460,8 @@ def check_window(
     window_metrics = {"estimated_accuracy": estimate_accuracy(probs)}
     if acc is not None:
         window_metrics["accuracy"] = acc
+    if deferral is not None:
+        window_metrics["deferral_rate"] = deferral
     return DriftCheck(
         "drift" if exceeded else "ok",
         reason,

@@ -365,6 +365,21 @@ class LogWindow:
         """The request ids, in row order."""
         return self.frame["request_id"].to_numpy(dtype=str)
 
+    @property
+    def model_versions(self) -> np.ndarray:
+        """The version that served each row (``model_version``), as strings."""
+        return self.frame["model_version"].astype(str).to_numpy(dtype=str)
+
+    @property
+    def answered_by(self) -> np.ndarray:
+        """Who answered each row: ``student``, ``teacher`` or None (not recorded), as an object array."""
+        return np.array([a if isinstance(a, str) else None for a in self.frame["answered_by"]], dtype=object)
+
+    @property
+    def latency_ms(self) -> np.ndarray:
+        """Each row's server latency in ms, NaN where not measured."""
+        return pd.to_numeric(self.frame["latency_ms"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
 
 def read_window(
     root: str,

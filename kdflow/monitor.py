@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,10 @@ from kdflow.lifecycle import (
 )
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
+from kdflow.served import PROFILE_ARTIFACT, ServedRows, VersionReference, recent_days, served_text
 from kdflow.train import predict_logits
 from kdflow.validation import validate_inference_logs
 
-PROFILE_ARTIFACT = "reference/profile.json"  # a registered student's reference profile, in its run's artifacts
 REPORT_ARTIFACT = "report/report.json"  # a distillation run's report
 _P = registry.TAG_PREFIX
 
@@ -188,7 +188,7 @@ def drift_window(as_of: datetime, cfg: DriftConfig) -> tuple[datetime, datetime]
 
 def version_rows(window: LogWindow, version: str, since: datetime | None = None) -> WindowData:
     """The rows of ``window`` served by model ``version`` (from ``since`` on, when given)."""
-    rows = (window.frame["model_version"].astype(str) == str(version)).to_numpy()
+    rows = window.model_versions == str(version)
     if since is not None:
         rows = rows & (window.frame["timestamp"] >= since).to_numpy()
     return WindowData(
@@ -197,24 +197,63 @@ def version_rows(window: LogWindow, version: str, since: datetime | None = None)
         labels=window.labels[rows],
         teacher_logits=window.teacher_logits[rows],
         shadow_mask=window.shadow_mask[rows],
+        answered_by=window.answered_by[rows],
     )
 
 
-def check_version(profile: ReferenceProfile, version: str, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
+def check_version(
+    profile: ReferenceProfile,
+    version: str,
+    window: LogWindow,
+    cfg: DriftConfig,
+    deferral_reference: float | None = None,
+) -> DriftCheck:
     """Every drift statistic (:func:`kdflow.drift.check_window`) of ``version``'s rows in the last
-    ``window_days`` of ``window`` against its reference ``profile``; the accuracy signal uses the labeled rows
-    of the whole window (``label_lag_days`` longer, as labels arrive late). A missing log partition in the last
-    ``window_days`` means "cannot decide", with the dates; a missing label-lag day only means fewer labels."""
-    recent_start = window.end - timedelta(days=cfg.window_days)
-    missing = [d for d in window.missing_dates if d >= recent_start.date()]
+    ``window_days`` of ``window`` against its reference ``profile`` (and its validation deferral rate
+    ``deferral_reference``); the accuracy signal uses the labeled rows of the whole window (``label_lag_days``
+    longer, as labels arrive late). A missing log partition in the last ``window_days`` means "cannot decide",
+    with the dates; a missing label-lag day only means fewer labels."""
+    recent_start, missing = recent_days(window, cfg)
     if missing:
         reason = f"cannot decide: {len(missing)} missing log partition(s) in {window.root}: " + ", ".join(
             d.isoformat() for d in missing
         )
         return DriftCheck("cannot_decide", reason, len(window), 0, 0, signals={})
     return check_window(
-        profile, version_rows(window, version, recent_start), cfg, labeled_window=version_rows(window, version)
+        profile,
+        version_rows(window, version, recent_start),
+        cfg,
+        labeled_window=version_rows(window, version),
+        deferral_reference=deferral_reference,
     )
+
+
+def champion_reference(champion: Champion) -> VersionReference:
+    """The champion's reference profile and tags, as loaded with it."""
+    return VersionReference(champion.ref.version, champion.profile, dict(champion.tags))
+
+
+def check_served(served: ServedRows, reference: VersionReference, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
+    """The drift check of the version ``served`` chose (:func:`check_version` against ``reference``, which must be
+    that version's; the champion's when none was chosen), carrying the rows per serving version and which were
+    checked. When no version served ``min_rows`` rows, or a checked day has no log partition, "cannot decide"
+    names the versions and their rows."""
+    version = served.checked or served.champion
+    if reference.version != version:
+        raise ValueError(f"check_served: the reference is v{reference.version}'s, the checked rows are v{version}'s")
+    check = check_version(reference.profile, version, window, cfg, reference.deferral_rate)
+    check.served, check.checked_version, check.scope = dict(served.counts), served.checked, served.scope
+    if recent_days(window, cfg)[1]:  # a missing day: nothing was checked
+        check.reason += (
+            f" (rows by serving version on the days present: {served_text(served.counts, served.champion) or 'none'})"
+        )
+        check.checked_version, check.scope = None, check.reason
+    elif served.checked is None:
+        check.reason = served.scope
+        check.signals = {name: replace(s, detail=served.scope) for name, s in check.signals.items()}
+    elif served.checked != served.champion:
+        check.reason = f"{served.scope}; {check.reason}"
+    return check
 
 
 @dataclass(frozen=True)
@@ -254,9 +293,10 @@ def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) 
 
 
 def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dict[str, float]:
-    """The MLflow metrics of one check: ``as_of_ts`` (what :func:`drift_history` orders by), row counts, each
-    computed signal (``signal_*``) and whether it exceeded its threshold (``exceeded_*``), the window's raw
-    metrics (``window_*``) and ``retrain`` (1 on a retrain decision)."""
+    """The MLflow metrics of one check: ``as_of_ts`` (what :func:`drift_history` orders by), row counts (also
+    per serving version: ``served_rows_v<version>``), each computed signal (``signal_*``) and whether it exceeded
+    its threshold (``exceeded_*``), the window's raw metrics (``window_*``) and ``retrain`` (1 on a retrain
+    decision)."""
     signals = check.signals.values()
     return {
         "as_of_ts": as_of.timestamp(),
@@ -264,6 +304,7 @@ def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dic
         "n_labeled": check.n_labeled,
         "n_shadow": check.n_shadow,
         "retrain": float(decision.action == "retrain"),
+        **{f"served_rows_v{version}": n for version, n in check.served.items()},
         **{f"signal_{s.name}": s.value for s in signals if s.value is not None},
         **{f"exceeded_{s.name}": float(bool(s.exceeded)) for s in signals if s.exceeded is not None},
         **{f"window_{k}": v for k, v in check.metrics.items()},
@@ -280,8 +321,9 @@ def record_drift_check(
     cfg: DriftConfig,
 ) -> str:
     """Store one check as a finished MLflow run in ``experiment_id``: tags (model, version, as_of, status,
-    action, triggered signals, reason, episode start), the drift config as params, :func:`drift_metrics`,
-    ``check.json`` and ``decision.json`` (what the next check reads back). Returns the run id.
+    action, triggered signals, reason, episode start; the checked version, rows per serving version and why),
+    the drift config as params, :func:`drift_metrics`, ``check.json`` and ``decision.json`` (what the next check
+    reads back). Returns the run id.
 
     ``run_key`` (:func:`kdflow.registry.open_run`): a repeat with the same key completes the run the first call
     created instead of adding a second check to the history; metrics and the JSON files are rewritten with the
@@ -300,6 +342,10 @@ def record_drift_check(
     }
     if decision.episode_start is not None:
         tags[f"{_P}episode_start"] = decision.episode_start.isoformat()
+    if check.scope:
+        tags[f"{_P}checked_version"] = check.checked_version or ""
+        tags[f"{_P}served"] = ",".join(f"{v}={n}" for v, n in check.served.items())
+        tags[f"{_P}scope"] = check.scope[:5000]
     run_id, _ = registry.open_run(
         experiment_id,
         run_key,
@@ -316,7 +362,8 @@ def record_drift_check(
 
 
 def drift_markdown(ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision) -> str:
-    """A markdown summary of one check: the decision and why, row counts, and a table of every signal."""
+    """A markdown summary of one check: the decision and why, row counts (per serving version and which were
+    checked, when known), and a table of every signal."""
     lines = [
         f"# Drift check: {ref.name} v{ref.version} at {as_of.isoformat()}",
         "",
@@ -324,6 +371,16 @@ def drift_markdown(ref: registry.ModelRef, as_of: datetime, check: DriftCheck, d
         "",
         f"{check.n_rows} rows, {check.n_labeled} labeled, {check.n_shadow} shadow-scored.",
         "",
+        *(
+            [
+                f"Rows by serving version: {served_text(check.served, ref.version) or 'none'}.",
+                "",
+                f"Scope: {check.scope}",
+                "",
+            ]
+            if check.scope
+            else []
+        ),
         "| signal | value | threshold | exceeded | detail |",
         "|---|---|---|---|---|",
     ]
@@ -383,8 +440,9 @@ class DriftCheckResult:
     recalibration: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON-able result the drift-check flow returns; ``event_id`` and ``retrain_via`` only after a
-        retrain decision."""
+        """The JSON-able result the drift-check flow returns; ``served`` (rows per serving version),
+        ``checked_version`` and ``scope`` when the check knows who served; ``event_id`` and ``retrain_via`` only
+        after a retrain decision."""
         out: dict[str, Any] = {
             "model": self.ref.name,
             "version": self.ref.version,
@@ -396,6 +454,8 @@ class DriftCheckResult:
             "retrain": self.retrain,
             "recalibration": self.recalibration,
         }
+        if self.check.scope:
+            out.update(served=self.check.served, checked_version=self.check.checked_version, scope=self.check.scope)
         if self.decision.action == "retrain":
             out.update(event_id=self.event_id, retrain_via=self.retrain_via)
         return out

@@ -13,6 +13,7 @@ from kdflow.config import DriftConfig, MlflowConfig, RetrainVia
 from kdflow.drift import Decision, DriftCheck, decide
 from kdflow.inference_logs import LogWindow
 from kdflow.monitor import Champion, DriftHistory
+from kdflow.served import ServedRows, VersionReference, served_rows, served_text
 from tasks import kdflow_task
 
 
@@ -20,11 +21,20 @@ def _monitoring_experiment(mlflow: MlflowConfig, drift: DriftConfig) -> str:
     return registry.configure(mlflow.tracking_uri, drift.monitoring_experiment, mlflow.artifact_location)
 
 
+@kdflow_task(name="served-versions")
+def served_versions(window: LogWindow, champion: Champion, cfg: DriftConfig) -> ServedRows:
+    """Rows per serving version in the checked days, and whose rows to check (:func:`kdflow.served.served_rows`):
+    the champion's, or after a champion switch those of the version that served the window."""
+    served = served_rows(window, champion.ref.version, cfg)
+    get_run_logger().info("served: %s; %s", served_text(served.counts, champion.ref.version) or "no rows", served.scope)
+    return served
+
+
 @kdflow_task(name="check-drift")
-def check_drift(champion: Champion, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
-    """Every drift statistic of the champion's rows against its reference profile
-    (:func:`kdflow.monitor.check_version`): drift, ok, or "cannot decide" with the reason."""
-    check = monitor.check_version(champion.profile, champion.ref.version, window, cfg)
+def check_drift(served: ServedRows, reference: VersionReference, window: LogWindow, cfg: DriftConfig) -> DriftCheck:
+    """Every drift statistic of the chosen version's rows against its own reference
+    (:func:`kdflow.monitor.check_served`): drift, ok, or "cannot decide" with the reason."""
+    check = monitor.check_served(served, reference, window, cfg)
     get_run_logger().info("drift check: %s", check.reason)
     return check
 

@@ -7,10 +7,11 @@ from datetime import datetime
 
 from prefect import get_run_logger
 
-from kdflow import monitor, registry
+from kdflow import monitor, registry, served
 from kdflow.config import LogsConfig, RecentTraffic, RetrainConfig, ValidationConfig
 from kdflow.inference_logs import LogWindow
 from kdflow.monitor import Champion
+from kdflow.served import VersionReference
 from tasks import kdflow_task
 
 
@@ -39,6 +40,21 @@ def load_champion(tracking_uri: str, name: str) -> Champion:
         "champion %s version %s (T=%.4f)", name, champion.ref.version, float(champion.model.temperature)
     )
     return champion
+
+
+@kdflow_task(
+    name="load-reference",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=lambda task, run, state: not _is_registry_error(state),
+)
+def load_reference(tracking_uri: str, champion: Champion, version: str | None) -> VersionReference:
+    """What ``version``'s rows are checked against: the champion's reference when ``version`` is the champion
+    or None, else that version's own (:func:`kdflow.served.load_reference`); a missing one is not retried."""
+    if version in (None, champion.ref.version):
+        return monitor.champion_reference(champion)
+    get_run_logger().info("loading the reference profile of v%s, which served the window", version)
+    return served.load_reference(tracking_uri, champion.ref.name, version)
 
 
 @kdflow_task(name="read-logs", retries=1, retry_delay_seconds=2)

@@ -143,8 +143,11 @@ def test_profile_contents_and_round_trip(profile):
 def test_same_distribution_window_does_not_exceed(profile, checks):
     check = checks["clean"]
     assert check.status == "ok", check.reason
-    assert all(s.value is not None and s.exceeded is False for s in check.signals.values()), check.reason
+    computed = {name: s for name, s in check.signals.items() if name != "deferral_rate"}
+    assert all(s.value is not None and s.exceeded is False for s in computed.values()), check.reason
     assert list(check.signals) == list(SIGNALS)
+    deferral = check.signals["deferral_rate"]  # no row records who answered: not computed, and why
+    assert (deferral.value, deferral.exceeded) == (None, None) and "no row records answered_by" in deferral.detail
     assert check.signals["flip_rate"].value == 0.0  # teacher and student are the same posterior
     assert check.metrics["accuracy"] == pytest.approx(profile.accuracy - check.signals["accuracy"].value)
     assert json.loads(json.dumps(check.to_dict(), allow_nan=False))["status"] == "ok"
