@@ -453,3 +453,17 @@ def test_startup_errors_exit_non_zero_with_one_line(registry_env, tmp_path, case
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert ("does not resolve" if case == "no champion" else "not valid YAML") in errors[0]
+
+
+def test_demo_prints_how_to_serve_its_champion(registry_env, tmp_path):
+    from app.commands_pipeline import serve_hint
+    from kdflow.config import DistillConfig, load_config
+
+    (version,) = register(registry_env, "serve-hint", [0])
+    path = config(registry_env, tmp_path, "serve-hint", port=8099)
+    hint = serve_hint(load_config(path, DistillConfig), path)
+    assert f"models:/serve-hint@champion, version {version}" in hint
+    assert f"kdflow serve-model --config {path} --port 8099" in hint
+    assert "http://127.0.0.1:8099/invocations" in hint and '{"inputs": [[' + ", ".join(["0.0"] * WIDTH) + "]]}" in hint
+    path = config(registry_env, tmp_path, "serve-hint-nobody")
+    assert serve_hint(load_config(path, DistillConfig), path) is None
