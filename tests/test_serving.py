@@ -467,3 +467,16 @@ def test_demo_prints_how_to_serve_its_champion(registry_env, tmp_path):
     assert "http://127.0.0.1:8099/invocations" in hint and '{"inputs": [[' + ", ".join(["0.0"] * WIDTH) + "]]}" in hint
     path = config(registry_env, tmp_path, "serve-hint-nobody")
     assert serve_hint(load_config(path, DistillConfig), path) is None
+
+
+@pytest.mark.slow
+def test_torch_runtime_answers_like_onnx(registry_env, tmp_path):
+    from kdflow.artifact import load_served
+
+    register(registry_env, "serve-torch", [0])
+    x = registry_env["x"][:8]
+    with serving(config(registry_env, tmp_path, "serve-torch", runtime="torch"), tmp_path) as client:
+        assert client.get("/health").json()["runtime"] == "torch"
+        predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
+    expected = load_served(registry_env["uris"][0], "onnx").predict(x)
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
