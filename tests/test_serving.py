@@ -455,6 +455,7 @@ def test_startup_errors_exit_non_zero_with_one_line(registry_env, tmp_path, case
     assert ("does not resolve" if case == "no champion" else "not valid YAML") in errors[0]
 
 
+@pytest.mark.slow
 def test_demo_prints_how_to_serve_its_champion(registry_env, tmp_path):
     from app.commands_pipeline import serve_hint
     from kdflow.config import DistillConfig, load_config
