@@ -155,6 +155,7 @@ class Teacher:
 
     @property
     def version(self) -> str:
+        """The teacher's registered version."""
         return self.ref.version
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -45,10 +45,12 @@ log = logging.getLogger(__name__)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
+    """``payload`` as a JSON response (orjson; numpy arrays allowed)."""
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type=JSON)
 
 
 def error_response(status: int, message: str) -> Response:
+    """The one-line error body ``{"error": message}``."""
     return json_response({"error": message}, status)
 
 
@@ -91,12 +93,14 @@ class Server:
         self.labels_written = 0
 
     def refuse(self, request: Request, exc: RequestError, body_bytes: int) -> Response:
+        """Count, log and record a refused request; its 4xx response."""
         self.rejected += 1
         self.buffer.reject(exc.status, exc.message, request.url.path, body_bytes)
         log.warning("refused %s %s (%d): %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.message)
 
     def health(self) -> dict[str, Any]:
+        """What ``GET /health`` reports."""
         champion, challenger, teacher = self.holder.champion, self.holder.challenger, self.scorer.teacher
         return {
             "status": "ok",
@@ -121,6 +125,7 @@ class Server:
         }
 
     def write_labels(self, ids: list[str], labels: list[int]) -> None:
+        """Write validated late labels under ``logs.root/labels/`` (blocking: called from a worker thread)."""
         logs = self.cfg.logs
         write_labels(logs.root, ids, labels, datetime.now(timezone.utc), endpoint_url=logs.endpoint_url)
         self.labels_written += len(ids)
