@@ -496,3 +496,25 @@ def test_torch_runtime_answers_like_onnx(registry_env, tmp_path):
         predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
     expected = load_served(registry_env["uris"][0], "onnx").predict(x)
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_holder_swaps_in_place_but_not_to_another_input_width(registry_env):
+    import mlflow
+    from kdflow.artifact import ServedSpec, log_served_model
+    from kdflow.models import CalibratedClassifier, build_model
+    from kdflow.promotion import set_alias
+    from kdflow.serving.holder import ModelHolder
+
+    v1, v2 = register(registry_env, "serve-holder", [0, 1])
+    holder = ModelHolder("serve-holder", "champion", "onnx", poll_seconds=60)
+    assert holder.champion.version == v1 and not holder.refresh()
+    set_alias("serve-holder", "champion", v2, reason="test")
+    assert holder.refresh() and holder.champion.version == v2 and holder.swaps == 1
+    narrow = CalibratedClassifier(build_model("mlp", {"width": 8, "depth": 1}, (20,), CLASSES), 1.0).eval()
+    with mlflow.start_run():
+        _, v3 = log_served_model(narrow, ServedSpec("mlp", {"width": 8, "depth": 1}, (20,), CLASSES, 1.0),
+                                 registry_env["x"][:5, :20], registered_name="serve-holder")  # fmt: skip
+    set_alias("serve-holder", "champion", v3, reason="test: another input width")
+    assert not holder.refresh() and holder.champion.version == v2  # still serving, refused once and remembered
+    assert not holder.refresh() and holder._refused == {v3}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -83,7 +84,7 @@ class Server:
         self.holder = ModelHolder(self.name, serving.alias, serving.runtime, serving.poll_seconds,
                                   with_challenger=serving.challenger_fraction > 0)  # fmt: skip
         shape = self.holder.champion.model.input_shape
-        self.width = int(_prod(shape))
+        self.width = math.prod(shape)
         teacher = Teacher(serving.teacher, shape) if serving.teacher else None
         self.buffer = LogBuffer(cfg.logs.root, self.name, serving.spill_dir, serving.log_flush_rows,
                                 serving.log_flush_seconds, cfg.logs.endpoint_url)  # fmt: skip
@@ -129,13 +130,6 @@ class Server:
         logs = self.cfg.logs
         write_labels(logs.root, ids, labels, datetime.now(timezone.utc), endpoint_url=logs.endpoint_url)
         self.labels_written += len(ids)
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def create_app(server: Server) -> FastAPI:
