@@ -13,6 +13,7 @@ import typer
 from app.commands_lifecycle import deployments_app, drift_app, recalibrate, retrain, serve, simulate_app
 from app.commands_models import models_app
 from app.commands_pipeline import data_app, demo, distill, logits_app, teacher_app, validate
+from app.commands_serve import serve_model
 from app.commands_tune import tune
 from app.common import GATE_FAILED_EXIT, SERVER_DOWN_EXIT
 
@@ -33,6 +34,7 @@ app.command("retrain")(retrain)
 app.command("recalibrate")(recalibrate)
 app.command("serve")(serve)
 app.command("tune")(tune)
+app.command("serve-model")(serve_model)
 
 
 def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry
