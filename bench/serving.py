@@ -1,0 +1,799 @@
+"""Serving benchmark: `kdflow serve-model` on loopback against the bare forward pass and MLflow's own scoring
+server (a benchmark script, not a test).
+
+What it measures, on one registered champion student (`models:/<registry.student_name>@champion`):
+
+1. Set-up. ``--state DIR``: a finished ``kdflow demo`` state (the folder holding ``mlflow.db``, ``data/``, ...,
+   or the folder the demo ran in, with its ``.kdflow/``), or an empty folder: then it is built with the demo's
+   own code path (MNIST-1D, ``teacher_flow``, ``distill_flow`` on the packaged configs with every path under
+   DIR; ``--transfer-size`` rows). A champion that is not yet a served artifact (:mod:`kdflow.artifact`; a
+   student registered before the artifact change) is re-registered as one from the same weights and moved to
+   ``champion`` (recorded as an alias event); a champion without ``kdflow.cascade_threshold`` gets one fitted
+   on the validation split (:func:`kdflow.selective.fit_cascade`, target = teacher accuracy -
+   ``cascade.max_accuracy_loss``).
+2. The limit: the bare forward pass of that artifact at batch 1, one test row per call (cycling), after a
+   warm-up: ONNX Runtime (1 intra-op thread) on ``extra_files/model.onnx``, the ``pt2`` program
+   (:func:`kdflow.artifact.load_served` ``torch``), and torch eager on the rebuilt ``CalibratedClassifier``
+   (:func:`kdflow.artifact.load_calibrated`); torch with 1 thread. Microseconds per call, p50/p95.
+3. INT8: ONNX Runtime static quantization (``quant_pre_process``, then ``quantize_static``, QDQ, int8 weights
+   and activations, MinMax calibration over ``--calibration-rows`` validation rows) of the ONNX copy: batch-1
+   latency as in 2, test accuracy, ECE (15 bins), flip rate vs the teacher and the SLA gate
+   (:func:`kdflow.sla.check_slas` with INT8's figures; size ratio as registered). Decision: ship INT8 only if
+   its p50 is below FP32's AND it passes the gate. Not wired into serving.
+4. The server: ``kdflow serve-model --config C --port P`` as a subprocess per configuration (student-only
+   ONNX, student-only torch, cascade ONNX with the teacher and ``shadow_fraction`` 0.1), logs under a fresh
+   ``logs.root`` each. For concurrency 1, 8 and 32: that many client threads, each with one persistent httpx
+   connection, each sending ``--requests`` single-row ``POST /invocations`` (``{"inputs": [[...]]}``, rows of
+   the test split), stopped at ``--time-budget`` seconds per level; client-side latency p50/p95/p99 and
+   requests/s. Then SIGTERM; the rows in the log partitions (:func:`kdflow.inference_logs.read_window`) must
+   equal the accepted (HTTP 200) requests, warm-up included: the exit status is 1 if they differ.
+5. Beside it: ``mlflow models serve -m models:/<student>@champion --env-manager local`` (MLFLOW_TRACKING_URI =
+   the state's SQLite) on the same champion, ``--mlflow-requests`` sequential requests, p50/p95.
+
+Goals (issue 12): our p50 at concurrency 1 <= 2 ms, and below MLflow's own server's.
+
+Run (from the repository root)::
+
+    .venv/bin/python bench/serving.py --state /tmp/kdflow-serving --out bench/results/serving.json
+    .venv/bin/python bench/serving.py --state /tmp/kdflow-serving --quick --out /tmp/serving-smoke.json
+
+The client, the server and the model share the CPU: on a 2-core machine the client's own time is part of
+every latency, more so at concurrency 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # flows/ and tasks/ are top-level packages of the repository
+    sys.path.insert(0, str(REPO))
+
+from _common import cpu_model, load_avg, write_json  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
+CONCURRENCY = (1, 8, 32)
+GOAL_P50_MS = 2.0
+N_BINS = 15
+SHADOW_FRACTION = 0.1
+ACTOR = "bench/serving.py"
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": ..., ...}`` of ``values`` (numpy's linear interpolation); None for an empty sample."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q:g}": (float(np.percentile(arr, q)) if arr.size else None) for q in qs}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What the clients of one concurrency level saw: per-request latencies (ms) of accepted requests, the
+    HTTP status counts (``"error"``: no response), and the wall time from the first send to the last answer."""
+
+    concurrency: int
+    latencies_ms: list[float]
+    statuses: dict[str, int]
+    wall_s: float
+    budget_hit: bool
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, requests/s (accepted requests over the wall time) and latency percentiles."""
+        ok = self.statuses.get("200", 0)
+        return {
+            "concurrency": self.concurrency,
+            "requests": sum(self.statuses.values()),
+            "accepted": ok,
+            "statuses": dict(sorted(self.statuses.items())),
+            "wall_s": self.wall_s,
+            "requests_per_s": ok / self.wall_s if self.wall_s > 0 else None,
+            "budget_hit": self.budget_hit,
+            **{f"{k}_ms": v for k, v in percentiles(self.latencies_ms).items()},
+        }
+
+
+def merge_counts(parts: Sequence[dict[str, int]]) -> dict[str, int]:
+    """The sum of several status-count dictionaries."""
+    out: dict[str, int] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def time_calls(fn: Callable[[np.ndarray], Any], rows: np.ndarray, calls: int, warmup: int) -> dict[str, Any]:
+    """Microseconds per ``fn(row)`` call at batch 1 (rows cycled, each ``(1, d...)``), after ``warmup`` calls."""
+    n = len(rows)
+    for i in range(warmup):
+        fn(rows[i % n : i % n + 1])
+    times = np.empty(calls, dtype=np.float64)
+    for i in range(calls):
+        x = rows[i % n : i % n + 1]
+        t0 = time.perf_counter_ns()
+        fn(x)
+        times[i] = (time.perf_counter_ns() - t0) / 1e3
+    return {"calls": calls, **{f"{k}_us": v for k, v in percentiles(times, (50, 95)).items()}}
+
+
+def log_check(accepted: int, logged: int) -> dict[str, Any]:
+    """The logging invariant: every accepted request is one logged row, no more, no fewer."""
+    return {"accepted": accepted, "logged": logged, "ok": accepted == logged}
+
+
+# --------------------------------------------------------------------------------------------- set-up
+def set_env(state: Path) -> None:
+    """Prefect's ephemeral API and MLflow on the state's SQLite (before Prefect or MLflow is imported)."""
+    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(var, None)
+    os.environ["PREFECT_HOME"] = str(state / "prefect")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def resolve_state(arg: Path | None) -> Path:
+    """The state folder: ``arg/.kdflow`` when ``arg`` is where ``kdflow demo`` ran, else ``arg`` (default: a
+    new temporary folder)."""
+    if arg is None:
+        return Path(tempfile.mkdtemp(prefix="kdflow-serving-")).resolve()
+    arg = arg.resolve()
+    return arg / ".kdflow" if (arg / ".kdflow" / "mlflow.db").is_file() else arg
+
+
+def write_configs(state: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """The packaged demo configs with every path under ``state`` (the demo's layout: mlflow.db, mlartifacts,
+    data/mnist1d, store, reports); returns both paths and the distill config as written."""
+    import yaml
+
+    from kdflow.config import packaged_config
+
+    data = state / "data" / "mnist1d"
+    mlflow_cfg = {"tracking_uri": f"sqlite:///{state / 'mlflow.db'}", "artifact_location": str(state / "mlartifacts")}
+    splits = {k: str(data / f"{k}.parquet") for k in ("train", "val", "test", "transfer")}
+    teacher = yaml.safe_load(packaged_config("mnist1d_teacher.yaml").read_text())
+    teacher["data"].update({k: splits[k] for k in ("train", "val", "test")})
+    teacher["mlflow"] = dict(mlflow_cfg)
+    distill = yaml.safe_load(packaged_config("mnist1d_distill.yaml").read_text())
+    distill["data"].update(splits)
+    distill["mlflow"] = dict(mlflow_cfg)
+    distill["store"]["root"] = str(state / "store")
+    distill["output_dir"] = str(state / "reports")
+    out = state / "bench-serving"
+    out.mkdir(parents=True, exist_ok=True)
+    tpath, dpath = out / "teacher.yaml", out / "distill.yaml"
+    tpath.write_text(yaml.safe_dump(teacher, sort_keys=False))
+    dpath.write_text(yaml.safe_dump(distill, sort_keys=False))
+    return tpath, dpath, distill
+
+
+def build_champion(state: Path, tpath: Path, dpath: Path, transfer_size: int) -> dict[str, Any]:
+    """What ``kdflow demo`` does, under ``state``: data (unless present), the teacher (unless one is champion),
+    the student; returns what was done."""
+    from flows.distill import distill_flow
+    from flows.teacher import teacher_flow
+    from kdflow import registry
+    from kdflow.config import DistillConfig, TeacherConfig, load_config
+    from kdflow.generators import write_mnist1d
+    from tasks.logits import task_runner_for
+
+    tcfg, dcfg = load_config(tpath, TeacherConfig), load_config(dpath, DistillConfig)
+    done: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if not Path(dcfg.data.transfer).is_file():
+        write_mnist1d(Path(dcfg.data.train).parent, transfer_size=transfer_size)
+        done["data_s"] = time.perf_counter() - t0
+    registry.configure(tcfg.mlflow.tracking_uri, tcfg.experiment, tcfg.mlflow.artifact_location)
+    if registry.alias_version(tcfg.registry_name, tcfg.alias) is None:
+        t0 = time.perf_counter()
+        teacher = teacher_flow(str(tpath))
+        done["teacher"] = {"version": teacher["version"], "test_accuracy": teacher["test_accuracy"]}
+        done["teacher_s"] = time.perf_counter() - t0
+        if not teacher["promoted"]:
+            raise SystemExit(f"the teacher failed its gate ({teacher['reason']}); nothing to distil from")
+    t0 = time.perf_counter()
+    report = distill_flow.with_options(task_runner=task_runner_for(dcfg.store))(str(dpath))
+    done["student_s"] = time.perf_counter() - t0
+    done["student_gate_passed"] = report["gate_passed"]
+    if not report.get("promotion"):
+        raise SystemExit(f"the student was not promoted ({report['decision']['reason']}); nothing to serve")
+    return done
+
+
+@dataclass(frozen=True)
+class Data:
+    """The MNIST-1D splits the bench reads (features float32, labels int64)."""
+
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def read_split(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n, d) float32 and labels of one labeled Parquet split in kdflow's layout (``x``, ``label``)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    return np.stack(frame["x"].to_numpy()).astype(np.float32), frame["label"].to_numpy(dtype=np.int64)
+
+
+def teacher_probs(teacher_uri: str, x: np.ndarray) -> np.ndarray:
+    """The registered teacher's softmax probabilities on ``x``."""
+    import torch
+
+    from kdflow import registry
+
+    model = registry.load_torch_model(registry.resolve(teacher_uri))
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(x)), dim=-1).numpy()
+
+
+def served_champion(dcfg: Any, data: Data) -> dict[str, Any]:
+    """Make sure the champion is a served artifact with a cascade threshold; returns name, version, directory
+    and what had to be done."""
+    import mlflow
+    from kdflow import registry
+    from kdflow.artifact import ServedSpec, is_served_artifact, log_served_model, model_dir
+    from kdflow.promotion import set_alias
+    from kdflow.selective import cascade_target, fit_cascade
+
+    name = dcfg.registry.student_name
+    version = registry.champion_version(name)
+    done: dict[str, Any] = {}
+    if not is_served_artifact(model_dir(f"models:/{name}/{version}")):
+        old = registry.load_torch_model(registry.resolve(f"models:/{name}/{version}"))
+        spec = ServedSpec(dcfg.student.arch, dict(dcfg.student.args), tuple(data.x_val.shape[1:]),
+                          dcfg.data.num_classes, float(old.temperature))  # fmt: skip
+        registry.configure(dcfg.mlflow.tracking_uri, dcfg.registry.experiment, dcfg.mlflow.artifact_location)
+        with mlflow.start_run(run_name=f"bench-serving: served artifact of v{version}"):
+            _, new = log_served_model(old, spec, data.x_val[:5], registered_name=name)
+        tags = registry._client().get_model_version(name, version).tags
+        registry.tag_version(name, new, {k: v for k, v in tags.items() if not k.startswith("kdflow.alias_event.")})
+        set_alias(name, "champion", new, reason=f"served-artifact copy of v{version} (same weights)", actor=ACTOR)
+        done["reregistered"] = {"from": version, "to": new}
+        version = new
+    tags = registry._client().get_model_version(name, version).tags
+    if "kdflow.cascade_threshold" not in tags:
+        from kdflow.artifact import load_served
+
+        student_val = load_served(f"models:/{name}/{version}", "onnx").predict(data.x_val)
+        teacher_val = teacher_probs(dcfg.teacher_uri, data.x_val).argmax(1)
+        target = cascade_target(
+            dcfg.serving.cascade.target_accuracy,
+            dcfg.serving.cascade.max_accuracy_loss,
+            float((teacher_val == data.y_val).mean()),
+        )
+        fit = fit_cascade(student_val, teacher_val, data.y_val, target)
+        registry.tag_version(name, version, fit.tags())
+        done["cascade_fitted"] = fit.summary()
+    return {"name": name, "version": version, "dir": str(model_dir(f"models:/{name}/{version}")), **done}
+
+
+def size_ratio(served_dir: Path, teacher_uri: str) -> float:
+    """Student parameters / teacher parameters (the SLA's ``max_size_ratio`` figure)."""
+    from kdflow import registry
+    from kdflow.artifact import load_calibrated
+    from kdflow.models import count_parameters
+
+    student = load_calibrated(served_dir).model
+    return count_parameters(student) / count_parameters(registry.load_torch_model(registry.resolve(teacher_uri)))
+
+
+# --------------------------------------------------------------------------------------------- the limit
+def ort_session(path: Path, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> probabilities`` through an ONNX Runtime session of a served artifact's graph."""
+    from kdflow.artifact import INPUT_NAME, OUTPUT_NAME
+
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def bare_forward(served_dir: Path, rows: np.ndarray, calls: int, warmup: int) -> dict[str, Any]:
+    """Batch-1 µs per call of the ONNX copy (onnxruntime, 1 thread), the pt2 program and torch eager."""
+    import torch
+
+    from kdflow.artifact import EXTRA_DIR, ONNX_FILE, load_calibrated, load_served
+
+    torch.set_num_threads(1)
+    eager = load_calibrated(served_dir)
+
+    def eager_fn(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return eager(torch.from_numpy(x)).numpy()
+
+    runtimes = {
+        "onnxruntime": ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE)),
+        "pt2": load_served(str(served_dir), "torch").predict,
+        "torch_eager": eager_fn,
+    }
+    out = {}
+    for name, fn in runtimes.items():
+        out[name] = time_calls(fn, rows, calls, warmup)
+        print(f"  bare {name:12s} p50 {out[name]['p50_us']:8.1f} µs  p95 {out[name]['p95_us']:8.1f} µs", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- INT8
+class _Rows:
+    """onnxruntime's ``CalibrationDataReader`` protocol over validation rows, in batches."""
+
+    def __init__(self, x: np.ndarray, batch: int = 32):
+        from kdflow.artifact import INPUT_NAME
+
+        self._batches = iter([{INPUT_NAME: x[i : i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize(fp32: Path, out_dir: Path, calib: np.ndarray, activation: str) -> Path:
+    """Static QDQ quantization of ``fp32`` (int8 weights per channel; ``activation`` "int8" or "uint8"),
+    MinMax-calibrated on ``calib``, after ONNX Runtime's pre-processing (ONNX shape inference and graph
+    optimisation; its symbolic shape pass is skipped: it fails on the exporter's Concat of the batch dimension)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out_dir / "model.pre.onnx"
+    if not pre.is_file():
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # its symbolic pass fails on Concat
+    reader = type("Reader", (_Rows, CalibrationDataReader), {})(calib)
+    out = out_dir / f"model.int8-{activation}.onnx"
+    quantize_static(
+        str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+        activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
+    )  # fmt: skip
+    return out
+
+
+def quality(probs: np.ndarray, y: np.ndarray, teacher: np.ndarray, p95_ms: float, ratio: float) -> dict[str, float]:
+    """The SLA gate's figures of a set of test probabilities (names as in :class:`kdflow.evaluation.Evaluation`)."""
+    from kdflow.calibration import expected_calibration_error
+    from kdflow.metrics import flip_rate
+
+    acc = float((probs.argmax(1) == y).mean())
+    return {
+        "student_accuracy": acc,
+        "teacher_gap": float((teacher.argmax(1) == y).mean()) - acc,
+        "student_ece": float(expected_calibration_error(probs, y, N_BINS)),
+        "flip_rate": flip_rate(probs, teacher),
+        "student_latency_p95_ms": p95_ms,
+        "size_ratio": ratio,
+    }
+
+
+def int8_study(
+    served_dir: Path, work: Path, data: Data, teacher_test: np.ndarray, sla: Any, ratio: float, args: Any
+) -> dict[str, Any]:
+    """FP32 vs INT8 (two activation types): batch-1 latency, test figures, SLA gate; the shipping decision."""
+    from kdflow.artifact import EXTRA_DIR, ONNX_FILE
+    from kdflow.sla import check_slas
+
+    fp32 = served_dir / EXTRA_DIR / ONNX_FILE
+    work.mkdir(parents=True, exist_ok=True)
+    models = {"fp32": fp32}
+    for act in ("int8", "uint8"):
+        models[f"int8 (activations {act})"] = quantize(fp32, work, data.x_val[: args.calibration_rows], act)
+    rows: dict[str, Any] = {}
+    for name, path in models.items():
+        predict = ort_predict(ort_session(path))
+        timing = time_calls(predict, data.x_test, args.bare_calls, args.warmup)
+        figures = quality(predict(data.x_test), data.y_test, teacher_test, timing["p95_us"] / 1e3, ratio)
+        checks = check_slas(figures, sla)
+        rows[name] = {
+            **timing,
+            **figures,
+            "bytes": path.stat().st_size,
+            "gate_passed": all(c.passed for c in checks),
+            "gate_failures": [f"{c.name}: {c.value:.4g} {c.op} {c.threshold:g} fails" for c in checks if not c.passed],
+        }
+        r = rows[name]
+        print(
+            f"  {name:24s} p50 {r['p50_us']:7.1f} µs p95 {r['p95_us']:7.1f} µs  acc {r['student_accuracy']:.4f} "
+            f"ECE {r['student_ece']:.4f} flip {r['flip_rate']:.4f}  gate {'PASS' if r['gate_passed'] else 'FAIL'}",
+            flush=True,
+        )
+    base = rows["fp32"]["p50_us"]
+    for name, r in rows.items():
+        r["faster_than_fp32"] = name != "fp32" and r["p50_us"] < base
+        r["ship"] = r["faster_than_fp32"] and r["gate_passed"]
+    shipped = [n for n, r in rows.items() if r["ship"]]
+    if shipped:
+        verdict = f"ship {min(shipped, key=lambda n: rows[n]['p50_us'])}: faster than FP32 and passes the SLA gate"
+    else:
+        reasons = [f"{n}: {'faster' if r['faster_than_fp32'] else 'not faster'}, gate "
+                   f"{'passed' if r['gate_passed'] else 'failed'}" for n, r in rows.items() if n != "fp32"]  # fmt: skip
+        verdict = "keep FP32 (" + "; ".join(reasons) + ")"
+    return {"calibration_rows": min(args.calibration_rows, len(data.x_val)), "models": rows, "decision": verdict}
+
+
+# --------------------------------------------------------------------------------------------- the servers
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bodies(x: np.ndarray) -> list[bytes]:
+    """One MLflow-protocol request body per row: ``{"inputs": [[...]]}`` (serialised once, outside the timing)."""
+    return [json.dumps({"inputs": [row.tolist()]}).encode() for row in x]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    """Poll ``GET url`` until it answers 200; returns the seconds it took. Raises if the process exits first."""
+    import httpx
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"no 200 from {url} within {timeout:.0f} s")
+
+
+def load(url: str, payloads: list[bytes], concurrency: int, per_client: int, budget_s: float) -> LoadResult:
+    """``concurrency`` threads, each with one persistent connection, each posting up to ``per_client`` bodies
+    (client ``i`` starts at row ``i * per_client``) until ``budget_s`` seconds have passed."""
+    import httpx
+
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    counts: list[dict[str, int]] = [{} for _ in range(concurrency)]
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+    hit = [False]
+
+    def client(i: int) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        headers = {"Content-Type": "application/json"}
+        with httpx.Client(limits=limits, timeout=30.0) as http:
+            start.wait()
+            for k in range(per_client):
+                if time.perf_counter() >= stop_at[0]:
+                    hit[0] = True
+                    break
+                body = payloads[(i * per_client + k) % len(payloads)]
+                t0 = time.perf_counter()
+                try:
+                    status = str(http.post(url, content=body, headers=headers).status_code)
+                except httpx.HTTPError:
+                    status = "error"
+                if status == "200":
+                    lat[i].append((time.perf_counter() - t0) * 1e3)
+                counts[i][status] = counts[i].get(status, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + budget_s
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return LoadResult(concurrency, [v for part in lat for v in part], merge_counts(counts), wall, hit[0])
+
+
+def stop(proc: subprocess.Popen, group: bool, timeout: float = 60.0) -> int | None:
+    """SIGTERM the process (its whole process group when ``group``); SIGKILL after ``timeout``. Its exit status."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        os.killpg(proc.pid, signal.SIGTERM) if group else proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+        proc.wait()
+        return None
+
+
+def count_logged(root: Path, since: dt.datetime) -> dict[str, Any]:
+    """Rows logged under ``root`` since ``since`` (every date partition up to now): count, who answered, how
+    many were shadow-scored, and the server-side latency the server recorded."""
+    from kdflow.inference_logs import read_window
+
+    now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    window = read_window(str(root), since - dt.timedelta(minutes=1), now, require_all_partitions=False)
+    frame = window.frame
+    answered = frame["answered_by"].fillna("null").value_counts().to_dict() if len(frame) else {}
+    server_ms = frame["latency_ms"].dropna().to_numpy() if len(frame) else np.array([])
+    return {
+        "rows": len(window),
+        "answered_by": {str(k): int(v) for k, v in answered.items()},
+        "shadow_scored": int(window.shadow_mask.sum()),
+        "server_latency": {f"{k}_ms": v for k, v in percentiles(server_ms).items()},
+    }
+
+
+@dataclass(frozen=True)
+class ServerCase:
+    """One ``kdflow serve-model`` configuration."""
+
+    label: str
+    runtime: str
+    cascade: bool
+
+
+CASES = (
+    ServerCase("student ONNX", "onnx", False),
+    ServerCase("student torch", "torch", False),
+    ServerCase("cascade ONNX (teacher, shadow 0.1)", "onnx", True),
+)
+
+
+def server_config(distill: dict[str, Any], case: ServerCase, work: Path, port: int) -> Path:
+    """The distill config with ``logs.root`` and a ``serving`` section for ``case`` under ``work``."""
+    import yaml
+
+    cfg = dict(distill)
+    cfg["logs"] = {"root": str(work / "logs")}
+    serving = {"port": port, "runtime": case.runtime, "spill_dir": str(work / "spill"), "poll_seconds": 3600.0}
+    if case.cascade:
+        serving |= {"teacher": distill["teacher_uri"], "shadow_fraction": SHADOW_FRACTION, "cascade": {"enabled": True}}
+    else:
+        serving |= {"shadow_fraction": 0.0, "cascade": {"enabled": False}}
+    cfg["serving"] = serving
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH (the server runs this checkout's code) and this
+    interpreter's bin/ first on PATH (``mlflow models serve`` starts ``uvicorn`` by name)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), *filter(None, [env.get("PATH")])])
+    return env | (extra or {})
+
+
+def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: list[bytes], args: Any,
+               expected: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Start ``kdflow serve-model`` for ``case``, warm it up, load it at each concurrency, SIGTERM it and count
+    its logged rows against the accepted requests."""
+    import httpx
+
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = server_config(distill, case, work, port)
+    since = dt.datetime.now(dt.timezone.utc)
+    with open(work / "server.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve-model", "--config", str(config), "--port", str(port)],
+            cwd=work, env=child_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {"runtime": case.runtime, "cascade": case.cascade, "port": port}
+    try:
+        result["ready_s"] = wait_ready(f"{base}/ping", proc, args.ready_timeout)
+        first = httpx.post(f"{base}/invocations", content=payloads[0], headers={"Content-Type": "application/json"})
+        result["first_response"] = first.text[:300]
+        answer = first.json().get("predictions") if first.status_code == 200 else None
+        result["matches_bare_onnx"] = bool(
+            answer is not None and np.allclose(np.asarray(answer, dtype=np.float64), expected[:1], atol=1e-4)
+        )
+        warm = load(f"{base}/invocations", payloads, 1, args.warmup, args.time_budget)
+        accepted = warm.statuses.get("200", 0) + (first.status_code == 200)
+        levels = []
+        for c in CONCURRENCY:
+            res = load(f"{base}/invocations", payloads, c, args.requests, args.time_budget)
+            levels.append(res.summary())
+            accepted += res.statuses.get("200", 0)
+            s = levels[-1]
+            print(
+                f"  {case.label:36s} c={c:2d}: {s['accepted']:5d} ok, {s['requests_per_s']:7.1f} req/s, p50 "
+                f"{s['p50_ms']:6.2f} p95 {s['p95_ms']:6.2f} p99 {s['p99_ms']:6.2f} ms",
+                flush=True,
+            )
+        result["levels"] = levels
+    finally:
+        result["exit_status"] = stop(proc, group=False)
+    logged = count_logged(work / "logs", since)
+    result["log"] = {**log_check(accepted, logged["rows"]), **logged}
+    print(f"  {case.label:36s} accepted {accepted}, logged {logged['rows']}, exit {result['exit_status']}", flush=True)
+    return result
+
+
+def run_mlflow(name: str, tracking_uri: str, work: Path, payloads: list[bytes], args: Any) -> dict[str, Any]:
+    """MLflow's own scoring server on the same champion: ``--mlflow-requests`` sequential requests."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    with open(work / "server.log", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=work, env=child_env({"MLFLOW_TRACKING_URI": tracking_uri}), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        ready = wait_ready(f"http://127.0.0.1:{port}/ping", proc, args.ready_timeout)
+        load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.warmup, args.time_budget)
+        res = load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.mlflow_requests, args.time_budget)
+    finally:
+        status = stop(proc, group=True)
+    s = res.summary()
+    print(f"  mlflow models serve (pt2, 1 worker) c= 1: {s['accepted']:5d} ok, p50 {s['p50_ms']:6.2f} "
+          f"p95 {s['p95_ms']:6.2f} ms", flush=True)  # fmt: skip
+    return {"command": " ".join(cmd[1:]), "ready_s": ready, "exit_status": status, **s}
+
+
+# --------------------------------------------------------------------------------------------- report
+def verdicts(servers: dict[str, Any], mlflow_res: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's goals on the concurrency-1 p50 of each configuration, and the logging invariant."""
+    ml_p50 = mlflow_res.get("p50_ms") if mlflow_res else None
+    out: dict[str, Any] = {}
+    for label, res in servers.items():
+        c1 = next((lv for lv in res.get("levels", []) if lv["concurrency"] == 1), None)
+        p50 = c1["p50_ms"] if c1 else None
+        out[label] = {
+            "p50_c1_ms": p50,
+            f"p50_c1_le_{GOAL_P50_MS:g}ms": p50 is not None and p50 <= GOAL_P50_MS,
+            "p50_c1_below_mlflow": p50 is not None and ml_p50 is not None and p50 < ml_p50,
+            "logged_equals_accepted": bool(res.get("log", {}).get("ok")),
+        }
+    return out
+
+
+def print_tables(bare: dict[str, Any], int8: dict[str, Any], servers: dict[str, Any], mlflow_res: Any) -> None:
+    """The figures as Markdown tables (as BENCHMARKS.md records them)."""
+    print("\n| bare forward, batch 1 | p50 µs | p95 µs |\n|---|---:|---:|")
+    for name, r in bare.items():
+        print(f"| {name} | {r['p50_us']:.1f} | {r['p95_us']:.1f} |")
+    print(
+        "\n| ONNX model | p50 µs | p95 µs | test acc | ECE | flip rate | SLA gate | ship |\n|---|---:|---:|---:|---:|---:|---|---|"
+    )
+    for name, r in int8["models"].items():
+        print(f"| {name} | {r['p50_us']:.1f} | {r['p95_us']:.1f} | {r['student_accuracy']:.4f} | {r['student_ece']:.4f} "
+              f"| {r['flip_rate']:.4f} | {'PASS' if r['gate_passed'] else 'FAIL'} | {'yes' if r['ship'] else 'no'} |")  # fmt: skip
+    print(f"\nINT8 decision: {int8['decision']}")
+    print("\n| server | clients | accepted | req/s | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|")
+    for label, res in servers.items():
+        for lv in res.get("levels", []):
+            print(f"| {label} | {lv['concurrency']} | {lv['accepted']} | {lv['requests_per_s']:.0f} | {lv['p50_ms']:.2f} "
+                  f"| {lv['p95_ms']:.2f} | {lv['p99_ms']:.2f} |")  # fmt: skip
+    if mlflow_res:
+        print(f"| mlflow models serve | 1 | {mlflow_res['accepted']} | {mlflow_res['requests_per_s']:.0f} "
+              f"| {mlflow_res['p50_ms']:.2f} | {mlflow_res['p95_ms']:.2f} | {mlflow_res['p99_ms']:.2f} |")  # fmt: skip
+    print("\n| server | accepted (200) | logged rows | equal |\n|---|---:|---:|---|")
+    for label, res in servers.items():
+        lg = res.get("log", {})
+        print(f"| {label} | {lg.get('accepted')} | {lg.get('logged')} | {'yes' if lg.get('ok') else 'NO'} |")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--state", type=Path, default=None, help="demo state folder (built there when empty; default: "
+                   "a new temporary folder)")  # fmt: skip
+    p.add_argument("--requests", type=int, default=None, help="requests per client per level (default 400; quick 40)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per level (default 30; quick 5)")
+    p.add_argument("--mlflow-requests", type=int, default=None, help="MLflow server requests (default 200; quick 40)")
+    p.add_argument("--bare-calls", type=int, default=None, help="timed calls per runtime (default 3000; quick 300)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls/requests first (default 50; quick 10)")
+    p.add_argument("--calibration-rows", type=int, default=500, help="validation rows for INT8 calibration")
+    p.add_argument("--transfer-size", type=int, default=20_000, help="transfer rows when building a state")
+    p.add_argument("--ready-timeout", type=float, default=240.0, help="seconds a server may take to answer /ping")
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    p.add_argument("--out", type=Path, default=None, help="write every figure as JSON to this path")
+    args = p.parse_args(argv)
+    defaults = {"requests": (400, 40), "time_budget": (30.0, 5.0), "mlflow_requests": (200, 40),
+                "bare_calls": (3000, 300), "warmup": (50, 10)}  # fmt: skip
+    for key, (full, quick) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    if min(args.requests, args.mlflow_requests, args.bare_calls, args.warmup, args.calibration_rows) < 1:
+        raise SystemExit("--requests, --mlflow-requests, --bare-calls, --warmup, --calibration-rows must be >= 1")
+    if args.time_budget <= 0:
+        raise SystemExit("--time-budget must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
+    load_start = load_avg()
+    state = resolve_state(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    set_env(state)
+    from kdflow import registry
+    from kdflow.config import DistillConfig, load_config
+
+    tpath, dpath, distill = write_configs(state)
+    dcfg = load_config(dpath, DistillConfig)
+    registry.configure_tracking(dcfg.mlflow.tracking_uri)
+    print(f"kdflow serving bench: state {state}; {os.cpu_count()} CPUs, load {load_start}", flush=True)
+    built = None
+    if registry.alias_version(dcfg.registry.student_name, "champion") is None:
+        print("  no champion student: building one with the demo's code path", flush=True)
+        built = build_champion(state, tpath, dpath, args.transfer_size)
+    x_val, y_val = read_split(dcfg.data.val)
+    x_test, y_test = read_split(dcfg.data.test)
+    data = Data(x_val, y_val, x_test, y_test)
+    champion = served_champion(dcfg, data)
+    served_dir = Path(champion["dir"])
+    print(f"  champion models:/{champion['name']}/{champion['version']} ({served_dir})", flush=True)
+    teacher_test = teacher_probs(dcfg.teacher_uri, x_test)
+    ratio = size_ratio(served_dir, dcfg.teacher_uri)
+
+    bare = bare_forward(served_dir, x_test, args.bare_calls, args.warmup)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=state / "bench-serving"))
+    int8 = int8_study(served_dir, work / "int8", data, teacher_test, dcfg.sla, ratio, args)
+
+    from kdflow.artifact import EXTRA_DIR, ONNX_FILE
+
+    expected = ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE))(x_test[:1])
+    payloads = bodies(x_test)
+    servers: dict[str, Any] = {}
+    for i, case in enumerate(CASES):
+        try:
+            servers[case.label] = run_server(case, distill, work / f"server-{i}", payloads, args, expected)
+        except Exception as exc:  # recorded; the log check below then fails the run
+            servers[case.label] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"  {case.label}: FAILED {type(exc).__name__}: {exc} (see {work / f'server-{i}' / 'server.log'})")
+    try:
+        mlflow_res = run_mlflow(champion["name"], registry.absolute_db_uri(dcfg.mlflow.tracking_uri),
+                                work / "mlflow", payloads, args)  # fmt: skip
+    except Exception as exc:
+        mlflow_res = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  mlflow models serve: FAILED {exc} (see {work / 'mlflow' / 'server.log'})")
+    judged = verdicts(servers, mlflow_res if "error" not in mlflow_res else None)
+    print_tables(bare, int8, {k: v for k, v in servers.items() if "error" not in v},
+                 mlflow_res if "error" not in mlflow_res else None)  # fmt: skip
+    print("\nGoals (concurrency 1):")
+    for label, v in judged.items():
+        print(f"  {label}: p50 {v['p50_c1_ms']} ms; <= {GOAL_P50_MS:g} ms: {v[f'p50_c1_le_{GOAL_P50_MS:g}ms']}; "
+              f"below MLflow's: {v['p50_c1_below_mlflow']}; logged == accepted: {v['logged_equals_accepted']}")  # fmt: skip
+    logs_ok = all(v["logged_equals_accepted"] for v in judged.values())
+    if args.out:
+        import onnxruntime
+        import torch
+
+        write_json(args.out, {
+            "benchmark": "kdflow serve-model vs the bare forward pass and mlflow models serve (loopback)",
+            "started_utc": started.isoformat(timespec="seconds"),
+            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                        "load_average_start": load_start, "load_average_end": load_avg()},
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "state": str(state), "work": str(work), "built": built, "champion": champion,
+            "bare_forward": bare, "int8": int8, "servers": servers, "mlflow": mlflow_res, "verdicts": judged,
+            "logged_equals_accepted": logs_ok,
+        })  # fmt: skip
+    if not logs_ok:
+        print("FAIL: a server's logged rows differ from its accepted requests (or a server failed)", flush=True)
+    return 0 if logs_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
