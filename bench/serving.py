@@ -73,6 +73,7 @@ GOAL_P50_MS = 2.0
 N_BINS = 15
 SHADOW_FRACTION = 0.1
 ACTOR = "bench/serving.py"
+JSON = "application/json"
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
@@ -475,7 +476,7 @@ def load(url: str, payloads: list[bytes], concurrency: int, per_client: int, bud
 
     def client(i: int) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": JSON}
         with httpx.Client(limits=limits, timeout=30.0) as http:
             start.wait()
             for k in range(per_client):
@@ -533,6 +534,18 @@ def count_logged(root: Path, since: dt.datetime) -> dict[str, Any]:
         "shadow_scored": int(window.shadow_mask.sum()),
         "server_latency": {f"{k}_ms": v for k, v in percentiles(server_ms).items()},
     }
+
+
+def answer_matches(response: dict[str, Any], expected: np.ndarray, atol: float = 1e-4) -> bool | None:
+    """Whether a single-row answer's probabilities equal ``expected`` (the bare ONNX output); None when the
+    teacher answered. ``predictions[0]`` is kdflow's ``{"probabilities": ..., "answered_by": ...}`` or MLflow's
+    bare list."""
+    first = response["predictions"][0]
+    if isinstance(first, dict):
+        if first.get("answered_by") == "teacher":
+            return None
+        first = first["probabilities"]
+    return bool(np.allclose(np.asarray(first, dtype=np.float64), expected, atol=atol))
 
 
 @dataclass(frozen=True)
@@ -596,12 +609,9 @@ def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: 
     result: dict[str, Any] = {"runtime": case.runtime, "cascade": case.cascade, "port": port}
     try:
         result["ready_s"] = wait_ready(f"{base}/ping", proc, args.ready_timeout)
-        first = httpx.post(f"{base}/invocations", content=payloads[0], headers={"Content-Type": "application/json"})
+        first = httpx.post(f"{base}/invocations", content=payloads[0], headers={"Content-Type": JSON})
         result["first_response"] = first.text[:300]
-        answer = first.json().get("predictions") if first.status_code == 200 else None
-        result["matches_bare_onnx"] = bool(
-            answer is not None and np.allclose(np.asarray(answer, dtype=np.float64), expected[:1], atol=1e-4)
-        )
+        result["matches_bare_onnx"] = first.status_code == 200 and answer_matches(first.json(), expected[0])
         warm = load(f"{base}/invocations", payloads, 1, args.warmup, args.time_budget)
         accepted = warm.statuses.get("200", 0) + (first.status_code == 200)
         levels = []
@@ -624,8 +634,12 @@ def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: 
     return result
 
 
-def run_mlflow(name: str, tracking_uri: str, work: Path, payloads: list[bytes], args: Any) -> dict[str, Any]:
+def run_mlflow(
+    name: str, tracking_uri: str, work: Path, payloads: list[bytes], args: Any, expected: np.ndarray
+) -> dict[str, Any]:
     """MLflow's own scoring server on the same champion: ``--mlflow-requests`` sequential requests."""
+    import httpx
+
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
@@ -635,6 +649,8 @@ def run_mlflow(name: str, tracking_uri: str, work: Path, payloads: list[bytes], 
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}/ping", proc, args.ready_timeout)
+        first = httpx.post(f"http://127.0.0.1:{port}/invocations", content=payloads[0], headers={"Content-Type": JSON})
+        matches = first.status_code == 200 and answer_matches(first.json(), expected[0])
         load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.warmup, args.time_budget)
         res = load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.mlflow_requests, args.time_budget)
     finally:
@@ -642,7 +658,7 @@ def run_mlflow(name: str, tracking_uri: str, work: Path, payloads: list[bytes], 
     s = res.summary()
     print(f"  mlflow models serve (pt2, 1 worker) c= 1: {s['accepted']:5d} ok, p50 {s['p50_ms']:6.2f} "
           f"p95 {s['p95_ms']:6.2f} ms", flush=True)  # fmt: skip
-    return {"command": " ".join(cmd[1:]), "ready_s": ready, "exit_status": status, **s}
+    return {"command": " ".join(cmd[1:]), "ready_s": ready, "exit_status": status, "matches_bare_onnx": matches, **s}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -761,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {case.label}: FAILED {type(exc).__name__}: {exc} (see {work / f'server-{i}' / 'server.log'})")
     try:
         mlflow_res = run_mlflow(champion["name"], registry.absolute_db_uri(dcfg.mlflow.tracking_uri),
-                                work / "mlflow", payloads, args)  # fmt: skip
+                                work / "mlflow", payloads, args, expected)  # fmt: skip
     except Exception as exc:
         mlflow_res = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"  mlflow models serve: FAILED {exc} (see {work / 'mlflow' / 'server.log'})")

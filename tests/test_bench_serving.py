@@ -96,3 +96,12 @@ def test_load_client_against_a_real_server(serving):
         server.server_close()
     assert res.statuses == {"200": 6, "400": 2} and len(res.latencies_ms) == 6 and not res.budget_hit
     assert sorted(received) == sorted([1.0, -1.0, 2.0, 3.0] * 2)
+
+
+def test_answer_matches_reads_both_protocols(serving):
+    p = np.array([0.25, 0.75])
+    assert serving.answer_matches({"predictions": [[0.25, 0.75]]}, p) is True
+    assert (
+        serving.answer_matches({"predictions": [{"probabilities": [0.3, 0.7], "answered_by": "student"}]}, p) is False
+    )
+    assert serving.answer_matches({"predictions": [{"probabilities": [0.3, 0.7], "answered_by": "teacher"}]}, p) is None
