@@ -44,6 +44,7 @@ every latency, more so at concurrency 32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -55,7 +56,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -518,22 +519,33 @@ def stop(proc: subprocess.Popen, group: bool, timeout: float = 60.0) -> int | No
         return None
 
 
-def count_logged(root: Path, since: dt.datetime) -> dict[str, Any]:
-    """Rows logged under ``root`` since ``since`` (every date partition up to now): count, who answered, how
-    many were shadow-scored, and the server-side latency the server recorded."""
+def log_summary(frame: Any) -> dict[str, Any]:
+    """Of logged rows (a :class:`~kdflow.inference_logs.LogWindow` frame): count, who answered, how many were
+    shadow-scored, and the server-side latency the server recorded (``latency_ms``)."""
+    if not len(frame):
+        return {"rows": 0, "answered_by": {}, "shadow_scored": 0, "server_latency": percentiles([])}
+    answered = frame["answered_by"].fillna("null").value_counts().to_dict()
+    return {
+        "rows": len(frame),
+        "answered_by": {str(k): int(v) for k, v in answered.items()},
+        "shadow_scored": int(frame["teacher_logits"].notna().sum()),
+        "server_latency": {f"{k}_ms": v for k, v in percentiles(frame["latency_ms"].dropna().to_numpy()).items()},
+    }
+
+
+def read_logged(root: Path, since: dt.datetime) -> Any:
+    """The rows logged under ``root`` since ``since`` (every date partition up to now), as a frame."""
     from kdflow.inference_logs import read_window
 
     now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
-    window = read_window(str(root), since - dt.timedelta(minutes=1), now, require_all_partitions=False)
-    frame = window.frame
-    answered = frame["answered_by"].fillna("null").value_counts().to_dict() if len(frame) else {}
-    server_ms = frame["latency_ms"].dropna().to_numpy() if len(frame) else np.array([])
-    return {
-        "rows": len(window),
-        "answered_by": {str(k): int(v) for k, v in answered.items()},
-        "shadow_scored": int(window.shadow_mask.sum()),
-        "server_latency": {f"{k}_ms": v for k, v in percentiles(server_ms).items()},
-    }
+    return read_window(str(root), since - dt.timedelta(minutes=1), now, require_all_partitions=False).frame
+
+
+def between(frame: Any, start: dt.datetime, end: dt.datetime) -> Any:
+    """The logged rows accepted in ``[start, end]`` (one concurrency level)."""
+    if not len(frame):
+        return frame
+    return frame[(frame["timestamp"] >= start) & (frame["timestamp"] <= end)]
 
 
 def answer_matches(response: dict[str, Any], expected: np.ndarray, atol: float = 1e-4) -> bool | None:
@@ -555,6 +567,7 @@ class ServerCase:
     label: str
     runtime: str
     cascade: bool
+    threshold: float | None = None  # the cascade threshold for this run only (None: the registered one)
 
 
 CASES = (
@@ -562,6 +575,34 @@ CASES = (
     ServerCase("student torch", "torch", False),
     ServerCase("cascade ONNX (teacher, shadow 0.1)", "onnx", True),
 )
+
+
+def deferral_threshold(val_probs: np.ndarray, deferral: float) -> float:
+    """The confidence threshold below which a share ``deferral`` of the validation rows falls (the teacher's
+    share under :func:`kdflow.selective.route`: the student answers when ``max p >= threshold``)."""
+    return float(np.quantile(val_probs.max(axis=1), deferral))
+
+
+@contextlib.contextmanager
+def threshold_tag(name: str, version: str, value: float | None) -> Iterator[None]:
+    """Set the version's ``kdflow.cascade_threshold`` to ``value`` for the block, then put the old one back
+    (``None``: leave it alone)."""
+    from kdflow import registry
+
+    if value is None:
+        yield
+        return
+    tag = "kdflow.cascade_threshold"
+    client = registry._client()
+    old = client.get_model_version(name, version).tags.get(tag)
+    client.set_model_version_tag(name, version, tag, str(value))
+    try:
+        yield
+    finally:
+        if old is None:
+            client.delete_model_version_tag(name, version, tag)
+        else:
+            client.set_model_version_tag(name, version, tag, old)
 
 
 def server_config(distill: dict[str, Any], case: ServerCase, work: Path, port: int) -> Path:
@@ -616,8 +657,9 @@ def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: 
         accepted = warm.statuses.get("200", 0) + (first.status_code == 200)
         levels = []
         for c in CONCURRENCY:
+            t0 = dt.datetime.now(dt.timezone.utc)
             res = load(f"{base}/invocations", payloads, c, args.requests, args.time_budget)
-            levels.append(res.summary())
+            levels.append({**res.summary(), "utc_start": t0, "utc_end": dt.datetime.now(dt.timezone.utc)})
             accepted += res.statuses.get("200", 0)
             s = levels[-1]
             print(
@@ -628,8 +670,11 @@ def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: 
         result["levels"] = levels
     finally:
         result["exit_status"] = stop(proc, group=False)
-    logged = count_logged(work / "logs", since)
+    frame = read_logged(work / "logs", since)
+    logged = log_summary(frame)
     result["log"] = {**log_check(accepted, logged["rows"]), **logged}
+    for level in result.get("levels", []):  # what the server itself saw during each level
+        level["server_log"] = log_summary(between(frame, level.pop("utc_start"), level.pop("utc_end")))
     print(f"  {case.label:36s} accepted {accepted}, logged {logged['rows']}, exit {result['exit_status']}", flush=True)
     return result
 
@@ -690,14 +735,18 @@ def print_tables(bare: dict[str, Any], int8: dict[str, Any], servers: dict[str, 
         print(f"| {name} | {r['p50_us']:.1f} | {r['p95_us']:.1f} | {r['student_accuracy']:.4f} | {r['student_ece']:.4f} "
               f"| {r['flip_rate']:.4f} | {'PASS' if r['gate_passed'] else 'FAIL'} | {'yes' if r['ship'] else 'no'} |")  # fmt: skip
     print(f"\nINT8 decision: {int8['decision']}")
-    print("\n| server | clients | accepted | req/s | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| server | clients | accepted | req/s | p50 ms | p95 ms | p99 ms | server p50 / p95 ms | teacher answers |"
+          "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for label, res in servers.items():
         for lv in res.get("levels", []):
+            sv = lv.get("server_log", {})
+            lat, teacher = sv.get("server_latency", {}), sv.get("answered_by", {}).get("teacher", 0)
+            server = f"{lat['p50_ms']:.2f} / {lat['p95_ms']:.2f}" if lat.get("p50_ms") is not None else "-"
             print(f"| {label} | {lv['concurrency']} | {lv['accepted']} | {lv['requests_per_s']:.0f} | {lv['p50_ms']:.2f} "
-                  f"| {lv['p95_ms']:.2f} | {lv['p99_ms']:.2f} |")  # fmt: skip
+                  f"| {lv['p95_ms']:.2f} | {lv['p99_ms']:.2f} | {server} | {teacher} |")  # fmt: skip
     if mlflow_res:
         print(f"| mlflow models serve | 1 | {mlflow_res['accepted']} | {mlflow_res['requests_per_s']:.0f} "
-              f"| {mlflow_res['p50_ms']:.2f} | {mlflow_res['p95_ms']:.2f} | {mlflow_res['p99_ms']:.2f} |")  # fmt: skip
+              f"| {mlflow_res['p50_ms']:.2f} | {mlflow_res['p95_ms']:.2f} | {mlflow_res['p99_ms']:.2f} | - | - |")  # fmt: skip
     print("\n| server | accepted (200) | logged rows | equal |\n|---|---:|---:|---|")
     for label, res in servers.items():
         lg = res.get("log", {})
@@ -718,6 +767,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-rows", type=int, default=500, help="validation rows for INT8 calibration")
     p.add_argument("--transfer-size", type=int, default=20_000, help="transfer rows when building a state")
     p.add_argument("--ready-timeout", type=float, default=240.0, help="seconds a server may take to answer /ping")
+    p.add_argument("--cascade-deferral", type=float, default=0.1, help="also run the cascade with a threshold that "
+                   "defers this share of the validation rows to the teacher (default 0.1; 0: skip)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     p.add_argument("--out", type=Path, default=None, help="write every figure as JSON to this path")
     args = p.parse_args(argv)
@@ -728,8 +779,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, quick if args.quick else full)
     if min(args.requests, args.mlflow_requests, args.bare_calls, args.warmup, args.calibration_rows) < 1:
         raise SystemExit("--requests, --mlflow-requests, --bare-calls, --warmup, --calibration-rows must be >= 1")
-    if args.time_budget <= 0:
-        raise SystemExit("--time-budget must be positive")
+    if args.time_budget <= 0 or not 0 <= args.cascade_deferral < 1:
+        raise SystemExit("--time-budget must be positive and --cascade-deferral in [0, 1)")
     return args
 
 
@@ -769,9 +820,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE))(x_test[:1])
     payloads = bodies(x_test)
     servers: dict[str, Any] = {}
-    for i, case in enumerate(CASES):
+    cases = list(CASES)
+    if args.cascade_deferral > 0:
+        val_probs = ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE))(x_val)
+        threshold = deferral_threshold(val_probs, args.cascade_deferral)
+        label = f"cascade ONNX, threshold {threshold:.3f} ({args.cascade_deferral:.0%} of val deferred)"
+        cases.append(ServerCase(label, "onnx", True, threshold))
+    for i, case in enumerate(cases):
         try:
-            servers[case.label] = run_server(case, distill, work / f"server-{i}", payloads, args, expected)
+            with threshold_tag(champion["name"], champion["version"], case.threshold):
+                servers[case.label] = run_server(case, distill, work / f"server-{i}", payloads, args, expected)
         except Exception as exc:  # recorded; the log check below then fails the run
             servers[case.label] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"  {case.label}: FAILED {type(exc).__name__}: {exc} (see {work / f'server-{i}' / 'server.log'})")

@@ -105,3 +105,12 @@ def test_answer_matches_reads_both_protocols(serving):
         serving.answer_matches({"predictions": [{"probabilities": [0.3, 0.7], "answered_by": "student"}]}, p) is False
     )
     assert serving.answer_matches({"predictions": [{"probabilities": [0.3, 0.7], "answered_by": "teacher"}]}, p) is None
+
+
+def test_deferral_threshold_sends_that_share_to_the_teacher(serving):
+    from kdflow.selective import route
+
+    conf = np.linspace(0.5, 1.0, 1000)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    threshold = serving.deferral_threshold(probs, 0.1)
+    assert route(conf, threshold).mean() == pytest.approx(0.1, abs=0.002)  # route: True where the teacher answers
