@@ -13,6 +13,7 @@ import typer
 from app.commands_lifecycle import deployments_app, drift_app, recalibrate, retrain, serve, simulate_app
 from app.commands_models import models_app
 from app.commands_pipeline import data_app, demo, distill, logits_app, teacher_app, validate
+from app.commands_serve import serve_model
 from app.common import GATE_FAILED_EXIT, SERVER_DOWN_EXIT
 
 __all__ = ["GATE_FAILED_EXIT", "SERVER_DOWN_EXIT", "app", "main"]
@@ -31,6 +32,7 @@ app.command("demo")(demo)
 app.command("retrain")(retrain)
 app.command("recalibrate")(recalibrate)
 app.command("serve")(serve)
+app.command("serve-model")(serve_model)
 
 
 def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry
