@@ -14,18 +14,21 @@ What it measures, on one registered champion student (`models:/<registry.student
 2. The limit: the bare forward pass of that artifact at batch 1, one test row per call (cycling), after a
    warm-up: ONNX Runtime (1 intra-op thread) on ``extra_files/model.onnx``, the ``pt2`` program
    (:func:`kdflow.artifact.load_served` ``torch``), and torch eager on the rebuilt ``CalibratedClassifier``
-   (:func:`kdflow.artifact.load_calibrated`); torch with 1 thread. Microseconds per call, p50/p95.
+   (:func:`kdflow.artifact.load_calibrated`); torch with 1 thread, and the pt2 program again with torch's
+   default thread count (what a server process inherits). Microseconds per call, p50/p95.
 3. INT8: ONNX Runtime static quantization (``quant_pre_process``, then ``quantize_static``, QDQ, int8 weights
    and activations, MinMax calibration over ``--calibration-rows`` validation rows) of the ONNX copy: batch-1
    latency as in 2, test accuracy, ECE (15 bins), flip rate vs the teacher and the SLA gate
    (:func:`kdflow.sla.check_slas` with INT8's figures; size ratio as registered). Decision: ship INT8 only if
    its p50 is below FP32's AND it passes the gate. Not wired into serving.
 4. The server: ``kdflow serve-model --config C --port P`` as a subprocess per configuration (student-only
-   ONNX, student-only torch, cascade ONNX with the teacher and ``shadow_fraction`` 0.1), logs under a fresh
-   ``logs.root`` each. For concurrency 1, 8 and 32: that many client threads, each with one persistent httpx
+   ONNX, student-only torch, cascade ONNX with the teacher and ``shadow_fraction`` 0.1 at the registered
+   threshold, and the same with a threshold that defers ``--cascade-deferral`` of the validation rows to the
+   teacher, set on the version for that run only), logs under a fresh ``logs.root`` each. For concurrency 1, 8 and 32: that many client threads, each with one persistent httpx
    connection, each sending ``--requests`` single-row ``POST /invocations`` (``{"inputs": [[...]]}``, rows of
    the test split), stopped at ``--time-budget`` seconds per level; client-side latency p50/p95/p99 and
-   requests/s. Then SIGTERM; the rows in the log partitions (:func:`kdflow.inference_logs.read_window`) must
+   requests/s; beside them, the server's own latency (``latency_ms``) and teacher answers logged during the
+   level. Then SIGTERM; the rows in the log partitions (:func:`kdflow.inference_logs.read_window`) must
    equal the accepted (HTTP 200) requests, warm-up included: the exit status is 1 if they differ.
 5. Beside it: ``mlflow models serve -m models:/<student>@champion --env-manager local`` (MLFLOW_TRACKING_URI =
    the state's SQLite) on the same champion, ``--mlflow-requests`` sequential requests, p50/p95.
@@ -317,27 +320,32 @@ def ort_predict(session: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def bare_forward(served_dir: Path, rows: np.ndarray, calls: int, warmup: int) -> dict[str, Any]:
-    """Batch-1 µs per call of the ONNX copy (onnxruntime, 1 thread), the pt2 program and torch eager."""
+    """Batch-1 µs per call of the ONNX copy (onnxruntime, 1 thread), the pt2 program and torch eager (torch with
+    1 thread, and the pt2 program again with torch's default thread count, which a server inherits)."""
     import torch
 
     from kdflow.artifact import EXTRA_DIR, ONNX_FILE, load_calibrated, load_served
 
-    torch.set_num_threads(1)
+    default_threads = torch.get_num_threads()
     eager = load_calibrated(served_dir)
+    pt2 = load_served(str(served_dir), "torch").predict
 
     def eager_fn(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return eager(torch.from_numpy(x)).numpy()
 
-    runtimes = {
-        "onnxruntime": ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE)),
-        "pt2": load_served(str(served_dir), "torch").predict,
-        "torch_eager": eager_fn,
-    }
+    runtimes = [
+        ("onnxruntime", ort_predict(ort_session(served_dir / EXTRA_DIR / ONNX_FILE)), 1),
+        ("pt2", pt2, 1),
+        ("torch_eager", eager_fn, 1),
+        (f"pt2 ({default_threads} torch threads)", pt2, default_threads),
+    ]
     out = {}
-    for name, fn in runtimes.items():
-        out[name] = time_calls(fn, rows, calls, warmup)
-        print(f"  bare {name:12s} p50 {out[name]['p50_us']:8.1f} µs  p95 {out[name]['p95_us']:8.1f} µs", flush=True)
+    for name, fn, threads in runtimes:
+        torch.set_num_threads(threads)
+        out[name] = {**time_calls(fn, rows, calls, warmup), "threads": threads}
+        print(f"  bare {name:24s} p50 {out[name]['p50_us']:8.1f} µs  p95 {out[name]['p95_us']:8.1f} µs", flush=True)
+    torch.set_num_threads(default_threads)
     return out
 
 
