@@ -30,10 +30,12 @@ What it measures, on one registered champion student (`models:/<registry.student
    requests/s; beside them, the server's own latency (``latency_ms``) and teacher answers logged during the
    level. Then SIGTERM; the rows in the log partitions (:func:`kdflow.inference_logs.read_window`) must
    equal the accepted (HTTP 200) requests, warm-up included: the exit status is 1 if they differ.
-5. Beside it: ``mlflow models serve -m models:/<student>@champion --env-manager local`` (MLFLOW_TRACKING_URI =
-   the state's SQLite) on the same champion, ``--mlflow-requests`` sequential requests, p50/p95.
+5. Head to head: ``mlflow models serve -m models:/<student>@champion --env-manager local -w 1``
+   (MLFLOW_TRACKING_URI = the state's SQLite) and ``kdflow serve-model`` (student ONNX) on the same champion,
+   both up at once; ``--mlflow-requests`` rounds of one sequential request to each, alternating (the order
+   flips every round), so both see the same machine load; p50/p95/p99 of each, and kdflow's log counted.
 
-Goals (issue 12): our p50 at concurrency 1 <= 2 ms, and below MLflow's own server's.
+Goals (issue 12): our p50 at concurrency 1 <= 2 ms, and below MLflow's own server's (judged head to head).
 
 Run (from the repository root)::
 
@@ -639,30 +641,62 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env | (extra or {})
 
 
-def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: list[bytes], args: Any,
-               expected: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """Start ``kdflow serve-model`` for ``case``, warm it up, load it at each concurrency, SIGTERM it and count
-    its logged rows against the accepted requests."""
-    import httpx
-
+def start_kdflow(case: ServerCase, distill: dict[str, Any], work: Path) -> tuple[subprocess.Popen, str]:
+    """``kdflow serve-model`` for ``case`` (this checkout's code) on a free port; the process and its base URL."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = server_config(distill, case, work, port)
-    since = dt.datetime.now(dt.timezone.utc)
     with open(work / "server.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app", "serve-model", "--config", str(config), "--port", str(port)],
             cwd=work, env=child_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    result: dict[str, Any] = {"runtime": case.runtime, "cascade": case.cascade, "port": port}
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_mlflow(name: str, tracking_uri: str, work: Path) -> tuple[subprocess.Popen, str, str]:
+    """``mlflow models serve`` (local environment, one uvicorn worker) of ``name@champion`` in its own process
+    group on a free port; the process, its base URL and the command."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    with open(work / "server.log", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=work, env=child_env({"MLFLOW_TRACKING_URI": tracking_uri}), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}", " ".join(["mlflow", *cmd[1:]])
+
+
+def first_answer(base: str, payload: bytes, expected: np.ndarray) -> tuple[bool, bool | None]:
+    """One request: whether it was accepted, and whether its answer equals the bare ONNX output."""
+    import httpx
+
+    first = httpx.post(f"{base}/invocations", content=payload, headers={"Content-Type": JSON}, timeout=30.0)
+    return first.status_code == 200, first.status_code == 200 and answer_matches(first.json(), expected)
+
+
+def logged_vs_accepted(work: Path, since: dt.datetime, accepted: int, result: dict[str, Any]) -> None:
+    """Read the server's log and record it, the per-level server view and the invariant on ``result``."""
+    frame = read_logged(work / "logs", since)
+    logged = log_summary(frame)
+    result["log"] = {**log_check(accepted, logged["rows"]), **logged}
+    for level in result.get("levels", []):  # what the server itself saw during each level
+        level["server_log"] = log_summary(between(frame, level.pop("utc_start"), level.pop("utc_end")))
+
+
+def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: list[bytes], args: Any,
+               expected: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Start ``kdflow serve-model`` for ``case``, warm it up, load it at each concurrency, SIGTERM it and count
+    its logged rows against the accepted requests."""
+    since = dt.datetime.now(dt.timezone.utc)
+    proc, base = start_kdflow(case, distill, work)
+    result: dict[str, Any] = {"runtime": case.runtime, "cascade": case.cascade, "threshold": case.threshold}
+    accepted = 0
     try:
         result["ready_s"] = wait_ready(f"{base}/ping", proc, args.ready_timeout)
-        first = httpx.post(f"{base}/invocations", content=payloads[0], headers={"Content-Type": JSON})
-        result["first_response"] = first.text[:300]
-        result["matches_bare_onnx"] = first.status_code == 200 and answer_matches(first.json(), expected[0])
+        ok, result["matches_bare_onnx"] = first_answer(base, payloads[0], expected[0])
         warm = load(f"{base}/invocations", payloads, 1, args.warmup, args.time_budget)
-        accepted = warm.statuses.get("200", 0) + (first.status_code == 200)
+        accepted = warm.statuses.get("200", 0) + ok
         levels = []
         for c in CONCURRENCY:
             t0 = dt.datetime.now(dt.timezone.utc)
@@ -678,60 +712,95 @@ def run_server(case: ServerCase, distill: dict[str, Any], work: Path, payloads: 
         result["levels"] = levels
     finally:
         result["exit_status"] = stop(proc, group=False)
-    frame = read_logged(work / "logs", since)
-    logged = log_summary(frame)
-    result["log"] = {**log_check(accepted, logged["rows"]), **logged}
-    for level in result.get("levels", []):  # what the server itself saw during each level
-        level["server_log"] = log_summary(between(frame, level.pop("utc_start"), level.pop("utc_end")))
-    print(f"  {case.label:36s} accepted {accepted}, logged {logged['rows']}, exit {result['exit_status']}", flush=True)
+    logged_vs_accepted(work, since, accepted, result)
+    print(f"  {case.label:36s} accepted {accepted}, logged {result['log']['logged']}, exit {result['exit_status']}")
     return result
 
 
-def run_mlflow(
-    name: str, tracking_uri: str, work: Path, payloads: list[bytes], args: Any, expected: np.ndarray
-) -> dict[str, Any]:
-    """MLflow's own scoring server on the same champion: ``--mlflow-requests`` sequential requests."""
+def alternate(urls: Sequence[str], payloads: list[bytes], n: int, budget_s: float) -> list[LoadResult]:
+    """``n`` rounds of one request to each URL in turn (the order flips every round), one persistent connection
+    each, until ``budget_s``: both servers see the same machine load. One :class:`LoadResult` per URL."""
     import httpx
 
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
-    with open(work / "server.log", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=work, env=child_env({"MLFLOW_TRACKING_URI": tracking_uri}), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    lat: list[list[float]] = [[] for _ in urls]
+    counts: list[dict[str, int]] = [{} for _ in urls]
+    clients = [httpx.Client(limits=httpx.Limits(max_connections=1), timeout=30.0) for _ in urls]
+    t_start = time.perf_counter()
+    rounds = 0
     try:
-        ready = wait_ready(f"http://127.0.0.1:{port}/ping", proc, args.ready_timeout)
-        first = httpx.post(f"http://127.0.0.1:{port}/invocations", content=payloads[0], headers={"Content-Type": JSON})
-        matches = first.status_code == 200 and answer_matches(first.json(), expected[0])
-        load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.warmup, args.time_budget)
-        res = load(f"http://127.0.0.1:{port}/invocations", payloads, 1, args.mlflow_requests, args.time_budget)
+        for i in range(n):
+            if time.perf_counter() - t_start >= budget_s:
+                break
+            rounds += 1
+            for j in range(len(urls)) if i % 2 == 0 else reversed(range(len(urls))):
+                t0 = time.perf_counter()
+                try:
+                    status = str(clients[j].post(urls[j], content=payloads[i % len(payloads)],
+                                                 headers={"Content-Type": JSON}).status_code)  # fmt: skip
+                except httpx.HTTPError:
+                    status = "error"
+                if status == "200":
+                    lat[j].append((time.perf_counter() - t0) * 1e3)
+                counts[j][status] = counts[j].get(status, 0) + 1
     finally:
-        status = stop(proc, group=True)
-    s = res.summary()
-    print(f"  mlflow models serve (pt2, 1 worker) c= 1: {s['accepted']:5d} ok, p50 {s['p50_ms']:6.2f} "
-          f"p95 {s['p95_ms']:6.2f} ms", flush=True)  # fmt: skip
-    return {"command": " ".join(cmd[1:]), "ready_s": ready, "exit_status": status, "matches_bare_onnx": matches, **s}
+        for c in clients:
+            c.close()
+    wall = time.perf_counter() - t_start
+    return [LoadResult(1, lat[j], counts[j], wall, rounds < n) for j in range(len(urls))]
+
+
+def head_to_head(name: str, tracking_uri: str, distill: dict[str, Any], work: Path, payloads: list[bytes],
+                 args: Any, expected: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """MLflow's own scoring server and ``kdflow serve-model`` (student ONNX) on the same champion, up side by
+    side, ``--mlflow-requests`` alternating sequential requests; then both SIGTERMed and kdflow's log counted."""
+    since = dt.datetime.now(dt.timezone.utc)
+    ml_proc, ml_base, cmd = start_mlflow(name, tracking_uri, work / "mlflow")
+    kd_proc, kd_base = start_kdflow(CASES[0], distill, work / "kdflow")
+    result: dict[str, Any] = {"mlflow_command": cmd}
+    accepted = 0
+    try:
+        result["mlflow_ready_s"] = wait_ready(f"{ml_base}/ping", ml_proc, args.ready_timeout)
+        result["kdflow_ready_s"] = wait_ready(f"{kd_base}/ping", kd_proc, args.ready_timeout)
+        _, result["mlflow_matches_bare_onnx"] = first_answer(ml_base, payloads[0], expected[0])
+        ok, result["kdflow_matches_bare_onnx"] = first_answer(kd_base, payloads[0], expected[0])
+        urls = [f"{ml_base}/invocations", f"{kd_base}/invocations"]
+        warm = alternate(urls, payloads, args.warmup, args.time_budget)
+        ml, kd = alternate(urls, payloads, args.mlflow_requests, args.time_budget * 2)
+        accepted = ok + warm[1].statuses.get("200", 0) + kd.statuses.get("200", 0)
+        for key, res in (("mlflow", ml), ("kdflow", kd)):
+            result[key] = {k: v for k, v in res.summary().items() if k not in ("requests_per_s", "wall_s")}
+    finally:
+        result["kdflow_exit_status"] = stop(kd_proc, group=False)
+        result["mlflow_exit_status"] = stop(ml_proc, group=True)
+    logged_vs_accepted(work / "kdflow", since, accepted, result)
+    ml, kd = result["mlflow"], result["kdflow"]
+    print(f"  head to head, alternating, c=1: mlflow p50 {ml['p50_ms']:.2f} p95 {ml['p95_ms']:.2f} ms; kdflow "
+          f"p50 {kd['p50_ms']:.2f} p95 {kd['p95_ms']:.2f} ms; kdflow accepted {accepted}, logged "
+          f"{result['log']['logged']}", flush=True)  # fmt: skip
+    return result
 
 
 # --------------------------------------------------------------------------------------------- report
-def verdicts(servers: dict[str, Any], mlflow_res: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's goals on the concurrency-1 p50 of each configuration, and the logging invariant."""
-    ml_p50 = mlflow_res.get("p50_ms") if mlflow_res else None
+def verdicts(servers: dict[str, Any], h2h: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's goals: p50 at concurrency 1 <= 2 ms (each configuration, and kdflow in the head-to-head),
+    below MLflow's own server's (head-to-head: the same load on both); and logged rows == accepted requests."""
+    goal = f"p50_c1_le_{GOAL_P50_MS:g}ms"
     out: dict[str, Any] = {}
     for label, res in servers.items():
         c1 = next((lv for lv in res.get("levels", []) if lv["concurrency"] == 1), None)
         p50 = c1["p50_ms"] if c1 else None
-        out[label] = {
-            "p50_c1_ms": p50,
-            f"p50_c1_le_{GOAL_P50_MS:g}ms": p50 is not None and p50 <= GOAL_P50_MS,
-            "p50_c1_below_mlflow": p50 is not None and ml_p50 is not None and p50 < ml_p50,
-            "logged_equals_accepted": bool(res.get("log", {}).get("ok")),
-        }
+        out[label] = {"p50_c1_ms": p50, goal: p50 is not None and p50 <= GOAL_P50_MS,
+                      "logged_equals_accepted": bool(res.get("log", {}).get("ok"))}  # fmt: skip
+    if h2h is None or "error" in h2h:
+        out["head to head"] = {"p50_c1_ms": None, goal: False, "below_mlflow": False, "logged_equals_accepted": False}
+    else:
+        p50, ml = h2h["kdflow"]["p50_ms"], h2h["mlflow"]["p50_ms"]
+        out["head to head"] = {"p50_c1_ms": p50, "mlflow_p50_c1_ms": ml, goal: p50 <= GOAL_P50_MS,
+                               "below_mlflow": p50 < ml, "logged_equals_accepted": bool(h2h["log"]["ok"])}  # fmt: skip
     return out
 
 
-def print_tables(bare: dict[str, Any], int8: dict[str, Any], servers: dict[str, Any], mlflow_res: Any) -> None:
+def print_tables(bare: dict[str, Any], int8: dict[str, Any], servers: dict[str, Any], h2h: Any) -> None:
     """The figures as Markdown tables (as BENCHMARKS.md records them)."""
     print("\n| bare forward, batch 1 | p50 µs | p95 µs |\n|---|---:|---:|")
     for name, r in bare.items():
@@ -752,11 +821,14 @@ def print_tables(bare: dict[str, Any], int8: dict[str, Any], servers: dict[str, 
             server = f"{lat['p50_ms']:.2f} / {lat['p95_ms']:.2f}" if lat.get("p50_ms") is not None else "-"
             print(f"| {label} | {lv['concurrency']} | {lv['accepted']} | {lv['requests_per_s']:.0f} | {lv['p50_ms']:.2f} "
                   f"| {lv['p95_ms']:.2f} | {lv['p99_ms']:.2f} | {server} | {teacher} |")  # fmt: skip
-    if mlflow_res:
-        print(f"| mlflow models serve | 1 | {mlflow_res['accepted']} | {mlflow_res['requests_per_s']:.0f} "
-              f"| {mlflow_res['p50_ms']:.2f} | {mlflow_res['p95_ms']:.2f} | {mlflow_res['p99_ms']:.2f} | - | - |")  # fmt: skip
+    if h2h and "error" not in h2h:
+        print("\n| head to head, alternating requests, 1 client each | requests | p50 ms | p95 ms | p99 ms |"
+              "\n|---|---:|---:|---:|---:|")  # fmt: skip
+        for key, label in (("mlflow", "mlflow models serve (pt2)"), ("kdflow", "kdflow serve-model (student ONNX)")):
+            r = h2h[key]
+            print(f"| {label} | {r['accepted']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} |")
     print("\n| server | accepted (200) | logged rows | equal |\n|---|---:|---:|---|")
-    for label, res in servers.items():
+    for label, res in [*servers.items(), *([("head to head (kdflow)", h2h)] if h2h and "log" in h2h else [])]:
         lg = res.get("log", {})
         print(f"| {label} | {lg.get('accepted')} | {lg.get('logged')} | {'yes' if lg.get('ok') else 'NO'} |")
 
@@ -842,18 +914,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             servers[case.label] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"  {case.label}: FAILED {type(exc).__name__}: {exc} (see {work / f'server-{i}' / 'server.log'})")
     try:
-        mlflow_res = run_mlflow(champion["name"], registry.absolute_db_uri(dcfg.mlflow.tracking_uri),
-                                work / "mlflow", payloads, args, expected)  # fmt: skip
+        h2h = head_to_head(champion["name"], registry.absolute_db_uri(dcfg.mlflow.tracking_uri), distill,
+                           work / "head-to-head", payloads, args, expected)  # fmt: skip
     except Exception as exc:
-        mlflow_res = {"error": f"{type(exc).__name__}: {exc}"}
-        print(f"  mlflow models serve: FAILED {exc} (see {work / 'mlflow' / 'server.log'})")
-    judged = verdicts(servers, mlflow_res if "error" not in mlflow_res else None)
-    print_tables(bare, int8, {k: v for k, v in servers.items() if "error" not in v},
-                 mlflow_res if "error" not in mlflow_res else None)  # fmt: skip
+        h2h = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  head to head: FAILED {exc} (see {work / 'head-to-head'}/*/server.log)")
+    judged = verdicts(servers, h2h)
+    print_tables(bare, int8, {k: v for k, v in servers.items() if "error" not in v}, h2h)
     print("\nGoals (concurrency 1):")
     for label, v in judged.items():
-        print(f"  {label}: p50 {v['p50_c1_ms']} ms; <= {GOAL_P50_MS:g} ms: {v[f'p50_c1_le_{GOAL_P50_MS:g}ms']}; "
-              f"below MLflow's: {v['p50_c1_below_mlflow']}; logged == accepted: {v['logged_equals_accepted']}")  # fmt: skip
+        print(f"  {label}: " + ", ".join(f"{k} {v[k]}" for k in v))
     logs_ok = all(v["logged_equals_accepted"] for v in judged.values())
     if args.out:
         import onnxruntime
@@ -869,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "load_average_start": load_start, "load_average_end": load_avg()},
             "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "state": str(state), "work": str(work), "built": built, "champion": champion,
-            "bare_forward": bare, "int8": int8, "servers": servers, "mlflow": mlflow_res, "verdicts": judged,
+            "bare_forward": bare, "int8": int8, "servers": servers, "head_to_head": h2h, "verdicts": judged,
             "logged_equals_accepted": logs_ok,
         })  # fmt: skip
     if not logs_ok:

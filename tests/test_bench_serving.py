@@ -66,8 +66,10 @@ def test_quick_sets_small_counts_and_explicit_values_win(serving):
         serving.parse_args(["--time-budget", "0"])
 
 
-def test_load_client_against_a_real_server(serving):
-    """Every request is sent once per client and counted by status; latencies only for 200s."""
+@pytest.fixture
+def echo_server():
+    """A real HTTP/1.1 keep-alive server on loopback: 400 when the first input is negative, else 200; it
+    records the first input of every request and the port it came from."""
     received = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -75,9 +77,8 @@ def test_load_client_against_a_real_server(serving):
 
         def do_POST(self):  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append(body["inputs"][0][0])
-            status = 400 if body["inputs"][0][0] < 0 else 200
-            self.send_response(status)
+            received.append((body["inputs"][0][0], self.client_address[1]))
+            self.send_response(400 if body["inputs"][0][0] < 0 else 200)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"{}")
@@ -88,14 +89,28 @@ def test_load_client_against_a_real_server(serving):
     port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        rows = np.array([[1.0], [-1.0], [2.0], [3.0]], np.float32)
-        res = serving.load(f"http://127.0.0.1:{port}/invocations", serving.bodies(rows), 2, 4, budget_s=30.0)
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield f"http://127.0.0.1:{port}/invocations", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_load_client_against_a_real_server(serving, echo_server):
+    """Every request is sent once per client and counted by status; latencies only for 200s; one connection
+    per client."""
+    url, received = echo_server
+    rows = np.array([[1.0], [-1.0], [2.0], [3.0]], np.float32)
+    res = serving.load(url, serving.bodies(rows), 2, 4, budget_s=30.0)
     assert res.statuses == {"200": 6, "400": 2} and len(res.latencies_ms) == 6 and not res.budget_hit
-    assert sorted(received) == sorted([1.0, -1.0, 2.0, 3.0] * 2)
+    assert sorted(v for v, _ in received) == sorted([1.0, -1.0, 2.0, 3.0] * 2)
+    assert len({port for _, port in received}) == 2
+
+
+def test_alternate_sends_each_row_to_every_server(serving, echo_server):
+    url, received = echo_server
+    rows = np.array([[1.0], [-1.0], [2.0]], np.float32)
+    a, b = serving.alternate([url, url], serving.bodies(rows), 3, budget_s=30.0)
+    assert a.statuses == b.statuses == {"200": 2, "400": 1} and len(a.latencies_ms) == 2
+    assert [v for v, _ in received] == [1.0, 1.0, -1.0, -1.0, 2.0, 2.0]
 
 
 def test_answer_matches_reads_both_protocols(serving):
