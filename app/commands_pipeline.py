@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from app.common import GATE_FAILED_EXIT, embedded_defaults, known_errors, print_report, run, with_runner
 from kdflow.config import packaged_config
+
+if TYPE_CHECKING:
+    from kdflow.config import DistillConfig
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate datasets offline.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher models.")
@@ -231,5 +235,32 @@ def demo(
         f"  Prefect: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start   (http://127.0.0.1:4200)\n"
         f"Report JSON: {report['paths']['json']}"
     )
+    hint = serve_hint(dcfg, distill_cfg_path)
+    if hint:
+        typer.echo(hint)
     if not report["gate_passed"]:
         raise typer.Exit(GATE_FAILED_EXIT)
+
+
+def serve_hint(cfg: DistillConfig, config_path: Path) -> Optional[str]:
+    """How to start ``kdflow serve-model`` on the config's champion and send it one row (None: no champion)."""
+    from kdflow.artifact import ArtifactError, model_dir, read_spec
+    from kdflow.registry import alias_version
+
+    name, alias, serving = cfg.registry.student_name, cfg.serving.alias, cfg.serving
+    version = alias_version(name, alias)
+    if version is None:
+        return None
+    hint = (
+        f"\nServe the champion (models:/{name}@{alias}, version {version}) from this directory:\n"
+        f"  kdflow serve-model --config {config_path} --port {serving.port}"
+    )
+    try:
+        width = math.prod(read_spec(model_dir(f"models:/{name}/{version}")).input_shape)
+    except ArtifactError:  # registered before served artifacts: serve-model will say so
+        return hint
+    row = ", ".join(["0.0"] * width)
+    return (
+        f"{hint}\n  curl -s http://{serving.host}:{serving.port}/invocations -H 'Content-Type: application/json' "
+        f"-d '{{\"inputs\": [[{row}]]}}'"
+    )

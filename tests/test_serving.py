@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ import pytest
 import torch
 
 from kdflow.inference_logs import read_window
-from tests.conftest import free_port, write_yaml
+from tests.conftest import free_port, make_bucket, write_yaml
 
 WIDTH, CLASSES = 40, 10
 STARTUP_SECONDS = 120
@@ -148,9 +149,9 @@ def serving(config_path: Path, tmp_path: Path) -> Iterator[httpx.Client]:
 
 
 def today_window(root: str, **kw: Any):
-    """Today's (UTC) inference logs under ``root``."""
-    day = datetime.now(timezone.utc).date()
-    return read_window(root, day, day + timedelta(days=1), **kw)
+    """The inference logs of today (UTC) and the days either side under ``root``."""
+    day = datetime.now(timezone.utc).date()  # a day either side: a test that crosses midnight UTC still counts
+    return read_window(root, day - timedelta(days=1), day + timedelta(days=2), require_all_partitions=False, **kw)
 
 
 def rows(env: dict[str, Any], n: int, start: int = 0) -> list[list[float]]:
@@ -182,3 +183,300 @@ def test_300_requests_then_sigterm_leave_300_logged_rows(registry_env, tmp_path)
     assert window.frame["latency_ms"].notna().all() and (window.frame["latency_ms"] > 0).all()
     np.testing.assert_allclose(window.x, np.asarray(registry_env["x"][:300]), rtol=0, atol=0)
     assert not window.shadow_mask.any()
+
+
+BAD_REQUESTS = [  # (what, body, content type, status, words the one-line error must contain)
+    (
+        "wrong width",
+        b'{"inputs": [[' + b"0.5," * 39 + b"0.5], [" + b"0.5," * 38 + b"0.5]]}",
+        None,
+        400,
+        "row 1 has 39 values, expected 40",
+    ),
+    ("NaN literal", b'{"inputs": [[NaN' + b", 0.5" * 39 + b"]]}", None, 400, "invalid JSON"),
+    ("infinite value", b'{"inputs": [[1e999' + b", 0.5" * 39 + b"]]}", None, 400, "infinity"),
+    ("string value", b'{"inputs": [["abc"' + b", 0.5" * 39 + b"]]}", None, 400, "row 0 value 0 is a string"),
+    ("boolean value", b'{"inputs": [[0.5, true' + b", 0.5" * 38 + b"]]}", None, 400, "row 0 value 1 is a boolean"),
+    ("null value", b'{"inputs": [[0.5' + b", 0.5" * 38 + b", null]]}", None, 400, "row 0 value 39 is null"),
+    ("oversized body", b'{"inputs": [[' + b"0.123456789," * 3000 + b"0]]}", None, 413, "max_body_bytes=20000"),
+    ("too many rows", b'{"inputs": [' + b",".join([b"[" + b"0.5," * 39 + b"0.5]"] * 51) + b"]}", None, 413, "51 rows"),
+    ("missing field", b'{"data": [[0.5]]}', None, 400, "missing field"),
+    ("invalid JSON", b'{"inputs": [[0.5', None, 400, "invalid JSON"),
+    ("wrong content type", b"0.5,0.5", "text/csv", 415, "text/csv"),
+    ("empty body", b"", None, 400, "empty body"),
+    ("no rows", b'{"inputs": []}', None, 400, "empty"),
+    ("not an object", b"[[0.5]]", None, 400, "expected a JSON object"),
+    ("a row is a number", b'{"instances": [0.5, 0.5]}', None, 400, "row 0 is a number"),
+    (
+        "wrong columns",
+        b'{"dataframe_split": {"columns": ["a"], "data": [[0.5]]}}',
+        None,
+        400,
+        "has 1 columns, expected 40",
+    ),
+]
+BAD_LABELS = [
+    (b'{"labels": [{"request_id": "r1", "label": 10}]}', "not a known class"),
+    (b'{"labels": [{"request_id": "r1", "label": "3"}]}', "must be an integer"),
+    (b'{"labels": [{"request_id": "", "label": 3}]}', "non-empty string"),
+    (b'{"labels": []}', "non-empty list"),
+    (b'{"rows": []}', "missing field"),
+]
+
+
+@pytest.mark.slow
+def test_bad_input_is_refused_with_one_line_and_never_logged(registry_env, tmp_path):
+    register(registry_env, "serve-bad", [0])
+    cfg = config(registry_env, tmp_path, "serve-bad", max_body_bytes=20_000, max_rows_per_request=50)
+    with serving(cfg, tmp_path) as client:
+        for what, body, content_type, status, words in BAD_REQUESTS:
+            headers = {"Content-Type": content_type or "application/json"}
+            r = client.post("/invocations", content=body, headers=headers)
+            assert r.status_code == status, (what, r.status_code, r.text)
+            error = r.json()["error"]
+            assert words in error and "\n" not in error, (what, error)
+        for body, words in BAD_LABELS:
+            r = client.post("/labels", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400 and words in r.json()["error"], r.text
+        r = client.get("/invocations")
+        assert r.status_code == 405 and r.json()["error"]
+        health = client.get("/health").json()
+        assert health["rejected"] == len(BAD_REQUESTS) + len(BAD_LABELS) and health["rows_served"] == 0
+    logs = tmp_path / "logs"
+    assert not list(logs.glob("date=*")), "a refused request left a logged prediction"
+    records = [line for part in logs.glob("rejected/date=*/part-*.jsonl") for line in part.read_text().splitlines()]
+    assert len(records) == len(BAD_REQUESTS) + len(BAD_LABELS)
+
+
+@pytest.mark.slow
+def test_hot_swap_moves_to_the_new_champion_without_a_failed_request(registry_env, tmp_path):
+    from kdflow.promotion import set_alias
+
+    v1, v2 = register(registry_env, "serve-swap", [0, 1])
+    cfg = config(registry_env, tmp_path, "serve-swap", poll_seconds=0.3)
+    seen: list[tuple[int, str, str]] = []  # (status, version, request id)
+    stop = threading.Event()
+    with serving(cfg, tmp_path) as client:
+
+        def keep_sending() -> None:
+            i = 0
+            while not stop.is_set():
+                r = client.post("/invocations", json={"inputs": rows(registry_env, 2, i % 500)})
+                body = r.json()
+                seen.append((r.status_code, body.get("model_version"), body["predictions"][0]["request_id"]))
+                i += 1
+
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            while len(seen) < 50:
+                time.sleep(0.05)
+            set_alias("serve-swap", "champion", v2, reason="test: hot swap")
+            deadline = time.monotonic() + 60
+            while not any(v == v2 for _, v, _ in seen[-5:]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            after = len(seen)
+            while len(seen) < after + 50:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            sender.join()
+        assert client.get("/health").json()["swaps"] == 1
+    assert all(status == 200 for status, _, _ in seen), "a request failed during the swap"
+    versions = [v for _, v, _ in seen]
+    first_v2 = versions.index(v2)
+    assert set(versions[:first_v2]) == {v1} and set(versions[first_v2:]) == {v2}, "the versions did not switch once"
+    frame = today_window(str(tmp_path / "logs")).frame
+    assert len(frame) == 2 * len(seen)
+    logged = dict(zip(frame["request_id"], frame["model_version"]))
+    assert all(logged[rid] == v for _, v, rid in seen), "a logged row carries another version than its answer"
+
+
+@pytest.mark.slow
+def test_s3_logs_and_late_labels_join(registry_env, tmp_path, s3_endpoint):
+    bucket = make_bucket(s3_endpoint, "serve-logs")
+    root = f"s3://{bucket}/inference"
+    register(registry_env, "serve-s3", [0])
+    cfg = config(registry_env, tmp_path, "serve-s3", logs={"root": root, "endpoint_url": s3_endpoint})
+    data = rows(registry_env, 6)
+    with serving(cfg, tmp_path) as client:
+        ids = [p["request_id"] for p in client.post("/invocations", json={"inputs": data[:2]}).json()["predictions"]]
+        split = {"dataframe_split": {"columns": [f"f{i}" for i in range(WIDTH)], "data": data[2:4]}}
+        ids += [p["request_id"] for p in client.post("/invocations", json=split).json()["predictions"]]
+        ids += [
+            p["request_id"] for p in client.post("/invocations", json={"instances": data[4:]}).json()["predictions"]
+        ]
+        labels = [{"request_id": rid, "label": k % CLASSES} for k, rid in enumerate(ids[:4])]
+        r = client.post("/labels", json={"labels": labels})
+        assert r.status_code == 200 and r.json() == {"written": 4}
+    window = today_window(root, endpoint_url=s3_endpoint)
+    assert sorted(window.request_ids) == sorted(ids)
+    got = dict(zip(window.request_ids, window.labels))
+    assert [got[rid] for rid in ids] == [0, 1, 2, 3, -1, -1]
+
+
+@pytest.mark.slow
+def test_s3_outage_spills_and_uploads_after_recovery(registry_env, tmp_path, s3_endpoint):
+    """A real outage: the log bucket's own moto server is stopped while the server keeps answering, then started
+    again on the same port (moto keeps its buckets in this process)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    bucket = make_bucket(endpoint, "serve-outage")
+    root = f"s3://{bucket}/logs"
+    register(registry_env, "serve-outage", [0])
+    cfg = config(registry_env, tmp_path, "serve-outage", logs={"root": root, "endpoint_url": endpoint},
+                 log_flush_seconds=0.3)  # fmt: skip
+    sent = 0
+
+    def send(client: httpx.Client, n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            assert client.post("/invocations", json={"inputs": rows(registry_env, 1, sent)}).status_code == 200
+            sent += 1
+
+    def wait_for(client: httpx.Client, check, what: str) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            health = client.get("/health").json()
+            if check(health):
+                return health
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}: {health}")
+
+    try:
+        with serving(cfg, tmp_path) as client:
+            send(client, 20)
+            wait_for(client, lambda h: h["rows_logged"] == 20, "the first flush")
+            moto.stop()
+            send(client, 30)  # answered while S3 is down
+            wait_for(client, lambda h: h["spilled_parts_pending"] > 0 and h["log_buffer_rows"] == 0, "a spill")
+            assert list((tmp_path / "spill").rglob("part-*.parquet"))
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            moto.start()
+            send(client, 10)
+            wait_for(client, lambda h: h["spilled_parts_pending"] == 0 and h["rows_logged"] == 60, "the re-upload")
+        window = today_window(root, endpoint_url=endpoint)
+        assert len(window) == sent == 60 and len(set(window.request_ids)) == 60
+        assert not list((tmp_path / "spill").rglob("part-*.parquet"))
+    finally:
+        moto.stop()
+
+
+@pytest.mark.slow
+def test_shadow_teacher_fills_teacher_logits_for_a_random_sample(registry_env, tmp_path):
+    from kdflow.registry import load_torch_model, resolve
+
+    register(registry_env, "serve-shadow", [0])
+    cfg = config(registry_env, tmp_path, "serve-shadow", teacher="models:/serving-teacher@champion",
+                 shadow_fraction=0.3, cascade={"enabled": False})  # fmt: skip
+    with serving(cfg, tmp_path) as client:
+        for i in range(0, 400, 10):
+            r = client.post("/invocations", json={"inputs": rows(registry_env, 10, i)})
+            assert {p["answered_by"] for p in r.json()["predictions"]} == {"student"}
+    window = today_window(str(tmp_path / "logs"))
+    assert len(window) == 400
+    share = window.shadow_mask.mean()
+    assert 0.2 < share < 0.4, share  # binomial(400, 0.3): sd 0.023
+    teacher = load_torch_model(resolve("models:/serving-teacher@champion"))
+    with torch.no_grad():
+        expected = teacher(torch.from_numpy(window.x[window.shadow_mask])).numpy()
+    np.testing.assert_allclose(window.teacher_logits[window.shadow_mask], expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(window.teacher_logits[~window.shadow_mask]).all()
+
+
+@pytest.mark.slow
+def test_cascade_answers_low_confidence_rows_with_the_teacher(registry_env, tmp_path):
+    from kdflow.artifact import load_served
+    from kdflow.registry import load_torch_model, resolve
+    from kdflow.serving.holder import softmax
+
+    x = registry_env["x"][:100]
+    student = load_served(registry_env["uris"][0]).predict(x)
+    threshold = float(np.median(student.max(axis=1)))
+    register(registry_env, "serve-cascade", [0], tags={0: {"cascade_threshold": threshold}})
+    cfg = config(registry_env, tmp_path, "serve-cascade", teacher="models:/serving-teacher@champion")
+    with serving(cfg, tmp_path) as client:
+        predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
+        assert client.get("/health").json()["cascade_threshold"] == pytest.approx(threshold)
+    low = student.max(axis=1) < threshold
+    assert 30 < low.sum() < 70
+    assert [p["answered_by"] for p in predictions] == ["teacher" if f else "student" for f in low]
+    with torch.no_grad():
+        teacher_probs = softmax(
+            load_torch_model(resolve("models:/serving-teacher@champion"))(torch.from_numpy(x)).numpy()
+        )
+    answered = np.array([p["probabilities"] for p in predictions])
+    np.testing.assert_allclose(answered[low], teacher_probs[low], atol=1e-5)
+    np.testing.assert_allclose(answered[~low], student[~low], atol=1e-5)
+    frame = today_window(str(tmp_path / "logs")).frame.set_index("request_id")
+    frame = frame.loc[[p["request_id"] for p in predictions]]
+    assert frame["answered_by"].tolist() == [p["answered_by"] for p in predictions]
+    np.testing.assert_allclose(np.stack(frame["probabilities"].to_numpy()), student, atol=1e-6)  # the student's
+
+
+@pytest.mark.slow
+def test_challenger_split_logs_both_versions(registry_env, tmp_path):
+    from kdflow.promotion import set_alias
+
+    v1, v2 = register(registry_env, "serve-split", [0, 1])
+    set_alias("serve-split", "challenger", v2, reason="test: challenger")
+    cfg = config(registry_env, tmp_path, "serve-split", challenger_fraction=0.5)
+    answered: dict[str, str] = {}
+    with serving(cfg, tmp_path) as client:
+        assert client.get("/health").json()["challenger_version"] == v2
+        for i in range(100):
+            body = client.post("/invocations", json={"inputs": rows(registry_env, 1, i)}).json()
+            answered[body["predictions"][0]["request_id"]] = body["model_version"]
+    counts = {v: list(answered.values()).count(v) for v in (v1, v2)}
+    assert 25 < counts[v2] < 75 and counts[v1] + counts[v2] == 100, counts
+    frame = today_window(str(tmp_path / "logs")).frame
+    assert dict(zip(frame["request_id"], frame["model_version"])) == answered
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no champion", "unreadable config"])
+def test_startup_errors_exit_non_zero_with_one_line(registry_env, tmp_path, case):
+    path = config(registry_env, tmp_path, "serve-nobody-registered-this")
+    if case == "unreadable config":
+        path.write_text("serving: {port: [not a port]\n")
+    proc = subprocess.run(
+        [*kdflow_command(), "serve-model", "--config", str(path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert ("does not resolve" if case == "no champion" else "not valid YAML") in errors[0]
+
+
+def test_demo_prints_how_to_serve_its_champion(registry_env, tmp_path):
+    from app.commands_pipeline import serve_hint
+    from kdflow.config import DistillConfig, load_config
+
+    (version,) = register(registry_env, "serve-hint", [0])
+    path = config(registry_env, tmp_path, "serve-hint", port=8099)
+    hint = serve_hint(load_config(path, DistillConfig), path)
+    assert f"models:/serve-hint@champion, version {version}" in hint
+    assert f"kdflow serve-model --config {path} --port 8099" in hint
+    assert "http://127.0.0.1:8099/invocations" in hint and '{"inputs": [[' + ", ".join(["0.0"] * WIDTH) + "]]}" in hint
+    path = config(registry_env, tmp_path, "serve-hint-nobody")
+    assert serve_hint(load_config(path, DistillConfig), path) is None
+
+
+@pytest.mark.slow
+def test_torch_runtime_answers_like_onnx(registry_env, tmp_path):
+    from kdflow.artifact import load_served
+
+    register(registry_env, "serve-torch", [0])
+    x = registry_env["x"][:8]
+    with serving(config(registry_env, tmp_path, "serve-torch", runtime="torch"), tmp_path) as client:
+        assert client.get("/health").json()["runtime"] == "torch"
+        predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
+    expected = load_served(registry_env["uris"][0], "onnx").predict(x)
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)

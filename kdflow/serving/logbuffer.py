@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from kdflow.inference_logs import InferenceLogWriter
-from kdflow.store import LocalStore, ObjectStore, S3Store, StoreError, open_store
+from kdflow.store import LocalStore, ObjectStore, S3Store, open_store
 
 REJECTED_PREFIX = "rejected/"
 
@@ -86,7 +86,7 @@ class SpillingStore(ObjectStore):
     def put(self, key: str, data: bytes) -> None:
         try:
             self.primary.put(key, data)
-        except StoreError as exc:
+        except Exception as exc:  # StoreError from S3, OSError from a local root
             self.spill.put(key, data)
             self.spilled += 1
             log.warning("log write failed, spilled to %s: %s", self.spill.url(key), exc)
@@ -113,7 +113,7 @@ class SpillingStore(ObjectStore):
         for key in self.spill.list():
             try:
                 self.primary.put(key, self.spill.get(key))
-            except StoreError as exc:
+            except Exception as exc:  # still down: retried at the next flush
                 log.warning("%d spilled part(s) still pending; %s", len(self.spill.list()), exc)
                 break
             self.spill.delete(key)
