@@ -254,42 +254,57 @@ def test_hot_swap_moves_to_the_new_champion_without_a_failed_request(registry_en
 
     v1, v2 = register(registry_env, "serve-swap", [0, 1])
     cfg = config(registry_env, tmp_path, "serve-swap", poll_seconds=0.3)
-    seen: list[tuple[int, str, str]] = []  # (status, version, request id)
+    seen: dict[int, list[tuple[int, str | None, str | None]]] = {0: [], 1: []}  # per sender: (status, version, id)
     stop = threading.Event()
+
+    def count() -> int:
+        return len(seen[0]) + len(seen[1])
+
+    def wait_until(check, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
     with serving(cfg, tmp_path) as client:
 
-        def keep_sending() -> None:
-            i = 0
-            while not stop.is_set():
-                r = client.post("/invocations", json={"inputs": rows(registry_env, 2, i % 500)})
-                body = r.json()
-                seen.append((r.status_code, body.get("model_version"), body["predictions"][0]["request_id"]))
-                i += 1
+        def keep_sending(sender: int) -> None:  # its own connection: two requests in flight at a time
+            with httpx.Client(base_url=client.base_url, timeout=30) as own:
+                i = 0
+                while not stop.is_set():
+                    try:
+                        r = own.post("/invocations", json={"inputs": rows(registry_env, 2, (2 * i + sender) % 500)})
+                        body = r.json()
+                        seen[sender].append((r.status_code, body.get("model_version"),
+                                             body["predictions"][0]["request_id"]))  # fmt: skip
+                    except Exception as exc:  # a failed request is what this test looks for
+                        seen[sender].append((-1, repr(exc), None))
+                    i += 1
 
-        sender = threading.Thread(target=keep_sending)
-        sender.start()
+        senders = [threading.Thread(target=keep_sending, args=(k,)) for k in (0, 1)]
+        for t in senders:
+            t.start()
         try:
-            while len(seen) < 50:
-                time.sleep(0.05)
+            wait_until(lambda: count() >= 100, "traffic")
             set_alias("serve-swap", "champion", v2, reason="test: hot swap")
-            deadline = time.monotonic() + 60
-            while not any(v == v2 for _, v, _ in seen[-5:]) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            after = len(seen)
-            while len(seen) < after + 50:
-                time.sleep(0.05)
+            wait_until(lambda: all(s and s[-1][1] == v2 for s in seen.values()), "the new champion")
+            after = count()
+            wait_until(lambda: count() >= after + 100, "more traffic")
         finally:
             stop.set()
-            sender.join()
+            for t in senders:
+                t.join()
         assert client.get("/health").json()["swaps"] == 1
-    assert all(status == 200 for status, _, _ in seen), "a request failed during the swap"
-    versions = [v for _, v, _ in seen]
-    first_v2 = versions.index(v2)
-    assert set(versions[:first_v2]) == {v1} and set(versions[first_v2:]) == {v2}, "the versions did not switch once"
+    everything = seen[0] + seen[1]
+    assert all(status == 200 for status, _, _ in everything), [e for e in everything if e[0] != 200][:3]
+    for answers in seen.values():  # each sender sees v1 until the swap, then v2 only
+        versions = [v for _, v, _ in answers]
+        first_v2 = versions.index(v2)
+        assert set(versions[:first_v2]) == {v1} and set(versions[first_v2:]) == {v2}, "the version did not switch once"
     frame = today_window(str(tmp_path / "logs")).frame
-    assert len(frame) == 2 * len(seen)
+    assert len(frame) == 2 * len(everything)
     logged = dict(zip(frame["request_id"], frame["model_version"]))
-    assert all(logged[rid] == v for _, v, rid in seen), "a logged row carries another version than its answer"
+    assert all(logged[rid] == v for _, v, rid in everything), "a logged row carries another version than its answer"
 
 
 @pytest.mark.slow
@@ -455,6 +470,7 @@ def test_startup_errors_exit_non_zero_with_one_line(registry_env, tmp_path, case
     assert ("does not resolve" if case == "no champion" else "not valid YAML") in errors[0]
 
 
+@pytest.mark.slow
 def test_demo_prints_how_to_serve_its_champion(registry_env, tmp_path):
     from app.commands_pipeline import serve_hint
     from kdflow.config import DistillConfig, load_config
@@ -480,3 +496,25 @@ def test_torch_runtime_answers_like_onnx(registry_env, tmp_path):
         predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
     expected = load_served(registry_env["uris"][0], "onnx").predict(x)
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_holder_swaps_in_place_but_not_to_another_input_width(registry_env):
+    import mlflow
+    from kdflow.artifact import ServedSpec, log_served_model
+    from kdflow.models import CalibratedClassifier, build_model
+    from kdflow.promotion import set_alias
+    from kdflow.serving.holder import ModelHolder
+
+    v1, v2 = register(registry_env, "serve-holder", [0, 1])
+    holder = ModelHolder("serve-holder", "champion", "onnx", poll_seconds=60)
+    assert holder.champion.version == v1 and not holder.refresh()
+    set_alias("serve-holder", "champion", v2, reason="test")
+    assert holder.refresh() and holder.champion.version == v2 and holder.swaps == 1
+    narrow = CalibratedClassifier(build_model("mlp", {"width": 8, "depth": 1}, (20,), CLASSES), 1.0).eval()
+    with mlflow.start_run():
+        _, v3 = log_served_model(narrow, ServedSpec("mlp", {"width": 8, "depth": 1}, (20,), CLASSES, 1.0),
+                                 registry_env["x"][:5, :20], registered_name="serve-holder")  # fmt: skip
+    set_alias("serve-holder", "champion", v3, reason="test: another input width")
+    assert not holder.refresh() and holder.champion.version == v2  # still serving, refused once and remembered
+    assert not holder.refresh() and holder._refused == {v3}

@@ -5,7 +5,8 @@
 version is loaded completely (artifact, ONNX session, cascade threshold) and only then published by rebinding
 one attribute, so a request in flight finishes with the version it started with and the next one gets the new
 version: no restart, no failed request. A version that fails to load is logged and retried at the next poll;
-the old one keeps serving. A removed alias keeps the last version serving (the registry may be briefly down).
+the old one keeps serving. A version with another input shape or class count is not swapped in (serving it
+needs a restart). A removed alias keeps the last version serving (the registry may be briefly down).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ModelHolder:
                 f"has the alias {alias!r} (promote one first)"
             )
         self.champion: ServedVersion = load_version(name, version, runtime)
+        self._refused: set[str] = set()  # versions whose inputs or classes differ from the champion's
         self.challenger: ServedVersion | None = None
         self.swaps = 0
         self._stop = threading.Event()
@@ -89,15 +91,27 @@ class ModelHolder:
             self._refresh_challenger()
 
     def _load(self, version: str, current: ServedVersion | None) -> ServedVersion | None:
-        """``version`` loaded (reusing ``current`` or the champion when it is that version); None on failure."""
+        """``version`` loaded (reusing ``current`` or the champion when it is that version); None when it fails to
+        load or takes other inputs or classes than the version serving (requests are validated against those,
+        and one log keeps one width: serving it needs a restart)."""
         for loaded in (current, self.champion):
             if loaded is not None and loaded.version == version:
                 return loaded
+        if version in self._refused:
+            return None
         try:
-            return load_version(self.name, version, self.runtime)
+            loaded = load_version(self.name, version, self.runtime)
         except Exception as exc:  # keep serving the old version; the next poll retries
             log.error("cannot load %s version %s (still serving the previous one): %s", self.name, version, exc)
             return None
+        serving = self.champion.model
+        if (loaded.model.input_shape, loaded.model.num_classes) != (serving.input_shape, serving.num_classes):
+            self._refused.add(version)
+            log.error("%s version %s takes input shape %s with %d classes, the served version %s and %d: not "
+                      "swapped in; restart the server to serve it", self.name, version, loaded.model.input_shape,
+                      loaded.model.num_classes, serving.input_shape, serving.num_classes)  # fmt: skip
+            return None
+        return loaded
 
     def _refresh_challenger(self) -> None:
         version = alias_version(self.name, CHALLENGER)
@@ -155,6 +169,7 @@ class Teacher:
 
     @property
     def version(self) -> str:
+        """The teacher's registered version."""
         return self.ref.version
 
     def logits(self, x: np.ndarray) -> np.ndarray:

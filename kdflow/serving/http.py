@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -45,10 +46,12 @@ log = logging.getLogger(__name__)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
+    """``payload`` as a JSON response (orjson; numpy arrays allowed)."""
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type=JSON)
 
 
 def error_response(status: int, message: str) -> Response:
+    """The one-line error body ``{"error": message}``."""
     return json_response({"error": message}, status)
 
 
@@ -81,7 +84,7 @@ class Server:
         self.holder = ModelHolder(self.name, serving.alias, serving.runtime, serving.poll_seconds,
                                   with_challenger=serving.challenger_fraction > 0)  # fmt: skip
         shape = self.holder.champion.model.input_shape
-        self.width = int(_prod(shape))
+        self.width = math.prod(shape)
         teacher = Teacher(serving.teacher, shape) if serving.teacher else None
         self.buffer = LogBuffer(cfg.logs.root, self.name, serving.spill_dir, serving.log_flush_rows,
                                 serving.log_flush_seconds, cfg.logs.endpoint_url)  # fmt: skip
@@ -91,12 +94,14 @@ class Server:
         self.labels_written = 0
 
     def refuse(self, request: Request, exc: RequestError, body_bytes: int) -> Response:
+        """Count, log and record a refused request; its 4xx response."""
         self.rejected += 1
         self.buffer.reject(exc.status, exc.message, request.url.path, body_bytes)
         log.warning("refused %s %s (%d): %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.message)
 
     def health(self) -> dict[str, Any]:
+        """What ``GET /health`` reports."""
         champion, challenger, teacher = self.holder.champion, self.holder.challenger, self.scorer.teacher
         return {
             "status": "ok",
@@ -121,16 +126,10 @@ class Server:
         }
 
     def write_labels(self, ids: list[str], labels: list[int]) -> None:
+        """Write validated late labels under ``logs.root/labels/`` (blocking: called from a worker thread)."""
         logs = self.cfg.logs
         write_labels(logs.root, ids, labels, datetime.now(timezone.utc), endpoint_url=logs.endpoint_url)
         self.labels_written += len(ids)
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def create_app(server: Server) -> FastAPI:

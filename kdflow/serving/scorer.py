@@ -59,6 +59,7 @@ class ShadowWorker:
         self._thread = threading.Thread(target=self._run, name="kdflow-shadow-teacher", daemon=True)
 
     def start(self) -> None:
+        """Start the worker thread."""
         self._thread.start()
 
     def submit(self, batch: LogBatch) -> None:
