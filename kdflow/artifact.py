@@ -108,17 +108,31 @@ def export_onnx(module: nn.Module, example: np.ndarray, path: str | Path) -> Pat
     return path
 
 
+def check_spec(spec: ServedSpec, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`ArtifactError` unless ``build_model(spec)`` takes ``state`` exactly (same keys and shapes):
+    a spec that cannot rebuild the weights would register a version kdflow cannot load back."""
+    try:
+        build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes).load_state_dict(state)
+    except Exception as exc:
+        raise ArtifactError(
+            f"the spec ({spec.arch} {spec.args}, input {list(spec.input_shape)}, {spec.num_classes} classes) does "
+            f"not rebuild the served weights: {exc}"
+        ) from exc
+
+
 def write_extra_files(
     served: CalibratedClassifier, spec: ServedSpec, example: np.ndarray, directory: Path
 ) -> list[str]:
     """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths."""
     if abs(float(served.temperature) - spec.temperature) > 1e-6:
         raise ArtifactError(f"spec temperature {spec.temperature} != served temperature {float(served.temperature)}")
+    state = {k: v.detach().cpu() for k, v in served.model.state_dict().items()}
+    check_spec(spec, state)
     onnx_path = export_onnx(served, example, directory / ONNX_FILE)
     spec_path = directory / SPEC_FILE
     spec_path.write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
     state_path = directory / STATE_FILE
-    torch.save({k: v.detach().cpu() for k, v in served.model.state_dict().items()}, state_path)
+    torch.save(state, state_path)
     return [str(onnx_path), str(spec_path), str(state_path)]
 
 
