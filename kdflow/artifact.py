@@ -7,12 +7,13 @@ A student version's MLflow model directory (``models:/<name>/<version>``) holds:
 | ``data/model.pt2`` | ``torch.export`` program of ``x -> softmax(model(x) / T_calibrated)`` (MLflow's ``pt2``) | ``mlflow.pyfunc`` / ``mlflow.pytorch`` + torch |
 | ``extra_files/model.onnx`` | the same function as ONNX (input ``x`` float32 ``[N, d...]``, output ``probabilities`` ``[N, C]``) | onnxruntime |
 | ``extra_files/kdflow_model.json`` | architecture, arguments, input shape, classes, calibrated temperature | kdflow |
-| ``extra_files/state_dict.pt`` | the weights (tensors only; read with ``weights_only=True``) | kdflow |
+| ``extra_files/state_dict.npz`` | the weights (NumPy arrays; read with ``allow_pickle=False``) | kdflow |
 
 Serving needs only the first two (and ``requirements.txt`` lists exactly torch, mlflow, onnxruntime and numpy);
 kdflow itself rebuilds the :class:`~kdflow.models.CalibratedClassifier` from the last two, because
 recalibration and drift checks need the raw logits. Nothing in the directory is a pickle: MLflow checks the pt2
-archive for pickles before loading it, the ONNX graph is a protobuf, and the weights load with ``weights_only``.
+archive for pickles before loading it, the ONNX graph is a protobuf, and the weights are plain ``.npy`` arrays
+in a zip (``numpy.savez``), read with ``allow_pickle=False``.
 
 Teachers that users register themselves (any MLflow pytorch model) keep loading with ``mlflow.pytorch``.
 """
@@ -38,7 +39,7 @@ from kdflow.models import CalibratedClassifier, build_model
 FORMAT = "kdflow-served/1"
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "kdflow_model.json"
-STATE_FILE = "state_dict.pt"
+STATE_FILE = "state_dict.npz"
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
 EXTRA_DIR = "extra_files"
@@ -132,7 +133,7 @@ def write_extra_files(
     spec_path = directory / SPEC_FILE
     spec_path.write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
     state_path = directory / STATE_FILE
-    torch.save(state, state_path)
+    np.savez(state_path, **{k: v.numpy() for k, v in state.items()})
     return [str(onnx_path), str(spec_path), str(state_path)]
 
 
@@ -224,11 +225,12 @@ def read_spec(directory: Path) -> ServedSpec:
 
 def load_calibrated(directory: Path) -> CalibratedClassifier:
     """Rebuild the :class:`CalibratedClassifier` of a served artifact from its spec and weights
-    (``weights_only=True``: no code runs on load)."""
+    (plain arrays, ``allow_pickle=False``: no code runs on load)."""
     spec = read_spec(directory)
     path = directory / EXTRA_DIR / STATE_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with np.load(path, allow_pickle=False) as arrays:
+            state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
     except Exception as exc:
         raise ArtifactError(f"{path}: cannot load the weights ({exc})") from exc
     model = build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes)
