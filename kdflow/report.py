@@ -182,6 +182,17 @@ def _teachers_line(report: dict[str, Any]) -> str:
     return "Teachers " + ", ".join("`{uri}` (v{version}, weight {weight:.3f})".format(**t) for t in teachers)
 
 
+def _served_line(ev: dict[str, Any]) -> list[str]:
+    """Which artifact the student's figures were measured on (absent from reports of an older kdflow)."""
+    if not ev.get("runtime"):
+        return []
+    return [
+        f"Student figures measured on the served artifact in its `{ev['runtime']}` runtime (max |p - p_module| "
+        f"{ev['artifact_max_abs_diff']:.1e} on the test split).",
+        "",
+    ]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """Render the report as Markdown: summary table, calibration, SLA checks, decision."""
     ev, cal = report["evaluation"], report["calibration"]
@@ -191,6 +202,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{_teachers_line(report)}; "
         f"flip rate {ev['flip_rate']:.4f}, accuracy gap {ev['teacher_gap']:.4f}, size ratio {ev['size_ratio']:.4f}.",
         "",
+        *_served_line(ev),
         "| metric | student | teacher |",
         "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)],
