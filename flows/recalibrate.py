@@ -47,12 +47,18 @@ def recalibration_flow(
             *recalibration_window(when, cfg.recalibration.window_days, champion.reference_window_start, not_before),
         )
         outcome = refit_and_judge(
-            champion, window, trigger, cfg.recalibration, cfg.calibration, cfg.sla, cfg.serving.cascade,
+            champion,
+            window,
+            trigger,
+            cfg.recalibration,
+            cfg.calibration,
+            cfg.sla,
+            cfg.serving.cascade,
             cfg.drift.min_shadow_rows,
-        )  # fmt: skip
+        )
         if outcome.register:
-            spec = ServedSpec(cfg.student.arch, cfg.student.args, window.labeled.input_shape, cfg.data.num_classes,
-                              outcome.result.new_temperature)  # fmt: skip
+            t_new = outcome.result.new_temperature
+            spec = ServedSpec.of(cfg.student, window.labeled.input_shape, cfg.data.num_classes, t_new)
             model_uri = log_served_student(outcome.served, spec, window.labeled.x[:5], run_id)
             verify_served(model_uri, cfg.serving.runtime, outcome.served, window.labeled.x, run_id)
             profile = reference_profile(outcome.served, window.labeled, None, cfg.drift.psi_bins)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdflow.config import ServingRuntime
+from kdflow.config import ModelSpec, ServingRuntime
 from kdflow.models import CalibratedClassifier, build_model
 
 FORMAT = "kdflow-served/1"
@@ -71,6 +71,11 @@ class ServedSpec:
             "num_classes": self.num_classes,
             "temperature": self.temperature,
         }
+
+    @classmethod
+    def of(cls, model: ModelSpec, input_shape: tuple[int, ...], num_classes: int, temperature: float) -> ServedSpec:
+        """The spec of a student built from the config's ``model`` (``cfg.student``), served at ``temperature``."""
+        return cls(model.arch, dict(model.args), tuple(input_shape), int(num_classes), float(temperature))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServedSpec:
