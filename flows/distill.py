@@ -1,5 +1,5 @@
-"""The distillation flow: validate -> teacher logits (once) -> train -> calibrate -> evaluate -> gate -> register
--> promote -> report."""
+"""The distillation flow: validate -> teacher logits (once) -> train -> calibrate -> log the served artifact ->
+evaluate it and fit its cascade threshold -> gate -> register that artifact -> promote -> report."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
+from kdflow.artifact import ServedSpec
 from kdflow.config import DistillConfig, RecentTraffic, load_config, with_recent
 from kdflow.report import DistillReport, describe_provenance
 from tasks.data import validate_inputs
-from tasks.evaluate import calibrate, evaluate
+from tasks.evaluate import calibrate, evaluate, fit_cascade_threshold
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
-from tasks.registry import publish_report, reference_profile, register_student, sla_gate
+from tasks.registry import log_served_student, publish_report, reference_profile, register_student, sla_gate
 from tasks.tracking import flatten, mlflow_run
 from tasks.train import train_student
 
@@ -50,28 +51,35 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
             model, training = train_student(cfg, ensemble, datasets, run_id)
             calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
             served = calibration.served
+            spec = ServedSpec.of(cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature)
+            # The SLA gate judges the artifact that will be served: logged (not yet registered), loaded back.
+            model_uri = log_served_student(served, spec, datasets.test.x[:5], run_id)
+            runtime = cfg.serving.runtime
             evaluation = evaluate(
+                model_uri,
+                runtime,
                 served,
                 datasets.test,
                 ensemble.eval_logits["test"],
                 ensemble.profile,
-                cfg.data.num_classes,
                 cfg.calibration.n_bins,
                 cfg.evaluation,
                 run_id,
+            )
+            cascade = fit_cascade_threshold(
+                model_uri, runtime, datasets.val, ensemble.eval_logits["val"], cfg.serving.cascade, run_id
             )
             gate = sla_gate(evaluation, cfg.sla, name, datasets.test, run_id, served, datasets.recent_labeled)
             provenance = describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration.temperature)
             reference = datasets.reference  # what drift checks will compare production traffic with
             profile = reference_profile(served, reference, ensemble.eval_logits.get(reference.name), cfg.drift.psi_bins)
             registration = register_student(
-                served,
-                datasets.test.x[:5],
+                model_uri,
                 name,
                 run_id,
                 gate.checks,
                 cfg.registry.register_failed_candidates,
-                provenance,
+                {**provenance, **(cascade.tags() if cascade else {})},
                 profile,
             )
             promotion = (
@@ -92,6 +100,7 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
                     registration,
                     provenance,
                     promotion,
+                    cascade,
                 ),
                 cfg.output_dir,
             )

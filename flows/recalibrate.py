@@ -1,5 +1,6 @@
 """Recalibration (monthly, or asked for by a drift check): refit the champion's temperature on its recent labeled
-traffic; register and promote the same weights with the new temperature only if ECE improves and every SLA still
+traffic; register and promote the same weights with the new temperature (a new served artifact, its cascade
+threshold refitted when the window has enough shadow-scored labeled rows) only if ECE improves and every SLA still
 passes. The new version's reference profile is that traffic: drift is then measured against the regime it was
 refit on."""
 
@@ -10,13 +11,15 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
+from kdflow.artifact import ServedSpec
 from kdflow.config import DistillConfig, RecalibrationTrigger, load_config
 from kdflow.lifecycle import parse_as_of, recalibration_window
+from tasks.evaluate import verify_served
 from tasks.monitoring import load_champion
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
 from tasks.recalibration import labeled_window, record_recalibration, refit_and_judge
-from tasks.registry import reference_profile, register_student
+from tasks.registry import log_served_student, reference_profile, register_student
 from tasks.tracking import flatten, mlflow_run
 
 
@@ -43,11 +46,24 @@ def recalibration_flow(
             cfg.data.num_classes,
             *recalibration_window(when, cfg.recalibration.window_days, champion.reference_window_start, not_before),
         )
-        outcome = refit_and_judge(champion, window, trigger, cfg.recalibration, cfg.calibration, cfg.sla)
+        outcome = refit_and_judge(
+            champion,
+            window,
+            trigger,
+            cfg.recalibration,
+            cfg.calibration,
+            cfg.sla,
+            cfg.serving.cascade,
+            cfg.drift.min_shadow_rows,
+        )
         if outcome.register:
+            t_new = outcome.result.new_temperature
+            spec = ServedSpec.of(cfg.student, window.labeled.input_shape, cfg.data.num_classes, t_new)
+            model_uri = log_served_student(outcome.served, spec, window.labeled.x[:5], run_id)
+            verify_served(model_uri, cfg.serving.runtime, outcome.served, window.labeled.x, run_id)
             profile = reference_profile(outcome.served, window.labeled, None, cfg.drift.psi_bins)
             outcome.version = register_student(
-                outcome.served, window.labeled.x[:5], name, run_id, outcome.sla_checks, False, outcome.tags, profile
+                model_uri, name, run_id, outcome.sla_checks, False, outcome.tags, profile
             ).version
         record_recalibration(run_id, name, when, outcome)
         if outcome.version:

@@ -7,12 +7,13 @@ A student version's MLflow model directory (``models:/<name>/<version>``) holds:
 | ``data/model.pt2`` | ``torch.export`` program of ``x -> softmax(model(x) / T_calibrated)`` (MLflow's ``pt2``) | ``mlflow.pyfunc`` / ``mlflow.pytorch`` + torch |
 | ``extra_files/model.onnx`` | the same function as ONNX (input ``x`` float32 ``[N, d...]``, output ``probabilities`` ``[N, C]``) | onnxruntime |
 | ``extra_files/kdflow_model.json`` | architecture, arguments, input shape, classes, calibrated temperature | kdflow |
-| ``extra_files/state_dict.pt`` | the weights (tensors only; read with ``weights_only=True``) | kdflow |
+| ``extra_files/state_dict.npz`` | the weights (NumPy arrays; read with ``allow_pickle=False``) | kdflow |
 
 Serving needs only the first two (and ``requirements.txt`` lists exactly torch, mlflow, onnxruntime and numpy);
 kdflow itself rebuilds the :class:`~kdflow.models.CalibratedClassifier` from the last two, because
 recalibration and drift checks need the raw logits. Nothing in the directory is a pickle: MLflow checks the pt2
-archive for pickles before loading it, the ONNX graph is a protobuf, and the weights load with ``weights_only``.
+archive for pickles before loading it, the ONNX graph is a protobuf, and the weights are plain ``.npy`` arrays
+in a zip (``numpy.savez``), read with ``allow_pickle=False``.
 
 Teachers that users register themselves (any MLflow pytorch model) keep loading with ``mlflow.pytorch``.
 """
@@ -32,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdflow.config import ServingRuntime
+from kdflow.config import ModelSpec, ServingRuntime
 from kdflow.models import CalibratedClassifier, build_model
 
 FORMAT = "kdflow-served/1"
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "kdflow_model.json"
-STATE_FILE = "state_dict.pt"
+STATE_FILE = "state_dict.npz"
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
 EXTRA_DIR = "extra_files"
@@ -70,6 +71,11 @@ class ServedSpec:
             "num_classes": self.num_classes,
             "temperature": self.temperature,
         }
+
+    @classmethod
+    def of(cls, model: ModelSpec, input_shape: tuple[int, ...], num_classes: int, temperature: float) -> ServedSpec:
+        """The spec of a student built from the config's ``model`` (``cfg.student``), served at ``temperature``."""
+        return cls(model.arch, dict(model.args), tuple(input_shape), int(num_classes), float(temperature))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServedSpec:
@@ -108,17 +114,31 @@ def export_onnx(module: nn.Module, example: np.ndarray, path: str | Path) -> Pat
     return path
 
 
+def check_spec(spec: ServedSpec, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`ArtifactError` unless ``build_model(spec)`` takes ``state`` exactly (same keys and shapes):
+    a spec that cannot rebuild the weights would register a version kdflow cannot load back."""
+    try:
+        build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes).load_state_dict(state)
+    except Exception as exc:
+        raise ArtifactError(
+            f"the spec ({spec.arch} {spec.args}, input {list(spec.input_shape)}, {spec.num_classes} classes) does "
+            f"not rebuild the served weights: {exc}"
+        ) from exc
+
+
 def write_extra_files(
     served: CalibratedClassifier, spec: ServedSpec, example: np.ndarray, directory: Path
 ) -> list[str]:
     """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths."""
     if abs(float(served.temperature) - spec.temperature) > 1e-6:
         raise ArtifactError(f"spec temperature {spec.temperature} != served temperature {float(served.temperature)}")
+    state = {k: v.detach().cpu() for k, v in served.model.state_dict().items()}
+    check_spec(spec, state)
     onnx_path = export_onnx(served, example, directory / ONNX_FILE)
     spec_path = directory / SPEC_FILE
     spec_path.write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
     state_path = directory / STATE_FILE
-    torch.save({k: v.detach().cpu() for k, v in served.model.state_dict().items()}, state_path)
+    np.savez(state_path, **{k: v.numpy() for k, v in state.items()})
     return [str(onnx_path), str(spec_path), str(state_path)]
 
 
@@ -210,11 +230,12 @@ def read_spec(directory: Path) -> ServedSpec:
 
 def load_calibrated(directory: Path) -> CalibratedClassifier:
     """Rebuild the :class:`CalibratedClassifier` of a served artifact from its spec and weights
-    (``weights_only=True``: no code runs on load)."""
+    (plain arrays, ``allow_pickle=False``: no code runs on load)."""
     spec = read_spec(directory)
     path = directory / EXTRA_DIR / STATE_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with np.load(path, allow_pickle=False) as arrays:
+            state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
     except Exception as exc:
         raise ArtifactError(f"{path}: cannot load the weights ({exc})") from exc
     model = build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes)

@@ -17,8 +17,9 @@ import pandas as pd
 from scipy.special import softmax
 
 from kdflow.calibration import calibration_metrics, ece_improvement_confidence, fit_temperature
-from kdflow.config import CalibrationConfig, ConfigError, RecalibrationTrigger, SLAConfig
+from kdflow.config import CalibrationConfig, CascadeConfig, ConfigError, RecalibrationTrigger, SLAConfig
 from kdflow.data import to_frame
+from kdflow.selective import CascadeFit, cascade_target, fit_cascade
 from kdflow.sla import SLACheck, check_slas
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ class RecalibrationOutcome:
     promotion: dict[str, Any] | None = None
     served: CalibratedClassifier | None = field(default=None, repr=False)  # to register: same weights, new T
     tags: dict[str, Any] = field(default_factory=dict)  # the version tags to register it with
+    cascade: CascadeFit | None = field(default=None, repr=False)  # the threshold refitted at the new T
+    cascade_reason: str | None = None  # why it was (not) refitted; None: serving.cascade disabled
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able outcome the recalibration flow returns and records (``recalibration.json``)."""
@@ -202,6 +205,8 @@ class RecalibrationOutcome:
             out["sla_checks"] = [c.as_dict() for c in self.sla_checks]
         if self.promotion is not None:
             out["promotion"] = self.promotion
+        if self.cascade_reason is not None:
+            out["cascade"] = {**(self.cascade.summary() if self.cascade else {}), "reason": self.cascade_reason}
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -211,6 +216,7 @@ class RecalibrationOutcome:
             "labeled_rows": float(self.labeled_rows),
             "registered": float(bool(self.version)),
             **{k: float(v) for k, v in result.items() if isinstance(v, (int, float))},
+            **{f"cascade_{k}": float(v) for k, v in (self.cascade.summary() if self.cascade else {}).items()},
         }
 
     def markdown(self, name: str, as_of: datetime) -> str:
@@ -239,3 +245,33 @@ def judge_refit(
     else:
         register, reason = True, f"recalibrated: {result.reason}; every SLA passes"
     return replace(outcome, result=result, sla_checks=checks, register=register, reason=reason)
+
+
+def refit_cascade(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    teacher_logits: np.ndarray | None,
+    temperature: float,
+    cfg: CascadeConfig,
+    min_rows: int,
+) -> tuple[CascadeFit | None, str]:
+    """Refit the confidence-fallback threshold (:func:`kdflow.selective.fit_cascade`) at ``temperature`` on the
+    labeled rows that also carry shadow teacher logits (non-NaN rows of ``teacher_logits``): student
+    probabilities ``softmax(z / T)``, teacher predictions ``argmax`` of its logits, target
+    :func:`kdflow.selective.cascade_target` with the teacher's accuracy on those rows. Fewer than ``min_rows``
+    such rows: ``None`` and why (the caller keeps the previous threshold)."""
+    if teacher_logits is None:
+        shadow = np.zeros(len(labels), dtype=bool)
+    else:
+        shadow = ~np.isnan(np.asarray(teacher_logits, dtype=np.float64)).any(axis=1)
+    n = int(shadow.sum())
+    if n < min_rows:
+        return None, (
+            f"threshold not refitted: {n} labeled rows with shadow teacher logits in the window, fewer than "
+            f"drift.min_shadow_rows={min_rows}"
+        )
+    y = np.asarray(labels)[shadow]
+    teacher_pred = np.asarray(teacher_logits)[shadow].argmax(axis=1)
+    target = cascade_target(cfg.target_accuracy, cfg.max_accuracy_loss, float((teacher_pred == y).mean()))
+    fit = fit_cascade(softmax(np.asarray(logits, np.float64)[shadow] / temperature, axis=1), teacher_pred, y, target)
+    return fit, f"threshold refitted at T={temperature:.4f} on {n} labeled rows with shadow teacher logits"

@@ -16,9 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kdflow import registry
 from kdflow.config import (
     CalibrationConfig,
+    CascadeConfig,
     DriftConfig,
     FeatureSpec,
     LogsConfig,
@@ -38,6 +41,7 @@ from kdflow.lifecycle import (
     RecalibrationOutcome,
     ids_from_request_ids,
     judge_refit,
+    refit_cascade,
     refit_temperature,
     traffic_frames,
     window_bounds,
@@ -471,10 +475,12 @@ class LabeledWindow:
     end: datetime
     labeled: Dataset
     rows: int
+    teacher_logits: np.ndarray | None = None  # of the labeled rows; NaN rows where not shadow-scored
 
 
 def labeled_rows(window: LogWindow) -> LabeledWindow:
-    """The rows of ``window`` whose label is known, as the dataset ``recalibration_window``."""
+    """The rows of ``window`` whose label is known, as the dataset ``recalibration_window``, with their shadow
+    teacher logits (for the cascade threshold's refit)."""
     known = window.label_mask
     dataset = Dataset(
         "recalibration_window",
@@ -483,7 +489,7 @@ def labeled_rows(window: LogWindow) -> LabeledWindow:
         window.x[known],
         window.labels[known],
     )
-    return LabeledWindow(window.start, window.end, dataset, len(window))
+    return LabeledWindow(window.start, window.end, dataset, len(window), window.teacher_logits[known])
 
 
 def read_labeled_window(
@@ -495,12 +501,14 @@ def read_labeled_window(
 
 def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dict[str, Any]:
     """The version tags of a recalibrated champion: the parent's provenance (teacher, data, config) plus what
-    this recalibration did; its reference profile is the window it was refit on."""
+    this recalibration did; its reference profile is the window it was refit on. The cascade threshold is the
+    refitted one (``kdflow.cascade_refit`` True) or, when it could not be refitted, the parent's, carried over
+    (``cascade_refit`` False); ``cascade_reason`` says which. No cascade tags when the cascade is disabled."""
     keep = {
         k.removeprefix(_P): v
         for k, v in champion.tags.items()
         if k.startswith(_P)
-        and not k.startswith((f"{_P}alias", f"{_P}sla_"))
+        and not k.startswith((f"{_P}alias", f"{_P}sla_", f"{_P}cascade_"))
         and k not in (f"{_P}run_id", f"{_P}reference_profile")
     }
     start, end = outcome.start.isoformat(), outcome.end.isoformat()
@@ -516,7 +524,22 @@ def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dic
         "reference_window_end": end,
         "calibrated_temperature": outcome.result.new_temperature,
         "previous_temperature": outcome.result.current_temperature,
+        **_cascade_tags(champion, outcome),
     }
+
+
+def _cascade_tags(champion: Champion, outcome: RecalibrationOutcome) -> dict[str, Any]:
+    if outcome.cascade_reason is None:
+        return {}
+    if outcome.cascade is not None:
+        return {**outcome.cascade.tags(), "cascade_refit": True, "cascade_reason": outcome.cascade_reason}
+    carried = {
+        k.removeprefix(_P): v
+        for k, v in champion.tags.items()
+        if k.startswith(f"{_P}cascade_") and k not in (f"{_P}cascade_refit", f"{_P}cascade_reason")
+    }
+    reason = f"{outcome.cascade_reason}; carried over from version {champion.ref.version}"
+    return {**carried, "cascade_refit": False, "cascade_reason": reason}
 
 
 def recalibrate(
@@ -526,6 +549,8 @@ def recalibrate(
     cfg: RecalibrationConfig,
     calibration: CalibrationConfig,
     sla: SLAConfig,
+    cascade: CascadeConfig | None = None,
+    min_shadow_rows: int = 50,
 ) -> RecalibrationOutcome:
     """Refit the champion's temperature on ``window``'s labeled rows and judge it.
 
@@ -533,7 +558,9 @@ def recalibrate(
     is refit and judged out of fold (:func:`kdflow.lifecycle.refit_temperature`, gated by
     ``min_ece_improvement`` and ``min_improvement_confidence``), then against every SLA with the parent's
     evaluation (:func:`kdflow.lifecycle.judge_refit`). When it is to be registered, the outcome carries the
-    served module (the same weights at the new temperature) and its version tags."""
+    served module (the same weights at the new temperature), the cascade threshold refitted at the new
+    temperature when ``cascade`` is enabled and the window has ``min_shadow_rows`` labeled shadow-scored rows
+    (:func:`kdflow.lifecycle.refit_cascade`), and its version tags."""
     outcome = RecalibrationOutcome(
         champion.ref.version, trigger, window.start, window.end, window.rows, len(window.labeled)
     )
@@ -555,6 +582,10 @@ def recalibrate(
     outcome = judge_refit(outcome, result, parent_evaluation(champion), sla)
     if outcome.register:
         outcome.served = CalibratedClassifier(champion.model.model, result.new_temperature)
+        if cascade is not None and cascade.enabled:
+            outcome.cascade, outcome.cascade_reason = refit_cascade(
+                logits, window.labeled.y, window.teacher_logits, result.new_temperature, cascade, min_shadow_rows
+            )
         outcome.tags = recalibration_tags(champion, outcome)
     return outcome
 

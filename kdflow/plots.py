@@ -1,4 +1,4 @@
-"""Plots saved as PNG for MLflow artifacts: reliability diagrams and training curves."""
+"""Plots saved as PNG for MLflow artifacts: reliability diagrams, training curves, risk-coverage curves."""
 
 from __future__ import annotations
 
@@ -65,4 +65,19 @@ def reliability_diagram(
             title=f"{name} (T={t:.3g}, ECE={ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1)
         )
         ax.legend(loc="upper left")
+    return _save(plt, fig, path)
+
+
+def risk_coverage(
+    coverage: list[float], risk: list[float], threshold_coverage: float, aurc: float, path: str | Path
+) -> Path:
+    """The risk-coverage curve of selective classification (Geifman & El-Yaniv 2017): the student's error on the
+    rows it keeps against the share it keeps, with the chosen threshold's coverage marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(coverage, risk, label=f"selective risk (AURC={aurc:.4f})")
+    ax.axvline(threshold_coverage, linestyle="--", color="gray", label=f"threshold coverage {threshold_coverage:.3f}")
+    ax.set(xlabel="coverage (student share)", ylabel="risk (student error on kept rows)", xlim=(0, 1), ylim=(0, None))
+    ax.set_title("risk-coverage (validation)")
+    ax.legend(loc="upper left")
     return _save(plt, fig, path)

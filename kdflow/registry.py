@@ -141,13 +141,27 @@ def resolve(uri: str) -> ModelRef:
 
 
 def load_torch_model(ref: ModelRef) -> nn.Module:
-    """Load the PyTorch module of a registered version (pinned by version, not alias)."""
-    import mlflow.pytorch
+    """Load the PyTorch module of a registered version (pinned by version, not alias): a kdflow served artifact
+    (every student) is rebuilt as a :class:`~kdflow.models.CalibratedClassifier` from its spec and weights
+    (:func:`kdflow.artifact.load_calibrated`, no pickle); any other MLflow pytorch model (a user's teacher)
+    loads with ``mlflow.pytorch``."""
+    from kdflow import artifact
 
     try:
-        model = mlflow.pytorch.load_model(ref.version_uri, map_location="cpu")
+        return load_model_dir(artifact.model_dir(ref.version_uri))
     except Exception as exc:
         raise RegistryError(f"cannot load {ref.version_uri} (from {ref.uri}): {exc}") from exc
+
+
+def load_model_dir(directory: Path) -> nn.Module:
+    """The module of a downloaded MLflow model directory, in eval mode (see :func:`load_torch_model`)."""
+    import mlflow.pytorch
+
+    from kdflow import artifact
+
+    if artifact.is_served_artifact(directory):
+        return artifact.load_calibrated(directory)
+    model = mlflow.pytorch.load_model(str(directory), map_location="cpu")
     model.eval()
     return model
 
@@ -163,12 +177,12 @@ def alias_version(name: str, alias: str) -> str | None:
 def log_torch_model(
     model: nn.Module, input_example: np.ndarray, registered_name: str | None, artifact_name: str = "model"
 ) -> tuple[str, str | None]:
-    """Log ``model`` (with signature and input example) to the active run; register it when a name is given.
+    """Log a teacher ``model`` (with signature and input example) to the active run; register it when a name is
+    given. Students are logged as served artifacts instead (:func:`kdflow.artifact.log_served_model`).
 
     Returns ``(model_uri, version or None)``. Pip requirements are given explicitly so MLflow does not
-    spawn a subprocess to infer them. The pickle format (not MLflow 3's default ``pt2`` export) keeps the
-    module's class, so a loaded student is still a :class:`~kdflow.models.CalibratedClassifier` with
-    ``.logits`` and its ``temperature``; loading needs ``kdflow`` importable.
+    spawn a subprocess to infer them. The pickle format keeps the module's class, as for the pickled teachers
+    users register themselves; loading needs the class importable.
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -210,7 +224,7 @@ def run_version(name: str, run_id: str) -> tuple[str, str] | None:
     return str(mv.source), str(mv.version)
 
 
-def _logged_model_of_run(run_id: str, artifact_name: str) -> str | None:
+def logged_model_of_run(run_id: str, artifact_name: str = "model") -> str | None:
     """The URI of a complete (READY) logged model ``artifact_name`` of run ``run_id``, or ``None``."""
     client = _client()
     experiment = client.get_run(run_id).info.experiment_id
@@ -222,14 +236,12 @@ def _logged_model_of_run(run_id: str, artifact_name: str) -> str | None:
     return ready[0].model_uri if ready else None
 
 
-def register_run_model(
-    model: nn.Module, input_example: np.ndarray, name: str, run_id: str, artifact_name: str = "model"
-) -> tuple[str, str, bool]:
-    """Register ``model`` as a version of ``name`` from run ``run_id`` exactly once: idempotent under retries.
+def register_logged_model(name: str, run_id: str, model_uri: str) -> tuple[str, str, bool]:
+    """Register ``model_uri`` (a model logged in run ``run_id``, e.g. the served artifact the SLA gate evaluated)
+    as a version of ``name`` exactly once: idempotent under retries.
 
     A repeat (a retried task whose first attempt registered, then failed) finds the version the run already
-    registered and returns it; one that had logged the model but not registered it registers that logged model
-    instead of logging another. Returns ``(model_uri, version, reused)``; ``reused`` is true when no new version
+    registered and returns it. Returns ``(model_uri, version, reused)``; ``reused`` is true when no new version
     was created."""
     import mlflow
 
@@ -237,15 +249,28 @@ def register_run_model(
     if existing is not None:
         log.info("%s: run %s already registered version %s; reusing it", name, run_id, existing[1])
         return existing[0], existing[1], True
-    logged = _logged_model_of_run(run_id, artifact_name)
-    if logged is not None:
-        version = str(mlflow.register_model(logged, name).version)
-        log.info("%s: registered run %s's logged model %s as version %s", name, run_id, logged, version)
-        return logged, version, False
-    with mlflow.start_run(run_id=run_id):
-        model_uri, version = log_torch_model(model, input_example, name, artifact_name)
-    assert version is not None  # a registered name always yields a version
+    version = str(mlflow.register_model(model_uri, name).version)
+    log.info("%s: registered run %s's logged model %s as version %s", name, run_id, model_uri, version)
     return model_uri, version, False
+
+
+def register_run_model(
+    model: nn.Module, input_example: np.ndarray, name: str, run_id: str, artifact_name: str = "model"
+) -> tuple[str, str, bool]:
+    """Register a teacher ``model`` as a version of ``name`` from run ``run_id`` exactly once: idempotent under
+    retries (:func:`register_logged_model`). A run that registered it already returns that version; one that
+    had logged the model but not registered it registers that logged model instead of logging another;
+    otherwise it is logged with :func:`log_torch_model` first."""
+    import mlflow
+
+    existing = run_version(name, run_id)
+    if existing is not None:
+        return register_logged_model(name, run_id, existing[0])
+    logged = logged_model_of_run(run_id, artifact_name)
+    if logged is None:
+        with mlflow.start_run(run_id=run_id):
+            logged, _ = log_torch_model(model, input_example, None, artifact_name)
+    return register_logged_model(name, run_id, logged)
 
 
 RUN_KEY_TAG = f"{TAG_PREFIX}run_key"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from kdflow.ensemble import TeacherEnsemble
     from kdflow.evaluation import Calibration, Evaluation
     from kdflow.precompute import TeacherOutputs
+    from kdflow.selective import CascadeFit
     from kdflow.sla import Gate
     from kdflow.train import TrainResult
 
@@ -89,6 +90,7 @@ class DistillReport:
     registration: Registration
     provenance: dict[str, Any]
     promotion: dict[str, Any] | None = field(default=None)
+    cascade: CascadeFit | None = field(default=None)  # None: serving.cascade disabled
 
     def registration_after_promotion(self) -> Registration:
         """The registration with ``champion`` among its aliases once promoted."""
@@ -127,7 +129,29 @@ class DistillReport:
         }
         if self.promotion is not None:
             report["promotion"] = self.promotion
+        if self.cascade is not None:
+            report["cascade"] = cascade_section(self.cascade)
         return report
+
+
+TEACHER_SHARES = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20)  # the report's system-accuracy-vs-teacher-call-share rows
+
+
+def teacher_share_table(fit: CascadeFit, shares: tuple[float, ...] = TEACHER_SHARES) -> list[dict[str, float]]:
+    """System accuracy when the least confident ``share`` of the validation rows go to the teacher, read off the
+    fit's curve at coverage ``m / n`` with ``m = n - round(share * n)`` (``m = 0``: the teacher's accuracy)."""
+    n, rows = fit.rows, []
+    for share in shares:
+        m = n - int(round(share * n))
+        accuracy = fit.curve_system_accuracy[m - 1] if m > 0 else fit.teacher_accuracy
+        rows.append({"teacher_share": share, "coverage": m / n, "system_accuracy": float(accuracy)})
+    return rows
+
+
+def cascade_section(fit: CascadeFit) -> dict[str, Any]:
+    """The report's ``cascade`` section: the fit's scalars (:meth:`~kdflow.selective.CascadeFit.summary`) and
+    :func:`teacher_share_table`."""
+    return {**fit.summary(), "teacher_share_table": teacher_share_table(fit)}
 
 
 def _fmt(value: Any) -> str:
@@ -158,6 +182,17 @@ def _teachers_line(report: dict[str, Any]) -> str:
     return "Teachers " + ", ".join("`{uri}` (v{version}, weight {weight:.3f})".format(**t) for t in teachers)
 
 
+def _served_line(ev: dict[str, Any]) -> list[str]:
+    """Which artifact the student's figures were measured on (absent from reports of an older kdflow)."""
+    if not ev.get("runtime"):
+        return []
+    return [
+        f"Student figures measured on the served artifact in its `{ev['runtime']}` runtime (max |p - p_module| "
+        f"{ev['artifact_max_abs_diff']:.1e} on the test split).",
+        "",
+    ]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """Render the report as Markdown: summary table, calibration, SLA checks, decision."""
     ev, cal = report["evaluation"], report["calibration"]
@@ -167,6 +202,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{_teachers_line(report)}; "
         f"flip rate {ev['flip_rate']:.4f}, accuracy gap {ev['teacher_gap']:.4f}, size ratio {ev['size_ratio']:.4f}.",
         "",
+        *_served_line(ev),
         "| metric | student | teacher |",
         "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)],
@@ -191,7 +227,31 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Registered version: {reg.get('version') or 'none'}; aliases: {', '.join(reg.get('aliases', [])) or 'none'}.",
     ]
+    if report.get("cascade"):
+        lines += _cascade_markdown(report["cascade"])
     return "\n".join(lines) + "\n"
+
+
+def _cascade_markdown(c: dict[str, Any]) -> list[str]:
+    """The "Confidence fallback" section: the threshold and what it gives on the validation split."""
+    met = "met" if c["target_met"] else "NOT met (threshold of the highest system accuracy)"
+    lines = [
+        "",
+        "## Confidence fallback (validation set)",
+        "",
+        f"The student answers when its calibrated confidence is >= **{c['threshold']:.4f}**, the teacher otherwise: "
+        f"coverage {c['coverage']:.4f}, deferral rate {c['deferral_rate']:.4f}, system accuracy "
+        f"{c['system_accuracy']:.4f} (student alone {c['student_accuracy']:.4f}, teacher {c['teacher_accuracy']:.4f}). "
+        f"Target system accuracy {c['target_accuracy']:.4f}: {met}. AURC {c['aurc']:.4f} on {c['rows']} rows.",
+        "",
+        "| teacher-call share | coverage | system accuracy |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['teacher_share']:.0%} | {r['coverage']:.4f} | {r['system_accuracy']:.4f} |"
+        for r in c["teacher_share_table"]
+    ]
+    return lines + ["", "Risk-coverage curve: `plots/risk_coverage.png` in the MLflow run."]
 
 
 def write_report(report: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:

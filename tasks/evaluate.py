@@ -9,11 +9,20 @@ import numpy as np
 from prefect import get_run_logger
 from torch import nn
 
-from kdflow.config import CalibrationConfig, EvaluationConfig
+from kdflow.artifact import load_served
+from kdflow.config import CalibrationConfig, CascadeConfig, EvaluationConfig, ServingRuntime
 from kdflow.data import Dataset
-from kdflow.evaluation import Calibration, Evaluation, calibrate_student, evaluate_student
+from kdflow.evaluation import (
+    Calibration,
+    Evaluation,
+    calibrate_student,
+    check_artifact,
+    evaluate_student,
+    fit_served_cascade,
+)
 from kdflow.models import CalibratedClassifier
-from kdflow.plots import reliability_diagram
+from kdflow.plots import reliability_diagram, risk_coverage
+from kdflow.selective import CascadeFit
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_metrics
 
@@ -53,24 +62,62 @@ def calibrate(model: nn.Module, val: Dataset, cfg: CalibrationConfig, run_id: st
 
 @kdflow_task(name="evaluate")
 def evaluate(
-    student: CalibratedClassifier,
+    model_uri: str,
+    runtime: ServingRuntime,
+    module: CalibratedClassifier,
     test: Dataset,
     teacher_test_logits: np.ndarray,
     teacher_profile: dict[str, float],
-    num_classes: int,
     n_bins: int,
     cfg: EvaluationConfig,
     run_id: str,
 ) -> Evaluation:
-    """:func:`kdflow.evaluation.evaluate_student` on the test split: accuracies, gap, flip rate, per-class
-    accuracy, ECE at the served temperature, latency, throughput and size; logged as ``test_*`` metrics."""
-    ev = evaluate_student(student, test, teacher_test_logits, teacher_profile, num_classes, n_bins, cfg)
+    """:func:`kdflow.evaluation.evaluate_student` on the test split, of the served artifact ``model_uri`` loaded
+    back in its serving ``runtime`` (checked against the in-memory ``module`` first): accuracies, gap, flip rate,
+    per-class accuracy, ECE, latency, throughput and size; logged as ``test_*`` metrics, the artifact and
+    runtime as run tags."""
+    ev = evaluate_student(load_served(model_uri, runtime), module, test, teacher_test_logits, teacher_profile,
+                          n_bins, cfg)  # fmt: skip
+    from mlflow import MlflowClient
+
     log_metrics(run_id, {f"test_{k}": v for k, v in ev.scalars().items()})
+    for key, value in {"evaluated_model_uri": model_uri, "evaluated_runtime": runtime}.items():
+        MlflowClient().set_tag(run_id, f"kdflow.{key}", value)
     get_run_logger().info(
-        "test accuracy student %.4f teacher %.4f; flip rate %.4f; ECE %.4f",
-        ev.student_accuracy,
-        ev.teacher_accuracy,
-        ev.flip_rate,
-        ev.student_ece,
-    )
+        "test (%s artifact, max |dp| %.2g vs module): accuracy student %.4f teacher %.4f; flip rate %.4f; ECE %.4f",
+        runtime, ev.artifact_max_abs_diff, ev.student_accuracy, ev.teacher_accuracy, ev.flip_rate, ev.student_ece,
+    )  # fmt: skip
     return ev
+
+
+@kdflow_task(name="fit-cascade")
+def fit_cascade_threshold(
+    model_uri: str, runtime: ServingRuntime, val: Dataset, teacher_val_logits: np.ndarray, cfg: CascadeConfig,
+    run_id: str,
+) -> CascadeFit | None:  # fmt: skip
+    """The confidence-fallback threshold on the validation split (:func:`kdflow.evaluation.fit_served_cascade`,
+    the artifact's probabilities); its summary logged as ``cascade_*`` metrics and its risk-coverage curve as
+    ``plots/risk_coverage.png``. ``None`` (nothing recorded) when ``serving.cascade`` is disabled."""
+    if not cfg.enabled:
+        return None
+    fit = fit_served_cascade(load_served(model_uri, runtime), val, teacher_val_logits, cfg)
+    log_metrics(run_id, {f"cascade_{k}": float(v) for k, v in fit.summary().items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        png = risk_coverage(fit.curve_coverage, fit.curve_risk, fit.coverage, fit.aurc, Path(tmp) / "risk_coverage.png")
+        log_artifact(run_id, png, "plots")
+    get_run_logger().info(
+        "cascade threshold %.4f: coverage %.4f, system accuracy %.4f (target %.4f %s)", fit.threshold, fit.coverage,
+        fit.system_accuracy, fit.target_accuracy, "met" if fit.target_met else "NOT met",
+    )  # fmt: skip
+    return fit
+
+
+@kdflow_task(name="verify-served")
+def verify_served(
+    model_uri: str, runtime: ServingRuntime, module: CalibratedClassifier, x: np.ndarray, run_id: str
+) -> float:
+    """:func:`kdflow.evaluation.check_artifact`: the served artifact ``model_uri`` in ``runtime`` gives the
+    in-memory ``module``'s probabilities on ``x`` (max abs difference logged as ``artifact_max_abs_diff``)."""
+    _, diff = check_artifact(load_served(model_uri, runtime), module, x)
+    log_metrics(run_id, {"artifact_max_abs_diff": diff})
+    return diff

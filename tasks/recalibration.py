@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from kdflow import monitor
 from kdflow.config import (
     CalibrationConfig,
+    CascadeConfig,
     LogsConfig,
     RecalibrationConfig,
     RecalibrationTrigger,
@@ -46,11 +47,15 @@ def refit_and_judge(
     cfg: RecalibrationConfig,
     calibration: CalibrationConfig,
     sla: SLAConfig,
+    cascade: CascadeConfig,
+    min_shadow_rows: int,
 ) -> RecalibrationOutcome:
-    """Refit the champion's temperature on the labeled window and judge it against ECE and every SLA
-    (:func:`kdflow.monitor.recalibrate`)."""
-    outcome = monitor.recalibrate(champion, window, trigger, cfg, calibration, sla)
+    """Refit the champion's temperature on the labeled window and judge it against ECE and every SLA; refit the
+    cascade threshold at the new temperature (:func:`kdflow.monitor.recalibrate`)."""
+    outcome = monitor.recalibrate(champion, window, trigger, cfg, calibration, sla, cascade, min_shadow_rows)
     get_run_logger().info("recalibration of %s v%s: %s", champion.ref.name, champion.ref.version, outcome.reason)
+    if outcome.cascade_reason:
+        get_run_logger().info("cascade: %s", outcome.cascade_reason)
     return outcome
 
 

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.transactions import Transaction, get_transaction
 
 from kdflow import registry
+from kdflow.artifact import ServedSpec, log_served_model
 from kdflow.config import SLAConfig, TeacherGateConfig
 from kdflow.data import Dataset
 from kdflow.evaluation import Evaluation
@@ -55,10 +56,24 @@ def reference_profile(
     return build_profile(probs, reference.x, reference.y, teacher_logits, n_bins=n_bins).to_dict()
 
 
+@kdflow_task(name="log-served-student", retries=1, retry_delay_seconds=2)
+def log_served_student(student: CalibratedClassifier, spec: ServedSpec, input_example: np.ndarray, run_id: str) -> str:
+    """Log the served artifact of ``student`` (:func:`kdflow.artifact.log_served_model`: pt2 + ONNX + spec and
+    weights, no pickle) into run ``run_id`` without registering it; return its model URI, which the evaluation
+    loads back and :func:`register_student` registers. A retry reuses the run's complete logged model."""
+    import mlflow
+
+    model_uri = registry.logged_model_of_run(run_id)
+    if model_uri is None:
+        with mlflow.start_run(run_id=run_id):
+            model_uri, _ = log_served_model(student, spec, input_example)
+    get_run_logger().info("served artifact %s (T=%.4f) logged as %s", spec.arch, spec.temperature, model_uri)
+    return model_uri
+
+
 @kdflow_task(name="register-student", retries=1, retry_delay_seconds=2)
 def register_student(
-    student: CalibratedClassifier,
-    input_example: np.ndarray,
+    model_uri: str,
     name: str,
     run_id: str,
     checks: list[SLACheck],
@@ -66,19 +81,20 @@ def register_student(
     tags: dict[str, Any],
     profile: dict[str, Any],
 ) -> Registration:
-    """Log and register the served model with its reference profile (``reference/profile.json``) and alias it
-    ``challenger``; ``champion`` moves later, in :func:`tasks.promotion.promote_version`. A candidate that failed
-    its SLAs is not registered unless ``register_failed`` is set. Inside a Prefect ``transaction()`` that
-    then fails, the version is withdrawn again unless already champion (:func:`_withdraw_on_rollback`).
+    """Register the served artifact ``model_uri`` logged in run ``run_id`` (:func:`log_served_student`) with its
+    reference profile (``reference/profile.json``) and alias it ``challenger``; ``champion`` moves later, in
+    :func:`tasks.promotion.promote_version`. A candidate that failed its SLAs is not registered unless
+    ``register_failed`` is set. Inside a Prefect ``transaction()`` that then fails, the version is withdrawn
+    again unless already champion (:func:`_withdraw_on_rollback`).
 
     Idempotent under retries: the version is the one run ``run_id`` registered, if any
-    (:func:`kdflow.registry.register_run_model`); tags are rewritten with the same values, the profile artifact
-    overwritten in place, and the alias moved (and recorded) only if it is not already on the version."""
+    (:func:`kdflow.registry.register_logged_model`); tags are rewritten with the same values, the profile
+    artifact overwritten in place, and the alias moved (and recorded) only if it is not already on the version."""
     sla_passed = all(c.passed for c in checks)
     if not sla_passed and not register_failed:
         return Registration(name, reason="not registered: SLA gate failed")
     log_dict(run_id, profile, PROFILE_ARTIFACT)
-    model_uri, version, _ = registry.register_run_model(student, input_example, name, run_id)
+    model_uri, version, _ = registry.register_logged_model(name, run_id, model_uri)
     get_transaction().set("registered", (name, version))
     registry.tag_version(
         name,

@@ -69,13 +69,12 @@ def test_distill_registers_calibrated_student_with_provenance(distill_config, tm
 
 def test_served_model_applies_calibrated_temperature_not_training_one(distill_config, tmp_path, tiny_data):
     import mlflow.pyfunc
-    import mlflow.pytorch
 
     report = run_distill(distill_config, tmp_path)
     name = distill_config["registry"]["student_name"]
     t_cal = report["calibration"]["temperature"]
     assert t_cal != pytest.approx(distill_config["train"]["temperature"])
-    model = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    model = registry.load_torch_model(registry.resolve(f"models:/{name}@champion"))
     assert isinstance(model, CalibratedClassifier) and float(model.temperature) == pytest.approx(t_cal)
     x = np.stack(pd.read_parquet(tiny_data["test"])["x"].to_numpy()).astype(np.float32)[:32]
     with torch.no_grad():

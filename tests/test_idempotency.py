@@ -84,35 +84,59 @@ def test_retried_register_teacher_creates_one_version(prefect_harness, tracking,
 
 
 def test_retried_register_student_creates_one_version(prefect_harness, tracking, monkeypatch):
-    from kdflow.models import CalibratedClassifier
+    import mlflow
+    from kdflow.artifact import ServedSpec, log_served_model
+    from kdflow.models import CalibratedClassifier, build_model
     from kdflow.sla import SLACheck
     from tasks.registry import register_student
 
     run_id = _run_id(tracking)
+    spec = ServedSpec("mlp", {"width": 8, "depth": 1}, (4,), 3, 1.5)
+    with mlflow.start_run(run_id=run_id):  # the served artifact, logged (not registered) as the distill flow does
+        model_uri, _ = log_served_model(
+            CalibratedClassifier(build_model(spec.arch, spec.args, (4,), 3), 1.5), spec, np.zeros((2, 4), np.float32)
+        )
     alias = FailOnce(registry.ensure_alias)  # version registered and tagged, then the alias call is lost
     monkeypatch.setattr(registry, "ensure_alias", alias)
     checks = [SLACheck("min_accuracy", "accuracy", 0.9, ">=", 0.8, True)]
 
     @flow
     def register() -> dict[str, Any]:
-        return register_student(
-            CalibratedClassifier(nn.Linear(4, 3), 1.5),
-            np.zeros((2, 4), np.float32),
-            "idem-student",
-            run_id,
-            checks,
-            False,
-            {"trigger": "test"},
-            {"rows": 2},
-        )
+        return register_student(model_uri, "idem-student", run_id, checks, False, {"trigger": "test"}, {"rows": 2})
 
     result = register()
     assert alias.calls == 2
     assert [(str(v.version), v.run_id) for v in _versions("idem-student")] == [("1", run_id)] and result.version == "1"
+    assert result.model_uri == model_uri  # exactly the logged artifact was registered
     assert len(registry.history("idem-student", registry.CHALLENGER)) == 1
     # One logged model in the run as well: the retry reused the registered version, it logged nothing again.
     exp = MlflowClient().get_run(run_id).info.experiment_id
     assert len(MlflowClient().search_logged_models([exp], filter_string=f"source_run_id='{run_id}'")) == 1
+
+
+def test_retried_log_served_student_logs_one_artifact(prefect_harness, tracking, monkeypatch):
+    """The served artifact is logged, then the task fails: the retry returns the run's logged model."""
+    from kdflow import artifact
+    from kdflow.artifact import ServedSpec
+    from kdflow.models import CalibratedClassifier, build_model
+    from tasks import registry as registry_tasks
+
+    run_id = _run_id(tracking)
+    logged = FailOnce(artifact.log_served_model)
+    monkeypatch.setattr(registry_tasks, "log_served_model", logged)
+    spec = ServedSpec("mlp", {"width": 8, "depth": 1}, (4,), 3, 1.5)
+    student = CalibratedClassifier(build_model(spec.arch, spec.args, (4,), 3), 1.5)
+
+    @flow
+    def log() -> str:
+        return registry_tasks.log_served_student(student, spec, np.zeros((2, 4), np.float32), run_id)
+
+    model_uri = log()
+    assert logged.calls == 1  # the retry found the complete logged model and did not log another
+    exp = MlflowClient().get_run(run_id).info.experiment_id
+    found = MlflowClient().search_logged_models([exp], filter_string=f"source_run_id='{run_id}'")
+    assert [m.model_uri for m in found] == [model_uri]
+    assert not MlflowClient().search_model_versions(f"run_id='{run_id}'")  # logged, not registered
 
 
 def test_register_run_model_registers_a_logged_but_unregistered_model(tracking):
