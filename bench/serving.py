@@ -6,11 +6,9 @@ What it measures, on one registered champion student (`models:/<registry.student
 1. Set-up. ``--state DIR``: a finished ``kdflow demo`` state (the folder holding ``mlflow.db``, ``data/``, ...,
    or the folder the demo ran in, with its ``.kdflow/``), or an empty folder: then it is built with the demo's
    own code path (MNIST-1D, ``teacher_flow``, ``distill_flow`` on the packaged configs with every path under
-   DIR; ``--transfer-size`` rows). A champion that is not yet a served artifact (:mod:`kdflow.artifact`; a
-   student registered before the artifact change) is re-registered as one from the same weights and moved to
-   ``champion`` (recorded as an alias event); a champion without ``kdflow.cascade_threshold`` gets one fitted
-   on the validation split (:func:`kdflow.selective.fit_cascade`, target = teacher accuracy -
-   ``cascade.max_accuracy_loss``).
+   DIR; ``--transfer-size`` rows). The champion must be a served artifact (:mod:`kdflow.artifact`, what the
+   distill flow registers, with its ``kdflow.cascade_threshold`` fitted at registration); the registry is only
+   read, never changed.
 2. The limit: the bare forward pass of that artifact at batch 1, one test row per call (cycling), after a
    warm-up: ONNX Runtime (1 intra-op thread) on ``extra_files/model.onnx``, the ``pt2`` program
    (:func:`kdflow.artifact.load_served` ``torch``), and torch eager on the rebuilt ``CalibratedClassifier``
@@ -24,8 +22,8 @@ What it measures, on one registered champion student (`models:/<registry.student
 4. The server: ``kdflow serve-model --config C --port P`` as a subprocess per configuration (student-only
    ONNX, student-only torch, cascade ONNX with the teacher and ``shadow_fraction`` 0.1 at the registered
    threshold, and the same with a threshold that defers ``--cascade-deferral`` of the validation rows to the
-   teacher, set on the version for that run only), logs under a fresh ``logs.root`` each. For concurrency 1, 8 and 32: that many client threads, each with one persistent httpx
-   connection, each sending ``--requests`` single-row ``POST /invocations`` (``{"inputs": [[...]]}``, rows of
+   teacher, given to that server as ``serving.cascade.threshold``), logs under a fresh ``logs.root`` each.
+   For concurrency 1, 8 and 32: that many client threads, each with one persistent httpx connection, each sending ``--requests`` single-row ``POST /invocations`` (``{"inputs": [[...]]}``, rows of
    the test split), stopped at ``--time-budget`` seconds per level; client-side latency p50/p95/p99 and
    requests/s; beside them, the server's own latency (``latency_ms``) and teacher answers logged during the
    level. Then SIGTERM; the rows in the log partitions (:func:`kdflow.inference_logs.read_window`) must
@@ -49,7 +47,6 @@ every latency, more so at concurrency 32.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -61,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,45 +249,23 @@ def teacher_probs(teacher_uri: str, x: np.ndarray) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(x)), dim=-1).numpy()
 
 
-def served_champion(dcfg: Any, data: Data) -> dict[str, Any]:
-    """Make sure the champion is a served artifact with a cascade threshold; returns name, version, directory
-    and what had to be done."""
-    import mlflow
+def served_champion(dcfg: Any) -> dict[str, Any]:
+    """The champion student's name, version and model directory; it must be a served artifact (what the distill
+    flow registers), with the cascade threshold fitted at registration (``kdflow.cascade_threshold``)."""
     from kdflow import registry
-    from kdflow.artifact import ServedSpec, is_served_artifact, log_served_model, model_dir
-    from kdflow.promotion import set_alias
-    from kdflow.selective import cascade_target, fit_cascade
+    from kdflow.artifact import is_served_artifact, model_dir
 
     name = dcfg.registry.student_name
     version = registry.champion_version(name)
-    done: dict[str, Any] = {}
-    if not is_served_artifact(model_dir(f"models:/{name}/{version}")):
-        old = registry.load_torch_model(registry.resolve(f"models:/{name}/{version}"))
-        spec = ServedSpec(dcfg.student.arch, dict(dcfg.student.args), tuple(data.x_val.shape[1:]),
-                          dcfg.data.num_classes, float(old.temperature))  # fmt: skip
-        registry.configure(dcfg.mlflow.tracking_uri, dcfg.registry.experiment, dcfg.mlflow.artifact_location)
-        with mlflow.start_run(run_name=f"bench-serving: served artifact of v{version}"):
-            _, new = log_served_model(old, spec, data.x_val[:5], registered_name=name)
-        tags = registry._client().get_model_version(name, version).tags
-        registry.tag_version(name, new, {k: v for k, v in tags.items() if not k.startswith("kdflow.alias_event.")})
-        set_alias(name, "champion", new, reason=f"served-artifact copy of v{version} (same weights)", actor=ACTOR)
-        done["reregistered"] = {"from": version, "to": new}
-        version = new
-    tags = registry._client().get_model_version(name, version).tags
-    if "kdflow.cascade_threshold" not in tags:
-        from kdflow.artifact import load_served
-
-        student_val = load_served(f"models:/{name}/{version}", "onnx").predict(data.x_val)
-        teacher_val = teacher_probs(dcfg.teacher_uri, data.x_val).argmax(1)
-        target = cascade_target(
-            dcfg.serving.cascade.target_accuracy,
-            dcfg.serving.cascade.max_accuracy_loss,
-            float((teacher_val == data.y_val).mean()),
+    directory = model_dir(f"models:/{name}/{version}")
+    if not is_served_artifact(directory):
+        raise SystemExit(
+            f"models:/{name}/{version} is not a served artifact (registered by an older kdflow): run `make demo` "
+            "with this checkout, or pass --state of a state built by it"
         )
-        fit = fit_cascade(student_val, teacher_val, data.y_val, target)
-        registry.tag_version(name, version, fit.tags())
-        done["cascade_fitted"] = fit.summary()
-    return {"name": name, "version": version, "dir": str(model_dir(f"models:/{name}/{version}")), **done}
+    tags = registry._client().get_model_version(name, version).tags
+    return {"name": name, "version": version, "dir": str(directory),
+            "cascade_threshold": tags.get("kdflow.cascade_threshold")}  # fmt: skip
 
 
 def size_ratio(served_dir: Path, teacher_uri: str) -> float:
@@ -577,7 +552,7 @@ class ServerCase:
     label: str
     runtime: str
     cascade: bool
-    threshold: float | None = None  # the cascade threshold for this run only (None: the registered one)
+    threshold: float | None = None  # serving.cascade.threshold for this run (None: the version's registered one)
 
 
 CASES = (
@@ -593,28 +568,6 @@ def deferral_threshold(val_probs: np.ndarray, deferral: float) -> float:
     return float(np.quantile(val_probs.max(axis=1), deferral))
 
 
-@contextlib.contextmanager
-def threshold_tag(name: str, version: str, value: float | None) -> Iterator[None]:
-    """Set the version's ``kdflow.cascade_threshold`` to ``value`` for the block, then put the old one back
-    (``None``: leave it alone)."""
-    from kdflow import registry
-
-    if value is None:
-        yield
-        return
-    tag = "kdflow.cascade_threshold"
-    client = registry._client()
-    old = client.get_model_version(name, version).tags.get(tag)
-    client.set_model_version_tag(name, version, tag, str(value))
-    try:
-        yield
-    finally:
-        if old is None:
-            client.delete_model_version_tag(name, version, tag)
-        else:
-            client.set_model_version_tag(name, version, tag, old)
-
-
 def server_config(distill: dict[str, Any], case: ServerCase, work: Path, port: int) -> Path:
     """The distill config with ``logs.root`` and a ``serving`` section for ``case`` under ``work``."""
     import yaml
@@ -623,7 +576,8 @@ def server_config(distill: dict[str, Any], case: ServerCase, work: Path, port: i
     cfg["logs"] = {"root": str(work / "logs")}
     serving = {"port": port, "runtime": case.runtime, "spill_dir": str(work / "spill"), "poll_seconds": 3600.0}
     if case.cascade:
-        serving |= {"teacher": distill["teacher_uri"], "shadow_fraction": SHADOW_FRACTION, "cascade": {"enabled": True}}
+        cascade = {"enabled": True} | ({} if case.threshold is None else {"threshold": case.threshold})
+        serving |= {"teacher": distill["teacher_uri"], "shadow_fraction": SHADOW_FRACTION, "cascade": cascade}
     else:
         serving |= {"shadow_fraction": 0.0, "cascade": {"enabled": False}}
     cfg["serving"] = serving
@@ -885,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     x_val, y_val = read_split(dcfg.data.val)
     x_test, y_test = read_split(dcfg.data.test)
     data = Data(x_val, y_val, x_test, y_test)
-    champion = served_champion(dcfg, data)
+    champion = served_champion(dcfg)
     served_dir = Path(champion["dir"])
     print(f"  champion models:/{champion['name']}/{champion['version']} ({served_dir})", flush=True)
     teacher_test = teacher_probs(dcfg.teacher_uri, x_test)
@@ -908,8 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases.append(ServerCase(label, "onnx", True, threshold))
     for i, case in enumerate(cases):
         try:
-            with threshold_tag(champion["name"], champion["version"], case.threshold):
-                servers[case.label] = run_server(case, distill, work / f"server-{i}", payloads, args, expected)
+            servers[case.label] = run_server(case, distill, work / f"server-{i}", payloads, args, expected)
         except Exception as exc:  # recorded; the log check below then fails the run
             servers[case.label] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"  {case.label}: FAILED {type(exc).__name__}: {exc} (see {work / f'server-{i}' / 'server.log'})")

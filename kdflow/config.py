@@ -309,6 +309,9 @@ class CascadeConfig(_Strict):
     enabled: bool = True
     target_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
     max_accuracy_loss: float = Field(default=0.005, ge=0.0, le=1.0)
+    # An operator's fixed threshold for the server, used instead of every served version's tag (e.g. to cap the
+    # teacher's load); None: each version's own kdflow.cascade_threshold.
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class ServingConfig(_Strict):

@@ -434,6 +434,25 @@ def test_cascade_answers_low_confidence_rows_with_the_teacher(registry_env, tmp_
 
 
 @pytest.mark.slow
+def test_configured_threshold_overrides_the_versions_tag(registry_env, tmp_path):
+    """serving.cascade.threshold (an operator's cap on teacher load) wins over the version's own tag."""
+    from kdflow.artifact import load_served
+
+    x = registry_env["x"][:100]
+    student = load_served(registry_env["uris"][0]).predict(x)
+    threshold = float(np.quantile(student.max(axis=1), 0.25))
+    register(registry_env, "serve-override", [0], tags={0: {"cascade_threshold": 0.0}})
+    cfg = config(registry_env, tmp_path, "serve-override", teacher="models:/serving-teacher@champion",
+                 cascade={"threshold": threshold})  # fmt: skip
+    with serving(cfg, tmp_path) as client:
+        predictions = client.post("/invocations", json={"inputs": x.astype(float).tolist()}).json()["predictions"]
+        assert client.get("/health").json()["cascade_threshold"] == pytest.approx(threshold)
+    low = student.max(axis=1) < threshold
+    assert 10 < low.sum() < 40
+    assert [p["answered_by"] for p in predictions] == ["teacher" if f else "student" for f in low]
+
+
+@pytest.mark.slow
 def test_challenger_split_logs_both_versions(registry_env, tmp_path):
     from kdflow.promotion import set_alias
 

@@ -89,7 +89,7 @@ class Server:
         self.buffer = LogBuffer(cfg.logs.root, self.name, serving.spill_dir, serving.log_flush_rows,
                                 serving.log_flush_seconds, cfg.logs.endpoint_url)  # fmt: skip
         self.scorer = Scorer(self.holder, self.buffer, teacher, serving.shadow_fraction, serving.cascade.enabled,
-                             serving.challenger_fraction)  # fmt: skip
+                             serving.challenger_fraction, serving.cascade.threshold)  # fmt: skip
         self.rejected = 0
         self.labels_written = 0
 
@@ -111,7 +111,11 @@ class Server:
             "runtime": self.holder.runtime,
             "input_width": self.width,
             "num_classes": champion.model.num_classes,
-            "cascade_threshold": champion.threshold if self.scorer.cascade else None,
+            "cascade_threshold": (
+                (champion.threshold if self.scorer.threshold is None else self.scorer.threshold)
+                if self.scorer.cascade
+                else None
+            ),
             "challenger_version": challenger.version if challenger else None,
             "teacher_version": teacher.version if teacher else None,
             "swaps": self.holder.swaps,

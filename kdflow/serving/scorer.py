@@ -92,6 +92,7 @@ class Scorer:
         shadow_fraction: float = 0.0,
         cascade: bool = True,
         challenger_fraction: float = 0.0,
+        threshold: float | None = None,
     ):
         self.holder = holder
         self.buffer = buffer
@@ -99,6 +100,7 @@ class Scorer:
         self.shadow_fraction = shadow_fraction if teacher is not None else 0.0
         self.cascade = cascade and teacher is not None
         self.challenger_fraction = challenger_fraction
+        self.threshold = threshold  # overrides every version's own threshold when set
         self.shadow = ShadowWorker(teacher, buffer) if self.shadow_fraction > 0 else None
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count()
@@ -121,8 +123,9 @@ class Scorer:
         model = served.model
         probs = model.predict(x.reshape(len(x), *model.input_shape))
         answer, answered_by = probs, ["student"] * len(x)
-        if self.cascade and served.threshold > 0:
-            fallback = route(probs.max(axis=1), served.threshold)
+        threshold = served.threshold if self.threshold is None else self.threshold
+        if self.cascade and threshold > 0:
+            fallback = route(probs.max(axis=1), threshold)
             if fallback.any():
                 answer = probs.copy()
                 answer[fallback] = softmax(self.teacher.logits(x[fallback]))
