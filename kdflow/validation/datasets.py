@@ -11,6 +11,7 @@ import pandas as pd
 
 from kdflow.config import DataConfig, FeatureSpec, ValidationConfig
 from kdflow.data import DataError
+from kdflow.validation.describe import describe
 from kdflow.validation.features import (
     FeatureMoments,
     FeatureProfile,
@@ -197,6 +198,7 @@ def _scale_check(
         expectation="kdflow.features.scale",
         column=source,
         success=not found,
+        description=describe("features.scale", source),
         unexpected_count=len(found),
         sampled=True,
         examples=[d.feature for d in found[: config.max_examples]],
