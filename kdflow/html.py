@@ -15,6 +15,7 @@ _ITEM = re.compile(r"^\s*[-*]\s+")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _NUM = ' class="num"'
+_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?$|^n/a$")
 _INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)")
 
 STYLE = (
@@ -67,15 +68,17 @@ def _cells(line: str) -> list[str]:
 
 
 def _table_block(lines: list[str]) -> str:
-    """A pipe table (header, separator, rows) as HTML; ``---:`` columns are right-aligned."""
+    """A pipe table (header, separator, rows) as HTML; ``---:`` columns and columns of numbers are right-aligned."""
     header, aligns = _cells(lines[0]), _cells(lines[1])
-    right = [a.endswith(":") for a in aligns]
+    body_rows = [_cells(line) for line in lines[2:]]
+    columns = [[r[i] for r in body_rows if i < len(r) and r[i]] for i in range(len(header))]
+    right = [a.endswith(":") or (bool(c) and all(_NUMBER.match(v) for v in c)) for a, c in zip(aligns, columns)]
 
     def row(cells: list[str], tag: str) -> str:
         num = [i < len(right) and right[i] for i in range(len(cells))]
         return "<tr>" + "".join(f"<{tag}{_NUM if n else ''}>{inline(c)}</{tag}>" for c, n in zip(cells, num)) + "</tr>"
 
-    body = "".join(row(_cells(line), "td") for line in lines[2:])
+    body = "".join(row(cells, "td") for cells in body_rows)
     return f"<table><thead>{row(header, 'th')}</thead><tbody>{body}</tbody></table>"
 
 
