@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 _ITEM = re.compile(r"^\s*[-*]\s+")
@@ -163,3 +163,56 @@ def page(title: str, *parts: str) -> str:
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
         f"<body>\n{body}\n</body></html>\n"
     )
+
+
+def scatter(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    colors: Mapping[str, str],
+    xlabel: str,
+    ylabel: str,
+    width: int = 640,
+    height: int = 280,
+) -> Raw:
+    """A small inline SVG scatter plot of named point ``series`` (x, y), with axis ranges, labels and a legend;
+    empty when no series has a point."""
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return Raw("")
+    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*points))
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-3)
+    xticks, yticks = (x0, (x0 + x1) / 2, x1), (y0, (y0 + y1) / 2, y1)  # the data's range, labelled
+    dx, dy = (x1 - x0) * 0.04, (y1 - y0) * 0.08  # a margin so edge points are not cut
+    x0, x1, y0, y1 = x0 - dx, x1 + dx, y0 - dy, y1 + dy
+    left, right, top, bottom = 60, 20, 30, 45
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(ylabel)} against {html.escape(xlabel)}" font-family="sans-serif" font-size="11">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fafafa" '
+        'stroke="#ccc"/>',
+    ]
+    for y in yticks:
+        out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>')
+    for x in xticks:
+        out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 15}" text-anchor="middle">{x:.4g}</text>')
+    out.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
+    out.append(
+        f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(ylabel)}</text>'
+    )
+    legend_x = left
+    for name, pts in series.items():
+        color = html.escape(colors.get(name, "#333"))
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4.5" fill="{color}"/>' for x, y in pts]
+        out.append(f'<circle cx="{legend_x + 5}" cy="{top - 12}" r="4.5" fill="{color}"/>')
+        out.append(f'<text x="{legend_x + 13}" y="{top - 8}">{html.escape(name)} ({len(pts)})</text>')
+        legend_x += 20 + 7 * (len(name) + 5)
+    return Raw("".join(out) + "</svg>")
