@@ -249,7 +249,11 @@ def _split_overlaps(
                     f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
                     f"on them){hint}; e.g. ids {_jsonable(shown)}"
                 )
-            ds.checks.append(_plain(second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown))
+            ds.checks.append(
+                _plain(
+                    second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown, {"other": first}
+                )
+            )
 
 
 def validate_data(

@@ -28,7 +28,7 @@ _DESCRIPTIONS: dict[str, Callable[[str, Mapping[str, Any]], str]] = {
     "file.readable": lambda c, p: "every file can be read as a table",
     "id.not_null": lambda c, p: f"{c}: every row has an id",
     "id.unique": lambda c, p: f"{c}: no id appears twice",
-    "ids.disjoint": lambda c, p: f"{c}: no id is shared with another split",
+    "ids.disjoint": lambda c, p: f"{c}: no id is shared with {p.get('other', 'another split')}",
     "features.kind": lambda c, p: f"{c}: every row is an array of numbers",
     "features.length": lambda c, p: f"{c}: every row's array has length {_width(p)}",
     "feature.numeric": lambda c, p: f"{c}: the column is numeric",

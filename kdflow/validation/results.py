@@ -257,8 +257,10 @@ def _plain(
     message: str = "",
     count: int | None = None,
     ids: list | None = None,
+    params: dict[str, Any] | None = None,
 ) -> CheckResult:
-    """A check kdflow runs itself (file readable, schema drift, logits), in the same report format."""
+    """A check kdflow runs itself (file readable, schema drift, logits), in the same report format (``params``
+    for its description, :func:`kdflow.validation.describe.describe`)."""
     return CheckResult(
         dataset=name,
         check=check,
@@ -266,7 +268,7 @@ def _plain(
         column=column,
         success=success,
         message=message,
-        description=describe(check, column),
+        description=describe(check, column, params),
         unexpected_count=count,
         example_ids=_jsonable(ids or []),
     )
