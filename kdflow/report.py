@@ -1,5 +1,5 @@
 """The distillation report: what a run produced (:class:`DistillReport`), its provenance, one JSON document and
-its Markdown rendering."""
+its Markdown and HTML renderings."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdflow import html
 from kdflow.config import DistillConfig, config_hash
 from kdflow.redact import redact
 
@@ -254,13 +255,74 @@ def _cascade_markdown(c: dict[str, Any]) -> list[str]:
     return lines + ["", "Risk-coverage curve: `plots/risk_coverage.png` in the MLflow run."]
 
 
-def write_report(report: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``directory``; return both paths."""
+PLOT_CAPTIONS = {  # the run's plots/ artifacts shown in report.html, in this order
+    "reliability_diagram.png": "Reliability diagram on the validation set, before and after temperature scaling",
+    "student_training_curves.png": "Student training: losses and validation accuracy per epoch",
+    "risk_coverage.png": "Risk-coverage curve of the confidence fallback (validation set)",
+}
+
+
+def _verdict_html(report: dict[str, Any]) -> html.Raw:
+    """The decision first: gate verdict, its reason, what was registered and promoted."""
+    reg, passed = report["registration"], report["gate_passed"]
+    aliases = ", ".join(reg.get("aliases", [])) or "none"
+    return html.Raw(
+        f"<p class='verdict{'' if passed else ' fail'}'><strong>Gate {'PASSED' if passed else 'FAILED'}.</strong> "
+        f"{html.escape(report['decision']['reason'])}.<br>Registered version: "
+        f"{html.escape(reg.get('version') or 'none')}; aliases: {html.escape(aliases)}.</p>"
+    )
+
+
+def _training_html(report: dict[str, Any]) -> list[str]:
+    """Training figures and per-class test accuracy (when the report has them)."""
+    t, ev = report.get("training"), report["evaluation"]
+    parts: list[str] = []
+    if t:
+        epochs = len(t.get("history") or [])
+        parts += [
+            html.Raw("<h2>Training</h2>"),
+            html.Raw(
+                f"<p>Best epoch {t['best_epoch']} of {epochs} (validation accuracy {_fmt(t['best_val_accuracy'])}), "
+                f"{t['steps']:,} optimiser steps; training temperature "
+                f"{_fmt((report.get('provenance') or {}).get('training_temperature'))}.</p>"
+            ),
+        ]
+    per_class = ev.get("per_class_accuracy") or {}
+    if per_class:
+        parts += [
+            html.Raw("<h2>Test accuracy per class (student)</h2>"),
+            html.table(["class", "accuracy"], [(k, _fmt(v)) for k, v in per_class.items()], cell_classes=["", "num"]),
+        ]
+    return parts
+
+
+def to_html(report: dict[str, Any], plots_dir: str | Path | None = None) -> str:
+    """The report as one self-contained HTML page: the decision, the Markdown report's tables rendered
+    (:func:`kdflow.html.render`), training figures, and the PNG plots found in ``plots_dir`` embedded."""
+    title, _, rest = to_markdown(report).partition("\n")
+    parts = [html.render(title), _verdict_html(report), html.render(rest), *_training_html(report)]
+    pngs = sorted(Path(plots_dir).glob("*.png")) if plots_dir and Path(plots_dir).is_dir() else []
+    order = list(PLOT_CAPTIONS)
+    pngs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    if pngs:
+        parts.append(html.Raw("<h2>Plots</h2>"))
+        parts += [html.figure(p, PLOT_CAPTIONS.get(p.name, p.stem.replace("_", " "))) for p in pngs]
+    prov = report.get("provenance") or {}
+    rows = [(k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in prov.items()]
+    parts += [html.Raw("<h2>Provenance</h2>"), html.table(["", "value"], rows)]
+    return html.page(f"kdflow distillation report: {report['student_name']}", *parts)
+
+
+def write_report(report: dict[str, Any], directory: str | Path) -> tuple[Path, Path, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` (with the PNGs of ``directory/plots`` embedded)
+    into ``directory``; return the three paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "report.json"
     md_path = directory / "report.md"
+    html_path = directory / "report.html"
     report = redact(report)  # a URI with a password (a PostgreSQL tracking URI, say) never reaches a reader
     json_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     md_path.write_text(to_markdown(report))
-    return json_path, md_path
+    html_path.write_text(to_html(report, directory / "plots"))
+    return json_path, md_path, html_path

@@ -133,19 +133,35 @@ def _withdraw_on_rollback(txn: Transaction) -> None:
     _withdraw(name, version, "the run failed after registering it")
 
 
+def _fetch_plots(run_id: str, directory: Path) -> None:
+    """Copy the run's ``plots/`` artifacts (reliability diagram, training curves, risk-coverage) into
+    ``directory/plots`` for report.html; nothing when the run has none."""
+    from mlflow.artifacts import download_artifacts
+
+    from mlflow import MlflowClient
+
+    if any(a.path.endswith(".png") for a in MlflowClient().list_artifacts(run_id, "plots")):
+        directory.mkdir(parents=True, exist_ok=True)
+        download_artifacts(run_id=run_id, artifact_path="plots", dst_path=str(directory))
+
+
 @kdflow_task(name="publish-report")
 def publish_report(report: DistillReport, output_dir: str) -> dict[str, Any]:
-    """Write report.json / report.md under ``output_dir/<run id>``, attach them to the MLflow run and as a
-    Prefect markdown artifact; return the report (:meth:`DistillReport.as_dict`) with its file paths."""
+    """Write report.json / report.md / report.html (with the run's plots, fetched into ``plots/`` beside it) under
+    ``output_dir/<run id>``, attach them to the MLflow run and as a Prefect markdown artifact; return the report
+    (:meth:`DistillReport.as_dict`) with its file paths."""
     data = report.as_dict()
-    json_path, md_path = write_report(data, Path(output_dir) / report.run_id)
-    for path in (json_path, md_path):
+    directory = Path(output_dir) / report.run_id
+    _fetch_plots(report.run_id, directory)
+    json_path, md_path, html_path = write_report(data, directory)
+    for path in (json_path, md_path, html_path):
         log_artifact(report.run_id, path, "report")
     log_metrics(report.run_id, {"gate_passed": float(report.gate.passed)})
     create_markdown_artifact(
         markdown=to_markdown(data), key="kdflow-distill-report", description=f"SLA report for {report.student_name}"
     )
-    return {**data, "paths": {"json": str(json_path.resolve()), "markdown": str(md_path.resolve())}}
+    paths = {"json": json_path, "markdown": md_path, "html": html_path}
+    return {**data, "paths": {k: str(p.resolve()) for k, p in paths.items()}}
 
 
 @kdflow_task(name="register-teacher", retries=1, retry_delay_seconds=2)

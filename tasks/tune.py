@@ -23,6 +23,7 @@ from kdflow.tune import (
     write_overlay,
     write_summary,
 )
+from kdflow.tune_report import write_report_html
 from tasks import kdflow_task
 from tasks.logits import store_retries
 from tasks.tracking import log_artifact, log_metrics
@@ -69,12 +70,12 @@ def tune_worker(
 
 @kdflow_task(name="publish-tune-report")
 def publish_tune_report(cfg: DistillConfig, storage: Storage, study: str, parent_run_id: str) -> dict[str, Any]:
-    """Every trial to ``<output_dir>/tune/<run id>/trials.json``, the best feasible trial's settings to ``best.yaml``
+    """Every trial to ``<output_dir>/tune/<run id>/trials.json`` and a readable ``report.html``, the best feasible trial's settings to ``best.yaml``
     there (a partial distill config), both attached to the tuning run with the counts and the best figures."""
     loaded = optuna.load_study(study_name=study, storage=storage)
     result = summary(loaded, cfg.sla.max_ece)
     out = Path(cfg.output_dir).resolve() / "tune" / parent_run_id
-    paths = {"trials": str(write_summary(out, result))}
+    paths = {"trials": str(write_summary(out, result)), "report": str(write_report_html(out, result))}
     if result["best"] is not None:
         paths["overlay"] = str(write_overlay(out / "best.yaml", loaded.best_trial, study))
         best = {"best_val_accuracy": result["best"]["value"], "best_val_ece": result["best"]["val_ece"]}

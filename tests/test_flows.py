@@ -63,6 +63,8 @@ def test_distill_registers_calibrated_student_with_provenance(distill_config, tm
     assert Path(report["paths"]["json"]).is_file() and "SLA gate" in Path(report["paths"]["markdown"]).read_text()
     artifacts = {a.path for a in MlflowClient().list_artifacts(report["run_id"], "plots")}
     assert {"plots/reliability_diagram.png", "plots/student_training_curves.png"} <= artifacts
+    page = Path(report["paths"]["html"]).read_text()  # the run's plots embedded in the readable report
+    assert page.count('<img src="data:image/png;base64,') >= 2 and "Gate PASSED" in page
     history = MlflowClient().get_metric_history(report["run_id"], "student_soft_loss")
     assert len(history) == distill_config["train"]["epochs"]
 

@@ -74,9 +74,9 @@ def test_redact_nested_values_and_report(tmp_path):
         "gate_passed": True,
         "decision": {"reason": "ok"},
     }
-    json_path, md_path = write_report(full, tmp_path)
+    json_path, md_path, html_path = write_report(full, tmp_path)
     assert "http://u:***@h/models/t" in md_path.read_text()
-    assert SECRET not in json_path.read_text() and SECRET not in md_path.read_text()
+    assert all(SECRET not in p.read_text() for p in (json_path, md_path, html_path))
     assert json.loads(json_path.read_text())["provenance"]["tracking_uri"] == "postgresql://kd:***@db/mlflow"
 
 

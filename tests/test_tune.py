@@ -232,6 +232,7 @@ def test_three_tiny_trials_end_to_end(distill_config, tmp_path):
         assert "val_accuracy" in child.data.metrics
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id, "tune")) == [
         "tune/best.yaml",
+        "tune/report.html",
         "tune/trials.json",
     ]
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from kdflow.config import DataConfig, FeatureSpec, ValidationConfig
 from kdflow.data import DataError
+from kdflow.validation.describe import describe
 from kdflow.validation.features import (
     FeatureMoments,
     FeatureProfile,
@@ -197,6 +198,7 @@ def _scale_check(
         expectation="kdflow.features.scale",
         column=source,
         success=not found,
+        description=describe("features.scale", source),
         unexpected_count=len(found),
         sampled=True,
         examples=[d.feature for d in found[: config.max_examples]],
@@ -247,7 +249,11 @@ def _split_overlaps(
                     f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
                     f"on them){hint}; e.g. ids {_jsonable(shown)}"
                 )
-            ds.checks.append(_plain(second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown))
+            ds.checks.append(
+                _plain(
+                    second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown, {"other": first}
+                )
+            )
 
 
 def validate_data(

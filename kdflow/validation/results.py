@@ -3,7 +3,6 @@ as JSON, Markdown, HTML and Data Docs (see :mod:`kdflow.validation`)."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import shutil
@@ -13,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from kdflow import html
 from kdflow.data import DataError
+from kdflow.validation.describe import describe
 
 SUITE_VERSION = 1
 
@@ -39,6 +40,7 @@ class CheckResult:
     column: str | None  # the dataset column concerned
     success: bool
     message: str = ""
+    description: str = ""  # what the check verifies, in words (:func:`kdflow.validation.describe.describe`)
     gx_column: str | None = None  # the column GX checked (a derived one such as ``x__finite``)
     unexpected_count: int | None = None
     examples: list[Any] = field(default_factory=list)
@@ -150,7 +152,8 @@ class ValidationReport:
         if not self.success:
             lines += ["", "## Failures", ""]
             lines += [
-                f"- **{c.dataset}** `{c.expectation}`{' on `' + c.column + '`' if c.column else ''}: {c.message}"
+                f"- **{c.dataset}**, {c.description or c.check}: {c.message} (`{c.expectation}`"
+                f"{' on `' + (c.gx_column or c.column) + '`' if c.gx_column or c.column else ''})"
                 for c in self.failures
             ]
         notes = [f"- {d.name}: {n}" for d in self.datasets.values() for n in d.notes]
@@ -165,34 +168,38 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        """A self-contained HTML page (no external CSS/JS) with every check of every dataset."""
-        rows = []
+        """A self-contained HTML page (no external CSS/JS): the summary, then every check of every dataset in
+        words, with its outcome and the GX expectation (and the derived column it ran on) beside it."""
+        verdict = "PASSED" if self.success else "FAILED"
+        parts = [html.render(self.to_markdown())]
         for d in self.datasets.values():
+            rows, kinds = [], []
             for c in d.checks:
                 state = "pass" if c.success else ("skipped" if c.skipped else "FAIL")
-                cells = (
-                    d.name,
-                    c.expectation,
-                    c.column or "",
-                    state,
-                    "" if c.unexpected_count is None else c.unexpected_count,
-                    c.message or c.skipped or "",
+                gx = html.Raw(
+                    f"<code>{html.escape(c.expectation)}</code>"
+                    + (f" on <code>{html.escape(c.gx_column)}</code>" if c.gx_column else "")
                 )
-                rows.append(
-                    f"<tr class='{state.lower()}'>"
-                    + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells)
-                    + "</tr>"
-                )
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>kdflow data validation</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:left}tr.fail{background:#fdd}tr.skipped{color:#888}</style></head><body>"
-            f"<h1>Data validation: {'PASSED' if self.success else 'FAILED'}</h1>"
-            f"<pre>{html.escape(self.to_markdown())}</pre><h2>Every check</h2><table><tr><th>dataset</th>"
-            "<th>expectation</th><th>column</th><th>result</th><th>offending rows</th><th>message</th></tr>"
-            + "".join(rows)
-            + "</table></body></html>"
-        )
+                found = "" if c.unexpected_count is None else f"{c.unexpected_count:,}"
+                rows.append([c.description or c.check, state, found, c.message or c.skipped or "", gx])
+                kinds.append(state.lower())
+            files = ", ".join(d.files) or d.uri
+            parts += [
+                html.Raw(f"<h2>{html.escape(d.name)}: {'pass' if d.success else 'FAIL'}</h2>"),
+                html.Raw(
+                    f"<p class='muted'>{html.escape(files)}; "
+                    f"{'rows unknown' if d.rows is None else f'{d.rows:,} rows'}; suite {html.escape(d.suite or '-')}"
+                    + "".join(f"<br>{html.escape(n)}" for n in d.notes)
+                    + "</p>"
+                ),
+                html.table(
+                    ["what is checked", "result", "offending rows", "details", "GX expectation"],
+                    rows,
+                    kinds,
+                    ["", "result", "num", "", ""],
+                ),
+            ]
+        return html.page(f"kdflow data validation: {verdict}", *parts)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write summary.json, gx_results.json, report.md, report.html and data_docs/ under ``out_dir``."""
@@ -250,8 +257,10 @@ def _plain(
     message: str = "",
     count: int | None = None,
     ids: list | None = None,
+    params: dict[str, Any] | None = None,
 ) -> CheckResult:
-    """A check kdflow runs itself (file readable, schema drift, logits), in the same report format."""
+    """A check kdflow runs itself (file readable, schema drift, logits), in the same report format (``params``
+    for its description, :func:`kdflow.validation.describe.describe`)."""
     return CheckResult(
         dataset=name,
         check=check,
@@ -259,6 +268,7 @@ def _plain(
         column=column,
         success=success,
         message=message,
+        description=describe(check, column, params),
         unexpected_count=count,
         example_ids=_jsonable(ids or []),
     )

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from kdflow.validation.describe import describe
 from kdflow.validation.results import SUITE_VERSION, CheckResult, _jsonable
 
 _DOCS_SITE = "local_site"
@@ -194,10 +195,10 @@ def _collect(
         if meta.get("kdflow_gate"):
             gates.add(check)
         examples, ids, message = [], [], ""
+        required = meta.get("kdflow_roles") or {}
         if not r.success:
             examples = _jsonable(list(res.get("partial_unexpected_list") or [])[:limit])
             ids = _example_ids(res, id_column, limit)
-            required = meta.get("kdflow_roles") or {}
             if check == "schema.columns":  # the dataset's names of the missing columns (``x``, not ``x__kind``)
                 examples = [
                     required.get(c, [None, c])[1]
@@ -225,6 +226,7 @@ def _collect(
                 column=column,
                 success=bool(r.success),
                 message=message,
+                description=describe(check, column, {**cfg.kwargs, "required": [c for _, c in required.values()]}),
                 gx_column=cfg.kwargs.get("column"),
                 unexpected_count=res.get("unexpected_count"),
                 examples=examples,
