@@ -589,7 +589,9 @@ DAY1 = datetime(2026, 3, 1, 2, tzinfo=timezone.utc)
 
 
 def test_drift_event_result_and_markdown_of_a_check(tmp_path):
-    from kdflow.monitor import DRIFT_EVENT, DriftCheckResult, drift_event, drift_markdown, drift_metrics
+    from kdflow.drift_events import drift_event
+    from kdflow.events import DRIFT_EVENT
+    from kdflow.monitor import DriftCheckResult, drift_markdown, drift_metrics
 
     check = _signal_check("drift", 0.4, True)
     decision = Decision(
@@ -617,6 +619,7 @@ def test_drift_event_result_and_markdown_of_a_check(tmp_path):
         "n_labeled": 100,
         "n_shadow": 50,
         "retrain": 1.0,
+        "refresh_teacher": 0.0,
         "signal_psi_confidence": 0.4,
         "exceeded_psi_confidence": 1.0,
         "window_accuracy": 0.9,
@@ -688,6 +691,12 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     assert drift_history(exp, "s", "3", day3) == DriftHistory(second, day2)
     assert drift_history(exp, "s", "4", day3) == DriftHistory(None, day2)  # v4's first check; v3's retrain counts
     assert drift_history(exp, "other", "3", day3) == DriftHistory(None, None)
+    # A teacher refresh decided on day 3 (by v4) is read back beside the last retrain, for its own cool-down.
+    refresh = Decision("refresh_teacher", "refresh_teacher: teacher", ["teacher_accuracy"], {"teacher_accuracy": 2})
+    record_drift_check(exp, "k4", v4, day3 + timedelta(hours=1), _signal_check("drift", 0.5, True), refresh, cfg)
+    assert drift_history(exp, "s", "4", day3 + timedelta(hours=2)) == DriftHistory(
+        refresh, day2, day3 + timedelta(hours=1)
+    )
     run = MlflowClient().get_run(run1)
     assert run.info.status == "FINISHED" and run.data.params["drift.psi_threshold"] == "0.2"
     assert "kdflow.episode_start" not in run.data.tags  # nothing triggered yet
@@ -705,9 +714,12 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
             "n_labeled": 100,
             "n_shadow": 50,
             "retrain": 0.0,
+            "refresh_teacher": 0.0,
             "signal_psi_confidence": 0.4,
             "exceeded_psi_confidence": 1.0,
             "window_accuracy": 0.9,
         }
     )
-    assert len(MlflowClient().search_runs([exp])) == 3
+    assert (
+        len(MlflowClient().search_runs([exp])) == 4
+    )  # the three checks and the refresh: the repeated record added none
