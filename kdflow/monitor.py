@@ -479,7 +479,8 @@ def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dic
     """The version tags of a recalibrated champion: the parent's provenance (teacher, data, config) plus what
     this recalibration did; its reference profile is the window it was refit on. The cascade threshold is the
     refitted one (``kdflow.cascade_refit`` True) or, when it could not be refitted, the parent's, carried over
-    (``cascade_refit`` False); ``cascade_reason`` says which. No cascade tags when the cascade is disabled."""
+    (``cascade_refit`` False); ``cascade_reason`` says which. No cascade tags when the cascade is disabled.
+    ``sla_alert``: the SLA(s) it still misses, when it replaces a champion that missed them worse."""
     keep = {
         k.removeprefix(_P): v
         for k, v in champion.tags.items()
@@ -501,6 +502,7 @@ def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dic
         "calibrated_temperature": outcome.result.new_temperature,
         "previous_temperature": outcome.result.current_temperature,
         **_cascade_tags(champion, outcome),
+        **({"sla_alert": outcome.sla_alert} if outcome.sla_alert else {}),
     }
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from kdflow.config import SLAConfig
 from kdflow.evaluation import Evaluation
-from kdflow.sla import check_slas, decide_promotion
+from kdflow.sla import check_slas, decide_promotion, sla_exception
 
 EVALUATION = Evaluation(
     student_accuracy=0.95,
@@ -91,3 +91,40 @@ def test_promotion_rules():
     assert decide_promotion(ok, 0.95, "3", 0.954, 0.005).promote
     worse = decide_promotion(ok, 0.95, "3", 0.96, 0.005)
     assert not worse.promote and "worse than champion v3" in worse.reason
+
+
+def test_a_drift_triggered_candidate_must_beat_the_champion_on_the_recent_traffic():
+    """0.961 vs 0.963 on the recent labeled traffic replaced the champion within champion_tolerance: it must not."""
+    ok = check_slas(METRICS, SLAConfig())
+    worse = decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.961, 0.963))
+    assert not worse.promote and worse.reason == (
+        "not better than champion v3 on the recent labeled traffic: accuracy 0.9610 <= 0.9630 + "
+        "min_recent_improvement 0 (a retrain must beat the champion there, not merely come within champion_tolerance)"
+    )
+    assert not decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.963, 0.963)).promote  # equal is not better
+    better = decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.964, 0.963))
+    assert better.promote and better.reason.endswith("better on recent labeled traffic: 0.9640 vs 0.9630")
+    assert not decide_promotion(ok, 0.95, "3", 0.95, 0.005, (0.964, 0.963), min_recent_improvement=0.002).promote
+    assert SLAConfig().min_recent_improvement == 0.0
+
+
+def test_a_strict_improvement_replaces_a_champion_that_already_misses_an_sla():
+    sla = SLAConfig(max_ece=0.03)
+    candidate = check_slas(with_(student_ece=0.0317), sla)
+    champion = check_slas(with_(student_ece=0.0669), sla)
+    alert = (
+        "SLA alert: promoted as strictly better than a champion that already misses the same SLA(s), still missed: "
+        "max_ece 0.0317 (champion 0.0669; needs <= 0.03)"
+    )
+    assert sla_exception(candidate, champion) == alert
+    decision = decide_promotion(candidate, 0.95, "3", 0.95, 0.005, champion_checks=champion)
+    assert decision.promote and decision.alert == alert and decision.reason.startswith(alert)
+    # Refused: no champion record, a champion that meets the SLA, a candidate no better there, or worse elsewhere.
+    assert not decide_promotion(candidate, 0.95, "3", 0.95, 0.005).promote
+    assert sla_exception(candidate, check_slas(with_(student_ece=0.02), sla)) is None
+    assert sla_exception(candidate, check_slas(with_(student_ece=0.0317), sla)) is None
+    slower = check_slas(with_(student_ece=0.0317, student_latency_p95_ms=1.5), sla)  # passes, but worse than 1.0
+    assert sla_exception(slower, champion) is None
+    assert sla_exception(check_slas(METRICS, sla), champion) is None  # nothing missed: no alert needed
+    first = decide_promotion(candidate, 0.95, None, None, 0.005)  # no champion to compare with
+    assert not first.promote and first.reason == "SLA gate failed: max_ece"
