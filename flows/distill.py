@@ -78,8 +78,12 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
                 name,
                 run_id,
                 gate.checks,
-                cfg.registry.register_failed_candidates,
-                {**provenance, **(cascade.tags() if cascade else {})},
+                cfg.registry.register_failed_candidates or gate.decision.alert is not None,
+                {
+                    **provenance,
+                    **(cascade.tags() if cascade else {}),
+                    **({"sla_alert": gate.decision.alert} if gate.decision.alert else {}),
+                },
                 profile,
             )
             promotion = (

@@ -1,9 +1,11 @@
-"""The daily drift check: champion + its reference profile -> a window of logs -> statistics -> decision
--> MLflow + Prefect artifact -> on drift, the ``kdflow.drift.detected`` event and a retrain, or (while a
-retrain is cooling down) a recalibration on the traffic since the drift began."""
+"""The daily drift check: champion + its reference profile -> a window of logs -> statistics and the teacher's
+health -> decision -> MLflow + Prefect artifact -> when the teacher degraded, the ``kdflow.teacher.degraded`` event
+and a teacher refresh; when the student drifted, the ``kdflow.drift.detected`` event and a retrain; when only the
+probabilities are off (or a retrain is cooling down), a recalibration on the traffic since the drift began."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
@@ -21,6 +23,7 @@ from tasks.drift import (
     record_drift_check,
     retrain_route,
     served_versions,
+    teacher_health_check,
 )
 from tasks.monitoring import load_champion, load_reference, read_logs
 from tasks.preflight import check_outputs
@@ -32,10 +35,11 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     champion served fewer than ``drift.min_rows`` of them (it was just promoted), the rows of the version that
     served the window against that version's own reference; the decision is the champion's either way.
 
-    On a retrain decision the event is always emitted; ``retrain_via`` says who retrains: ``event`` (a
-    deployment trigger on a Prefect server), ``subflow`` (here, the embedded default), ``none``, or ``auto``
-    (``event`` when a retrain deployment exists on the API, else ``subflow``). A recalibrate decision runs the
-    recalibration flow here as a sub-flow (seconds of work), except with ``none``, which only records."""
+    On a retrain or refresh_teacher decision its event is always emitted; ``retrain_via`` says who acts:
+    ``event`` (a deployment trigger on a Prefect server), ``subflow`` (here: the retrain flow, or the teacher
+    refresh flow, which retrains the student from the new teacher), ``none`` (record only), or ``auto``
+    (``event`` when a retrain / teacher-refresh deployment exists on the API, else ``subflow``). A recalibrate
+    decision runs the recalibration flow here as a sub-flow (seconds of work), except with ``none``."""
     cfg = load_config(config_path, DistillConfig)
     check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
     when = parse_as_of(as_of)
@@ -44,6 +48,9 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     served = served_versions(window, champion, cfg.drift)  # after a champion switch: who served the window
     reference = load_reference(cfg.mlflow.tracking_uri, champion, served.checked)
     check = check_drift(served, reference, window, cfg.drift)
+    check = teacher_health_check(
+        cfg.mlflow.tracking_uri, cfg.teacher_uri, window, check, cfg.drift, cfg.data.features.shape
+    )
     decision = decide_action(drift_history(cfg.mlflow, cfg.drift, champion.ref, when), check, cfg.drift, when)
     result = DriftCheckResult(
         champion.ref,
@@ -52,7 +59,12 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
         decision,
         record_drift_check(cfg.mlflow, cfg.drift, champion.ref, when, check, decision),
     )
-    if decision.action == "retrain":
+    if decision.action == "refresh_teacher":
+        result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
+        result.retrain_via = retrain_route(retrain_via, "teacher-refresh")
+        if result.retrain_via == "subflow":
+            result.teacher_refresh = refresh_teacher(config_path, when, decision.reason)
+    elif decision.action == "retrain":
         result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
         result.retrain_via = retrain_route(retrain_via)
         if result.retrain_via == "subflow":
@@ -62,3 +74,10 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
             config_path, when.isoformat(), since=decision.episode_start.isoformat(), trigger="drift"
         )
     return result.as_dict()
+
+
+def refresh_teacher(config_path: str, as_of: datetime, reason: str) -> dict[str, Any]:
+    """Run the teacher-refresh flow as a sub-flow (imported here: it lives in ``flows.teacher_refresh``)."""
+    from flows.teacher_refresh import teacher_refresh_flow
+
+    return teacher_refresh_flow(config_path, as_of=as_of, reason=reason)

@@ -63,7 +63,7 @@ def recalibration_flow(
             verify_served(model_uri, cfg.serving.runtime, outcome.served, window.labeled.x, run_id)
             profile = reference_profile(outcome.served, window.labeled, None, cfg.drift.psi_bins)
             outcome.version = register_student(
-                model_uri, name, run_id, outcome.sla_checks, False, outcome.tags, profile
+                model_uri, name, run_id, outcome.sla_checks, outcome.sla_alert is not None, outcome.tags, profile
             ).version
         record_recalibration(run_id, name, when, outcome)
         if outcome.version:

@@ -30,7 +30,9 @@ Correction = Literal["holm", "bonferroni", "bh"]  # multiple-testing correction,
 RetrainVia = Literal["auto", "event", "subflow", "none"]  # how a drift check's retrain decision is carried out
 RecalibrationTrigger = Literal["schedule", "drift", "manual"]  # what started a recalibration
 DriftStatus = Literal["ok", "drift", "cannot_decide"]  # kdflow.drift.DriftCheck.status
-DriftAction = Literal["retrain", "recalibrate", "none", "cannot_decide"]  # kdflow.drift.Decision.action
+DriftAction = Literal[
+    "refresh_teacher", "retrain", "recalibrate", "none", "cannot_decide"
+]  # kdflow.drift.Decision.action
 LossKind = Literal["kd", "dkd", "dist"]  # kdflow.losses.distillation_loss
 ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifact a scoring server runs
 
@@ -185,6 +187,9 @@ class SLAConfig(_Strict):
     max_latency_p95_ms: float | None = Field(default=50.0, gt=0.0)
     max_size_ratio: float | None = Field(default=0.5, gt=0.0)
     champion_tolerance: float = Field(default=0.005, ge=0.0, le=1.0)
+    # A retrain's candidate (gated on the recent labeled traffic that triggered it) must beat the champion there by
+    # more than this, not merely come within champion_tolerance (kdflow.sla.decide_promotion).
+    min_recent_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class EvaluationConfig(_Strict):
@@ -230,6 +235,7 @@ DriftSignal = Literal[
     "psi_predicted_class",
     "features",
     "deferral_rate",
+    "teacher_accuracy",
 ]
 
 
@@ -245,8 +251,11 @@ class DriftConfig(_Strict):
     """Drift checks (:mod:`kdflow.drift`): every statistic's threshold, and when a signal becomes a decision.
 
     Starting values follow common monitoring practice: flip rate 10%, accuracy gap 2 points, PSI 0.2.
-    A signal in ``trigger_on`` that exceeds its threshold on ``consecutive_windows`` consecutive checks triggers a
-    retrain — or, within ``cooldown_days`` of the last retrain, a recalibration (``recalibrate_during_cooldown``)."""
+    A signal in ``trigger_on`` that exceeds its threshold on ``consecutive_windows`` consecutive checks triggers
+    (:func:`kdflow.drift.decide`): ``teacher_accuracy`` a teacher refresh (at most once per
+    ``teacher_cooldown_days``); the others a retrain — or, within ``cooldown_days`` of the last retrain or refresh,
+    while the teacher is degraded, or when only the probabilities are off (labeled accuracy held), a
+    recalibration."""
 
     cron: str = "0 2 * * *"  # the scheduled daily check
     window_days: int = Field(default=1, gt=0)
@@ -260,15 +269,28 @@ class DriftConfig(_Strict):
     correction: Correction = "holm"
     max_flip_rate: float = Field(default=0.10, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # vs the champion's reference accuracy
+    # The teacher's accuracy on every labeled row of the window (label lag included) may fall at most this much
+    # below its registered test accuracy (kdflow.teacher_health); needs min_labeled_rows labeled rows.
+    max_teacher_accuracy_drop: float = Field(default=0.03, ge=0.0, le=1.0)
     max_estimated_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)
     # Confidence fallback (serving.cascade): the share of production rows the teacher answered may exceed the
     # version's validation deferral rate by at most this much (absolute). Not computed for logs without it.
     max_deferral_rate_increase: float = Field(default=0.05, ge=0.0, le=1.0)
     trigger_on: list[DriftSignal] = Field(
-        default_factory=lambda: ["accuracy", "estimated_accuracy", "flip_rate", "psi_confidence", "psi_predicted_class"]
+        default_factory=lambda: [
+            "accuracy",
+            "estimated_accuracy",
+            "flip_rate",
+            "psi_confidence",
+            "psi_predicted_class",
+            "teacher_accuracy",
+        ]
     )
     consecutive_windows: int = Field(default=2, gt=0)
     cooldown_days: float = Field(default=7.0, ge=0.0)
+    # After a teacher refresh was decided, no other for this long (the refresh retrains the student too, so it
+    # also starts the retrain cool-down).
+    teacher_cooldown_days: float = Field(default=14.0, ge=0.0)
     # While a retrain is suppressed by the cool-down, refit the champion's temperature on the labeled traffic
     # since the drift began instead (the recalibration flow, gated like the monthly one).
     recalibrate_during_cooldown: bool = True
@@ -290,7 +312,10 @@ class RecalibrationConfig(_Strict):
 
     cron: str = "0 3 1 * *"
     window_days: int = Field(default=30, gt=0)
-    min_labeled_rows: int = Field(default=300, gt=0)
+    # A drift-triggered recalibration reads the drift episode only: with daily checks, consecutive_windows 2 and
+    # label_lag_days 1 it has (2 - 1) x 1 day of labels when it runs, about 200 rows at 200 labels a day; 150 lets
+    # it act (the bootstrap gate below still refuses a gain within the noise of so few rows).
+    min_labeled_rows: int = Field(default=150, gt=0)
     min_ece_improvement: float = Field(default=0.0, ge=0.0)
     # ECE must be lower in at least this share of paired bootstrap resamples of the window: a gain within the
     # window's noise does not replace the temperature (0: any gain).

@@ -30,7 +30,8 @@ SIGNALS = (
     "accuracy",
     "estimated_accuracy",
     "deferral_rate",
-)  # psi_teacher_entropy is informational (not a DriftSignal trigger)
+)  # psi_teacher_entropy is informational (not a DriftSignal trigger); teacher_accuracy: kdflow.teacher_health
+CALIBRATION_SIGNALS = ("estimated_accuracy", "psi_confidence", "psi_entropy")  # the probabilities, not the ranking
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -475,7 +476,8 @@ def check_window(
 # ---------------------------------------------------------------------------------------------- decision
 @dataclass
 class Decision:
-    """What to do after a check — ``retrain``, ``recalibrate``, ``none`` or ``cannot_decide`` — and why.
+    """What to do after a check — ``refresh_teacher``, ``retrain``, ``recalibrate``, ``none`` or ``cannot_decide``
+    — and why.
 
     ``consecutive`` and ``since`` carry each signal's streak from one check to the next (the flow stores the
     decision and passes it to the next check's :func:`decide`), so a streak of any length has a known start."""
@@ -484,7 +486,7 @@ class Decision:
     reason: str
     triggered: list[str]  # trigger signals exceeded on enough consecutive checks (even when cooling down)
     consecutive: dict[str, int]  # per signal: consecutive checks, ending with the current one, that exceeded it
-    cooldown_until: str | None = None  # ISO time, when a retrain was suppressed by the cool-down
+    cooldown_until: str | None = None  # ISO time, when a retrain or refresh was suppressed by its cool-down
     since: dict[str, str] = field(default_factory=dict)  # per signal in a streak: ISO start of its first window
 
     @property
@@ -528,12 +530,19 @@ def _streaks(
     return consecutive, since
 
 
+def _until(last: datetime | None, days: float, now: datetime) -> datetime | None:
+    """The end of the cool-down of ``days`` after ``last`` while ``now`` is inside it, else None."""
+    until = None if last is None else last + timedelta(days=days)
+    return until if until is not None and now < until else None
+
+
 def decide(
     previous: Decision | dict[str, Any] | None,
     current: DriftCheck,
     cfg: DriftConfig,
     last_retrain_at: datetime | None,
     now: datetime,
+    last_refresh_at: datetime | None = None,
 ) -> Decision:
     """The action after ``current``, the check of the window ``[now - window_days, now)``.
 
@@ -541,11 +550,13 @@ def decide(
     the first). A signal's streak counts the consecutive checks that exceeded it (``cannot_decide`` breaks
     every streak). A signal in ``cfg.trigger_on`` whose streak reaches ``consecutive_windows`` triggers:
 
-    - ``retrain``, unless ``now - last_retrain_at < cooldown_days``;
-    - during the cool-down: ``recalibrate`` (refit the champion's temperature on the labeled traffic since the
-      streak began: cheap, and gated like the monthly one) when ``recalibrate_during_cooldown``, else ``none``.
-
-    ``now`` and ``last_retrain_at`` must both be naive or both aware."""
+    - ``teacher_accuracy``: ``refresh_teacher`` (the teacher degraded: distilling from it again is pointless);
+    - any other: ``retrain`` (the student drifted from a still-good teacher), but ``recalibrate`` (refit the
+      champion's temperature on the traffic since the streak began) when only :data:`CALIBRATION_SIGNALS`
+      triggered and the labeled accuracy held (computed, not exceeded): only the probabilities are off;
+    - within ``teacher_cooldown_days`` of ``last_refresh_at`` (a refresh), or ``cooldown_days`` of the last
+      retrain or refresh (a retrain): ``recalibrate`` if ``recalibrate_during_cooldown``, else ``none``, saying
+      what was suppressed. ``now`` and the two times must all be naive or all aware."""
     if isinstance(previous, dict):
         previous = Decision.from_dict(previous)
     if current.status == "cannot_decide":
@@ -559,7 +570,7 @@ def decide(
             for name in cfg.trigger_on
             if consecutive.get(name, 0) > 0
         ]
-        reason = f"no retrain: no trigger signal exceeded its threshold on {need} consecutive checks" + (
+        reason = f"no action: no trigger signal exceeded its threshold on {need} consecutive checks" + (
             "; so far: " + "; ".join(pending) if pending else ""
         )
         return Decision("none", reason, [], consecutive, since=since)
@@ -568,16 +579,22 @@ def decide(
         f"(needs {need}, since {since[name]})"
         for name in triggered
     )
-    if last_retrain_at is not None:
-        until = last_retrain_at + timedelta(days=cfg.cooldown_days)
-        if now < until:
-            cooling = (
-                f"retrain suppressed: cool-down after the retrain at {last_retrain_at.isoformat()} lasts "
-                f"until {until.isoformat()} ({cfg.cooldown_days:g} days); would trigger on {why}"
-            )
-            if cfg.recalibrate_during_cooldown:
-                return Decision(
-                    "recalibrate", f"recalibrate: {cooling}", triggered, consecutive, until.isoformat(), since
-                )
-            return Decision("none", cooling, triggered, consecutive, until.isoformat(), since)
-    return Decision("retrain", f"retrain: {why}", triggered, consecutive, since=since)
+    accuracy = current.signals.get("accuracy")
+    if "teacher_accuracy" in triggered:
+        action, what, last, days = "refresh_teacher", "teacher refresh", last_refresh_at, cfg.teacher_cooldown_days
+    elif set(triggered) <= set(CALIBRATION_SIGNALS) and accuracy is not None and accuracy.exceeded is False:
+        reason = f"recalibrate: only the probabilities are off (labeled {accuracy.detail}); {why}"
+        return Decision("recalibrate", reason, triggered, consecutive, since=since)
+    else:
+        last = max((t for t in (last_retrain_at, last_refresh_at) if t is not None), default=None)
+        action, what, days = "retrain", "retrain" if last == last_retrain_at else "teacher refresh", cfg.cooldown_days
+    until = _until(last, days, now)
+    if until is None:
+        return Decision(action, f"{action}: {why}", triggered, consecutive, since=since)
+    cooling = (
+        f"{action} suppressed: cool-down after the {what} at {last.isoformat()} lasts until {until.isoformat()} "
+        f"({days:g} days); would trigger on {why}"
+    )
+    if cfg.recalibrate_during_cooldown:
+        return Decision("recalibrate", f"recalibrate: {cooling}", triggered, consecutive, until.isoformat(), since)
+    return Decision("none", cooling, triggered, consecutive, until.isoformat(), since)

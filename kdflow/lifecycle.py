@@ -8,6 +8,7 @@ the inference logs for the flows in ``flows/`` (drift check, retrain, recalibrat
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,12 @@ from kdflow.calibration import calibration_metrics, ece_improvement_confidence, 
 from kdflow.config import CalibrationConfig, CascadeConfig, ConfigError, RecalibrationTrigger, SLAConfig
 from kdflow.data import to_frame
 from kdflow.selective import CascadeFit, cascade_target, fit_cascade
-from kdflow.sla import SLACheck, check_slas
+from kdflow.sla import SLACheck, check_slas, sla_exception
 
 if TYPE_CHECKING:
     from kdflow.models import CalibratedClassifier
+
+log = logging.getLogger(__name__)
 
 
 def parse_as_of(as_of: str | datetime | None) -> datetime:
@@ -188,6 +191,7 @@ class RecalibrationOutcome:
     tags: dict[str, Any] = field(default_factory=dict)  # the version tags to register it with
     cascade: CascadeFit | None = field(default=None, repr=False)  # the threshold refitted at the new T
     cascade_reason: str | None = None  # why it was (not) refitted; None: serving.cascade disabled
+    sla_alert: str | None = None  # registered although it still misses an SLA the champion missed worse
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able outcome the recalibration flow returns and records (``recalibration.json``)."""
@@ -205,6 +209,8 @@ class RecalibrationOutcome:
             out["sla_checks"] = [c.as_dict() for c in self.sla_checks]
         if self.promotion is not None:
             out["promotion"] = self.promotion
+        if self.sla_alert is not None:
+            out["sla_alert"] = self.sla_alert
         if self.cascade_reason is not None:
             out["cascade"] = {**(self.cascade.summary() if self.cascade else {}), "reason": self.cascade_reason}
         return out
@@ -232,19 +238,29 @@ def judge_refit(
 ) -> RecalibrationOutcome:
     """Whether to register the refit: only if its out-of-fold ECE improved (``result.improved``) and every SLA
     still passes on the recalibrated model — the parent's ``evaluation`` (accuracy, gap, flip rate, latency,
-    size: unchanged by a temperature) with the new ECE and temperature. Returns ``outcome`` with the refit,
-    the SLA checks, the verdict and why."""
+    size: unchanged by a temperature) with the new ECE and temperature. A refit that misses SLAs the champion
+    (the same evaluation at the current ECE on the same rows) misses too, strictly better on each and worse on
+    none, is registered with an alert (:func:`kdflow.sla.sla_exception`; ``outcome.sla_alert``, logged as a
+    warning): it replaces a worse champion. Returns ``outcome`` with the refit, the SLA checks, the verdict
+    and why."""
     checks = check_slas(
         {**evaluation, "student_ece": result.ece_after, "served_temperature": result.new_temperature}, sla
     )
     failed = [c.name for c in checks if not c.passed]
+    alert = None
+    if result.improved and failed:
+        current = {**evaluation, "student_ece": result.ece_before, "served_temperature": result.current_temperature}
+        alert = sla_exception(checks, check_slas(current, sla))
     if not result.improved:
         register, reason = False, f"nothing changed: {result.reason}"
-    elif failed:
+    elif failed and alert is None:
         register, reason = False, f"nothing changed: the recalibrated model would fail SLA(s) {', '.join(failed)}"
+    elif alert is not None:
+        register, reason = True, f"recalibrated: {result.reason}; {alert}"
+        log.warning("%s", alert)
     else:
         register, reason = True, f"recalibrated: {result.reason}; every SLA passes"
-    return replace(outcome, result=result, sla_checks=checks, register=register, reason=reason)
+    return replace(outcome, result=result, sla_checks=checks, register=register, reason=reason, sla_alert=alert)
 
 
 def refit_cascade(

@@ -3,7 +3,7 @@ logs, check them for drift, keep the drift history in MLflow, hand recent traffi
 
 The domain side of the drift-check, retrain and recalibration flows. Each Prefect task in ``tasks/`` wraps one
 function here (retries, logging, artifacts); like every library module, this one never imports Prefect. Steps
-hand each other the typed results defined here (:class:`Champion`, :class:`DriftHistory`, :class:`DriftEvent`,
+hand each other the typed results defined here (:class:`Champion`, :class:`DriftHistory`,
 :class:`DriftCheckResult`, :class:`LabeledWindow`) and in :mod:`kdflow.lifecycle` (:class:`RecalibrationOutcome`).
 """
 
@@ -35,7 +35,6 @@ from kdflow.config import (
 )
 from kdflow.data import Dataset, write_parquet
 from kdflow.drift import Decision, DriftCheck, WindowData, check_window
-from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
 from kdflow.inference_logs import InferenceLogError, LogWindow, read_window
 from kdflow.lifecycle import (
     RecalibrationOutcome,
@@ -263,10 +262,12 @@ def check_served(served: ServedRows, reference: VersionReference, window: LogWin
 @dataclass(frozen=True)
 class DriftHistory:
     """What a check needs from the checks before it: the decision of the same version's last check (it carries
-    every signal's streak; None for the version's first check) and when a retrain was last decided."""
+    every signal's streak; None for the version's first check) and when a retrain and a teacher refresh were last
+    decided."""
 
     previous: Decision | None
     last_retrain_at: datetime | None
+    last_refresh_at: datetime | None = None
 
 
 def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) -> DriftHistory:
@@ -289,18 +290,23 @@ def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) 
     if runs:
         path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
         previous = Decision.from_dict(json.loads(Path(path).read_text()))
-    retrains = client.search_runs(
-        [experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'", order_by=["metrics.as_of_ts DESC"], max_results=1
-    )
-    last = datetime.fromisoformat(retrains[0].data.tags[f"{_P}as_of"]) if retrains else None
-    return DriftHistory(previous, last)
+    last = {}
+    for action in ("retrain", "refresh_teacher"):
+        runs = client.search_runs(
+            [experiment_id],
+            f"{base} AND tags.`{_P}action` = '{action}'",
+            order_by=["metrics.as_of_ts DESC"],
+            max_results=1,
+        )
+        last[action] = datetime.fromisoformat(runs[0].data.tags[f"{_P}as_of"]) if runs else None
+    return DriftHistory(previous, last["retrain"], last["refresh_teacher"])
 
 
 def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dict[str, float]:
     """The MLflow metrics of one check: ``as_of_ts`` (what :func:`drift_history` orders by), row counts (also
     per serving version: ``served_rows_v<version>``), each computed signal (``signal_*``) and whether it exceeded
-    its threshold (``exceeded_*``), the window's raw metrics (``window_*``) and ``retrain`` (1 on a retrain
-    decision)."""
+    its threshold (``exceeded_*``), the window's raw metrics (``window_*``), ``retrain`` and ``refresh_teacher``
+    (1 on such a decision)."""
     signals = check.signals.values()
     return {
         "as_of_ts": as_of.timestamp(),
@@ -308,6 +314,7 @@ def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dic
         "n_labeled": check.n_labeled,
         "n_shadow": check.n_shadow,
         "retrain": float(decision.action == "retrain"),
+        "refresh_teacher": float(decision.action == "refresh_teacher"),
         **{f"served_rows_v{version}": n for version, n in check.served.items()},
         **{f"signal_{s.name}": s.value for s in signals if s.value is not None},
         **{f"exceeded_{s.name}": float(bool(s.exceeded)) for s in signals if s.exceeded is not None},
@@ -394,44 +401,10 @@ def drift_markdown(ref: registry.ModelRef, as_of: datetime, check: DriftCheck, d
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class DriftEvent:
-    """The ``kdflow.drift.detected`` event of a retrain decision: its resource (``kdflow.model.<name>``) and
-    payload (the config to retrain with, ``as_of``, model, version, statistics, triggered signals, reason)."""
-
-    event: str
-    resource: dict[str, str]
-    payload: dict[str, Any]
-
-
-def drift_event(
-    config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
-) -> DriftEvent:
-    """The event announcing ``decision`` (a retrain) for ``ref``; a deployment trigger on it starts the retrain
-    deployment with the payload's ``config_path`` (absolute) and ``as_of``."""
-    return DriftEvent(
-        DRIFT_EVENT,
-        {
-            "prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}{ref.name}",
-            "kdflow.model": ref.name,
-            "kdflow.version": str(ref.version),
-        },
-        {
-            "config_path": str(Path(config_path).resolve()),
-            "as_of": as_of.isoformat(),
-            "model": ref.name,
-            "version": str(ref.version),
-            "statistics": {s.name: s.value for s in check.signals.values() if s.value is not None},
-            "triggered": decision.triggered,
-            "reason": decision.reason,
-        },
-    )
-
-
 @dataclass
 class DriftCheckResult:
     """One drift check: the champion checked, the check, the decision, its MLflow run, and what followed it
-    (the drift event and who retrains, the retrain's or the recalibration's result)."""
+    (the event and who acts on it; the retrain's, the teacher refresh's or the recalibration's result)."""
 
     ref: registry.ModelRef
     as_of: datetime
@@ -442,11 +415,12 @@ class DriftCheckResult:
     retrain_via: RetrainVia | None = None
     retrain: dict[str, Any] | None = None
     recalibration: dict[str, Any] | None = None
+    teacher_refresh: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able result the drift-check flow returns; ``served`` (rows per serving version),
         ``checked_version`` and ``scope`` when the check knows who served; ``event_id`` and ``retrain_via`` only
-        after a retrain decision."""
+        after a retrain or refresh decision; ``teacher_refresh`` only when a refresh ran here."""
         out: dict[str, Any] = {
             "model": self.ref.name,
             "version": self.ref.version,
@@ -458,9 +432,11 @@ class DriftCheckResult:
             "retrain": self.retrain,
             "recalibration": self.recalibration,
         }
+        if self.teacher_refresh is not None:
+            out["teacher_refresh"] = self.teacher_refresh
         if self.check.scope:
             out.update(served=self.check.served, checked_version=self.check.checked_version, scope=self.check.scope)
-        if self.decision.action == "retrain":
+        if self.decision.action in ("retrain", "refresh_teacher"):
             out.update(event_id=self.event_id, retrain_via=self.retrain_via)
         return out
 
@@ -503,7 +479,8 @@ def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dic
     """The version tags of a recalibrated champion: the parent's provenance (teacher, data, config) plus what
     this recalibration did; its reference profile is the window it was refit on. The cascade threshold is the
     refitted one (``kdflow.cascade_refit`` True) or, when it could not be refitted, the parent's, carried over
-    (``cascade_refit`` False); ``cascade_reason`` says which. No cascade tags when the cascade is disabled."""
+    (``cascade_refit`` False); ``cascade_reason`` says which. No cascade tags when the cascade is disabled.
+    ``sla_alert``: the SLA(s) it still misses, when it replaces a champion that missed them worse."""
     keep = {
         k.removeprefix(_P): v
         for k, v in champion.tags.items()
@@ -525,6 +502,7 @@ def recalibration_tags(champion: Champion, outcome: RecalibrationOutcome) -> dic
         "calibrated_temperature": outcome.result.new_temperature,
         "previous_temperature": outcome.result.current_temperature,
         **_cascade_tags(champion, outcome),
+        **({"sla_alert": outcome.sla_alert} if outcome.sla_alert else {}),
     }
 
 

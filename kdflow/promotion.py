@@ -214,10 +214,13 @@ def _version_tags(client, name: str, version: str) -> dict[str, str]:
 
 
 def _check_sla(client, name: str, version: str) -> None:
-    verdict = _version_tags(client, name, version).get(SLA_TAG)
+    tags = _version_tags(client, name, version)
+    verdict = tags.get(SLA_TAG)
     if verdict is None:
         raise RegistryError(f"refusing to promote {name} version {version}: it has no SLA record ({SLA_TAG} tag)")
-    if verdict != "True":
+    # A version that misses an SLA its champion missed worse was admitted by the gate with an alert
+    # (kdflow.sla.sla_exception, tag kdflow.sla_alert): it may replace that champion.
+    if verdict != "True" and not tags.get(f"{TAG_PREFIX}sla_alert"):
         raise RegistryError(
             f"refusing to promote {name} version {version}: it failed its SLA gate ({SLA_TAG}={verdict})"
         )

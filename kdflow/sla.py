@@ -4,6 +4,8 @@ with the current champion on the same test set (students: :func:`gate_candidate`
 
 from __future__ import annotations
 
+import json
+import logging
 import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -12,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from kdflow import registry
+from kdflow.calibration import calibration_metrics
 from kdflow.config import SLAConfig, TeacherGateConfig
 from kdflow.data import Dataset
 from kdflow.evaluation import Evaluation
@@ -28,6 +31,7 @@ CHECKS: list[tuple[str, str, str]] = [
     ("size_ratio", "max_size_ratio", "<="),
 ]
 _OPS = {">=": operator.ge, "<=": operator.le}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,43 @@ def check_slas(evaluation: Evaluation | Mapping[str, Any], sla: SLAConfig) -> li
     return checks
 
 
+SLA_ALERT_TAG = f"{registry.TAG_PREFIX}sla_alert"  # on a version promoted although it still misses an SLA
+
+
+def _better(candidate: SLACheck, champion: SLACheck) -> bool:
+    """The candidate's value is strictly on the right side of the champion's (higher for ``>=``, lower for ``<=``)."""
+    return candidate.value > champion.value if candidate.op == ">=" else candidate.value < champion.value
+
+
+def sla_exception(candidate: list[SLACheck], champion: list[SLACheck] | None) -> str | None:
+    """The alert when a candidate that misses SLAs may still replace a champion that already misses them, else
+    None: every SLA the candidate fails, the champion fails too and the candidate is strictly better on it, and
+    on every other SLA both were measured on the candidate is not worse. Serving the strictly better of two
+    models that both miss an SLA beats keeping the worse one; the alert says the SLA is still missed."""
+    failed = [c for c in candidate if not c.passed]
+    theirs = {c.name: c for c in champion or []}
+    if not failed or any(
+        c.name not in theirs or theirs[c.name].passed or not _better(c, theirs[c.name]) for c in failed
+    ):
+        return None
+    if any(c.name in theirs and _better(theirs[c.name], c) for c in candidate if c.passed):
+        return None
+    misses = ", ".join(
+        f"{c.name} {c.value:.4g} (champion {theirs[c.name].value:.4g}; needs {c.op} {c.threshold:g})" for c in failed
+    )
+    return f"SLA alert: promoted as strictly better than a champion that already misses the same SLA(s), still missed: {misses}"
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether a candidate becomes champion, and why."""
+    """Whether a candidate becomes champion, and why; ``alert``: the SLA(s) it still misses when it replaced a
+    champion that missed them too (:func:`sla_exception`)."""
 
     promote: bool
     reason: str
     champion_version: str | None
     champion_accuracy: float | None
+    alert: str | None = None
 
 
 def decide_promotion(
@@ -82,12 +115,19 @@ def decide_promotion(
     champion_accuracy: float | None,
     tolerance: float,
     recent: tuple[float, float] | None = None,
+    champion_checks: list[SLACheck] | None = None,
+    min_recent_improvement: float = 0.0,
 ) -> PromotionDecision:
-    """Promote iff every SLA passed and, when a champion exists, the candidate's accuracy on the same test
-    set is at least ``champion_accuracy - tolerance`` — and, when ``recent`` = (candidate, champion) accuracy
-    on recent labeled production traffic is given, there too. The first model is judged on SLAs alone."""
+    """Promote iff every SLA passed — or the champion's own ``champion_checks`` miss the same SLAs and the
+    candidate is strictly better there and not worse elsewhere (:func:`sla_exception`; promoted with an alert) —
+    and, when a champion exists, the candidate's accuracy on the same test set is at least
+    ``champion_accuracy - tolerance``. When ``recent`` = (candidate, champion) accuracy on the recent labeled
+    traffic a retrain was triggered by is given, the candidate must be better there:
+    ``candidate > champion + min_recent_improvement`` (within ``tolerance`` is not enough: the retrain exists
+    to do better on that traffic). The first model is judged on SLAs alone."""
     failed = [c.name for c in checks if not c.passed]
-    if failed:
+    alert = sla_exception(checks, champion_checks) if failed and champion_version is not None else None
+    if failed and alert is None:
         return PromotionDecision(False, f"SLA gate failed: {', '.join(failed)}", champion_version, champion_accuracy)
     if champion_version is None or champion_accuracy is None:
         return PromotionDecision(True, "SLAs passed; no current champion", None, None)
@@ -99,19 +139,23 @@ def decide_promotion(
             champion_version,
             champion_accuracy,
         )
-    reason = f"SLAs passed; accuracy {candidate_accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}"
+    passed = alert or "SLAs passed"
+    reason = f"{passed}; accuracy {candidate_accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}"
     if recent is not None:
         cand, champ = recent
-        if cand + 1e-12 < champ - tolerance:
+        if not cand > champ + min_recent_improvement:
             return PromotionDecision(
                 False,
-                f"worse than champion v{champion_version} on recent labeled traffic: accuracy {cand:.4f} < "
-                f"{champ:.4f} - tolerance {tolerance}",
+                f"not better than champion v{champion_version} on the recent labeled traffic: accuracy {cand:.4f} "
+                f"<= {champ:.4f} + min_recent_improvement {min_recent_improvement:g} (a retrain must beat the "
+                "champion there, not merely come within champion_tolerance)",
                 champion_version,
                 champion_accuracy,
             )
-        reason += f"; on recent labeled traffic {cand:.4f} vs {champ:.4f}"
-    return PromotionDecision(True, reason, champion_version, champion_accuracy)
+        reason += f"; better on recent labeled traffic: {cand:.4f} vs {champ:.4f}"
+    if alert is not None:
+        log.warning("%s", alert)
+    return PromotionDecision(True, reason, champion_version, champion_accuracy, alert)
 
 
 @dataclass(frozen=True)
@@ -131,7 +175,11 @@ class Gate:
 
     def metrics(self) -> dict[str, float]:
         """What the gate logs to the MLflow run."""
-        out = {"sla_passed": float(self.passed), "promote": float(self.decision.promote)}
+        out = {
+            "sla_passed": float(self.passed),
+            "promote": float(self.decision.promote),
+            "sla_alert": float(self.decision.alert is not None),
+        }
         if self.recent_accuracy is not None and self.recent_champion_accuracy is not None:
             out.update(recent_accuracy=self.recent_accuracy, recent_champion_accuracy=self.recent_champion_accuracy)
         return out
@@ -159,7 +207,7 @@ def gate_candidate(
     recent labeled production traffic ``recent`` (scoring ``student`` there) when given (a retrain)."""
     checks = check_slas(evaluation, sla)
     champion_version, champion = _champion(student_name)
-    champion_accuracy, recent_pair = None, None
+    champion_accuracy, recent_pair, champion_checks = None, None, None
     if champion is not None:
         champion_accuracy = accuracy(predict_logits(champion, test.x), test.y)
         if recent is not None and student is not None:
@@ -167,10 +215,42 @@ def gate_candidate(
                 accuracy(predict_logits(student, recent.x), recent.y),
                 accuracy(predict_logits(champion, recent.x), recent.y),
             )
+        if not all(c.passed for c in checks):
+            champion_checks = champion_sla_checks(student_name, champion_version, champion, test, sla)
     decision = decide_promotion(
-        checks, evaluation.student_accuracy, champion_version, champion_accuracy, sla.champion_tolerance, recent_pair
+        checks,
+        evaluation.student_accuracy,
+        champion_version,
+        champion_accuracy,
+        sla.champion_tolerance,
+        recent_pair,
+        champion_checks,
+        sla.min_recent_improvement,
     )
     return Gate(checks, decision, *(recent_pair or (None, None)))
+
+
+def champion_sla_checks(
+    name: str, version: str, champion: nn.Module, test: Dataset, sla: SLAConfig, n_bins: int = 15
+) -> list[SLACheck]:
+    """The champion's SLA checks, to compare a candidate that misses an SLA with (:func:`sla_exception`):
+    accuracy and ECE (at its served temperature, ``n_bins`` bins) measured on the candidate's ``test`` set, the
+    other metrics as recorded at its registration (version tag ``kdflow.sla_checks``); a metric known neither
+    way is left out."""
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_model_version(name, version).tags or {}
+    values = {c["metric"]: c["value"] for c in json.loads(tags.get(f"{registry.TAG_PREFIX}sla_checks", "[]"))}
+    logits = predict_logits(champion, test.x)
+    values["student_accuracy"] = accuracy(logits, test.y)
+    temperature = float(getattr(champion, "temperature", 1.0))
+    values["student_ece"] = calibration_metrics(logits, test.y, temperature, n_bins).ece
+    return check_slas(values, sla.model_copy(update=_unmeasured(values, sla)))
+
+
+def _unmeasured(values: dict[str, Any], sla: SLAConfig) -> dict[str, None]:
+    """The SLA thresholds whose metric is not in ``values``, switched off."""
+    return {name: None for metric, name, _ in CHECKS if metric not in values}
 
 
 def champion_test_accuracy(name: str, test: Dataset) -> tuple[str | None, float | None, str | None]:

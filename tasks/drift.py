@@ -1,5 +1,6 @@
-"""Drift-check tasks: statistics of a champion's window, its drift history and decision in MLflow, and the
-``kdflow.drift.detected`` event (:mod:`kdflow.monitor`, :mod:`kdflow.drift`)."""
+"""Drift-check tasks: statistics of a champion's window and of the teacher's health, the drift history and decision
+in MLflow, and the ``kdflow.drift.detected`` / ``kdflow.teacher.degraded`` events (:mod:`kdflow.monitor`,
+:mod:`kdflow.drift`, :mod:`kdflow.teacher_health`, :mod:`kdflow.drift_events`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from kdflow import monitor, registry
+from kdflow import drift_events, monitor, registry, teacher_health
 from kdflow.config import DriftConfig, MlflowConfig, RetrainVia
 from kdflow.drift import Decision, DriftCheck, decide
 from kdflow.inference_logs import LogWindow
@@ -39,18 +40,37 @@ def check_drift(served: ServedRows, reference: VersionReference, window: LogWind
     return check
 
 
+@kdflow_task(name="teacher-health", retries=1, retry_delay_seconds=2)
+def teacher_health_check(
+    tracking_uri: str,
+    teacher_uri: str,
+    window: LogWindow,
+    check: DriftCheck,
+    cfg: DriftConfig,
+    input_shape: list[int] | None = None,
+) -> DriftCheck:
+    """``check`` with the ``teacher_accuracy`` signal: the registered teacher scored on every labeled row of
+    ``window`` against its reference accuracy (:func:`kdflow.teacher_health.teacher_check`); a check that
+    cannot decide is returned as is."""
+    if check.status == "cannot_decide":
+        return check
+    signal, accuracy = teacher_health.teacher_check(tracking_uri, teacher_uri, window, cfg, input_shape)
+    get_run_logger().info("teacher health: %s", signal.detail)
+    return teacher_health.with_teacher(check, signal, accuracy)
+
+
 @kdflow_task(name="drift-history", retries=1, retry_delay_seconds=2)
 def drift_history(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime) -> DriftHistory:
-    """The decision of this version's last check before ``as_of`` and when a retrain was last decided
-    (:func:`kdflow.monitor.drift_history`, from the monitoring experiment)."""
+    """The decision of this version's last check before ``as_of`` and when a retrain and a teacher refresh were
+    last decided (:func:`kdflow.monitor.drift_history`, from the monitoring experiment)."""
     return monitor.drift_history(_monitoring_experiment(mlflow, drift), ref.name, ref.version, as_of)
 
 
 @kdflow_task(name="decide-action")
 def decide_action(history: DriftHistory, check: DriftCheck, cfg: DriftConfig, as_of: datetime) -> Decision:
     """Carry the signals' streaks on, apply the consecutive-window rule and the cool-down
-    (:func:`kdflow.drift.decide`): retrain, recalibrate, none or cannot decide."""
-    decision = decide(history.previous, check, cfg, history.last_retrain_at, as_of)
+    (:func:`kdflow.drift.decide`): refresh the teacher, retrain, recalibrate, none or cannot decide."""
+    decision = decide(history.previous, check, cfg, history.last_retrain_at, as_of, history.last_refresh_at)
     get_run_logger().info("decision %s: %s", decision.action, decision.reason)
     return decision
 
@@ -93,31 +113,34 @@ def record_drift_check(
 def emit_drift_event(
     config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
 ) -> str | None:
-    """Emit ``kdflow.drift.detected`` (:func:`kdflow.monitor.drift_event`); a deployment trigger on it starts
-    the retrain deployment. Returns the event id."""
+    """Emit ``kdflow.drift.detected`` for a retrain, ``kdflow.teacher.degraded`` for a teacher refresh
+    (:func:`kdflow.drift_events.drift_event`); a deployment trigger on it starts the retrain or the teacher-refresh
+    deployment. Returns the event id."""
     from prefect.events import emit_event
 
-    event = monitor.drift_event(config_path, ref, as_of, check, decision)
+    event = drift_events.drift_event(config_path, ref, as_of, check, decision)
     emitted = emit_event(event=event.event, resource=event.resource, payload=event.payload)
     get_run_logger().info("emitted %s for %s v%s", event.event, ref.name, ref.version)
     return str(emitted.id) if emitted is not None else None
 
 
-def retrain_deployment_exists() -> bool:
-    """Whether a ``retrain`` deployment is registered on the Prefect API (then its event trigger retrains)."""
+def deployment_exists(flow: str) -> bool:
+    """Whether a deployment of the flow named ``flow`` is registered on the Prefect API (then its event trigger
+    acts on the drift check's event)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     try:
         with get_client(sync_client=True) as client:
-            return bool(client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"]))))
+            return bool(client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow]))))
     except Exception:
         return False
 
 
-def retrain_route(retrain_via: RetrainVia) -> RetrainVia:
-    """Who retrains after a retrain decision: ``retrain_via``, where ``auto`` means ``event`` when a retrain
-    deployment exists on the Prefect API (its trigger on the event retrains) and ``subflow`` otherwise."""
+def retrain_route(retrain_via: RetrainVia, flow: str = "retrain") -> RetrainVia:
+    """Who acts on a retrain (or, with ``flow="teacher-refresh"``, a teacher refresh) decision: ``retrain_via``,
+    where ``auto`` means ``event`` when a deployment of ``flow`` exists on the Prefect API (its trigger on the
+    event acts) and ``subflow`` otherwise."""
     if retrain_via != "auto":
         return retrain_via
-    return "event" if retrain_deployment_exists() else "subflow"
+    return "event" if deployment_exists(flow) else "subflow"

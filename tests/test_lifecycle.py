@@ -3,6 +3,7 @@ real flows (Prefect harness, MLflow on SQLite, logs on a local store) with simul
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from kdflow import registry
 from kdflow.calibration import calibration_metrics, ece_improvement_confidence, fit_temperature
 from kdflow.config import CalibrationConfig, ConfigError, DriftConfig, RecalibrationConfig, SLAConfig
 from kdflow.data import Dataset
-from kdflow.drift import Decision, DriftCheck, Signal
+from kdflow.drift import Decision, DriftCheck, Signal, decide
 from kdflow.lifecycle import (
     Recalibration,
     RecalibrationOutcome,
@@ -379,6 +380,46 @@ def test_judge_refit_registers_only_an_improvement_that_keeps_every_sla():
     assert failing.reason == "nothing changed: the recalibrated model would fail SLA(s) min_accuracy, max_ece"
 
 
+def test_a_strict_calibration_gain_replaces_a_champion_that_already_misses_the_ece_sla(caplog):
+    """ECE 0.0669 -> 0.0317 with max_ece 0.03 was refused, leaving the worse-calibrated champion serving: it is now
+    registered, with an alert that the SLA is still missed."""
+    outcome = RecalibrationOutcome("4", "manual", *WHEN, rows=1000, labeled_rows=400)
+    refit = dataclasses.replace(_refit(True, ece_after=0.0317), ece_before=0.0669)
+    with caplog.at_level("WARNING", logger="kdflow.lifecycle"):
+        judged = judge_refit(outcome, refit, EVALUATION, SLAConfig(max_ece=0.03))
+    alert = (
+        "SLA alert: promoted as strictly better than a champion that already misses the same SLA(s), still missed: "
+        "max_ece 0.0317 (champion 0.0669; needs <= 0.03)"
+    )
+    assert judged.register and judged.sla_alert == alert and judged.reason == f"recalibrated: ECE 0.08 -> x; {alert}"
+    assert [r.getMessage() for r in caplog.records] == [alert] and judged.as_dict()["sla_alert"] == alert
+    assert [c.name for c in judged.sla_checks if not c.passed] == ["max_ece"]
+    # A champion that meets the SLA is not replaced by a refit that misses it, however the ECE moved.
+    meets = dataclasses.replace(refit, ece_before=0.025, ece_after=0.0317)
+    assert not judge_refit(outcome, meets, EVALUATION, SLAConfig(max_ece=0.03)).register
+    # Other SLAs the champion misses (accuracy) are unchanged by a temperature: not strictly better, refused.
+    missed = judge_refit(outcome, refit, EVALUATION, SLAConfig(max_ece=0.03, min_accuracy=0.95))
+    assert not missed.register and missed.sla_alert is None
+    assert missed.reason == "nothing changed: the recalibrated model would fail SLA(s) min_accuracy, max_ece"
+
+
+def test_default_policies_let_a_drift_triggered_recalibration_act():
+    """With the defaults — daily checks, two in a row, labels a day late — the recalibration a drift check asks
+    for reads the episode since its first drifted window: two days, of which only the first has its labels, so
+    about 200 labeled rows at 200 labels a day. recalibration.min_labeled_rows must be within reach."""
+    drift, recal = DriftConfig(), RecalibrationConfig()
+    signals = {"psi_confidence": Signal("psi_confidence", 0.5, 0.2, True, "PSI")}
+    drifted = DriftCheck("drift", "drift", 1000, 200, 100, signals)
+    now = datetime(2026, 3, 3, tzinfo=timezone.utc)
+    first = decide(None, drifted, drift, None, now - timedelta(days=drift.window_days))
+    second = decide(first, drifted, drift, now - timedelta(days=3), now)  # in the retrain cool-down
+    assert second.action == "recalibrate" and second.episode_start == now - timedelta(days=2)
+    start, end = recalibration_window(now, recal.window_days, None, second.episode_start)
+    labeled_days = (end - start).days - drift.label_lag_days  # the last label_lag_days have no labels yet
+    assert labeled_days == drift.consecutive_windows - drift.label_lag_days == 1
+    assert labeled_days * 200 >= recal.min_labeled_rows == 150
+
+
 def test_recalibration_outcome_as_dict_metrics_and_markdown():
     outcome = RecalibrationOutcome("4", "manual", *WHEN, rows=1000, labeled_rows=400, reason="cannot decide: few")
     assert outcome.as_dict() == {
@@ -435,7 +476,7 @@ def test_recalibrate_with_too_few_labeled_rows_cannot_decide():
         False,
     )
     assert outcome.reason == (
-        "cannot decide: 3 labeled rows in the window, fewer than recalibration.min_labeled_rows=300"
+        "cannot decide: 3 labeled rows in the window, fewer than recalibration.min_labeled_rows=150"
     )
 
 
@@ -589,7 +630,9 @@ DAY1 = datetime(2026, 3, 1, 2, tzinfo=timezone.utc)
 
 
 def test_drift_event_result_and_markdown_of_a_check(tmp_path):
-    from kdflow.monitor import DRIFT_EVENT, DriftCheckResult, drift_event, drift_markdown, drift_metrics
+    from kdflow.drift_events import drift_event
+    from kdflow.events import DRIFT_EVENT
+    from kdflow.monitor import DriftCheckResult, drift_markdown, drift_metrics
 
     check = _signal_check("drift", 0.4, True)
     decision = Decision(
@@ -617,6 +660,7 @@ def test_drift_event_result_and_markdown_of_a_check(tmp_path):
         "n_labeled": 100,
         "n_shadow": 50,
         "retrain": 1.0,
+        "refresh_teacher": 0.0,
         "signal_psi_confidence": 0.4,
         "exceeded_psi_confidence": 1.0,
         "window_accuracy": 0.9,
@@ -688,6 +732,12 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     assert drift_history(exp, "s", "3", day3) == DriftHistory(second, day2)
     assert drift_history(exp, "s", "4", day3) == DriftHistory(None, day2)  # v4's first check; v3's retrain counts
     assert drift_history(exp, "other", "3", day3) == DriftHistory(None, None)
+    # A teacher refresh decided on day 3 (by v4) is read back beside the last retrain, for its own cool-down.
+    refresh = Decision("refresh_teacher", "refresh_teacher: teacher", ["teacher_accuracy"], {"teacher_accuracy": 2})
+    record_drift_check(exp, "k4", v4, day3 + timedelta(hours=1), _signal_check("drift", 0.5, True), refresh, cfg)
+    assert drift_history(exp, "s", "4", day3 + timedelta(hours=2)) == DriftHistory(
+        refresh, day2, day3 + timedelta(hours=1)
+    )
     run = MlflowClient().get_run(run1)
     assert run.info.status == "FINISHED" and run.data.params["drift.psi_threshold"] == "0.2"
     assert "kdflow.episode_start" not in run.data.tags  # nothing triggered yet
@@ -705,9 +755,12 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
             "n_labeled": 100,
             "n_shadow": 50,
             "retrain": 0.0,
+            "refresh_teacher": 0.0,
             "signal_psi_confidence": 0.4,
             "exceeded_psi_confidence": 1.0,
             "window_accuracy": 0.9,
         }
     )
-    assert len(MlflowClient().search_runs([exp])) == 3
+    assert (
+        len(MlflowClient().search_runs([exp])) == 4
+    )  # the three checks and the refresh: the repeated record added none

@@ -6,7 +6,7 @@ import pytest
 
 from kdflow.config import SLAConfig
 from kdflow.evaluation import Evaluation
-from kdflow.sla import check_slas, decide_promotion
+from kdflow.sla import check_slas, decide_promotion, sla_exception
 
 EVALUATION = Evaluation(
     student_accuracy=0.95,
@@ -91,3 +91,86 @@ def test_promotion_rules():
     assert decide_promotion(ok, 0.95, "3", 0.954, 0.005).promote
     worse = decide_promotion(ok, 0.95, "3", 0.96, 0.005)
     assert not worse.promote and "worse than champion v3" in worse.reason
+
+
+def test_a_drift_triggered_candidate_must_beat_the_champion_on_the_recent_traffic():
+    """0.961 vs 0.963 on the recent labeled traffic replaced the champion within champion_tolerance: it must not."""
+    ok = check_slas(METRICS, SLAConfig())
+    worse = decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.961, 0.963))
+    assert not worse.promote and worse.reason == (
+        "not better than champion v3 on the recent labeled traffic: accuracy 0.9610 <= 0.9630 + "
+        "min_recent_improvement 0 (a retrain must beat the champion there, not merely come within champion_tolerance)"
+    )
+    assert not decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.963, 0.963)).promote  # equal is not better
+    better = decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.964, 0.963))
+    assert better.promote and better.reason.endswith("better on recent labeled traffic: 0.9640 vs 0.9630")
+    assert not decide_promotion(ok, 0.95, "3", 0.95, 0.005, (0.964, 0.963), min_recent_improvement=0.002).promote
+    assert SLAConfig().min_recent_improvement == 0.0
+
+
+def test_a_strict_improvement_replaces_a_champion_that_already_misses_an_sla():
+    sla = SLAConfig(max_ece=0.03)
+    candidate = check_slas(with_(student_ece=0.0317), sla)
+    champion = check_slas(with_(student_ece=0.0669), sla)
+    alert = (
+        "SLA alert: promoted as strictly better than a champion that already misses the same SLA(s), still missed: "
+        "max_ece 0.0317 (champion 0.0669; needs <= 0.03)"
+    )
+    assert sla_exception(candidate, champion) == alert
+    decision = decide_promotion(candidate, 0.95, "3", 0.95, 0.005, champion_checks=champion)
+    assert decision.promote and decision.alert == alert and decision.reason.startswith(alert)
+    # Refused: no champion record, a champion that meets the SLA, a candidate no better there, or worse elsewhere.
+    assert not decide_promotion(candidate, 0.95, "3", 0.95, 0.005).promote
+    assert sla_exception(candidate, check_slas(with_(student_ece=0.02), sla)) is None
+    assert sla_exception(candidate, check_slas(with_(student_ece=0.0317), sla)) is None
+    slower = check_slas(with_(student_ece=0.0317, student_latency_p95_ms=1.5), sla)  # passes, but worse than 1.0
+    assert sla_exception(slower, champion) is None
+    assert sla_exception(check_slas(METRICS, sla), champion) is None  # nothing missed: no alert needed
+    first = decide_promotion(candidate, 0.95, None, None, 0.005)  # no champion to compare with
+    assert not first.promote and first.reason == "SLA gate failed: max_ece"
+
+
+def test_the_champion_record_an_exception_is_judged_against_and_its_promotion(tmp_path):
+    """The champion's accuracy and ECE are measured on the candidate's test split, its other metrics read from its
+    registration; a version that misses an SLA is promotable only with the gate's alert tag."""
+    import numpy as np
+    import torch
+
+    from kdflow import registry
+    from kdflow.calibration import calibration_metrics
+    from kdflow.data import Dataset
+    from kdflow.metrics import accuracy
+    from kdflow.models import CalibratedClassifier
+    from kdflow.sla import SLA_ALERT_TAG, champion_sla_checks
+    from mlflow import MlflowClient
+
+    exp = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "models", str(tmp_path / "art"))
+    torch.manual_seed(0)
+    champion = CalibratedClassifier(torch.nn.Linear(4, 3), 1.5)
+    rng = np.random.default_rng(0)
+    test = Dataset(
+        "test", "mem", np.arange(200), rng.standard_normal((200, 4)).astype(np.float32), rng.integers(0, 3, 200)
+    )
+    recorded = check_slas(with_(student_latency_p95_ms=2.0), SLAConfig())
+    versions = []
+    for tags in ({"sla_passed": True, "sla_checks": [c.as_dict() for c in recorded]}, {"sla_passed": False}, {}):
+        run_id, _ = registry.open_run(exp, None, "v", {})
+        _, version, _ = registry.register_run_model(champion, test.x[:2], "s", run_id)
+        registry.tag_version("s", version, tags)
+        versions.append(version)
+
+    checks = {c.name: c.value for c in champion_sla_checks("s", versions[0], champion, test, SLAConfig())}
+    logits = champion.logits(torch.from_numpy(test.x)).detach().numpy()
+    assert checks["min_accuracy"] == pytest.approx(accuracy(logits, test.y))
+    assert checks["max_ece"] == pytest.approx(calibration_metrics(logits, test.y, 1.5).ece)
+    assert checks["max_latency_p95_ms"] == 2.0 and checks["max_size_ratio"] == 0.05  # as recorded
+    unrecorded = champion_sla_checks("s", versions[1], champion, test, SLAConfig())
+    assert [c.name for c in unrecorded] == ["min_accuracy", "max_ece"]  # nothing else is known of it
+
+    registry.promote("s", versions[0], "first", "test")
+    with pytest.raises(registry.RegistryError, match="failed its SLA gate"):
+        registry.promote("s", versions[1], "misses an SLA", "test")
+    MlflowClient().set_model_version_tag("s", versions[1], SLA_ALERT_TAG, "SLA alert: still missed: max_ece")
+    assert registry.promote("s", versions[1], "strictly better", "test").version == versions[1]
+    with pytest.raises(registry.RegistryError, match="no SLA record"):
+        registry.promote("s", versions[2], "no record", "test")
