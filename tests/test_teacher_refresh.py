@@ -234,9 +234,15 @@ def test_a_refresh_that_fails_after_promoting_leaves_both_champions(
 def test_split_is_by_id_and_replay_is_the_configured_share():
     """Library: a row's side depends on its id only (the same in any window), and replay rows are the configured
     share of the mix; the gate is strict on improvement and bounded on forgetting."""
-    from kdflow.config import TeacherRefreshConfig
+    from kdflow.config import ConfigError, TeacherRefreshConfig
     from kdflow.data import Dataset
-    from kdflow.teacher_refresh import judge_refresh, prepare_refresh_data, split_recent
+    from kdflow.teacher_refresh import (
+        champion_teacher_uri,
+        judge_refresh,
+        prepare_refresh_data,
+        split_recent,
+        with_mode,
+    )
 
     ids = np.arange(2000, dtype=np.int64)
     ds = Dataset("recent", "mem", ids, np.zeros((2000, 4), np.float32), np.zeros(2000, np.int64))
@@ -253,3 +259,9 @@ def test_split_is_by_id_and_replay_is_the_configured_share():
     assert judge_refresh((0.81, 0.80), (0.885, 0.9), 0.0, 0.02).promote
     refused = judge_refresh((0.81, 0.80), (0.87, 0.9), 0.0, 0.02)
     assert not refused.promote and "forgetting" in refused.reason and "held-out" not in refused.reason
+
+    assert champion_teacher_uri("models:/t@champion") == "t"
+    with pytest.raises(ConfigError, match="champion alias"):
+        champion_teacher_uri("models:/t/3")  # a pinned teacher would keep the student on the old version
+    with pytest.raises(ConfigError, match="set teacher_config"):
+        with_mode(TeacherRefreshConfig(), "retrain")
