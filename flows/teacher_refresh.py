@@ -107,7 +107,7 @@ def teacher_refresh_flow(
                 best_epoch=training.best_epoch, outcome_reason=verdict.reason,
             )  # fmt: skip
             if not verdict.promote:
-                record_refresh_outcome(run_id, REFUSED, verdict.reason, {**phases.metrics()})
+                record_refresh_outcome(run_id, REFUSED, verdict.reason, phases.metrics())
                 return {**result, "outcome": REFUSED}
             with phases.phase("promote"):
                 result["promotion"] = promote_version(
