@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from app.common import GATE_FAILED_EXIT, embedded_defaults, known_errors, print_report, run, with_runner
+from app.common import (
+    AS_OF_HELP,
+    GATE_FAILED_EXIT,
+    check_times,
+    embedded_defaults,
+    fail,
+    known_errors,
+    preflight,
+    print_report,
+    run,
+    with_runner,
+)
 from kdflow.config import packaged_config
 
 if TYPE_CHECKING:
@@ -53,6 +64,41 @@ def teacher_train(config: Path = typer.Option(..., help="Teacher config YAML")) 
     typer.echo(f"teacher {result['uri']} -> version {result['version']}, test accuracy {result['test_accuracy']:.4f}")
     typer.echo(f"gate {'PASSED' if result['promoted'] else 'FAILED'}: {result['reason']}")
     if not result["promoted"]:
+        raise typer.Exit(GATE_FAILED_EXIT)
+
+
+@teacher_app.command("refresh")
+def teacher_refresh(
+    config: Path = typer.Option(..., help="Distillation config YAML (teacher_uri, logs, teacher_refresh)"),
+    as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
+    mode: Optional[str] = typer.Option(None, help="finetune | retrain (default: teacher_refresh.mode)"),
+    reason: str = typer.Option("manual", help="Why (recorded)"),
+) -> None:
+    """Refit the teacher on recent labeled traffic plus a replay of its training data, gate it against the champion
+    teacher, promote it and retrain the student from it. Exit 0 on promotion or a clean no-refresh (too few
+    labels), 3 when the gate refuses, 2 on bad input."""
+    embedded_defaults()
+    from flows.teacher_refresh import teacher_refresh_flow
+
+    check_times(as_of)
+    preflight(config)
+    if mode is not None and mode not in ("finetune", "retrain"):
+        fail(f"--mode must be finetune or retrain, got {mode!r}", 2)
+    result = run(teacher_refresh_flow, str(config), as_of, reason, mode)
+    typer.echo(
+        f"teacher {result['teacher']} v{result['parent_version']} ({result['mode']}) at {result['as_of']}: "
+        f"{result['outcome']}"
+    )
+    typer.echo(f"  {result['outcome_reason']}")
+    if "rows" in result:
+        typer.echo(f"  rows: {', '.join(f'{k} {v}' for k, v in result['rows'].items())}")
+    if result.get("version"):
+        typer.echo(f"  refreshed teacher: version {result['version']}")
+    typer.echo(f"  phases (s): {', '.join(f'{k} {v:.1f}' for k, v in result['phases'].items())}")
+    if result.get("retrain"):
+        reg = result["retrain"]["report"]["registration"]
+        typer.echo(f"  student retrained: {reg['name']} v{reg.get('version')} aliases {', '.join(reg['aliases'])}")
+    if result["outcome"] == "refused":
         raise typer.Exit(GATE_FAILED_EXIT)
 
 

@@ -1,4 +1,4 @@
-"""The four kdflow deployments, declared once (``DEPLOYMENTS``) and built two ways from that declaration:
+"""The five kdflow deployments, declared once (``DEPLOYMENTS``) and built two ways from that declaration:
 
 - ``serve_all`` (``kdflow serve``) registers them against a Prefect server and runs their flows in one process;
 - ``prefect_yaml`` (``kdflow deployments export``) writes them as ``prefect.yaml`` for a work pool
@@ -12,6 +12,8 @@ The set:
   ``kdflow.model.*`` resource; its parameters are rendered from the event by the server.
 - ``drift-check/kdflow-drift-check``: daily (``drift.cron``), emits the event instead of retraining itself.
 - ``recalibrate/kdflow-recalibrate``: monthly (``recalibration.cron``).
+- ``teacher-refresh/kdflow-teacher-refresh``: on demand, and on every ``kdflow.teacher.degraded`` event about a
+  ``kdflow.model.*`` resource (the drift check's ``refresh_teacher`` decision); parameters from the event.
 
 Schedules and triggers need a running server (``prefect server start``; ``PREFECT_API_URL``): the ephemeral
 API cannot schedule. Importing this module is cheap: Prefect and the flows are imported only when deployments
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kdflow.config import DistillConfig, load_config
-from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX
+from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX, TEACHER_DEGRADED_EVENT
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -46,7 +48,7 @@ RETRAIN_ON_DRIFT_PARAMETERS = {
     "reason": "drift",
 }
 
-# The retrain deployment's trigger, in prefect.yaml's form; ``drift_trigger`` builds the Prefect object from it.
+# The retrain deployment's trigger, in prefect.yaml's form; ``event_trigger`` builds the Prefect object from it.
 DRIFT_TRIGGER: dict[str, Any] = {
     "type": "event",
     "name": "kdflow-retrain-on-drift",
@@ -60,11 +62,30 @@ DRIFT_TRIGGER: dict[str, Any] = {
 }
 
 
+# The teacher refresh's parameters and trigger, in the same form.
+REFRESH_ON_DEGRADED_PARAMETERS = {
+    "config_path": "{{ event.payload.config_path }}",
+    "as_of": "{{ event.payload.as_of }}",
+    "reason": "teacher-degraded",
+}
+TEACHER_DEGRADED_TRIGGER: dict[str, Any] = {
+    "type": "event",
+    "name": "kdflow-teacher-refresh-on-degraded",
+    "description": f"Refresh the teacher when the drift check finds it degraded (event {TEACHER_DEGRADED_EVENT}).",
+    "enabled": True,
+    "expect": [TEACHER_DEGRADED_EVENT],
+    "match": {"prefect.resource.id": MODEL_RESOURCE},
+    "posture": "Reactive",
+    "threshold": 1,
+    "parameters": REFRESH_ON_DEGRADED_PARAMETERS,
+}
+
+
 @dataclass(frozen=True)
 class DeploymentSpec:
     """One deployment: its flow (module and function, imported only when built), what it does, the config
-    section whose ``cron`` schedules it (None: on demand), parameters besides ``config_path``, and whether the
-    drift event triggers it."""
+    section whose ``cron`` schedules it (None: on demand), parameters besides ``config_path``, and the event
+    trigger that starts it (prefect.yaml's form; None: none)."""
 
     name: str
     module: str
@@ -72,7 +93,7 @@ class DeploymentSpec:
     description: str
     cron_from: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    on_drift: bool = False
+    trigger: dict[str, Any] | None = None
 
     @property
     def entrypoint(self) -> str:
@@ -96,7 +117,7 @@ DEPLOYMENTS = (
         "flows.retrain",
         "retrain_flow",
         f"Distil again with recent production inputs; started by every {DRIFT_EVENT} event.",
-        on_drift=True,
+        trigger=DRIFT_TRIGGER,
     ),
     DeploymentSpec(
         "kdflow-drift-check",
@@ -113,20 +134,27 @@ DEPLOYMENTS = (
         "Refit the champion's temperature on the recent labeled window.",
         cron_from="recalibration",
     ),
+    DeploymentSpec(
+        "kdflow-teacher-refresh",
+        "flows.teacher_refresh",
+        "teacher_refresh_flow",
+        f"Refit the teacher on recent labels, then retrain the student; started by every {TEACHER_DEGRADED_EVENT} event.",
+        trigger=TEACHER_DEGRADED_TRIGGER,
+    ),
 )
 
 
-def drift_trigger() -> DeploymentEventTrigger:
-    """The trigger that runs the retrain deployment once per ``kdflow.drift.detected`` event."""
+def event_trigger(spec: dict[str, Any] = DRIFT_TRIGGER) -> DeploymentEventTrigger:
+    """The Prefect trigger for ``spec`` (default: the retrain deployment's, once per ``kdflow.drift.detected``)."""
     from prefect.events import DeploymentTriggerTypes
     from pydantic import TypeAdapter
 
     # Parsed as `prefect deploy` parses prefect.yaml's triggers, so both ways build the same trigger.
-    return TypeAdapter(DeploymentTriggerTypes).validate_python(DRIFT_TRIGGER)
+    return TypeAdapter(DeploymentTriggerTypes).validate_python(spec)
 
 
 def deployments(config_path: str) -> list[RunnerDeployment]:
-    """Build the four deployments for ``config_path`` (validated first; crons come from its drift and
+    """Build the five deployments for ``config_path`` (validated first; crons come from its drift and
     recalibration sections)."""
     cfg = load_config(config_path, DistillConfig)  # a bad config fails here, before the heavy imports
 
@@ -147,7 +175,7 @@ def deployments(config_path: str) -> list[RunnerDeployment]:
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 tags=["kdflow", cfg.registry.student_name],
                 schedules=[Cron(cron, timezone=TIMEZONE)] if cron else None,
-                triggers=[drift_trigger()] if spec.on_drift else None,
+                triggers=[event_trigger(spec.trigger)] if spec.trigger else None,
             )
         )
     return built
@@ -161,7 +189,7 @@ PREFECT_YAML_HEADER = """\
 #   prefect deploy --all                                    # from this directory, PREFECT_API_URL set
 #   prefect worker start --pool kdflow-pool                 # executes the runs (infra/worker.sh does all three)
 #
-# The same four deployments as `kdflow serve`; the crons are the config's drift.cron and recalibration.cron, in
+# The same five deployments as `kdflow serve`; the crons are the config's drift.cron and recalibration.cron, in
 # UTC. To point the deployments at another config: `kdflow deployments export --config PATH > prefect.yaml`
 # (PATH relative to this checkout, or absolute), then `prefect deploy --all` again.
 #
@@ -194,8 +222,8 @@ def prefect_yaml(config_path: str) -> str:
             "parameters": {"config_path": config_path, **spec.parameters},
             "schedules": [{"cron": cron, "timezone": TIMEZONE}] if cron else [],
         }
-        if spec.on_drift:
-            entry["triggers"] = [DRIFT_TRIGGER]
+        if spec.trigger:
+            entry["triggers"] = [spec.trigger]
         entries.append({**entry, "work_pool": work_pool})
     document = {
         "name": "kdflow",
@@ -211,7 +239,7 @@ def prefect_yaml(config_path: str) -> str:
 
 
 def serve_all(config_path: str, limit: int | None = None) -> None:
-    """Register the four deployments and execute their runs in this process until interrupted.
+    """Register the five deployments and execute their runs in this process until interrupted.
 
     ``limit`` caps concurrent flow runs (None: unlimited)."""
     from prefect import serve

@@ -35,6 +35,7 @@ DriftAction = Literal[
 ]  # kdflow.drift.Decision.action
 LossKind = Literal["kd", "dkd", "dist"]  # kdflow.losses.distillation_loss
 ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifact a scoring server runs
+TeacherRefreshMode = Literal["finetune", "retrain"]  # kdflow.teacher_refresh.refresh_model
 
 
 def packaged_config(name: str) -> Path:
@@ -322,6 +323,40 @@ class RecalibrationConfig(_Strict):
     min_improvement_confidence: float = Field(default=0.95, ge=0.0, le=1.0)
 
 
+class TeacherRefreshConfig(_Strict):
+    """The teacher-refresh flow (:mod:`kdflow.teacher_refresh`; README "Teacher refresh"): refit the teacher
+    (``teacher_uri``, named by ``@champion``) on the labeled traffic of the last ``window_days`` plus a replay
+    sample of ``data.train`` (``replay_fraction`` of the mix), gate, promote, retrain the student.
+
+    Rows split by a seeded hash of their request id (the same side in every refresh): a held-out slice
+    (``holdout_fraction``, the gate's), a validation slice (``val_fraction`` of the rest) and the training part.
+    ``finetune`` continues from the champion's weights (``finetune_epochs`` at ``finetune_lr``); ``retrain``
+    trains ``teacher_config``'s architecture from scratch with its ``train`` section. Gate: held-out accuracy
+    above the champion's by MORE than ``min_improvement`` (0: strictly better), ``data.test`` accuracy at most
+    ``max_forgetting`` below the champion's."""
+
+    mode: TeacherRefreshMode = "finetune"
+    teacher_config: str | None = None  # the teacher's YAML (kdflow teacher train): architecture and train section
+    window_days: int = Field(default=14, gt=0)
+    min_labeled_rows: int = Field(default=1000, gt=0)  # fewer labeled rows in the window: no refresh (recorded)
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    replay_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
+    finetune_epochs: int = Field(default=10, gt=0)
+    finetune_lr: float = Field(default=3e-4, gt=0.0)  # about a tenth of a teacher's training lr
+    min_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_forgetting: float = Field(default=0.02, ge=0.0, le=1.0)
+    seed: int = 0
+    experiment: str = "kdflow-teacher"
+    retrain_student: bool = True  # after a promotion, run the retrain flow from the new teacher
+
+    @model_validator(mode="after")
+    def _retrain_needs_architecture(self) -> "TeacherRefreshConfig":
+        if self.mode == "retrain" and not self.teacher_config:
+            raise ValueError("mode retrain trains the teacher's architecture from scratch: set teacher_config")
+        return self
+
+
 class CascadeConfig(_Strict):
     """Confidence fallback (selective classification, Geifman & El-Yaniv 2017): the student answers when its
     calibrated confidence is at or above a threshold, the teacher otherwise.
@@ -480,6 +515,7 @@ class DistillConfig(_Strict):
     recalibration: RecalibrationConfig = RecalibrationConfig()
     serving: ServingConfig = ServingConfig()
     tune: TuneConfig = TuneConfig()
+    teacher_refresh: TeacherRefreshConfig = TeacherRefreshConfig()
     output_dir: str = ".kdflow/reports"
 
     @field_validator("teacher_uri")

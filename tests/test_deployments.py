@@ -1,6 +1,7 @@
 """Deployments against a REAL Prefect server (``prefect server start`` in a subprocess, its own SQLite database):
-``kdflow serve`` (``flows.deployments.serve_all``) registers the four deployments with their schedules and the drift trigger, and a
-``kdflow.drift.detected`` event starts the retrain deployment, whose run completes and registers a student.
+``kdflow serve`` (``flows.deployments.serve_all``) registers the five deployments with their schedules and event triggers, a
+``kdflow.drift.detected`` event starts the retrain deployment, whose run completes and registers a student, and a
+``kdflow.teacher.degraded`` event starts the teacher refresh, whose run registers a refreshed teacher.
 
 Every client call names this module's server URL explicitly, and ``PREFECT_API_URL`` is pointed at it for each
 test's duration only (function scope, so it nests inside the session-wide ``prefect_harness`` when that is active).
@@ -32,6 +33,7 @@ DEPLOYMENTS = {
     "retrain": "retrain/kdflow-retrain",
     "drift": "drift-check/kdflow-drift-check",
     "recalibrate": "recalibrate/kdflow-recalibrate",
+    "refresh": "teacher-refresh/kdflow-teacher-refresh",
 }
 STARTUP_TIMEOUT_S = 180
 T = TypeVar("T")
@@ -200,7 +202,7 @@ def sync_client(api_url: str):
 
 
 def read_deployments(api_url: str, config_path: Path) -> dict[str, Any] | None:
-    """The four deployments once all are registered with ``config_path`` as their parameter, else None."""
+    """The five deployments once all are registered with ``config_path`` as their parameter, else None."""
     from prefect.exceptions import ObjectNotFound
 
     with sync_client(api_url) as client:
@@ -267,9 +269,11 @@ def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
         "kdflow-retrain": [],
         "kdflow-drift-check": [{"cron": "15 4 * * *", "timezone": "UTC"}],
         "kdflow-recalibrate": [{"cron": "30 5 2 * *", "timezone": "UTC"}],
+        "kdflow-teacher-refresh": [],
     }
-    assert [name for name, d in found.items() if "triggers" in d] == ["kdflow-retrain"]
+    assert [name for name, d in found.items() if "triggers" in d] == ["kdflow-retrain", "kdflow-teacher-refresh"]
     assert found["kdflow-retrain"]["triggers"][0]["expect"] == ["kdflow.drift.detected"]
+    assert found["kdflow-teacher-refresh"]["triggers"][0]["expect"] == ["kdflow.teacher.degraded"]
     assert found["kdflow-drift-check"]["entrypoint"] == "flows/drift.py:drift_check_flow"
 
     bad = CliRunner().invoke(app, ["deployments", "export", "--config", str(tmp_path / "missing.yaml")])
@@ -277,12 +281,12 @@ def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_path):
+def test_serve_all_registers_five_deployments(prefect_server, server_api, tmp_path):
     """Schedules from the config's crons in UTC, the drift-check's retrain_via=event, and the retrain trigger."""
     config_path = tiny_config(tmp_path)
     with serving(config_path, server_api, tmp_path / "serve") as serve, explained(serve, prefect_server.process):
         deployments = wait_for(
-            "the four deployments",
+            "the five deployments",
             lambda: read_deployments(server_api, config_path),
             STARTUP_TIMEOUT_S,
             serve,
@@ -294,10 +298,17 @@ def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_pa
     assert {key: d.flow_id is not None and not d.paused for key, d in deployments.items()} == dict.fromkeys(
         DEPLOYMENTS, True
     )
-    assert not deployments["distill"].schedules and not deployments["retrain"].schedules
+    assert not any(deployments[key].schedules for key in ("distill", "retrain", "refresh"))
     for key, cron in (("drift", "15 4 * * *"), ("recalibrate", "30 5 2 * *")):
         [schedule] = deployments[key].schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (cron, "UTC", True)
+    [refresh] = wait_for("the refresh trigger", lambda: retrain_automations(server_api, deployments["refresh"].id), 60)
+    assert refresh.trigger.expect == {"kdflow.teacher.degraded"}
+    assert refresh.actions[0].parameters == {
+        "config_path": "{{ event.payload.config_path }}",
+        "as_of": "{{ event.payload.as_of }}",
+        "reason": "teacher-degraded",
+    }
     assert deployments["drift"].parameters == {"config_path": str(config_path), "retrain_via": "event"}
     assert deployments["recalibrate"].parameters == {"config_path": str(config_path)}
 
@@ -315,14 +326,16 @@ def test_serve_all_registers_four_deployments(prefect_server, server_api, tmp_pa
     }
 
 
-def emit_drift_event(api_url: str, config_path: Path, model: str, as_of: str) -> str:
-    """Send ``kdflow.drift.detected`` (the drift flow's resource and payload) straight to ``api_url``'s events
-    endpoint; returns the event id."""
+def emit_drift_event(
+    api_url: str, config_path: Path, model: str, as_of: str, kind: str = "kdflow.drift.detected"
+) -> str:
+    """Send ``kind`` (the drift flow's resource and payload) straight to ``api_url``'s events endpoint; returns
+    the event id."""
     from prefect.events import Event
     from prefect.events.clients import PrefectEventsClient
 
     event = Event(
-        event="kdflow.drift.detected",
+        event=kind,
         resource={"prefect.resource.id": f"kdflow.model.{model}", "kdflow.model": model, "kdflow.version": "1"},
         payload={
             "config_path": str(config_path),
@@ -344,7 +357,7 @@ def emit_drift_event(api_url: str, config_path: Path, model: str, as_of: str) ->
 
 
 def retrain_runs(api_url: str, deployment_id, config_path: Path) -> list:
-    """Flow runs of the retrain deployment for ``config_path``."""
+    """Flow runs of the deployment (retrain, or another) for ``config_path``."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with sync_client(api_url) as client:
@@ -400,7 +413,7 @@ def test_drift_event_runs_the_retrain_deployment(prefect_server, server_api, dis
 
     with serving(config_path, server_api, tmp_path / "serve") as serve, explained(serve, prefect_server.process):
         deployments = wait_for(
-            "the four deployments",
+            "the five deployments",
             lambda: read_deployments(server_api, config_path),
             STARTUP_TIMEOUT_S,
             serve,
@@ -429,7 +442,7 @@ def test_drift_event_runs_the_retrain_deployment(prefect_server, server_api, dis
 
 @pytest.mark.slow
 def test_prefect_yaml_deploys_to_the_work_pool(prefect_server, server_api, tmp_path):
-    """``prefect deploy --all`` accepts the repository's prefect.yaml: the same four deployments on kdflow-pool,
+    """``prefect deploy --all`` accepts the repository's prefect.yaml: the same five deployments on kdflow-pool,
     the default crons in UTC, the retrain trigger, and a pull step into the checkout that deployed them."""
     repo = Path(__file__).resolve().parents[1]
     env = client_env(server_api, tmp_path / "prefect-home")
@@ -464,3 +477,43 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server, server_api, tmp_p
         "as_of": "{{ event.payload.as_of }}",
         "reason": "drift",
     }
+
+
+@pytest.mark.slow
+def test_teacher_degraded_event_runs_the_teacher_refresh_deployment(
+    prefect_server, server_api, distill_config, teacher_config, tmp_path
+):
+    """A ``kdflow.teacher.degraded`` event's payload becomes the teacher refresh's parameters; the run completes
+    and registers a refreshed teacher recording the trigger (its own teacher: the session's is not touched)."""
+    from mlflow import MlflowClient
+    from tests.test_teacher_refresh import AS_OF, refresh_config, train_own_teacher
+
+    name = "deploy-refresh-teacher"
+    train_own_teacher(teacher_config, name, tmp_path / "teacher.yaml")
+    cfg = refresh_config(distill_config, tmp_path, name, retrain_student=False)
+    config_path = write_yaml(tmp_path / "refresh.yaml", cfg)
+
+    with serving(config_path, server_api, tmp_path / "serve") as serve, explained(serve, prefect_server.process):
+        deployments = wait_for(
+            "the five deployments",
+            lambda: read_deployments(server_api, config_path),
+            STARTUP_TIMEOUT_S,
+            serve,
+            every_s=2.0,
+        )
+        refresh_id = deployments["refresh"].id
+        wait_for("the refresh trigger", lambda: retrain_automations(server_api, refresh_id), 60, serve)
+        emit_drift_event(server_api, config_path, cfg["registry"]["student_name"], AS_OF, "kdflow.teacher.degraded")
+        [run] = wait_for("a refresh flow run", lambda: retrain_runs(server_api, refresh_id, config_path), 120, serve)
+        assert run.parameters == {"config_path": str(config_path), "as_of": AS_OF, "reason": "teacher-degraded"}
+        final = wait_for(
+            f"refresh run {run.name} to finish", lambda: finished_run(server_api, run.id), 900, serve, every_s=3.0
+        )
+        assert final.state.is_completed(), (
+            f"refresh run {run.name} ended {final.state.type.value}: {final.state.message}"
+        )
+
+    client = MlflowClient(cfg["mlflow"]["tracking_uri"])
+    tags = client.get_model_version(name, "2").tags
+    assert tags["kdflow.refresh_reason"] == "teacher-degraded" and tags["kdflow.refresh_as_of"] == AS_OF
+    assert len(retrain_runs(server_api, refresh_id, config_path)) == 1  # one event, one run
