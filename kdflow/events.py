@@ -6,4 +6,3 @@ Plain strings, no Prefect import: the library only names events; tasks emit them
 DRIFT_EVENT = "kdflow.drift.detected"  # a drift check decided to retrain
 TEACHER_DEGRADED_EVENT = "kdflow.teacher.degraded"  # a drift check decided to refresh the teacher
 MODEL_RESOURCE_PREFIX = "kdflow.model."  # an event's resource id: this prefix + the registered model name
-TEACHER_DEGRADED_EVENT = "kdflow.teacher.degraded"  # a drift check decided to refresh the teacher
