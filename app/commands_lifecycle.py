@@ -154,7 +154,7 @@ def deployments_export(
         "worker sees it (relative to the checkout, or absolute)",
     ),
 ) -> None:
-    """Print prefect.yaml for a work pool (``prefect deploy --all``): the same four deployments as ``kdflow
+    """Print prefect.yaml for a work pool (``prefect deploy --all``): the same five deployments as ``kdflow
     serve``, crons from the config. The repository's prefect.yaml is this output for the packaged config."""
     from flows.deployments import prefect_yaml
 
