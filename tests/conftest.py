@@ -108,11 +108,21 @@ def teacher_config(tiny_data, state_dir) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def teacher(prefect_harness, teacher_config, state_dir) -> dict[str, Any]:
-    """A tiny teacher trained and registered through the real teacher flow (alias ``champion``)."""
+def session_teacher(prefect_harness, teacher_config, state_dir) -> dict[str, Any]:
+    """A tiny teacher trained and registered through the real teacher flow (alias ``champion``), once."""
     from flows.teacher import teacher_flow
 
     return teacher_flow(str(write_yaml(state_dir / "teacher.yaml", teacher_config)))
+
+
+@pytest.fixture()
+def teacher(session_teacher, teacher_config) -> dict[str, Any]:
+    """The session's teacher, with MLflow pointed at the registry that holds it: many tests point the process-wide
+    tracking URI at registries of their own, so a test that resolves the teacher must not depend on test order."""
+    from kdflow.registry import configure_tracking
+
+    configure_tracking(teacher_config["mlflow"]["tracking_uri"])
+    return session_teacher
 
 
 @pytest.fixture()
