@@ -130,8 +130,8 @@ class ModelSpec(_Strict):
     arch: str
     args: dict[str, Any] = Field(default_factory=dict)
     # Input standardisation fitted on the train split and stored in the model (kdflow.preprocess):
-    # standard (per-feature mean/std), robust (median/IQR) or none (raw inputs).
-    preprocess: PreprocessKind = "standard"
+    # robust (per-feature median/IQR), standard (mean/std) or none (raw inputs).
+    preprocess: PreprocessKind = "robust"
 
 
 class ScheduleConfig(_Strict):

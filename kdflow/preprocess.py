@@ -5,8 +5,9 @@ Every architecture kdflow builds from a config is wrapped as ``Preprocessed(Stan
 weights) take inputs as users have them — raw feature scales, named columns — and standardise them inside.
 
 - ``standard``: ``(x - mean) / std`` per feature (population std, as scikit-learn's ``StandardScaler``);
-- ``robust``: ``(x - median) / IQR`` per feature (IQR = 75th - 25th percentile, linear interpolation, as
-  scikit-learn's ``RobustScaler``), for heavy-tailed features and outliers;
+- ``robust`` (the default): ``(x - median) / IQR`` per feature (IQR = 75th - 25th percentile, linear
+  interpolation, as scikit-learn's ``RobustScaler``), for heavy-tailed features and outliers; a feature whose
+  IQR is 0 but which varies (mostly one value, e.g. a sparse count) is scaled by its std instead;
 - ``none``: the model sees the raw inputs (no wrapper: the weights keep their plain names).
 
 A constant feature (scale below :data:`MIN_SCALE`, e.g. a digits corner pixel that is always 0) keeps scale 1.
@@ -25,7 +26,8 @@ MIN_SCALE = 1e-8
 
 def feature_statistics(x: np.ndarray, kind: PreprocessKind) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature ``(center, scale)`` of ``x`` ``(n, *shape)`` as float32 arrays of ``shape``: mean/std for
-    ``standard``, median/IQR for ``robust``; a scale below :data:`MIN_SCALE` (or not finite) becomes 1."""
+    ``standard``, median/IQR for ``robust`` (std where the IQR is 0); a scale below :data:`MIN_SCALE` (or not
+    finite) becomes 1."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
         raise ValueError("cannot fit the input preprocessing on 0 training rows")
@@ -35,7 +37,7 @@ def feature_statistics(x: np.ndarray, kind: PreprocessKind) -> tuple[np.ndarray,
         center, scale = x.mean(axis=0), x.std(axis=0)
     elif kind == "robust":
         q25, center, q75 = np.percentile(x, [25.0, 50.0, 75.0], axis=0)
-        scale = q75 - q25
+        scale = np.where(q75 - q25 >= MIN_SCALE, q75 - q25, x.std(axis=0))  # a sparse feature: IQR 0, std not
     else:
         raise ValueError(f"unknown preprocessing {kind!r}; expected 'standard', 'robust' or 'none'")
     scale = np.where(np.isfinite(scale) & (scale >= MIN_SCALE), scale, 1.0)

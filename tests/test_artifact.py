@@ -108,7 +108,7 @@ def test_distilled_student_serves_without_kdflow_and_was_evaluated_as_served(dis
     assert not any(p.suffix in (".pkl", ".pickle") for p in files)
     spec = json.loads((directory / "extra_files" / "kdflow_model.json").read_text())
     assert spec["arch"] == distill_config["student"]["arch"] and spec["input_shape"] == [40]
-    assert spec["preprocess"] == "standard" and spec["calibration_map"] == report["calibration"]["map"]
+    assert spec["preprocess"] == "robust" and spec["calibration_map"] == report["calibration"]["map"]
     assert expected_model.map_kind == report["calibration"]["map"] == report["evaluation"]["calibration_map"]
 
     # The gate's evaluation was computed from this very artifact, in the configured serving runtime.
@@ -173,7 +173,7 @@ def test_preprocessing_and_each_calibration_map_serve_without_kdflow(kind, tmp_p
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    assert artifact.read_spec(directory) == served_spec and served_spec.preprocess == "standard"
+    assert artifact.read_spec(directory) == served_spec and served_spec.preprocess == "robust"
     rebuilt = artifact.load_calibrated(directory)
     assert rebuilt.map_kind == kind
     with torch.no_grad():

@@ -23,11 +23,12 @@ def test_standard_statistics_are_mean_and_population_std_with_constant_features_
     np.testing.assert_array_equal(scale, [1.0, 10.0, 1.0])  # the constant feature keeps scale 1
 
 
-def test_robust_statistics_are_median_and_iqr():
-    x = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [100.0, 0.0]])
+def test_robust_statistics_are_median_and_iqr_with_std_for_sparse_features():
+    x = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0], [4.0, 0.0, 0.0], [100.0, 0.0, 10.0]])
     center, scale = feature_statistics(x, "robust")
-    np.testing.assert_array_equal(center, [3.0, 0.0])
-    np.testing.assert_array_equal(scale, [2.0, 1.0])  # q75 - q25 = 4 - 2; the constant column keeps 1
+    np.testing.assert_array_equal(center, [3.0, 0.0, 0.0])
+    # q75 - q25 = 4 - 2; the constant column keeps 1; the sparse one (IQR 0) takes its std: sqrt(80 / 5) = 4
+    np.testing.assert_array_equal(scale, [2.0, 1.0, 4.0])
 
 
 def test_statistics_match_scikit_learn_scalers_per_feature_of_image_rows():
@@ -54,11 +55,12 @@ def test_every_architecture_is_wrapped_and_fitted_on_train():
     for spec in (ModelSpec(arch="mlp", args={"width": 8, "depth": 1}),
                  ModelSpec(arch="tests.user_models:build_linear", args={"bias": False})):  # fmt: skip
         model = build_for_training(spec, x, 3)
-        assert isinstance(model, Preprocessed) and model.preprocess.kind == "standard"
+        assert isinstance(model, Preprocessed) and model.preprocess.kind == spec.preprocess == "robust"
         assert {"preprocess.center", "preprocess.scale"} <= set(model.state_dict())
-        np.testing.assert_allclose(model.preprocess.center.numpy(), x.mean(0), rtol=1e-5)
+        q25, median, q75 = np.percentile(x, [25, 50, 75], axis=0)
+        np.testing.assert_allclose(model.preprocess.center.numpy(), median, rtol=1e-5)
         xt = torch.from_numpy(x)
-        expected = model.net((xt - torch.from_numpy(x.mean(0))) / torch.from_numpy(x.std(0)))
+        expected = model.net((xt - torch.from_numpy(median).float()) / torch.from_numpy(q75 - q25).float())
         torch.testing.assert_close(model(xt), expected, rtol=1e-4, atol=1e-5)
     bare = build_model("mlp", {"width": 8}, (12,), 3, "none")
     assert not isinstance(bare, Preprocessed) and "preprocess.center" not in bare.state_dict()
