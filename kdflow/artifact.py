@@ -25,7 +25,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from torch import nn
 from kdflow.calibration import IsotonicMap, VectorScaling
 from kdflow.config import ModelSpec, ServingRuntime
 from kdflow.models import CalibratedClassifier, build_model
+from kdflow.preprocess import Preprocessed
 
 FORMAT = "kdflow-served/1"
 ONNX_FILE = "model.onnx"
@@ -150,7 +151,11 @@ def check_spec(spec: ServedSpec, state: dict[str, torch.Tensor]) -> None:
 def write_extra_files(
     served: CalibratedClassifier, spec: ServedSpec, example: np.ndarray, directory: Path
 ) -> list[str]:
-    """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths."""
+    """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths.
+
+    The spec's ``preprocess`` is taken from the module, its truth: a champion trained without preprocessing
+    (an older kdflow, or ``none``) keeps none when recalibrated under a config whose default differs."""
+    spec = replace(spec, preprocess=served.model.preprocess.kind if isinstance(served.model, Preprocessed) else "none")
     if abs(float(served.temperature) - spec.temperature) > 1e-6:
         raise ArtifactError(f"spec temperature {spec.temperature} != served temperature {float(served.temperature)}")
     if served.map_kind != spec.calibration_map:

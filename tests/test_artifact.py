@@ -21,7 +21,7 @@ from kdflow import artifact, registry
 from kdflow.calibration import fit_map
 from kdflow.config import ModelSpec
 from kdflow.lifecycle import RecalibrationOutcome, refit_cascade
-from kdflow.models import CalibratedClassifier, build_for_training
+from kdflow.models import CalibratedClassifier, build_for_training, build_model
 from kdflow.monitor import Champion, recalibration_tags
 from kdflow.report import cascade_section, to_markdown
 from kdflow.selective import fit_cascade
@@ -186,6 +186,19 @@ def test_preprocessing_and_each_calibration_map_serve_without_kdflow(kind, tmp_p
     for runtime in ("pyfunc", "onnx"):
         probs = np.load(tmp_path / f"{runtime}.npy")
         assert probs.shape == (300, 3) and np.abs(probs - expected).max() <= 1e-5, runtime
+
+
+def test_the_spec_records_the_modules_own_preprocessing(tmp_path):
+    """A champion built without preprocessing, recalibrated under a config whose default is robust: the
+    written spec says none, so kdflow rebuilds exactly the served weights."""
+    spec = ModelSpec(arch="mlp", args={"width": 4, "depth": 1})
+    served = CalibratedClassifier(build_model("mlp", spec.args, (3,), 2, "none"), 1.2)
+    artifact.write_extra_files(served, artifact.ServedSpec.of(spec, (3,), 2, 1.2), np.zeros((2, 3), np.float32),
+                               tmp_path)  # fmt: skip
+    written = json.loads((tmp_path / artifact.SPEC_FILE).read_text())
+    assert (
+        spec.preprocess == "robust" and written["preprocess"] == "none" and written["calibration_map"] == "temperature"
+    )
 
 
 @pytest.mark.slow
