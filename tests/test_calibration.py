@@ -19,6 +19,7 @@ from kdflow.calibration import (
     fit_vector_scaling,
     nll,
     select_map,
+    spread_knots,
     weighted_ece,
 )
 from kdflow.config import CalibrationConfig
@@ -124,11 +125,23 @@ def test_fit_isotonic_reproduces_scikit_learn_per_class():
 
     z, y = synthetic_overconfident(3000, 4, 2.0, seed=3)
     p = torch.softmax(z, dim=1).numpy()
-    iso = fit_isotonic(z.numpy(), y.numpy())
+    iso = fit_isotonic(z.numpy(), y.numpy(), min_gap=0.0)
     scores = iso.scores(torch.from_numpy(p)).numpy()
     for k in range(4):
         ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p[:, k], (y.numpy() == k) * 1.0)
         np.testing.assert_allclose(scores[:, k], ref.predict(p[:, k]), atol=1e-9)
+
+
+def test_isotonic_knots_are_spread_so_the_slope_is_bounded():
+    x, y = np.array([0.0, 0.001, 0.3, 0.305, 0.9, 0.91]), np.array([0.0, 0.5, 0.5, 0.6, 0.6, 1.0])
+    kx, ky = spread_knots(x, y, 0.02)
+    np.testing.assert_array_equal(kx, [0.0, 0.3, 0.91])  # 0.001 and 0.305 too close; the last replaces 0.9
+    np.testing.assert_array_equal(ky, [0.0, 0.5, 1.0])
+    z, labels = synthetic_overconfident(3000, 4, 2.0, seed=3)
+    iso = fit_isotonic(z.numpy(), labels.numpy())
+    width = iso.knots_x[:, 1:] - iso.knots_x[:, :-1]
+    slope = (iso.knots_y[:, 1:] - iso.knots_y[:, :-1])[width > 0] / width[width > 0]
+    assert float(slope.max()) <= 1 / 0.02 + 1e-9
 
 
 def test_fit_vector_scaling_recovers_per_class_scales():
@@ -182,7 +195,7 @@ def test_cross_fitted_selection_picks_the_map_that_fixes_the_miscalibration(make
 
 
 def test_calibrate_student_serves_the_chosen_map_only_above_the_configured_ece():
-    z, y = _step_miscalibrated(3000, seed=8)
+    z, y = _step_miscalibrated(4000, seed=7)
     val = Dataset(name="val", uri="mem", ids=np.arange(len(y)), x=z.astype(np.float32), y=y)
     off = calibrate_student(nn.Identity(), val, CalibrationConfig(max_ece_after_temperature=None))
     assert off.map_kind == "temperature" and off.served.calibration_map is None
