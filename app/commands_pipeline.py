@@ -53,6 +53,21 @@ def data_digits(out: Path = typer.Option(..., help="Output directory"), seed: in
         typer.echo(f"{name}: {path}")
 
 
+@data_app.command("table")
+def data_table(
+    name: str = typer.Option(..., help="breast_cancer, wine, digits or iris (scikit-learn's bundled tables)"),
+    out: Path = typer.Option(..., help="Output directory"),
+    seed: int = 0,
+) -> None:
+    """Write a scikit-learn bundled table with named columns at raw scales as train/val/test (+ transfer); print
+    the ``data.features.columns`` list to put in the config."""
+    from kdflow.generators import sklearn_table_columns, write_sklearn_table
+
+    for split, path in write_sklearn_table(out, name, seed=seed).items():
+        typer.echo(f"{split}: {path}")
+    typer.echo(f"columns: {sklearn_table_columns(name)}")
+
+
 @teacher_app.command("train")
 def teacher_train(config: Path = typer.Option(..., help="Teacher config YAML")) -> None:
     """Train a teacher and register it in MLflow under the configured name; it gets the configured alias only if

@@ -51,7 +51,9 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
             model, training = train_student(cfg, ensemble, datasets, run_id)
             calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
             served = calibration.served
-            spec = ServedSpec.of(cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature)
+            spec = ServedSpec.of(
+                cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind
+            )
             # The SLA gate judges the artifact that will be served: logged (not yet registered), loaded back.
             model_uri = log_served_student(served, spec, datasets.test.x[:5], run_id)
             runtime = cfg.serving.runtime

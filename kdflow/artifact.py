@@ -4,10 +4,10 @@ A student version's MLflow model directory (``models:/<name>/<version>``) holds:
 
 | path | what | loads with |
 |---|---|---|
-| ``data/model.pt2`` | ``torch.export`` program of ``x -> softmax(model(x) / T_calibrated)`` (MLflow's ``pt2``) | ``mlflow.pyfunc`` / ``mlflow.pytorch`` + torch |
+| ``data/model.pt2`` | ``torch.export`` program of ``x -> map(model(x) / T_calibrated)`` (MLflow's ``pt2``; ``model`` includes its fitted input standardisation, ``map`` is softmax or the chosen calibration map) | ``mlflow.pyfunc`` / ``mlflow.pytorch`` + torch |
 | ``extra_files/model.onnx`` | the same function as ONNX (input ``x`` float32 ``[N, d...]``, output ``probabilities`` ``[N, C]``) | onnxruntime |
-| ``extra_files/kdflow_model.json`` | architecture, arguments, input shape, classes, calibrated temperature | kdflow |
-| ``extra_files/state_dict.npz`` | the weights (NumPy arrays; read with ``allow_pickle=False``) | kdflow |
+| ``extra_files/kdflow_model.json`` | architecture, arguments, preprocessing, input shape, classes, calibrated temperature, calibration map kind | kdflow |
+| ``extra_files/state_dict.npz`` | the weights, preprocessing statistics and ``calibration_map.*`` buffers (NumPy arrays; read with ``allow_pickle=False``) | kdflow |
 
 Serving needs only the first two (and ``requirements.txt`` lists exactly torch, mlflow, onnxruntime and numpy);
 kdflow itself rebuilds the :class:`~kdflow.models.CalibratedClassifier` from the last two, because
@@ -25,7 +25,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdflow.calibration import IsotonicMap, VectorScaling
 from kdflow.config import ModelSpec, ServingRuntime
 from kdflow.models import CalibratedClassifier, build_model
+from kdflow.preprocess import Preprocessed
 
 FORMAT = "kdflow-served/1"
 ONNX_FILE = "model.onnx"
@@ -43,6 +45,8 @@ STATE_FILE = "state_dict.npz"
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
 EXTRA_DIR = "extra_files"
+MAP_PREFIX = "calibration_map."  # weight-file keys of the calibration map's buffers
+MAPS: dict[str, type[nn.Module]] = {"vector": VectorScaling, "isotonic": IsotonicMap}
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +57,54 @@ class ArtifactError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServedSpec:
-    """What kdflow needs to rebuild the served module: ``build_model(arch, args, input_shape, num_classes)``
-    wrapped in ``CalibratedClassifier(model, temperature)``."""
+    """What kdflow needs to rebuild the served module: ``build_model(arch, args, input_shape, num_classes,
+    preprocess)`` wrapped in ``CalibratedClassifier(model, temperature, map)`` (``calibration_map``:
+    ``temperature`` for none, else the kind whose buffers the weight file holds). Specs written before the
+    preprocessing and maps existed read as ``preprocess: none``, ``calibration_map: temperature``."""
 
     arch: str
     args: dict[str, Any]
     input_shape: tuple[int, ...]
     num_classes: int
     temperature: float
+    preprocess: str = "none"
+    calibration_map: str = "temperature"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "arch": self.arch,
             "args": self.args,
+            "preprocess": self.preprocess,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "temperature": self.temperature,
+            "calibration_map": self.calibration_map,
         }
 
     @classmethod
-    def of(cls, model: ModelSpec, input_shape: tuple[int, ...], num_classes: int, temperature: float) -> ServedSpec:
-        """The spec of a student built from the config's ``model`` (``cfg.student``), served at ``temperature``."""
-        return cls(model.arch, dict(model.args), tuple(input_shape), int(num_classes), float(temperature))
+    def of(
+        cls,
+        model: ModelSpec,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        temperature: float,
+        calibration_map: str = "temperature",
+    ) -> ServedSpec:
+        """The spec of a student built from the config's ``model`` (``cfg.student``), served at ``temperature``
+        and ``calibration_map``."""
+        return cls(model.arch, dict(model.args), tuple(input_shape), int(num_classes), float(temperature),
+                   model.preprocess, calibration_map)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServedSpec:
         if d.get("format") != FORMAT:
             raise ArtifactError(f"{SPEC_FILE}: format {d.get('format')!r}, expected {FORMAT!r}")
+        kind = d.get("calibration_map", "temperature")
+        if kind != "temperature" and kind not in MAPS:
+            raise ArtifactError(f"{SPEC_FILE}: unknown calibration_map {kind!r}; known: temperature, {sorted(MAPS)}")
         return cls(d["arch"], dict(d["args"]), tuple(int(v) for v in d["input_shape"]), int(d["num_classes"]),
-                   float(d["temperature"]))  # fmt: skip
+                   float(d["temperature"]), d.get("preprocess", "none"), kind)  # fmt: skip
 
 
 def _quiet_onnx_logs() -> None:
@@ -118,7 +140,7 @@ def check_spec(spec: ServedSpec, state: dict[str, torch.Tensor]) -> None:
     """Raise :class:`ArtifactError` unless ``build_model(spec)`` takes ``state`` exactly (same keys and shapes):
     a spec that cannot rebuild the weights would register a version kdflow cannot load back."""
     try:
-        build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes).load_state_dict(state)
+        build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes, spec.preprocess).load_state_dict(state)
     except Exception as exc:
         raise ArtifactError(
             f"the spec ({spec.arch} {spec.args}, input {list(spec.input_shape)}, {spec.num_classes} classes) does "
@@ -129,11 +151,19 @@ def check_spec(spec: ServedSpec, state: dict[str, torch.Tensor]) -> None:
 def write_extra_files(
     served: CalibratedClassifier, spec: ServedSpec, example: np.ndarray, directory: Path
 ) -> list[str]:
-    """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths."""
+    """Write the ONNX copy, the spec and the weights of ``served`` into ``directory``; return their paths.
+
+    The spec's ``preprocess`` is taken from the module, its truth: a champion trained without preprocessing
+    (an older kdflow, or ``none``) keeps none when recalibrated under a config whose default differs."""
+    spec = replace(spec, preprocess=served.model.preprocess.kind if isinstance(served.model, Preprocessed) else "none")
     if abs(float(served.temperature) - spec.temperature) > 1e-6:
         raise ArtifactError(f"spec temperature {spec.temperature} != served temperature {float(served.temperature)}")
+    if served.map_kind != spec.calibration_map:
+        raise ArtifactError(f"spec calibration_map {spec.calibration_map!r} != served map {served.map_kind!r}")
     state = {k: v.detach().cpu() for k, v in served.model.state_dict().items()}
     check_spec(spec, state)
+    if served.calibration_map is not None:
+        state.update({MAP_PREFIX + k: v.detach().cpu() for k, v in served.calibration_map.state_dict().items()})
     onnx_path = export_onnx(served, example, directory / ONNX_FILE)
     spec_path = directory / SPEC_FILE
     spec_path.write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
@@ -238,9 +268,16 @@ def load_calibrated(directory: Path) -> CalibratedClassifier:
             state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
     except Exception as exc:
         raise ArtifactError(f"{path}: cannot load the weights ({exc})") from exc
-    model = build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes)
+    buffers = {k[len(MAP_PREFIX) :]: state.pop(k) for k in [k for k in state if k.startswith(MAP_PREFIX)]}
+    model = build_model(spec.arch, spec.args, spec.input_shape, spec.num_classes, spec.preprocess)
     model.load_state_dict(state)
-    return CalibratedClassifier(model, spec.temperature).eval()
+    cal_map = None
+    if spec.calibration_map != "temperature":
+        try:
+            cal_map = MAPS[spec.calibration_map](**buffers)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: the {spec.calibration_map} map's buffers are missing or malformed ({exc})")
+    return CalibratedClassifier(model, spec.temperature, cal_map).eval()
 
 
 @dataclass

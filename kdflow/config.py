@@ -36,6 +36,8 @@ DriftAction = Literal[
 LossKind = Literal["kd", "dkd", "dist"]  # kdflow.losses.distillation_loss
 ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifact a scoring server runs
 TeacherRefreshMode = Literal["finetune", "retrain"]  # kdflow.teacher_refresh.refresh_model
+PreprocessKind = Literal["standard", "robust", "none"]  # kdflow.preprocess
+CalibrationMapKind = Literal["vector", "isotonic"]  # the maps tried after temperature scaling, kdflow.calibration
 
 
 def packaged_config(name: str) -> Path:
@@ -130,6 +132,9 @@ class ModelSpec(_Strict):
 
     arch: str
     args: dict[str, Any] = Field(default_factory=dict)
+    # Input standardisation fitted on the train split and stored in the model (kdflow.preprocess):
+    # robust (per-feature median/IQR), standard (mean/std) or none (raw inputs).
+    preprocess: PreprocessKind = "robust"
 
 
 class ScheduleConfig(_Strict):
@@ -170,12 +175,21 @@ class TrainConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    """Temperature scaling (Guo et al. 2017) and ECE binning."""
+    """Temperature scaling (Guo et al. 2017), the maps tried when it is not enough, and ECE binning.
+
+    When the validation ECE after temperature scaling exceeds ``max_ece_after_temperature`` (empty: never),
+    each of ``maps`` (vector scaling, Guo et al. 2017; isotonic regression, Zadrozny & Elkan 2002) is fitted
+    on the temperature-scaled logits and judged with the temperature by ``folds``-fold cross-fitting on the
+    validation split; the lowest out-of-fold ``select_by`` (ece or nll) is served (kdflow.calibration)."""
 
     n_bins: int = Field(default=15, gt=1)
     t_min: float = Field(default=0.05, gt=0.0)
     t_max: float = Field(default=20.0, gt=0.0)
     max_iter: int = Field(default=200, gt=0)
+    max_ece_after_temperature: float | None = Field(default=0.03, ge=0.0, le=1.0)
+    maps: list[CalibrationMapKind] = Field(default_factory=lambda: ["vector", "isotonic"])
+    folds: int = Field(default=5, ge=2)
+    select_by: Literal["ece", "nll"] = "ece"
 
 
 class SLAConfig(_Strict):

@@ -23,7 +23,15 @@ from torch import nn
 
 from kdflow import metrics
 from kdflow.artifact import ArtifactError, ServedModel
-from kdflow.calibration import CalibrationMetrics, calibration_metrics, expected_calibration_error, fit_temperature
+from kdflow.calibration import (
+    CalibrationMetrics,
+    calibration_metrics,
+    expected_calibration_error,
+    fit_map,
+    fit_temperature,
+    probability_metrics,
+    select_map,
+)
 from kdflow.config import CalibrationConfig, CascadeConfig, EvaluationConfig
 from kdflow.data import Dataset
 from kdflow.models import CalibratedClassifier, count_parameters
@@ -35,7 +43,9 @@ MAX_ARTIFACT_DIFF = 1e-5  # max |p_artifact - p_module| on the test split before
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
-    """The served student (``softmax(z / temperature)``) and its validation calibration before (T=1) and after."""
+    """The served student (``softmax(z / temperature)``, or the chosen map after the temperature) and its
+    validation calibration before (T=1) and after; ``map_kind`` is ``temperature``, ``vector`` or ``isotonic``
+    and ``map_reason`` says why (the cross-fitted figures of every candidate in ``candidates``)."""
 
     served: CalibratedClassifier = field(repr=False)
     temperature: float
@@ -43,29 +53,63 @@ class Calibration:
     after: CalibrationMetrics
     n_bins: int
     val_logits: np.ndarray = field(repr=False)  # raw student logits on the validation split (reliability diagram)
+    map_kind: str = "temperature"
+    map_reason: str = ""
+    after_temperature: CalibrationMetrics | None = None  # at the temperature alone (= after when no map is served)
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The report's ``calibration`` section."""
         return {
             "temperature": self.temperature,
+            "map": self.map_kind,
+            "map_reason": self.map_reason,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
+            "after_temperature": (self.after_temperature or self.after).as_dict(),
+            "candidates": self.candidates,
             "n_bins": self.n_bins,
         }
+
+    def val_probabilities(self) -> np.ndarray:
+        """The served (calibrated) probabilities on the validation split."""
+        with torch.no_grad():
+            return self.served.calibrate(torch.from_numpy(self.val_logits)).numpy()
 
 
 def calibrate_student(model: nn.Module, val: Dataset, cfg: CalibrationConfig) -> Calibration:
     """Fit one temperature on ``val`` by NLL (:func:`kdflow.calibration.fit_temperature`) and measure ECE, MCE,
-    NLL and Brier before and after it."""
+    NLL and Brier before and after it. When the ECE after it exceeds ``cfg.max_ece_after_temperature``, the
+    maps ``cfg.maps`` are tried by cross-fitting (:func:`kdflow.calibration.select_map`) and the winner, refitted
+    on the whole validation split after the temperature, is served."""
     logits = predict_logits(model, val.x)
     temperature = fit_temperature(logits, val.y, cfg.t_min, cfg.t_max, cfg.max_iter)
+    at_t = calibration_metrics(logits, val.y, temperature, cfg.n_bins)
+    limit = cfg.max_ece_after_temperature
+    kind, reason, candidates, cal_map = "temperature", "temperature scaling only (no other map configured)", {}, None
+    if limit is not None and at_t.ece <= limit:
+        reason = f"validation ECE {at_t.ece:.4f} after temperature scaling is within {limit:g}"
+    elif limit is not None and cfg.maps:
+        z = np.asarray(logits, np.float64)
+        choice = select_map(z, val.y, list(cfg.maps), (cfg.t_min, cfg.t_max, cfg.max_iter), cfg.folds,
+                            cfg.select_by, cfg.n_bins)  # fmt: skip
+        kind, candidates = choice.kind, choice.out_of_fold
+        reason = f"validation ECE {at_t.ece:.4f} after temperature scaling exceeds {limit:g}; {choice.reason}"
+        cal_map = fit_map(kind, z / temperature, val.y)
+    served = CalibratedClassifier(model, temperature, cal_map)
+    with torch.no_grad():
+        after = probability_metrics(served.calibrate(torch.from_numpy(logits)).numpy(), val.y, cfg.n_bins)
     return Calibration(
-        served=CalibratedClassifier(model, temperature),
+        served=served,
         temperature=temperature,
         before=calibration_metrics(logits, val.y, 1.0, cfg.n_bins),
-        after=calibration_metrics(logits, val.y, temperature, cfg.n_bins),
+        after=after,
         n_bins=cfg.n_bins,
         val_logits=logits,
+        map_kind=kind,
+        map_reason=reason,
+        after_temperature=at_t,
+        candidates=candidates,
     )
 
 
@@ -97,6 +141,7 @@ class Evaluation:
     teacher_throughput: float
     runtime: str | None = None  # the served artifact's runtime these figures were measured with
     artifact_max_abs_diff: float | None = None  # max |p_artifact - p_module| on the test split
+    calibration_map: str | None = None  # the served map after the temperature (temperature, vector, isotonic)
 
     def as_dict(self) -> dict[str, Any]:
         """The report's ``evaluation`` section (these field names are its keys)."""
@@ -118,9 +163,9 @@ class Evaluation:
 
 
 def module_probabilities(module: CalibratedClassifier, x: np.ndarray) -> np.ndarray:
-    """``softmax(z / T)`` of the in-memory served module on ``x`` (float32, batched)."""
-    z = torch.from_numpy(predict_logits(module, x))
-    return torch.softmax(z / module.temperature, dim=1).numpy()
+    """The in-memory served module's probabilities on ``x`` (its temperature and map on batched raw logits)."""
+    with torch.no_grad():
+        return module.calibrate(torch.from_numpy(predict_logits(module, x))).numpy()
 
 
 def check_artifact(
@@ -210,6 +255,7 @@ def evaluate_student(
         teacher_throughput=teacher_profile["throughput"],
         runtime=served.runtime,
         artifact_max_abs_diff=diff,
+        calibration_map=module.map_kind,
     )
 
 

@@ -1,5 +1,6 @@
-"""Offline dataset generators: MNIST-1D (Greydanus & Kobak 2024, package ``mnist1d``) and scikit-learn's
-bundled digits. Nothing is downloaded: MNIST-1D is synthesised with ``make_dataset``."""
+"""Offline dataset generators: MNIST-1D (Greydanus & Kobak 2024, package ``mnist1d``), scikit-learn's bundled
+digits (an array column, scaled to [0, 1]) and scikit-learn's bundled tables with named columns at their raw
+scales. Nothing is downloaded: MNIST-1D is synthesised with ``make_dataset``; scikit-learn ships the tables."""
 
 from __future__ import annotations
 
@@ -74,3 +75,41 @@ def write_digits(out: str | Path, seed: int = 0) -> dict[str, Path]:
     }
     paths["transfer"] = write_parquet(to_frame(id_tr, x[id_tr]), out / "transfer.parquet")
     return paths
+
+
+TABULAR = ("breast_cancer", "wine", "digits", "iris")  # scikit-learn's bundled classification tables
+
+
+def write_sklearn_table(out: str | Path, name: str, seed: int = 0) -> dict[str, Path]:
+    """One of scikit-learn's bundled tables (:data:`TABULAR`) as users have such data: one named numeric column
+    per feature at its raw scale (e.g. breast_cancer's ``mean area`` in the hundreds next to ``mean smoothness``
+    near 0.1; digits' pixels 0-16), ``id`` and ``label``; split 60/20/20 stratified like :func:`write_digits`,
+    the transfer set being the train inputs. Read it with ``data.features.columns`` set to
+    :func:`sklearn_table_columns`."""
+    import sklearn.datasets
+    from sklearn.model_selection import train_test_split
+
+    if name not in TABULAR:
+        raise ValueError(f"unknown scikit-learn table {name!r}; known: {', '.join(TABULAR)}")
+    bunch = getattr(sklearn.datasets, f"load_{name}")(as_frame=True)
+    features = bunch.data.astype(np.float64)
+    y = bunch.target.to_numpy().astype(np.int64)
+    ids = np.arange(len(y), dtype=np.int64)
+    id_tr, id_rest = train_test_split(ids, test_size=0.4, stratify=y, random_state=seed)
+    id_va, id_te = train_test_split(id_rest, test_size=0.5, stratify=y[id_rest], random_state=seed)
+    frame = features.assign(id=ids, label=y)[["id", *features.columns, "label"]]
+    out = Path(out)
+    paths = {
+        split: write_parquet(frame.iloc[idx].reset_index(drop=True), out / f"{split}.parquet")
+        for split, idx in (("train", id_tr), ("val", id_va), ("test", id_te))
+    }
+    paths["transfer"] = write_parquet(frame.iloc[id_tr].drop(columns="label").reset_index(drop=True),
+                                      out / "transfer.parquet")  # fmt: skip
+    return paths
+
+
+def sklearn_table_columns(name: str) -> list[str]:
+    """The feature column names :func:`write_sklearn_table` writes for ``name`` (for ``data.features.columns``)."""
+    import sklearn.datasets
+
+    return [str(c) for c in getattr(sklearn.datasets, f"load_{name}")(as_frame=True).data.columns]

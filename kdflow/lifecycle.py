@@ -113,6 +113,7 @@ def refit_temperature(
     min_improvement: float = 0.0,
     min_confidence: float = 0.0,
     seed: int = 0,
+    current_probs: np.ndarray | None = None,
 ) -> Recalibration:
     """Refit the temperature by NLL (Guo et al. 2017) on the whole window, and judge the refit out of sample.
 
@@ -124,7 +125,10 @@ def refit_temperature(
 
     ``improved`` iff ``ECE_after < ECE_before - min_improvement`` and ECE is lower in at least ``min_confidence``
     of paired bootstrap resamples of the window (:func:`kdflow.calibration.ece_improvement_confidence`): a
-    gain within the window's noise does not replace the temperature in production."""
+    gain within the window's noise does not replace the temperature in production.
+
+    ``current_probs``: the champion's served probabilities when it serves a map after its temperature (vector
+    scaling or isotonic, :mod:`kdflow.calibration`); the refit (a temperature alone) is judged against them."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
     n = len(y)
@@ -139,11 +143,10 @@ def refit_temperature(
         out_of_fold[held] = z[held] / t
         fold_t.append(float(t))
     new_t = fit_temperature(z, y, cfg.t_min, cfg.t_max, cfg.max_iter)
-    before = calibration_metrics(z, y, current_temperature, cfg.n_bins)
+    current = softmax(z / current_temperature, axis=1) if current_probs is None else np.asarray(current_probs)
+    before = calibration_metrics(np.log(np.clip(current, 1e-12, 1.0)), y, 1.0, cfg.n_bins)
     after = calibration_metrics(out_of_fold, y, 1.0, cfg.n_bins)
-    confidence = ece_improvement_confidence(
-        softmax(z / current_temperature, axis=1), softmax(out_of_fold, axis=1), y, cfg.n_bins, seed=seed
-    )
+    confidence = ece_improvement_confidence(current, softmax(out_of_fold, axis=1), y, cfg.n_bins, seed=seed)
     ece_better = after.ece < before.ece - min_improvement
     improved = ece_better and confidence >= min_confidence
     verdict = (

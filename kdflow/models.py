@@ -2,6 +2,8 @@
 
 Every builder takes ``input_shape`` (per-sample shape, e.g. ``(40,)`` or ``(8, 8)``), ``num_classes`` and
 its own keyword arguments, and returns a module mapping ``(B, *input_shape)`` floats to ``(B, C)`` logits.
+:func:`build_model` wraps it in the input standardisation (:mod:`kdflow.preprocess`) unless ``preprocess`` is
+``none``; :func:`build_for_training` also fits that layer on the training inputs.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from kdflow.preprocess import Preprocessed, PreprocessKind, Standardize, fit_preprocessing
 
 Builder = Callable[..., nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
@@ -126,8 +131,16 @@ def build_cnn2d(input_shape: tuple[int, ...], num_classes: int, **kw: Any) -> nn
     return CNN2D(tuple(input_shape), num_classes, **kw)
 
 
-def build_model(arch: str, args: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build ``arch`` (a registered name or ``package.module:function``) and check it maps the input to C logits."""
+def build_model(
+    arch: str,
+    args: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    preprocess: PreprocessKind = "none",
+) -> nn.Module:
+    """Build ``arch`` (a registered name or ``package.module:function``), wrapped in an (identity until fitted)
+    :class:`~kdflow.preprocess.Standardize` layer unless ``preprocess`` is ``none``, and check it maps the input
+    to C logits."""
     if ":" in arch:
         module_name, _, attr = arch.partition(":")
         try:
@@ -143,7 +156,16 @@ def build_model(arch: str, args: dict[str, Any], input_shape: tuple[int, ...], n
     except TypeError as exc:
         raise ModelSpecError(f"architecture {arch!r} rejected its arguments {args}: {exc}") from exc
     check_io(model, input_shape, num_classes, what=f"model {arch!r}")
+    if preprocess != "none":
+        model = Preprocessed(Standardize(tuple(input_shape), preprocess), model)
     return model
+
+
+def build_for_training(spec: Any, x_train: np.ndarray, num_classes: int) -> nn.Module:
+    """A fresh model of ``spec`` (a :class:`~kdflow.config.ModelSpec`: ``arch``, ``args``, ``preprocess``) for
+    inputs shaped like ``x_train`` rows, its preprocessing fitted on ``x_train``."""
+    model = build_model(spec.arch, spec.args, tuple(x_train.shape[1:]), num_classes, spec.preprocess)
+    return fit_preprocessing(model, x_train)
 
 
 def check_io(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, what: str = "model") -> None:
@@ -167,25 +189,47 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class CalibratedClassifier(nn.Module):
-    """The served student: ``forward(x) = softmax(model(x) / T_calibrated)``.
+    """The served model: ``forward(x) = softmax(model(x) / T)``, or ``calibration_map(model(x) / T)`` when a map
+    beyond the temperature was chosen (:mod:`kdflow.calibration`: vector scaling or isotonic regression, fitted
+    on the temperature-scaled logits).
 
-    The calibrated temperature is a buffer, so it travels with the logged model; the training
+    The temperature and the map's parameters are buffers, so they travel with the logged model; the training
     temperature is never stored here.
     """
 
-    def __init__(self, model: nn.Module, temperature: float):
+    def __init__(self, model: nn.Module, temperature: float, calibration_map: nn.Module | None = None):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.calibration_map = calibration_map
+
+    @property
+    def map_kind(self) -> str:
+        """``temperature``, or the ``kind`` of the map applied after it (``vector``, ``isotonic``)."""
+        return "temperature" if self.calibration_map is None else str(self.calibration_map.kind)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw (uncalibrated) logits of the wrapped model."""
         return self.model(x)
 
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """The served probabilities of raw ``logits``: the temperature, then the map (when there is one)."""
+        z = logits / self.temperature
+        return torch.softmax(z, dim=-1) if self.calibration_map is None else self.calibration_map(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x) / self.temperature, dim=-1)
+        return self.calibrate(self.model(x))
+
+    def mapped_probabilities(self, logits: np.ndarray) -> np.ndarray | None:
+        """The served probabilities (float64) of raw ``logits`` when a map follows the temperature; ``None`` when
+        the temperature is the whole map (``softmax(z / T)`` says it all). Recalibration judges a refit
+        temperature against a mapped champion with these."""
+        if self.calibration_map is None:
+            return None
+        with torch.no_grad():
+            return self.calibrate(torch.as_tensor(logits, dtype=torch.float32)).double().numpy()
 
 
 def raw_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

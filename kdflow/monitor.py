@@ -530,7 +530,8 @@ def recalibrate(
     cascade: CascadeConfig | None = None,
     min_shadow_rows: int = 50,
 ) -> RecalibrationOutcome:
-    """Refit the champion's temperature on ``window``'s labeled rows and judge it.
+    """Refit the champion's temperature on ``window``'s labeled rows and judge it (a champion serving a vector
+    or isotonic map is judged as served; the refit replaces it with a temperature alone).
 
     Fewer than ``cfg.min_labeled_rows`` labeled rows: "cannot decide", nothing refit. Otherwise the temperature
     is refit and judged out of fold (:func:`kdflow.lifecycle.refit_temperature`, gated by
@@ -549,14 +550,10 @@ def recalibrate(
         )
         return outcome
     logits = predict_logits(champion.model.model, window.labeled.x)
-    result = refit_temperature(
-        logits,
-        window.labeled.y,
-        float(champion.model.temperature),
-        calibration,
-        cfg.min_ece_improvement,
-        cfg.min_improvement_confidence,
-    )
+    result = refit_temperature(  # a champion serving a map after its temperature is judged as served
+        logits, window.labeled.y, float(champion.model.temperature), calibration, cfg.min_ece_improvement,
+        cfg.min_improvement_confidence, current_probs=champion.model.mapped_probabilities(logits),
+    )  # fmt: skip
     outcome = judge_refit(outcome, result, parent_evaluation(champion), sla)
     if outcome.register:
         outcome.served = CalibratedClassifier(champion.model.model, result.new_temperature)

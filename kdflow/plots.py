@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdflow.calibration import as_tensor, calibration_metrics, confidence_bins
+from kdflow.calibration import as_tensor, confidence_bins, expected_calibration_error
 
 
 def _pyplot():
@@ -44,27 +44,28 @@ def training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
 
 
 def reliability_diagram(
-    logits: np.ndarray | torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
-    temperatures: dict[str, float],
-    path: str | Path,
-    n_bins: int = 15,
+    curves: dict[str, np.ndarray], labels: np.ndarray | torch.Tensor, path: str | Path, n_bins: int = 15
 ) -> Path:
-    """Save a reliability diagram (accuracy vs confidence per bin) for each named temperature as PNG."""
+    """Save a reliability diagram (accuracy vs confidence per equal-width bin) for each named set of
+    probabilities ``(n, C)`` as PNG, with a histogram under each of how many rows every bin holds (log scale),
+    so a bin of a handful of rows is not read as weighty as one holding most of the split."""
     plt = _pyplot()
-    z = as_tensor(logits)
     y = as_tensor(labels, torch.long)
     centers = (np.arange(n_bins) + 0.5) / n_bins
-    fig, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 4.2), squeeze=False)
-    for ax, (name, t) in zip(axes[0], temperatures.items()):
-        count, acc, _ = confidence_bins(torch.softmax(z / t, dim=1), y, n_bins)
-        ece = calibration_metrics(z, y, t, n_bins).ece
+    fig, axes = plt.subplots(
+        2, len(curves), figsize=(4.5 * len(curves), 5.6), squeeze=False, gridspec_kw={"height_ratios": [3, 1]},
+        sharex=True,
+    )  # fmt: skip
+    for col, (name, probs) in enumerate(curves.items()):
+        ax, hist = axes[0, col], axes[1, col]
+        count, acc, _ = confidence_bins(as_tensor(probs), y, n_bins)
+        ece = expected_calibration_error(probs, y, n_bins)
         ax.bar(centers, acc.numpy() * (count.numpy() > 0), width=1 / n_bins, edgecolor="black", label="accuracy")
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect")
-        ax.set(
-            title=f"{name} (T={t:.3g}, ECE={ece:.3f})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1)
-        )
+        ax.set(title=f"{name} (ECE={ece:.3f})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
         ax.legend(loc="upper left")
+        hist.bar(centers, count.numpy(), width=1 / n_bins, edgecolor="black", color="gray")
+        hist.set(xlabel="confidence", ylabel="rows per bin", yscale="symlog", xlim=(0, 1))
     return _save(plt, fig, path)
 
 

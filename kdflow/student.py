@@ -14,7 +14,7 @@ from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import TeacherEnsemble, combine_logits
-from kdflow.models import build_model, count_parameters
+from kdflow.models import build_for_training, count_parameters
 from kdflow.precompute import logit_stores
 from kdflow.store import open_store
 from kdflow.stream import StreamingSource
@@ -41,11 +41,11 @@ def prepare_student_training(
     cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset]
 ) -> StudentTraining:
     """Seed everything from ``cfg.train.seed`` first (the initial weights too: same config, same student), build the
-    student, open the stored logits of every teacher for every split it trains on (several teachers' logits are
+    student (its input preprocessing fitted on the labeled train split), open the stored logits of every teacher for every split it trains on (several teachers' logits are
     combined per batch: :func:`kdflow.ensemble.combine_logits`), and key its checkpoints by everything that
     determines the result (:func:`kdflow.checkpoint.training_key`)."""
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.student.arch, cfg.student.args, datasets["train"].input_shape, cfg.data.num_classes)
+    model = build_for_training(cfg.student, datasets["train"].x, cfg.data.num_classes)
     per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
     splits = [("train", cfg.data.train, True)]
     splits += [(n, getattr(cfg.data, n), False) for n in ("transfer", "recent") if getattr(cfg.data, n)]

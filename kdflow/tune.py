@@ -34,7 +34,7 @@ from kdflow.config import ConfigError, DistillConfig, SearchDimension, TrainConf
 from kdflow.data import Dataset
 from kdflow.ensemble import combine_logits
 from kdflow.evaluation import calibrate_student
-from kdflow.models import build_model
+from kdflow.models import build_for_training
 from kdflow.precompute import logit_stores
 from kdflow.redact import redact_text
 from kdflow.registry import ModelRef
@@ -246,7 +246,7 @@ def make_objective(
         state, status = "FAIL", "FAILED"
         try:
             seed_everything(train.seed)
-            model = build_model(cfg.student.arch, cfg.student.args, data.val.input_shape, cfg.data.num_classes)
+            model = build_for_training(cfg.student, data.x[data.y >= 0], cfg.data.num_classes)  # as distill does
 
             def on_epoch(m: dict[str, float]) -> None:
                 epoch = int(m["epoch"])

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from prefect import get_run_logger
 from torch import nn
 
@@ -29,8 +30,11 @@ from tasks.tracking import log_artifact, log_metrics
 
 @kdflow_task(name="calibrate")
 def calibrate(model: nn.Module, val: Dataset, cfg: CalibrationConfig, run_id: str) -> Calibration:
-    """:func:`kdflow.evaluation.calibrate_student`: one temperature fitted on the validation set by NLL; the
-    served model, before/after metrics and a reliability diagram go to the MLflow run."""
+    """:func:`kdflow.evaluation.calibrate_student`: one temperature fitted on the validation set by NLL, and a
+    vector-scaling or isotonic map after it when cross-fitting prefers one; the served model, before/after
+    metrics, the chosen map (run tag ``kdflow.calibration_map``) and a reliability diagram go to the MLflow run."""
+    from mlflow import MlflowClient
+
     cal = calibrate_student(model, val, cfg)
     log_metrics(
         run_id,
@@ -40,23 +44,18 @@ def calibrate(model: nn.Module, val: Dataset, cfg: CalibrationConfig, run_id: st
             **cal.after.as_dict("val_after_"),
         },
     )
+    MlflowClient().set_tag(run_id, "kdflow.calibration_map", cal.map_kind)
+    z = torch.from_numpy(cal.val_logits)
+    curves = {"uncalibrated": torch.softmax(z, dim=1).numpy(), f"T={cal.temperature:.3g}": torch.softmax(z / cal.temperature, dim=1).numpy()}  # fmt: skip
+    if cal.map_kind != "temperature":
+        curves[f"served: {cal.map_kind}"] = cal.val_probabilities()
     with tempfile.TemporaryDirectory() as tmp:  # a PNG file: MLflow uploads files
-        png = reliability_diagram(
-            cal.val_logits,
-            val.y,
-            {"uncalibrated": 1.0, "calibrated": cal.temperature},
-            Path(tmp) / "reliability_diagram.png",
-            cfg.n_bins,
-        )
+        png = reliability_diagram(curves, val.y, Path(tmp) / "reliability_diagram.png", cfg.n_bins)
         log_artifact(run_id, png, "plots")
     get_run_logger().info(
-        "calibrated temperature %.4f: val ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-        cal.temperature,
-        cal.before.ece,
-        cal.after.ece,
-        cal.before.nll,
-        cal.after.nll,
-    )
+        "calibrated temperature %.4f, map %s (%s): val ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+        cal.temperature, cal.map_kind, cal.map_reason, cal.before.ece, cal.after.ece, cal.before.nll, cal.after.nll,
+    )  # fmt: skip
     return cal
 
 

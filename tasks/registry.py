@@ -51,8 +51,9 @@ def reference_profile(
     """The student's reference profile (:func:`kdflow.profile.build_profile`) on ``reference`` — the validation
     split, or for a retrained or recalibrated version the labeled production traffic it was fitted to: what
     the drift check compares production windows with."""
-    logits = torch.from_numpy(predict_logits(student, reference.x))  # raw logits; served: softmax(z / T_calibrated)
-    probs = torch.softmax(logits / float(student.temperature), dim=1).numpy()
+    logits = torch.from_numpy(predict_logits(student, reference.x))  # raw logits; served: temperature, then map
+    with torch.no_grad():
+        probs = student.calibrate(logits).numpy()
     return build_profile(probs, reference.x, reference.y, teacher_logits, n_bins=n_bins).to_dict()
 
 

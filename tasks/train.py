@@ -14,7 +14,7 @@ from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import TeacherEnsemble
-from kdflow.models import build_model, count_parameters
+from kdflow.models import build_for_training, count_parameters
 from kdflow.plots import training_curves
 from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
@@ -51,11 +51,14 @@ def train_teacher(
     run_id: str,
     store: StoreConfig | None = None,
 ) -> tuple[nn.Module, TrainResult]:
-    """Train a teacher on the labeled train split with cross-entropy, checkpointing to ``store`` (when given)
-    so a re-run of the same training resumes."""
+    """Train a teacher on the labeled train split with cross-entropy (its input preprocessing fitted on that
+    split first, :func:`kdflow.models.build_for_training`), checkpointing to ``store`` (when given) so a re-run
+    of the same training resumes."""
     seed_everything(train_cfg.seed)
-    model = build_model(spec.arch, spec.args, datasets["train"].input_shape, num_classes)
-    get_run_logger().info("teacher %s: %d parameters", spec.arch, count_parameters(model))
+    model = build_for_training(spec, datasets["train"].x, num_classes)  # preprocessing fitted on train
+    get_run_logger().info(
+        "teacher %s: %d parameters, %s input preprocessing", spec.arch, count_parameters(model), spec.preprocess
+    )
     ds = datasets["train"]
     checkpoints = None
     if store is not None:

@@ -18,11 +18,14 @@ import torch
 import yaml
 
 from kdflow import artifact, registry
+from kdflow.calibration import fit_map
+from kdflow.config import ModelSpec
 from kdflow.lifecycle import RecalibrationOutcome, refit_cascade
-from kdflow.models import CalibratedClassifier
+from kdflow.models import CalibratedClassifier, build_for_training, build_model
 from kdflow.monitor import Champion, recalibration_tags
 from kdflow.report import cascade_section, to_markdown
 from kdflow.selective import fit_cascade
+from kdflow.train import predict_logits
 from mlflow import MlflowClient
 from tests.conftest import write_yaml
 
@@ -105,6 +108,8 @@ def test_distilled_student_serves_without_kdflow_and_was_evaluated_as_served(dis
     assert not any(p.suffix in (".pkl", ".pickle") for p in files)
     spec = json.loads((directory / "extra_files" / "kdflow_model.json").read_text())
     assert spec["arch"] == distill_config["student"]["arch"] and spec["input_shape"] == [40]
+    assert spec["preprocess"] == "robust" and spec["calibration_map"] == report["calibration"]["map"]
+    assert expected_model.map_kind == report["calibration"]["map"] == report["evaluation"]["calibration_map"]
 
     # The gate's evaluation was computed from this very artifact, in the configured serving runtime.
     run = MlflowClient().get_run(report["run_id"])
@@ -133,6 +138,67 @@ def test_distilled_student_serves_without_kdflow_and_was_evaluated_as_served(dis
     assert "plots/risk_coverage.png" in artifacts
     markdown = Path(report["paths"]["markdown"]).read_text()
     assert "## Confidence fallback" in markdown and f"{cascade['threshold']:.4f}" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["temperature", "vector", "isotonic"])
+def test_preprocessing_and_each_calibration_map_serve_without_kdflow(kind, tmp_path):
+    """A model with fitted standardisation on raw-scale inputs, served with each map: the pt2 program and the
+    ONNX copy loaded where kdflow cannot be imported, and kdflow's rebuild from spec and weights, all give the
+    in-memory module's probabilities within 1e-5."""
+    import mlflow
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 6)) * [1.0, 10.0, 100.0, 1000.0, 0.01, 5.0] + [0, 5, 50, 500, 1, -3]).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+    spec = ModelSpec(arch="mlp", args={"width": 16, "depth": 1})
+    torch.manual_seed(0)
+    model = build_for_training(spec, x, 3)
+    z = predict_logits(model, x)
+    cal_map = None if kind == "temperature" else fit_map(kind, z / 0.8, y)
+    served = CalibratedClassifier(model, 0.8, cal_map).eval()
+    with torch.no_grad():
+        expected = served(torch.from_numpy(x)).numpy()
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # other tests' stores: put back after
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)
+    try:
+        experiment = mlflow.create_experiment(f"maps-{kind}", artifact_location=str(tmp_path / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            served_spec = artifact.ServedSpec.of(spec, (6,), 3, 0.8, kind)
+            _, version = artifact.log_served_model(served, served_spec, x[:5], registered_name=f"maps-{kind}")
+        uri = f"models:/maps-{kind}/{version}"
+        directory = artifact.model_dir(uri)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert artifact.read_spec(directory) == served_spec and served_spec.preprocess == "robust"
+    rebuilt = artifact.load_calibrated(directory)
+    assert rebuilt.map_kind == kind
+    with torch.no_grad():
+        assert np.abs(rebuilt(torch.from_numpy(x)).numpy() - expected).max() <= 1e-6
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_REGISTRY_URI": tracking}
+    done = subprocess.run([sys.executable, "-c", NO_KDFLOW_SCRIPT, uri, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for runtime in ("pyfunc", "onnx"):
+        probs = np.load(tmp_path / f"{runtime}.npy")
+        assert probs.shape == (300, 3) and np.abs(probs - expected).max() <= 1e-5, runtime
+
+
+def test_the_spec_records_the_modules_own_preprocessing(tmp_path):
+    """A champion built without preprocessing, recalibrated under a config whose default is robust: the
+    written spec says none, so kdflow rebuilds exactly the served weights."""
+    spec = ModelSpec(arch="mlp", args={"width": 4, "depth": 1})
+    served = CalibratedClassifier(build_model("mlp", spec.args, (3,), 2, "none"), 1.2)
+    artifact.write_extra_files(served, artifact.ServedSpec.of(spec, (3,), 2, 1.2), np.zeros((2, 3), np.float32),
+                               tmp_path)  # fmt: skip
+    written = json.loads((tmp_path / artifact.SPEC_FILE).read_text())
+    assert (
+        spec.preprocess == "robust" and written["preprocess"] == "none" and written["calibration_map"] == "temperature"
+    )
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Architectures, the import-path factory and the served (calibrated) model."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,18 @@ def test_served_probabilities_are_softmax_of_logits_over_calibrated_temperature(
     assert float(served.temperature) == pytest.approx(1.7)
     with pytest.raises(ValueError):
         CalibratedClassifier(inner, 0.0)
+
+
+def test_served_model_applies_its_calibration_map_after_the_temperature():
+    from kdflow.calibration import VectorScaling
+
+    inner = build_model("mlp", {"width": 8, "depth": 1}, (6,), 3, "robust")
+    vs = VectorScaling(torch.tensor([2.0, 1.0, 0.5]), torch.tensor([0.0, 0.3, -0.3]))
+    served = CalibratedClassifier(inner, 1.7, vs).eval()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        expected = torch.softmax(inner(x) / 1.7 * vs.weight + vs.bias, dim=1)
+        torch.testing.assert_close(served(x), expected)
+        np.testing.assert_allclose(served.mapped_probabilities(inner(x).numpy()), expected.numpy(), rtol=1e-6)
+    assert served.map_kind == "vector" and CalibratedClassifier(inner, 1.7).map_kind == "temperature"
+    assert CalibratedClassifier(inner, 1.7).mapped_probabilities(np.zeros((1, 3), np.float32)) is None
