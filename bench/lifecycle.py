@@ -1,5 +1,5 @@
-"""Lifecycle benchmark: 120 simulated days of MNIST-1D traffic through the real drift, retrain and
-recalibration flows (a benchmark script, not a test).
+"""Lifecycle benchmark: 120 simulated days of MNIST-1D traffic through the real drift, teacher-refresh, retrain
+and recalibration flows (a benchmark script, not a test).
 
 What it does, everything on the embedded default inside one state directory (``--state``; default a fresh
 temporary directory, kept and printed at the end): Prefect's ephemeral API (``PREFECT_HOME`` under the state
@@ -28,7 +28,11 @@ inference logs and the reports all under the state dir.
      teacher run on the logged inputs), the champion's ECE (15 bins);
    - ``drift_check_flow(config, as_of=<day d+1> 00:00 UTC, retrain_via="subflow")``: its window is day d
      (``drift.window_days`` = 1). A retrain decision runs ``retrain_flow`` inside it, a recalibrate decision
-     ``recalibration_flow``; the next day's traffic is served by whatever is champion then.
+     ``recalibration_flow``, a refresh_teacher decision ``teacher_refresh_flow`` (which, once it promotes a
+     teacher, retrains the student from it); the next day's traffic is served by whatever is champion then,
+     and after a refresh the teacher champion is reloaded (shadow scorer, the day's teacher accuracy). Each
+     refresh is recorded with its outcome, the teacher version it promoted, the student retrain it ran (also
+     counted in the retrain bar) and its wall time per phase.
 
 Bars, computed from the daily record (accuracies on labeled rows; "window day" = the day a check looked at):
 
@@ -44,7 +48,17 @@ Bars, computed from the daily record (accuracies on labeled rows; "window day" =
    day after the retrain up to the next retrain (or the end), vs the teacher on the same rows; PASS iff
    teacher - student <= 2 points (nothing registered: FAIL);
 4. per month whose 1st ran a recalibration that had enough labeled rows to decide: the ECE of that month's
-   labeled traffic (the probabilities as served) <= 0.03.
+   labeled traffic (the probabilities as served) <= 0.03;
+5. ``no_teacher_refresh_stable``: no refresh_teacher decision on window days 0-39;
+6. ``teacher_refresh_recovery``: per shift, from 10 days after its onset to the next onset (or the end), the
+   champion student's accuracy (as served) pooled over the labeled rows is >= an oracle's minus 3 points; the
+   oracle is a teacher of the registered teacher's architecture and ``train`` section trained from scratch (here,
+   at analysis time) on 4,000 labeled rows of that regime drawn with the simulator's generator
+   (``kdflow.simulate.day_traffic``, spread evenly over the judged days, seeds disjoint from the calendar's;
+   best epoch on 500 more), scored on the same labeled rows. A shift whose judged days the run does not cover
+   is n/a.
+
+In bar 3 a student is compared with the teacher version it was distilled from (after a refresh, the new one).
 
 Run (from the repository root)::
 
@@ -88,6 +102,11 @@ DETECT_WITHIN_DAYS = 3
 TEACHER_GAP_POINTS = 0.02
 MAX_ECE = 0.03
 N_BINS = 15
+RECOVERY_AFTER_DAYS = 10  # teacher_refresh_recovery: judged from onset + 10 days
+ORACLE_POINTS = 0.03
+ORACLE_ROWS = 4000  # the oracle teacher's training rows of the shifted regime
+ORACLE_VAL_ROWS = 500  # its validation rows (best epoch), drawn alike
+ORACLE_SEED = 7919  # its traffic seeds, disjoint from the calendar's (seed = day index < 120)
 
 
 # --------------------------------------------------------------------------------------------- set-up
@@ -247,15 +266,30 @@ class Lifecycle:
         self.logs_root = dcfg["logs"]["root"]
         self.registry = registry
         registry.configure_tracking(dcfg["mlflow"]["tracking_uri"])
-        teacher_ref = registry.resolve(dcfg["teacher_uri"])
-        self.teacher = registry.load_torch_model(teacher_ref)
-        self.teacher_version = teacher_ref.version
+        self.teacher_uri = dcfg["teacher_uri"]
+        self._teachers: dict[str, Any] = {}
+        self.reload_teacher()
         self._models: dict[str, Any] = {}
         self.days: list[dict[str, Any]] = []
         self.labeled: dict[int, tuple[Any, Any, Any]] = {}  # day -> (x, y, served probs) of labeled rows
         self.recalibrations: list[dict[str, Any]] = []  # the monthly ones
         self.drift_recalibrations: list[dict[str, Any]] = []  # asked for by a drift check (retrain cooling down)
         self.retrains: list[dict[str, Any]] = []
+        self.refreshes: list[dict[str, Any]] = []  # refresh_teacher decisions carried out as a sub-flow
+
+    def reload_teacher(self) -> None:
+        """The teacher champion now (after a refresh: the new version): shadow scorer and the teacher bars'."""
+        ref = self.registry.resolve(self.teacher_uri)
+        self.teacher_version = ref.version
+        self.teacher = self.teacher_model(ref.version)
+
+    def teacher_model(self, version: str):
+        """A registered teacher version (loaded once)."""
+        if version not in self._teachers:
+            name = self.teacher_uri.removeprefix("models:/").split("@")[0]
+            ref = self.registry.ModelRef(f"models:/{name}/{version}", name, str(version), None)
+            self._teachers[version] = self.registry.load_torch_model(ref)
+        return self._teachers[version]
 
     def model(self, version: str):
         if version not in self._models:
@@ -314,6 +348,7 @@ class Lifecycle:
 
         version = self.champion()
         rec["champion_version"] = version
+        rec["teacher_version"] = self.teacher_version
         model = self.model(version)
         summary, rec["seconds_traffic"] = self.timer.run(
             "traffic",
@@ -376,6 +411,8 @@ class Lifecycle:
             )
             if result.get("retrain"):
                 check["retrain"] = self.record_retrain(d, as_of, result["retrain"])
+            if result.get("teacher_refresh"):
+                check["teacher_refresh"] = self.record_refresh(d, as_of, result["teacher_refresh"])
             if result.get("recalibration"):
                 check["recalibration"] = self.record_drift_recalibration(d, as_of, result["recalibration"])
         except Exception as exc:
@@ -399,13 +436,38 @@ class Lifecycle:
         self.drift_recalibrations.append(rc)
         return rc
 
-    def record_retrain(self, d: int, as_of: dt.datetime, out: dict[str, Any]) -> dict[str, Any]:
+    def record_refresh(self, d: int, as_of: dt.datetime, out: dict[str, Any]) -> dict[str, Any]:
+        """A teacher refresh run by the drift check: its outcome, the teacher version it promoted, the student
+        retrain it ran (also counted in ``retrains``) and its wall time per phase; the teacher is reloaded."""
+        rf = {
+            "window_day": d,
+            "as_of": as_of.isoformat(),
+            "outcome": out.get("outcome"),
+            "reason": out.get("outcome_reason"),
+            "parent_version": out.get("parent_version"),
+            "version": out.get("version"),
+            "rows": out.get("rows"),
+            "verdict": out.get("verdict"),
+            "phases_seconds": out.get("phases"),
+            "seconds": sum((out.get("phases") or {}).values()),
+        }
+        if out.get("retrain"):
+            rt = self.record_retrain(d, as_of, out["retrain"], via="refresh_teacher")
+            rf["student"] = {k: rt[k] for k in ("version", "promoted", "gate_passed", "gate_reason", "teacher_version")}
+        self.refreshes.append(rf)
+        self.reload_teacher()
+        rf["teacher_version_after"] = self.teacher_version
+        return rf
+
+    def record_retrain(self, d: int, as_of: dt.datetime, out: dict[str, Any], via: str = "retrain") -> dict[str, Any]:
         report = out.get("report") or {}
         reg = report.get("registration") or {}
         decision = report.get("decision") or {}
         rt = {
             "window_day": d,
             "as_of": as_of.isoformat(),
+            "via": via,
+            "teacher_version": str((report.get("teacher") or {}).get("version") or self.teacher_version),
             "version": reg.get("version"),
             "promoted": bool(report.get("promotion")),
             "gate_passed": report.get("gate_passed"),
@@ -420,9 +482,11 @@ class Lifecycle:
 
 
 # --------------------------------------------------------------------------------------------- analysis
-def pooled_accuracy(lc: Lifecycle, days: Sequence[int], module=None) -> tuple[float | None, float | None, int]:
+def pooled_accuracy(
+    lc: Lifecycle, days: Sequence[int], module=None, teacher=None
+) -> tuple[float | None, float | None, int]:
     """(student, teacher) accuracy pooled over the labeled rows of ``days``; student = ``module`` re-scored,
-    or the served probabilities when None."""
+    or the served probabilities when None; teacher = ``teacher``, or the teacher champion now when None."""
     import numpy as np
 
     xs = [lc.labeled[d] for d in days if d in lc.labeled and len(lc.labeled[d][1])]
@@ -431,7 +495,8 @@ def pooled_accuracy(lc: Lifecycle, days: Sequence[int], module=None) -> tuple[fl
     x = np.concatenate([a[0] for a in xs])
     y = np.concatenate([a[1] for a in xs])
     probs = np.concatenate([a[2] for a in xs]) if module is None else lc.predict(module, x)
-    return acc(probs.argmax(1), y), acc(lc.predict(lc.teacher, x).argmax(1), y), len(y)
+    teacher = lc.teacher if teacher is None else teacher
+    return acc(probs.argmax(1), y), acc(lc.predict(teacher, x).argmax(1), y), len(y)
 
 
 def monthly_ece(lc: Lifecycle) -> list[dict[str, Any]]:
@@ -508,6 +573,7 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
     # 1. no retrain in the stable period
     stable = [days[d] for d in STABLE_DAYS if d in days]
     stable_retrains = [r["day"] for r in stable if r["drift"].get("action") == "retrain"]
+    stable_refreshes = [r["day"] for r in stable if r["drift"].get("action") == "refresh_teacher"]
     stable_drift = [r["day"] for r in stable if r["drift"].get("status") == "drift"]
     bars["no_retrain_stable"] = {
         "bar": "no retrain decision on window days 0-39",
@@ -515,6 +581,12 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         "retrain_days": stable_retrains,
         "drift_status_days": stable_drift,
         "pass": (not stable_retrains) if stable else None,
+    }
+    bars["no_teacher_refresh_stable"] = {
+        "bar": "no refresh_teacher decision on window days 0-39",
+        "days_covered": len(stable),
+        "refresh_teacher_days": stable_refreshes,
+        "pass": (not stable_refreshes) if stable else None,
     }
 
     # 2. detection per shift. The cost day is read on all of the day's rows (the simulator's ground truth): the
@@ -599,6 +671,8 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         follow = [d for d in range(rt["window_day"] + 1, nxt) if d >= SHIFTS["gradual"] and d in lc.labeled]
         item = {
             "window_day": rt["window_day"],
+            "via": rt["via"],
+            "teacher_version": rt["teacher_version"],
             "version": rt["version"],
             "promoted": rt["promoted"],
             "days": [follow[0], follow[-1]] if follow else None,
@@ -608,7 +682,8 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         elif not follow:
             item.update(pass_=None, note="no later shifted day in the run")
         else:
-            s, t, n = pooled_accuracy(lc, follow, lc.model(str(rt["version"])))
+            # vs the teacher version it was distilled from (after a refresh: the refreshed one)
+            s, t, n = pooled_accuracy(lc, follow, lc.model(str(rt["version"])), lc.teacher_model(rt["teacher_version"]))
             served, _, _ = pooled_accuracy(lc, follow)
             item.update(
                 student_accuracy=s,
@@ -636,7 +711,73 @@ def compute_bars(lc: Lifecycle, n_days: int) -> dict[str, Any]:
         "per_month": [{"month": m["month"], "ece": m["ece"], "pass": m["ece"] <= MAX_ECE} for m in judged],
         "pass": all(m["ece"] <= MAX_ECE for m in judged) if judged else None,
     }
+    bars["teacher_refresh_recovery"] = recovery_bar(lc, days, n_days)
     return {"stable_mean_accuracy": ref, "bars": bars, "monthly": months}
+
+
+def oracle_teacher(lc: Lifecycle, days: Sequence[int]):
+    """A teacher of the registered teacher's architecture and ``train`` section trained from scratch on
+    ``ORACLE_ROWS`` labeled rows of the regime of ``days`` (the simulator's generator, ``day_traffic``, spread
+    evenly over those days, seeds disjoint from the calendar's), best epoch on ``ORACLE_VAL_ROWS`` rows drawn
+    alike. Returns (module, seconds)."""
+    import numpy as np
+
+    from kdflow.config import TeacherConfig, load_config
+    from kdflow.models import build_model
+    from kdflow.simulate import day_traffic
+    from kdflow.stream import ArraySource
+    from kdflow.train import fit
+
+    def draw(rows: int, seed: int) -> tuple[Any, Any]:
+        per = np.diff(np.linspace(0, rows, len(days) + 1).round().astype(int))
+        parts = [day_traffic(int(n), d, offset_schedule(0), seed) for d, n in zip(days, per) if n]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    t0 = time.perf_counter()
+    tcfg = load_config(lc.state / "configs" / "teacher.yaml", TeacherConfig)
+    x, y = draw(ORACLE_ROWS, ORACLE_SEED)
+    xv, yv = draw(ORACLE_VAL_ROWS, ORACLE_SEED + 1)
+    model = build_model(tcfg.model.arch, tcfg.model.args, tuple(x.shape[1:]), 10)
+    train = tcfg.train.model_copy(update={"checkpoint_every_epochs": None})
+    fit(model, ArraySource(x, y), xv, yv, train, progress=False)
+    return model, time.perf_counter() - t0
+
+
+def recovery_bar(lc: Lifecycle, days: dict[int, dict[str, Any]], n_days: int) -> dict[str, Any]:
+    """Per shift: from ``RECOVERY_AFTER_DAYS`` after the onset to the next onset (or the end), the champion
+    student's accuracy (as served) pooled over the labeled rows vs the oracle teacher's on the same rows; PASS
+    iff oracle - student <= ``ORACLE_POINTS``."""
+    onsets = sorted(SHIFTS.items(), key=lambda kv: kv[1])
+    per = []
+    for i, (shift, onset) in enumerate(onsets):
+        end = onsets[i + 1][1] if i + 1 < len(onsets) else n_days
+        judged = [d for d in range(onset + RECOVERY_AFTER_DAYS, min(end, n_days)) if d in lc.labeled]
+        item: dict[str, Any] = {"shift": shift, "onset_day": onset, "days": [judged[0], judged[-1]] if judged else None}
+        if not judged:
+            item.update(pass_=None, note="no judged day in the run")
+        else:
+            oracle, secs = oracle_teacher(lc, judged)
+            student, oracle_acc, n = pooled_accuracy(lc, judged, teacher=oracle)
+            item.update(
+                student_accuracy=student,
+                oracle_accuracy=oracle_acc,
+                labeled_rows=n,
+                gap_points=(oracle_acc - student) * 100,
+                oracle_seconds=secs,
+                teacher_versions=sorted({days[d]["teacher_version"] for d in judged if d in days}),
+                champion_versions=sorted({days[d]["champion_version"] for d in judged if d in days}),
+                pass_=(oracle_acc - student) <= ORACLE_POINTS + 1e-12,
+            )
+        item["pass"] = item.pop("pass_")
+        per.append(item)
+    decided = [p["pass"] for p in per if p["pass"] is not None]
+    return {
+        "bar": f"from {RECOVERY_AFTER_DAYS} days after each shift's onset, the champion student within "
+        f"{ORACLE_POINTS * 100:.0f} points of an oracle teacher trained from scratch on {ORACLE_ROWS} labeled rows "
+        "of that regime, on the same labeled traffic",
+        "per_shift": per,
+        "pass": all(decided) if decided else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -657,6 +798,13 @@ def day_line(rec: dict[str, Any]) -> str:
     if dr.get("recalibration"):
         rc = dr["recalibration"]
         extra += f" | drift-recal v{rc['version']} ({(rc.get('reason') or '')[:80]})"
+    if dr.get("teacher_refresh"):
+        rf = dr["teacher_refresh"]
+        extra += (
+            f" | REFRESH teacher {rf['outcome']} v{rf['parent_version']}->v{rf['teacher_version_after']} "
+            f"{rf['seconds']:.0f}s student v{(rf.get('student') or {}).get('version')} "
+            f"promoted={(rf.get('student') or {}).get('promoted')} ({(rf.get('reason') or '')[:80]})"
+        )
     if dr.get("retrain"):
         rt = dr["retrain"]
         extra += f" | RETRAIN v{rt['version']} promoted={rt['promoted']} ({(rt.get('gate_reason') or '')[:80]})"
@@ -685,7 +833,18 @@ def print_report(analysis: dict[str, Any], lc: Lifecycle) -> None:
         )
     print("\nRetrains:")
     for rt in lc.retrains:
-        print(f"  window day {rt['window_day']}: v{rt['version']} promoted={rt['promoted']} - {rt['gate_reason']}")
+        print(
+            f"  window day {rt['window_day']} ({rt['via']}, teacher v{rt['teacher_version']}): v{rt['version']} "
+            f"promoted={rt['promoted']} - {rt['gate_reason']}"
+        )
+    print("\nTeacher refreshes (cost: wall time per phase):")
+    for rf in lc.refreshes:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in (rf.get("phases_seconds") or {}).items())
+        print(
+            f"  window day {rf['window_day']}: {rf['outcome']} v{rf['parent_version']} -> v{rf['version']} "
+            f"(champion after: v{rf['teacher_version_after']}), {rf['seconds']:.1f} s [{phases}] - "
+            f"{(rf.get('reason') or '')[:140]}"
+        )
     print("\nRecalibrations asked for by a drift check (retrain cooling down):")
     for rc in lc.drift_recalibrations:
         print(
@@ -718,11 +877,22 @@ def print_report(analysis: dict[str, Any], lc: Lifecycle) -> None:
                 f"{other['lag_3day_mean']}; first retrain decision day {b.get('first_retrain_window_day')}, lag "
                 f"{other['lag_first_retrain']}; {other['lag_from_onset']} days after the nominal onset)"
             )
+    b = bars["no_teacher_refresh_stable"]
+    print(f"  {verdict(b['pass'])}  no refresh_teacher days 0-39: on {b['refresh_teacher_days'] or 'none'}")
+    b = bars["teacher_refresh_recovery"]
+    print(f"  {verdict(b['pass'])}  champion student vs oracle teacher from onset + {RECOVERY_AFTER_DAYS} days:")
+    for p in b["per_shift"]:
+        print(
+            f"        {p['shift']} days {p['days']}: student {fmt(p.get('student_accuracy'))} oracle "
+            f"{fmt(p.get('oracle_accuracy'))} gap {fmt(p.get('gap_points'), '.2f')} pts (oracle trained in "
+            f"{fmt(p.get('oracle_seconds'), '.0f')} s) -> {verdict(p['pass'])} {p.get('note', '')}"
+        )
     b = bars["retrained_vs_teacher"]
     print(f"  {verdict(b['pass'])}  retrained student vs teacher:")
     for p in b["per_retrain"]:
         print(
-            f"        retrain day {p['window_day']} v{p['version']} (promoted {p['promoted']}) days {p['days']}: "
+            f"        retrain day {p['window_day']} ({p['via']}) v{p['version']} (promoted {p['promoted']}) "
+            f"days {p['days']}: "
             f"student {fmt(p.get('student_accuracy'))} teacher {fmt(p.get('teacher_accuracy'))} "
             f"gap {fmt(p.get('gap_points'), '.2f')} pts -> {verdict(p['pass'])} {p.get('note', '')}"
         )
@@ -869,7 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "benchmark": "kdflow lifecycle: drift checks, retrains and recalibrations over simulated days",
+            "benchmark": "kdflow lifecycle: drift checks, teacher refreshes, retrains and recalibrations over "
+            "simulated days",
             "started_utc": started.isoformat(timespec="seconds"),
             "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -892,6 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "drift": dcfg.drift.model_dump(mode="json"),
                 "retrain": dcfg.retrain.model_dump(mode="json"),
                 "recalibration": dcfg.recalibration.model_dump(mode="json"),
+                "teacher_refresh": dcfg.teacher_refresh.model_dump(mode="json"),
                 "sla": dcfg.sla.model_dump(mode="json"),
             },
             "teacher": {
@@ -910,6 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "recalibrations": lc.recalibrations,
             "drift_recalibrations": lc.drift_recalibrations,
             "retrains": lc.retrains,
+            "teacher_refreshes": lc.refreshes,
             "stable_mean_accuracy": analysis["stable_mean_accuracy"],
             "monthly": analysis["monthly"],
             "bars": analysis["bars"],

@@ -202,8 +202,12 @@ class RefreshVerdict:
         return {k: float(v) for k, v in asdict(self).items() if k != "reason"}
 
     def tags(self) -> dict[str, object]:
-        """The version tags: the promotion's SLA record (``kdflow.sla_passed``) is the gate's verdict."""
+        """The version tags: the promotion's SLA record (``kdflow.sla_passed``) is the gate's verdict, and the
+        teacher-health reference (``kdflow.reference_accuracy``, :mod:`kdflow.teacher_health`) is the held-out
+        recent accuracy: what the refreshed teacher does on the regime it was refreshed for, so the health signal
+        compares later traffic with that regime, not with the old test split."""
         return {
+            "reference_accuracy": self.holdout_accuracy,
             "sla_passed": self.promote,
             "gate_promote": self.promote,
             "gate_reason": self.reason[: registry.MAX_REASON_CHARS],

@@ -317,3 +317,86 @@ def test_drift_check_flow_decides_announces_and_cools_down_a_teacher_refresh(pre
         "refresh_teacher suppressed: cool-down after the teacher refresh at 2026-01-05T00:00:00+00:00"
         in (held["reason"])
     )
+
+
+def _write_world_splits(root: Path) -> dict[str, str]:
+    """The teacher's original data, drawn from the stable world: train/val/test labeled, transfer unlabeled."""
+    from kdflow.data import to_frame, write_parquet
+
+    paths = {}
+    for i, (split, n) in enumerate((("train", 1200), ("val", 300), ("test", 300), ("transfer", 1200))):
+        x, y, _ = world(n, seed=500 + i)
+        ids = np.arange(i * 10_000, i * 10_000 + n, dtype=np.int64)  # kdflow's dataset ids are int64
+        paths[split] = str(
+            write_parquet(to_frame(ids, x, None if split == "transfer" else y), root / f"{split}.parquet")
+        )
+    return paths
+
+
+@pytest.mark.slow
+def test_drift_check_subflow_refreshes_the_teacher_then_retrains_the_student(prefect_harness, tmp_path):
+    """retrain_via=subflow: two shifted checks in a row decide refresh_teacher, and the same drift check runs the
+    teacher refresh flow: the teacher fine-tuned on the shifted labeled days (held-out slice better than the
+    champion's) is promoted with ``kdflow.reference_accuracy`` = its held-out accuracy, a student is distilled
+    from the new version, and the drift check's result carries the refresh's result."""
+    import yaml
+
+    from flows.drift import drift_check_flow
+    from kdflow.config import packaged_config
+    from mlflow import MlflowClient
+    from tests.conftest import write_yaml
+
+    cfg = _flow_config(tmp_path)
+    cfg["data"].update(_write_world_splits(tmp_path / "data"))
+    cfg["train"].update(epochs=3, early_stopping_patience=None, batch_size=128, schedule={"warmup_steps": 10})
+    cfg["sla"] = {"min_accuracy": 0.0, "max_teacher_gap": 1.0, "max_ece": 1.0, "max_flip_rate": 1.0,
+                  "max_latency_p95_ms": 1000.0, "max_size_ratio": None, "champion_tolerance": 1.0}  # fmt: skip
+    cfg["evaluation"] = {"latency_batches": 5, "throughput_batches": 1}
+    cfg["store"] = {"root": str(tmp_path / "store"), "rows_per_shard": 512}
+    cfg["retrain"] = {"window_days": 2, "min_recent_labeled_rows": 100}
+    # The shifted days only (2026-01-03 and -04: 300 labeled rows). A concept shift relabels the same inputs, so
+    # the old regime's labels contradict the new ones: no replay, and the forgetting guard opened (replay and the
+    # guard have their own tests in test_teacher_refresh.py).
+    # The teacher's own config gives the optimisation settings: small batches, no warm-up (240 training rows).
+    teacher_cfg = yaml.safe_load(packaged_config("mnist1d_teacher.yaml").read_text())
+    teacher_cfg["data"].update({k: cfg["data"][k] for k in ("train", "val", "test")})
+    teacher_cfg["train"].update(batch_size=32, schedule={"warmup_steps": 0})
+    teacher_cfg.update(registry_name="t", mlflow=cfg["mlflow"])
+    cfg["teacher_refresh"] = {"window_days": 2, "min_labeled_rows": 200, "finetune_epochs": 40, "finetune_lr": 0.1,
+                              "replay_fraction": 0.0, "max_forgetting": 1.0,
+                              "teacher_config": str(write_yaml(tmp_path / "teacher.yaml", teacher_cfg))}  # fmt: skip
+    register(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["artifact_location"])
+    write_days(tmp_path / "logs", JAN1, 2, concept_shift=False)
+    write_days(tmp_path / "logs", JAN1 + 2 * DAY, 3, concept_shift=True)
+    path = str(write_yaml(tmp_path / "cfg.yaml", cfg))
+
+    assert drift_check_flow(path, "2026-01-04", retrain_via="subflow")["decision"]["action"] == "none"
+    result = drift_check_flow(path, "2026-01-05", retrain_via="subflow")
+
+    assert result["decision"]["action"] == "refresh_teacher", result["decision"]["reason"]
+    assert result["retrain_via"] == "subflow" and result["retrain"] is None
+    refresh = result["teacher_refresh"]
+    assert refresh["outcome"] == "promoted", refresh.get("outcome_reason")
+    assert refresh["as_of"] == "2026-01-05T00:00:00+00:00" and refresh["reason"] == result["decision"]["reason"]
+    assert refresh["parent_version"] == "1" and refresh["version"] == "2" and refresh["rows"]["recent_labeled"] == 300
+    verdict = refresh["verdict"]
+    assert verdict["holdout_accuracy"] > verdict["champion_holdout_accuracy"] + 0.3, verdict
+    client = MlflowClient(cfg["mlflow"]["tracking_uri"])
+    assert {a: str(v) for a, v in client.get_registered_model("t").aliases.items()}["champion"] == "2"
+    tags = client.get_model_version("t", "2").tags
+    assert float(tags["kdflow.reference_accuracy"]) == pytest.approx(verdict["holdout_accuracy"])
+    # The student retrained from the new teacher version (its logits under v2's store key).
+    report = refresh["retrain"]["report"]
+    student = client.get_model_version("s", report["registration"]["version"]).tags
+    assert student["kdflow.teacher_version"] == "2" and "logits/t/v2/" in student["kdflow.logit_store_keys"]
+    assert set(refresh["phases"]) >= {"collect", "validate", "train", "gate", "register", "promote", "retrain_student"}
+
+    # The health signal now scores v2 against the reference of the regime it was refreshed for: on the shifted days
+    # it is not flagged (v1's drop against its old test accuracy was above 0.8): the signal can clear.
+    shifted = read_window(str(tmp_path / "logs"), JAN1 + 2 * DAY, JAN1 + 5 * DAY)
+    signal, _ = teacher_check(
+        cfg["mlflow"]["tracking_uri"], "models:/t@champion", shifted, DriftConfig(min_labeled_rows=100)
+    )
+    assert "teacher v2 accuracy" in signal.detail and "(reference_accuracy)" in signal.detail, signal.detail
+    assert f"its reference {verdict['holdout_accuracy']:.4f}" in signal.detail and signal.exceeded is False
+    assert result["signals"][SIGNAL] > 0.8  # v1's drop that decided the refresh

@@ -179,6 +179,7 @@ def test_refresh_promotes_the_teacher_then_retrains_the_student(
     assert rows["recent_train"] + rows["recent_val"] + rows["holdout"] == 1200
     tags = client.get_model_version(name, "2").tags
     assert tags["kdflow.refresh_parent_version"] == "1" and tags["kdflow.refresh_mode"] == "finetune"
+    assert float(tags["kdflow.reference_accuracy"]) == pytest.approx(verdict["holdout_accuracy"])
     assert tags["kdflow.refresh_as_of"] == AS_OF and tags["kdflow.refresh_reason"] == "test"
     assert tags["kdflow.refresh_window"] == '["2026-03-01T00:00:00+00:00", "2026-03-04T00:00:00+00:00"]'
     assert set(result["phases"]) >= {"collect", "validate", "train", "gate", "register", "promote", "retrain_student"}
