@@ -66,6 +66,7 @@ def _run_distill(cfg: dict, tmp_path: Path, name: str = "distill.yaml") -> dict:
 
 @pytest.mark.slow
 def test_distilled_student_serves_without_kdflow_and_was_evaluated_as_served(distill_config, tmp_path, tiny_data):
+    distill_config["student"]["preprocess"] = "robust"  # the packaged MNIST-1D config pins none: serve the layer too
     report = _run_distill(distill_config, tmp_path)
     name, version = distill_config["registry"]["student_name"], report["registration"]["version"]
     assert version == "1" and "champion" in report["registration"]["aliases"]
