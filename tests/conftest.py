@@ -160,3 +160,35 @@ def chain_is_consistent(events: list, start: str | None = None) -> bool:
             return False
         expected = e.version
     return True
+
+
+# ---- the machine's PostgreSQL (127.0.0.1:5432, user postgres): tests that need it skip with a printed reason
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def postgres_answers() -> bool:
+    """Whether something accepts TCP connections on PostgreSQL's port."""
+    import socket
+
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def psql_admin(sql: str) -> None:
+    """Run one SQL statement as ``postgres`` on the ``postgres`` database (creating and dropping test databases)."""
+    import subprocess
+
+    subprocess.run(
+        ["psql", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres", "-d", "postgres", "-qc", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def drop_database(db: str) -> None:
+    """Drop a test database (terminating leftover connections)."""
+    psql_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,44 +20,20 @@ import pytest
 from torch import nn
 
 from kdflow import registry
-from tests.conftest import chain_is_consistent, free_port, make_bucket
+from tests.conftest import (
+    PG_HOST,
+    PG_PORT,
+    chain_is_consistent,
+    drop_database,
+    free_port,
+    make_bucket,
+    postgres_answers,
+)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 SERVER_START_TIMEOUT_S = 240
-
-
-def postgres_answers() -> bool:
-    """Whether something accepts TCP connections on PostgreSQL's port."""
-    try:
-        with socket.create_connection((PG_HOST, PG_PORT), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
-def drop_database(db: str) -> None:
-    """Drop the test database (terminating leftover connections)."""
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            PG_HOST,
-            "-p",
-            str(PG_PORT),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-qc",
-            f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)',
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:

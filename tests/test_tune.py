@@ -4,7 +4,6 @@ and workers on a shared PostgreSQL storage add their trials into one study."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 import numpy as np
@@ -31,8 +30,7 @@ from kdflow.tune import (
     summary,
     trial_train_config,
 )
-from tests.conftest import write_yaml
-from tests.test_registry_server import PG_HOST, PG_PORT, drop_database, postgres_answers
+from tests.conftest import PG_HOST, PG_PORT, drop_database, postgres_answers, psql_admin, write_yaml
 
 runner = CliRunner()
 
@@ -249,24 +247,7 @@ def test_three_tiny_trials_end_to_end(distill_config, tmp_path):
 
 def _create_database() -> str:
     db = f"kdflow_tune_{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            PG_HOST,
-            "-p",
-            str(PG_PORT),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-qc",
-            f'CREATE DATABASE "{db}"',
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    psql_admin(f'CREATE DATABASE "{db}"')
     return db
 
 
