@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -32,16 +33,31 @@ from kdflow.logits import LogitStore, LogitStoreError, Manifest
 from kdflow.store import open_store, split_uri
 from kdflow.validation import expand_uri
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+# (x, y, z) — or (x, y, z, w) when the source carries per-row loss weights (hard examples, kdflow.hard_examples)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, ...]
+
+
+class RowEmphasis(Protocol):
+    """Chosen rows emphasised in training (:class:`kdflow.hard_examples.HardExampleSelection`): in ``mode``
+    ``oversample`` each row appears ``factors(split, ids)`` times per epoch; in ``weight`` the factors are yielded
+    as a fourth batch element, the per-row loss weights. ``extra_rows()``: rows oversampling adds per epoch."""
+
+    mode: str
+
+    def factors(self, split: str, ids: np.ndarray) -> np.ndarray: ...
+
+    def extra_rows(self) -> int: ...
 
 
 class ArraySource:
-    """In-memory training rows ``x``, labels ``y`` (-1: unlabeled) and optional teacher logits ``z``."""
+    """In-memory training rows ``x``, labels ``y`` (-1: unlabeled), optional teacher logits ``z`` and optional
+    per-row loss ``weights`` (then batches are ``(x, y, z, w)``)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None):
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, weights: np.ndarray | None = None):
         self.x = torch.tensor(np.asarray(x), dtype=torch.float32)
         self.y = torch.tensor(np.asarray(y), dtype=torch.long)
         self.z = torch.tensor(np.asarray(z), dtype=torch.float32) if z is not None else None
+        self.w = torch.tensor(np.asarray(weights), dtype=torch.float32) if weights is not None else None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -51,7 +67,8 @@ class ArraySource:
         perm = torch.randperm(len(self.x), generator=generator)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
-            yield self.x[idx], self.y[idx], (self.z[idx] if self.z is not None else None)
+            batch = (self.x[idx], self.y[idx], (self.z[idx] if self.z is not None else None))
+            yield batch if self.w is None else (*batch, self.w[idx])
 
 
 def local_copy(uri: str, endpoint_url: str | None, cache_dir: Path) -> Path:
@@ -81,7 +98,9 @@ class StreamingSource:
     """Stream (features, label or -1, teacher logits) from Parquet files and their logit stores.
 
     ``parts`` are ``(split name, data URI, logit store(s), labeled)``; with several teachers give one store
-    per teacher (in the order of ``teacher_version``) and a ``combine`` that merges their logits."""
+    per teacher (in the order of ``teacher_version``) and a ``combine`` that merges their logits. ``emphasis``
+    (hard examples) repeats or weights chosen rows (:class:`RowEmphasis`): a repeated row's copies are shuffled
+    with the rest of its buffer."""
 
     def __init__(
         self,
@@ -93,6 +112,7 @@ class StreamingSource:
         buffer_chunks: int = 4,
         shard_cache: int = 4,
         combine: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+        emphasis: RowEmphasis | None = None,
     ):
         self._tmp = tempfile.TemporaryDirectory(prefix="kdflow-stream-")
         self.data = data
@@ -104,6 +124,7 @@ class StreamingSource:
         if len(versions) > 1 and combine is None:
             raise ValueError("several teachers need a combine function")
         self.combine = combine
+        self.emphasis = emphasis
         self.parts: list[_Part] = []
         self.chunks: list[tuple[int, int, int]] = []  # (part index, file index, row group)
         self._shards: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -136,7 +157,7 @@ class StreamingSource:
             self.parts.append(_Part(name, tuple(paths), stores, labeled, manifests, tuple(starts), shard_starts))
             part = len(self.parts) - 1
             self.chunks += [(part, f, g) for f, groups in enumerate(starts) for g in range(len(groups))]
-        self.num_rows = sum(p.manifests[0].num_rows for p in self.parts)
+        self.num_rows = sum(p.manifests[0].num_rows for p in self.parts) + (emphasis.extra_rows() if emphasis else 0)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -153,7 +174,7 @@ class StreamingSource:
         self._shards.move_to_end(key)
         return self._shards[key]
 
-    def _read_chunk(self, part_index: int, file_index: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_chunk(self, part_index: int, file_index: int, group: int) -> tuple[np.ndarray, ...]:
         part = self.parts[part_index]
         path = part.paths[file_index]
         cfg = self.data
@@ -188,27 +209,32 @@ class StreamingSource:
                 )
             per_teacher.append(np.concatenate([p[1] for p in pieces])[pos])
         z = per_teacher[0] if self.combine is None else self.combine(per_teacher)
-        return x, y, z
+        if self.emphasis is None:
+            return x, y, z
+        factors = self.emphasis.factors(part.name, ids)
+        if self.emphasis.mode == "oversample":
+            copies = np.repeat(np.arange(len(ids)), factors.astype(np.int64))
+            return x[copies], y[copies], z[copies]
+        return x, y, z, factors.astype(np.float32)
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch: chunk order shuffled, ``buffer_chunks`` chunks mixed at a time, batches yielded."""
         order = torch.randperm(len(self.chunks), generator=generator).tolist()
-        carry: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        carry: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, len(order), self.buffer_chunks):
             parts = [self._read_chunk(*self.chunks[i]) for i in order[start : start + self.buffer_chunks]]
-            x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-            y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-            z = torch.from_numpy(np.concatenate([p[2] for p in parts]))
-            perm = torch.randperm(len(x), generator=generator)
-            x, y, z = x[perm], y[perm], z[perm]
+            # columns x, y, z (and w: per-row weights); rows permuted together
+            cols = [torch.from_numpy(np.concatenate([p[c] for p in parts])) for c in range(len(parts[0]))]
+            perm = torch.randperm(len(cols[0]), generator=generator)
+            cols = [col[perm] for col in cols]
             if carry:  # rows left over from the previous buffer go first, so batches stay full
-                cx, cy, cz = carry.pop()
-                x, y, z = torch.cat([cx, x]), torch.cat([cy, y]), torch.cat([cz, z])
-            full = len(x) - len(x) % batch_size
+                cols = [torch.cat([left, col]) for left, col in zip(carry.pop(), cols)]
+            n = len(cols[0])
+            full = n - n % batch_size
             for i in range(0, full, batch_size):
-                yield x[i : i + batch_size], y[i : i + batch_size], z[i : i + batch_size]
-            if full < len(x):
-                carry.append((x[full:], y[full:], z[full:]))
+                yield tuple(col[i : i + batch_size] for col in cols)
+            if full < n:
+                carry.append(tuple(col[full:] for col in cols))
         if carry:
             yield carry.pop()
 

@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from kdflow.config import TrainConfig
 from kdflow.losses import distillation_loss
 from kdflow.models import raw_logits
 from kdflow.stream import ArraySource, StreamingSource
+from kdflow.weighted_losses import weighted_distillation_loss
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class TrainResult:
     best_val_accuracy: float = 0.0
     steps: int = 0
     resumed_from_epoch: int = 0  # the checkpointed epoch this training continued from (0: started fresh)
+    hard_examples: dict[str, Any] | None = None  # the emphasised rows (HardExampleSelection.as_dict), when enabled
 
 
 def seed_everything(seed: int) -> None:
@@ -145,6 +148,8 @@ def fit(
     When the source carries teacher logits the loss is :func:`kdflow.losses.distillation_loss` of kind
     ``cfg.loss`` (``kd``, ``dkd`` or ``dist``; ``alpha`` weights the soft term; rows labeled ``-1`` contribute only to the soft term); otherwise plain cross-entropy on the
     labels. Teacher logits are clipped to ``±teacher_logit_clip``. Early stopping watches validation accuracy.
+    A source whose batches carry per-row weights (hard examples, :mod:`kdflow.hard_examples`) is trained with
+    :func:`kdflow.weighted_losses.weighted_distillation_loss` instead.
 
     With ``checkpoints``, the full training state (weights, optimizer, LR schedule and step, RNG states, the
     shuffling generator, best state, early-stopping counter, history) is saved after every
@@ -208,13 +213,17 @@ def fit(
         model.train()
         sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
         batches = 0
-        for xb, yb, zb in source.batches(cfg.batch_size, gen):
+        for xb, yb, zb, *weights in source.batches(cfg.batch_size, gen):
             if step >= total_steps:
                 break
             logits = model(xb)
-            if zb is not None:
-                if clip is not None:
-                    zb = zb.clamp(-clip, clip)
+            if zb is not None and clip is not None:
+                zb = zb.clamp(-clip, clip)
+            if zb is not None and weights:
+                loss, soft, hard = weighted_distillation_loss(
+                    cfg.loss, logits, zb, yb, weights[0], cfg.temperature, cfg.alpha, (cfg.dkd_alpha, cfg.dkd_beta)
+                )
+            elif zb is not None:
                 loss, soft, hard = distillation_loss(
                     cfg.loss, logits, zb, yb, cfg.temperature, cfg.alpha,
                     (cfg.dkd_alpha, cfg.dkd_beta), (cfg.dist_beta, cfg.dist_gamma),
