@@ -4,7 +4,8 @@ A training is named by its *training key* (:func:`training_key`): a hash of ever
 training computes — the role (teacher or student), the model spec, the training hyper-parameters (all of
 ``train`` except ``checkpoint_every_epochs``, which does not change the result), the number of classes, the
 per-sample input shape, the content fingerprint of every split in the run and, for a student, each teacher's
-name, registered version, ensemble weight and logit-store keys. Re-running the same training (same key) resumes
+name, registered version, ensemble weight and logit-store keys, and any ``extra`` setting that changes the rows
+trained on (the ``hard_examples`` section when enabled). Re-running the same training (same key) resumes
 from its last checkpoint; change any of these and the training starts fresh under another key.
 
 Layout under the store root (the logit store's :class:`~kdflow.store.ObjectStore`, local or S3)::
@@ -57,11 +58,13 @@ def training_key(
     input_shape: Sequence[int],
     fingerprints: Mapping[str, str],
     teachers: Sequence[Mapping[str, Any]] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
     """``<role>-<sha256[:32]>`` of what the training computes (see the module docstring for the fields).
 
     ``fingerprints`` are the content fingerprints of every split of the run; ``teachers`` (students only) one
-    mapping per teacher, e.g. ``{"name", "version", "weight", "logit_keys"}``."""
+    mapping per teacher, e.g. ``{"name", "version", "weight", "logit_keys"}``; ``extra`` (when given) more settings
+    that decide the result, e.g. ``{"hard_examples": {...}}`` (absent: the key is what it was before ``extra``)."""
     if not re.fullmatch(r"[a-z]+", role):
         raise ValueError(f"training role must be lowercase letters, got {role!r}")
     payload = {
@@ -73,6 +76,8 @@ def training_key(
         "fingerprints": {str(k): str(v) for k, v in sorted(fingerprints.items())},
         "teachers": [dict(t) for t in teachers],
     }
+    if extra:
+        payload["extra"] = dict(extra)
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return f"{role}-{digest[:32]}"
 

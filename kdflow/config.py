@@ -33,6 +33,7 @@ from kdflow.config_base import (  # noqa: F401 - re-exported: callers import the
     TeacherWeighting,
     _Strict,
 )
+from kdflow.config_hard import HardExamplesConfig, check_hard_examples  # noqa: F401 - re-exported
 from kdflow.config_lifecycle import (  # noqa: F401 - re-exported
     DriftConfig,
     DriftSignal,
@@ -204,6 +205,8 @@ class SLAConfig(_Strict):
     # A retrain's candidate (gated on the recent labeled traffic that triggered it) must beat the champion there by
     # more than this, not merely come within champion_tolerance (kdflow.sla.decide_promotion).
     min_recent_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Every class's test accuracy (classes with test rows) must be at least this (kdflow.sla.class_accuracy_check).
+    min_class_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class EvaluationConfig(_Strict):
@@ -400,6 +403,7 @@ class DistillConfig(_Strict):
     tune: TuneConfig = TuneConfig()
     teacher_refresh: TeacherRefreshConfig = TeacherRefreshConfig()
     output_dir: str = ".kdflow/reports"
+    hard_examples: HardExamplesConfig = HardExamplesConfig()  # kdflow.hard_examples
 
     @field_validator("teacher_uri")
     @classmethod
@@ -421,6 +425,11 @@ class DistillConfig(_Strict):
     def _distinct_teachers(self) -> "DistillConfig":
         if len(set(self.teacher_uris)) != len(self.teacher_uris):
             raise ValueError(f"the same teacher is listed twice: {self.teacher_uris}")
+        return self
+
+    @model_validator(mode="after")
+    def _hard_examples_apply(self) -> "DistillConfig":
+        check_hard_examples(self.hard_examples, self.train.loss, bool(self.data.transfer), bool(self.data.recent))
         return self
 
     @property

@@ -1,6 +1,7 @@
 """What a student's training needs, assembled from the config: a fresh model, the streamed training input
 (labeled train rows, the unlabeled transfer set and, when retraining, recent production rows, joined by id with
-their stored teacher logits) and its checkpoints."""
+their stored teacher logits; with ``hard_examples.enabled`` the teacher's most uncertain rows emphasised) and its
+checkpoints."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig
 from kdflow.data import Dataset
 from kdflow.ensemble import TeacherEnsemble, combine_logits
+from kdflow.hard_examples import HardExampleSelection, select_from_stores
 from kdflow.models import build_for_training, count_parameters
 from kdflow.precompute import logit_stores
 from kdflow.store import open_store
@@ -23,11 +25,13 @@ from kdflow.train import seed_everything
 
 @dataclass
 class StudentTraining:
-    """A fresh student, the stream it learns from (close it when done) and its checkpoints."""
+    """A fresh student, the stream it learns from (close it when done), its checkpoints and, when enabled, the hard
+    examples its stream emphasises."""
 
     model: nn.Module
     source: StreamingSource
     checkpoints: Checkpoints
+    hard_examples: HardExampleSelection | None = None
 
     def describe(self, arch: str) -> str:
         """One line for the log: parameters, rows and row groups."""
@@ -42,8 +46,9 @@ def prepare_student_training(
 ) -> StudentTraining:
     """Seed everything from ``cfg.train.seed`` first (the initial weights too: same config, same student), build the
     student (its input preprocessing fitted on the labeled train split), open the stored logits of every teacher for every split it trains on (several teachers' logits are
-    combined per batch: :func:`kdflow.ensemble.combine_logits`), and key its checkpoints by everything that
-    determines the result (:func:`kdflow.checkpoint.training_key`)."""
+    combined per batch: :func:`kdflow.ensemble.combine_logits`), select the hard examples when
+    ``cfg.hard_examples.enabled`` (:func:`kdflow.hard_examples.select_from_stores`, from those stored logits), and
+    key its checkpoints by everything that determines the result (:func:`kdflow.checkpoint.training_key`)."""
     seed_everything(cfg.train.seed)
     model = build_for_training(cfg.student, datasets["train"].x, cfg.data.num_classes)
     per_teacher = [logit_stores(cfg, t, datasets) for t in ensemble.teachers]
@@ -55,7 +60,15 @@ def prepare_student_training(
         combine = functools.partial(combine_logits, weights=ensemble.weights, temperature=cfg.train.temperature)
     fingerprints = {n: d.fingerprint for n, d in datasets.items()}
     versions = [t.version for t in ensemble.teachers]
-    source = StreamingSource(parts, cfg.data, versions, fingerprints, cfg.store.endpoint_url, combine=combine)
+    hard, extra = None, None
+    if cfg.hard_examples.enabled:
+        stores = {name: part_stores for name, _, part_stores, _ in parts}
+        labels = {name: (datasets[name].ids, datasets[name].y) for name, _, _, labeled in parts if labeled}
+        hard = select_from_stores(cfg.hard_examples, stores, ensemble.weights, cfg.data.num_classes, labels)
+        extra = {"hard_examples": cfg.hard_examples.model_dump(mode="json")}
+    source = StreamingSource(
+        parts, cfg.data, versions, fingerprints, cfg.store.endpoint_url, combine=combine, emphasis=hard
+    )
     teachers = [
         {
             "name": t.name,
@@ -66,7 +79,8 @@ def prepare_student_training(
         for t, w, st in zip(ensemble.teachers, ensemble.weights, per_teacher)
     ]
     key = training_key(
-        "student", cfg.student, cfg.train, cfg.data.num_classes, datasets["train"].input_shape, fingerprints, teachers
-    )
+        "student", cfg.student, cfg.train, cfg.data.num_classes, datasets["train"].input_shape, fingerprints, teachers,
+        extra,
+    )  # fmt: skip
     store = open_store(cfg.store.root, cfg.store.endpoint_url)
-    return StudentTraining(model, source, Checkpoints(store, key, cfg.train.checkpoint_every_epochs))
+    return StudentTraining(model, source, Checkpoints(store, key, cfg.train.checkpoint_every_epochs), hard)

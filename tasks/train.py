@@ -21,7 +21,7 @@ from kdflow.stream import ArraySource, StreamingSource
 from kdflow.student import prepare_student_training
 from kdflow.train import TrainResult, fit, seed_everything
 from tasks import kdflow_task
-from tasks.tracking import log_artifact, log_metrics
+from tasks.tracking import log_artifact, log_dict, log_metrics
 
 
 @kdflow_task(name="train-student")
@@ -29,14 +29,21 @@ def train_student(
     cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset], run_id: str
 ) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits (no teacher runs here): the model, its streamed input and
-    its checkpoints come from :func:`kdflow.student.prepare_student_training`. Curves go to MLflow."""
+    its checkpoints come from :func:`kdflow.student.prepare_student_training`. Curves go to MLflow, and with
+    ``hard_examples.enabled`` the selection (``hard_examples_*`` metrics, ``hard_examples/selection.json``)."""
     training = prepare_student_training(cfg, ensemble, datasets)
     get_run_logger().info(training.describe(cfg.student.arch))
+    hard = training.hard_examples
     try:
+        if hard is not None:  # selected rows, their mean entropy, the mode (also the param hard_examples.mode)
+            get_run_logger().info(hard.describe())
+            log_metrics(run_id, hard.metrics())
+            log_dict(run_id, hard.as_dict(), "hard_examples/selection.json")
         result = _fit(
             training.model, cfg.train, training.source, datasets["val"], ensemble.train_logits["val"], run_id,
             "student", training.checkpoints,
         )  # fmt: skip
+        result.hard_examples = hard.as_dict() if hard is not None else None
         return training.model, result
     finally:
         training.source.close()
