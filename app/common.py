@@ -127,7 +127,8 @@ def print_report(report: dict[str, Any]) -> None:
     typer.echo("\nSLA checks:")
     for c in report["sla_checks"]:
         mark = "PASS" if c["passed"] else "FAIL"
-        typer.echo(f"  [{mark}] {c['name']}: {c['value']:.4f} {c['op']} {c['threshold']}")
+        detail = f" ({c['detail']})" if c.get("detail") else ""  # e.g. the classes below min_class_accuracy
+        typer.echo(f"  [{mark}] {c['name']}: {c['value']:.4f} {c['op']} {c['threshold']}{detail}")
     reg = report["registration"]
     typer.echo(f"\ngate {'PASSED' if report['gate_passed'] else 'FAILED'}: {report['decision']['reason']}")
     typer.echo(

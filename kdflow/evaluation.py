@@ -118,7 +118,8 @@ class Evaluation:
     """The served student against the (combined) teacher on the test split.
 
     Accuracies, gap, flip rate and ECE at the served temperature (and at T=1), parameter counts and size ratio,
-    batch-1 latency p50/p95 (ms) and batch throughput (rows/s) of both, per-class accuracy of the student."""
+    batch-1 latency p50/p95 (ms) and batch throughput (rows/s) of both, per-class accuracy of the student (and of
+    the teacher, with each class's test rows: the report's per-class table; absent from older reports)."""
 
     student_accuracy: float
     teacher_accuracy: float
@@ -142,6 +143,8 @@ class Evaluation:
     runtime: str | None = None  # the served artifact's runtime these figures were measured with
     artifact_max_abs_diff: float | None = None  # max |p_artifact - p_module| on the test split
     calibration_map: str | None = None  # the served map after the temperature (temperature, vector, isotonic)
+    teacher_per_class_accuracy: dict[str, float] | None = None  # by true class, as per_class_accuracy
+    per_class_rows: dict[str, int] | None = None  # test rows of each true class
 
     def as_dict(self) -> dict[str, Any]:
         """The report's ``evaluation`` section (these field names are its keys)."""
@@ -256,6 +259,13 @@ def evaluate_student(
         runtime=served.runtime,
         artifact_max_abs_diff=diff,
         calibration_map=module.map_kind,
+        teacher_per_class_accuracy={
+            str(k): v for k, v in metrics.per_class_accuracy(teacher_logits, test.y, served.num_classes).items()
+        },
+        per_class_rows={
+            str(k): int(n)
+            for k, n in enumerate(np.bincount(test.y, minlength=served.num_classes)[: served.num_classes])
+        },
     )
 
 

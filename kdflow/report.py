@@ -119,9 +119,11 @@ class DistillReport:
                 "best_val_accuracy": self.training.best_val_accuracy,
                 "steps": self.training.steps,
                 "history": self.training.history,
+                **({"hard_examples": self.training.hard_examples} if self.training.hard_examples else {}),
             },
             "calibration": self.calibration.as_dict(),
             "evaluation": self.evaluation.as_dict(),
+            "per_class": per_class_table(self.evaluation.as_dict()),
             "sla_checks": [c.as_dict() for c in self.gate.checks],
             "gate_passed": self.gate.passed,
             "decision": asdict(self.gate.decision),
@@ -153,6 +155,58 @@ def cascade_section(fit: CascadeFit) -> dict[str, Any]:
     """The report's ``cascade`` section: the fit's scalars (:meth:`~kdflow.selective.CascadeFit.summary`) and
     :func:`teacher_share_table`."""
     return {**fit.summary(), "teacher_share_table": teacher_share_table(fit)}
+
+
+def per_class_table(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's per-class table from its ``evaluation`` section: per true class of the test split, its rows and
+    the student's and the teacher's accuracy on them (``None`` where an older report lacks the figure; NaN for a
+    class without test rows)."""
+    teacher = evaluation.get("teacher_per_class_accuracy") or {}
+    rows = evaluation.get("per_class_rows") or {}
+    return [
+        {"class": c, "rows": rows.get(c), "student_accuracy": v, "teacher_accuracy": teacher.get(c)}
+        for c, v in (evaluation.get("per_class_accuracy") or {}).items()
+    ]
+
+
+def _per_class_markdown(report: dict[str, Any]) -> list[str]:
+    """The "Per-class accuracy" section; with ``sla.min_class_accuracy`` a column says which classes meet it."""
+    table = report.get("per_class") or per_class_table(report["evaluation"])
+    if not table:
+        return []
+    check = next((c for c in report.get("sla_checks", []) if c["name"] == "min_class_accuracy"), None)
+    head = "| class | test rows | student accuracy | teacher accuracy |" + (" SLA |" if check else "")
+    lines = ["", "## Per-class accuracy (test set)", "", head, "|---|---|---|---|" + ("---|" if check else "")]
+    for r in table:
+        cells = [r["class"], _fmt(r["rows"]) if r["rows"] is not None else "n/a", _fmt(r["student_accuracy"])]
+        cells.append(_fmt(r["teacher_accuracy"]) if r["teacher_accuracy"] is not None else "n/a")
+        if check:
+            value = r["student_accuracy"]
+            cells.append("n/a" if value != value else "PASS" if value >= check["threshold"] else "FAIL")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if check:
+        lines += ["", f"Every class must reach `sla.min_class_accuracy` {check['threshold']:g}: {check.get('detail')}."]
+    return lines
+
+
+def _hard_examples_markdown(report: dict[str, Any]) -> list[str]:
+    """The "Hard examples" section (only when the run emphasised hard examples)."""
+    h = (report.get("training") or {}).get("hard_examples")
+    if not h:
+        return []
+    how = f"repeated {h['factor']:g} times per epoch" if h["mode"] == "oversample" else f"loss weight {h['factor']:g}"
+    rare = f", rare classes {h['rare_classes']}" if h["classes"] == "rare" else ""
+    return [
+        "",
+        "## Hard examples",
+        "",
+        f"{h['selected_rows']:,} of {h['eligible_rows']:,} eligible training rows ({h['candidate_rows']:,} candidates, "
+        f"classes {h['classes']}{rare}) selected by the teacher's entropy at T=1 (top {h['fraction']:g}), "
+        f"{how} (mode `{h['mode']}`): mean entropy {_fmt(h['mean_entropy'])} nats against "
+        f"{_fmt(h['candidate_mean_entropy'])} over all candidates; selected by split: "
+        + ", ".join(f"{name} {n:,}" for name, n in h["by_split"].items())
+        + ".",
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -195,7 +249,8 @@ def _served_line(ev: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """Render the report as Markdown: summary table, calibration, SLA checks, decision."""
+    """Render the report as Markdown: summary table, calibration, per-class accuracy, hard examples (when used), SLA
+    checks, decision."""
     ev, cal = report["evaluation"], report["calibration"]
     lines = [
         f"# kdflow distillation report: {report['student_name']}",
@@ -216,6 +271,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for label, key in (("before (T=1)", "before"), ("after", "after")):
         m = cal[key]
         lines.append(f"| {label} | {m['ece']:.4f} | {m['mce']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} |")
+    lines += _per_class_markdown(report) + _hard_examples_markdown(report)
     lines += ["", "## SLA gate", "", "| check | value | threshold | result |", "|---|---|---|---|"]
     for c in report["sla_checks"]:
         lines.append(
@@ -274,8 +330,8 @@ def _verdict_html(report: dict[str, Any]) -> html.Raw:
 
 
 def _training_html(report: dict[str, Any]) -> list[str]:
-    """Training figures and per-class test accuracy (when the report has them)."""
-    t, ev = report.get("training"), report["evaluation"]
+    """Training figures (when the report has them); the per-class table comes with the Markdown tables."""
+    t = report.get("training")
     parts: list[str] = []
     if t:
         epochs = len(t.get("history") or [])
@@ -286,12 +342,6 @@ def _training_html(report: dict[str, Any]) -> list[str]:
                 f"{t['steps']:,} optimiser steps; training temperature "
                 f"{_fmt((report.get('provenance') or {}).get('training_temperature'))}.</p>"
             ),
-        ]
-    per_class = ev.get("per_class_accuracy") or {}
-    if per_class:
-        parts += [
-            html.Raw("<h2>Test accuracy per class (student)</h2>"),
-            html.table(["class", "accuracy"], [(k, _fmt(v)) for k, v in per_class.items()], cell_classes=["", "num"]),
         ]
     return parts
 

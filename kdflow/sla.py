@@ -18,7 +18,7 @@ from kdflow.calibration import calibration_metrics
 from kdflow.config import SLAConfig, TeacherGateConfig
 from kdflow.data import Dataset
 from kdflow.evaluation import Evaluation
-from kdflow.metrics import accuracy
+from kdflow.metrics import accuracy, per_class_accuracy
 from kdflow.train import predict_logits
 
 # (Evaluation attribute, SLA field, comparison the value must satisfy)
@@ -31,6 +31,8 @@ CHECKS: list[tuple[str, str, str]] = [
     ("size_ratio", "max_size_ratio", "<="),
 ]
 _OPS = {">=": operator.ge, "<=": operator.le}
+# The per-class SLA: the check's metric (the worst class's accuracy), its SLA field, the Evaluation field it reads.
+CLASS_CHECK = ("worst_class_accuracy", "min_class_accuracy", "per_class_accuracy")
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,7 @@ class SLACheck:
     op: str
     threshold: float
     passed: bool
+    detail: str | None = None  # what the value summarises, e.g. the classes below min_class_accuracy
 
     def as_dict(self) -> dict[str, object]:
         """Plain dict for JSON reports."""
@@ -53,9 +56,12 @@ class SLACheck:
 def check_slas(evaluation: Evaluation | Mapping[str, Any], sla: SLAConfig) -> list[SLACheck]:
     """Apply every configured SLA threshold to ``evaluation``; thresholds set to ``None`` are skipped. A mapping
     (a report's ``evaluation`` section read back, possibly written by an older kdflow) needs only the metrics
-    the configured SLAs read; a missing one is an error naming it."""
+    the configured SLAs read; a missing one is an error naming it. With ``sla.min_class_accuracy`` the per-class
+    check (:func:`class_accuracy_check`) reads ``per_class_accuracy`` and comes last."""
     read = evaluation.get if isinstance(evaluation, Mapping) else lambda metric: getattr(evaluation, metric)
     needed = [metric for metric, name, _ in CHECKS if getattr(sla, name) is not None]
+    if sla.min_class_accuracy is not None:
+        needed.append(CLASS_CHECK[2])
     missing = [metric for metric in needed if read(metric) is None]
     if missing:
         raise KeyError(f"evaluation lacks metric(s) {', '.join(missing)} that the SLAs check")
@@ -66,7 +72,29 @@ def check_slas(evaluation: Evaluation | Mapping[str, Any], sla: SLAConfig) -> li
             continue
         value = float(read(metric))
         checks.append(SLACheck(name, metric, value, op, float(threshold), bool(_OPS[op](value, threshold))))
+    if sla.min_class_accuracy is not None:
+        checks.append(class_accuracy_check(read(CLASS_CHECK[2]), sla.min_class_accuracy))
     return checks
+
+
+def class_accuracy_check(per_class: Mapping[str, float], threshold: float) -> SLACheck:
+    """The per-class SLA: ``min_c acc_c >= threshold`` over the classes with test rows (a NaN accuracy — a class
+    absent from the test split — is not judged). ``detail`` names every class below the threshold with its
+    accuracy, lowest first (or, when all pass, the worst class)."""
+    measured = sorted(
+        ((float(v), str(c)) for c, v in per_class.items() if v is not None and float(v) == float(v)),
+        key=lambda vc: (vc[0], len(vc[1]), vc[1]),  # by accuracy, then class "2" before "10"
+    )
+    if not measured:
+        raise KeyError("per_class_accuracy has no class with test rows; the per-class SLA cannot be checked")
+    metric, name, _ = CLASS_CHECK
+    worst = measured[0][0]
+    below = [(v, c) for v, c in measured if v < threshold]
+    if below:
+        detail = f"{len(below)} class(es) below {threshold:g}: " + ", ".join(f"class {c} {v:.4f}" for v, c in below)
+    else:
+        detail = f"lowest: class {measured[0][1]} {worst:.4f}"
+    return SLACheck(name, metric, worst, ">=", float(threshold), not below, detail)
 
 
 SLA_ALERT_TAG = f"{registry.TAG_PREFIX}sla_alert"  # on a version promoted although it still misses an SLA
@@ -125,7 +153,7 @@ def decide_promotion(
     traffic a retrain was triggered by is given, the candidate must be better there:
     ``candidate > champion + min_recent_improvement`` (within ``tolerance`` is not enough: the retrain exists
     to do better on that traffic). The first model is judged on SLAs alone."""
-    failed = [c.name for c in checks if not c.passed]
+    failed = [c.name + (f" ({c.detail})" if c.detail else "") for c in checks if not c.passed]
     alert = sla_exception(checks, champion_checks) if failed and champion_version is not None else None
     if failed and alert is None:
         return PromotionDecision(False, f"SLA gate failed: {', '.join(failed)}", champion_version, champion_accuracy)
@@ -245,12 +273,16 @@ def champion_sla_checks(
     values["student_accuracy"] = accuracy(logits, test.y)
     temperature = float(getattr(champion, "temperature", 1.0))
     values["student_ece"] = calibration_metrics(logits, test.y, temperature, n_bins).ece
+    values[CLASS_CHECK[2]] = {str(c): v for c, v in per_class_accuracy(logits, test.y, logits.shape[1]).items()}
     return check_slas(values, sla.model_copy(update=_unmeasured(values, sla)))
 
 
 def _unmeasured(values: dict[str, Any], sla: SLAConfig) -> dict[str, None]:
     """The SLA thresholds whose metric is not in ``values``, switched off."""
-    return {name: None for metric, name, _ in CHECKS if metric not in values}
+    off: dict[str, None] = {name: None for metric, name, _ in CHECKS if metric not in values}
+    if CLASS_CHECK[2] not in values:
+        off[CLASS_CHECK[1]] = None
+    return off
 
 
 def champion_test_accuracy(name: str, test: Dataset) -> tuple[str | None, float | None, str | None]:

@@ -180,3 +180,40 @@ def test_tuning_report_html_has_best_trial_counts_and_every_trial(tmp_path):
     assert trials[3][1] == "PRUNED" and trials[3][2] == ""
     page.assert_no_raw_markdown()
     assert "<svg" in (tmp_path / "report.html").read_text()
+
+
+def test_distillation_report_has_the_per_class_table_and_the_hard_examples(tmp_path):
+    report = _distill_report()
+    report["evaluation"].update(
+        per_class_accuracy={"0": 0.9, "1": 0.8, "2": float("nan")},
+        teacher_per_class_accuracy={"0": 0.95, "1": 0.85, "2": float("nan")},
+        per_class_rows={"0": 40, "1": 60, "2": 0},
+    )
+    report["sla_checks"].append(
+        {"name": "min_class_accuracy", "value": 0.8, "op": ">=", "threshold": 0.85, "passed": False,
+         "detail": "1 class(es) below 0.85: class 1 0.8000"}
+    )  # fmt: skip
+    report["training"]["hard_examples"] = {
+        "mode": "oversample", "factor": 3.0, "classes": "all", "fraction": 0.1, "rare_classes": None,
+        "selected_rows": 120, "eligible_rows": 1200, "candidate_rows": 1200, "mean_entropy": 1.2345,
+        "candidate_mean_entropy": 0.5, "by_split": {"transfer": 120},
+    }  # fmt: skip
+    paths = write_report(report, tmp_path)
+    markdown = paths[1].read_text()
+    assert "| class | test rows | student accuracy | teacher accuracy | SLA |" in markdown
+    assert "| 1 | 60 | 0.8000 | 0.8500 | FAIL |" in markdown and "| 2 | 0 | n/a | n/a | n/a |" in markdown
+    assert "120 of 1,200 eligible training rows" in markdown and "repeated 3 times per epoch" in markdown
+    page = Page(paths[2].read_text())
+    assert {"Per-class accuracy (test set)", "Hard examples"} <= set(page.h("h2"))
+    table = next(t for t in page.tables if t[0][0] == "class")
+    assert table[1:] == [
+        ["0", "40", "0.9000", "0.9500", "PASS"],
+        ["1", "60", "0.8000", "0.8500", "FAIL"],
+        ["2", "0", "n/a", "n/a", "n/a"],
+    ]
+    assert sum(1 for t in page.tables if t[0][0] == "class") == 1  # shown once
+    page.assert_no_raw_markdown()
+    older = _distill_report()  # a report of an older kdflow: the student's accuracy only, no SLA column
+    older_md = write_report(older, tmp_path / "older")[1].read_text()
+    assert "| class | test rows | student accuracy | teacher accuracy |\n" in older_md
+    assert "| 0 | n/a | 0.9000 | n/a |" in older_md and "Hard examples" not in older_md

@@ -174,3 +174,84 @@ def test_the_champion_record_an_exception_is_judged_against_and_its_promotion(tm
     assert registry.promote("s", versions[1], "strictly better", "test").version == versions[1]
     with pytest.raises(registry.RegistryError, match="no SLA record"):
         registry.promote("s", versions[2], "no record", "test")
+
+
+# ---- the per-class SLA (sla.min_class_accuracy)
+
+
+def test_per_class_sla_passes_and_names_the_worst_class():
+    assert SLAConfig().min_class_accuracy is None  # off by default: the six checks above
+    checks = check_slas(EVALUATION, SLAConfig(min_class_accuracy=0.85))
+    assert checks[-1].as_dict() == {
+        "name": "min_class_accuracy",
+        "metric": "worst_class_accuracy",
+        "value": 0.9,
+        "op": ">=",
+        "threshold": 0.85,
+        "passed": True,
+        "detail": "lowest: class 0 0.9000",
+    }
+    assert check_slas(METRICS, SLAConfig(min_class_accuracy=0.85)) == checks  # a report section reads the same
+    assert check_slas(with_(per_class_accuracy={"0": 0.9, "1": 0.9}), SLAConfig(min_class_accuracy=0.9))[-1].passed
+
+
+def test_per_class_sla_failure_names_each_failing_class_and_its_accuracy():
+    per_class = {"0": 0.7, "1": 0.95, "2": 0.65, "3": float("nan"), "10": 0.7}  # class 3: no test rows, not judged
+    checks = check_slas(with_(per_class_accuracy=per_class), SLAConfig(min_class_accuracy=0.8))
+    check = checks[-1]
+    assert not check.passed and check.value == 0.65 and check.metric == "worst_class_accuracy"
+    assert check.detail == "3 class(es) below 0.8: class 2 0.6500, class 0 0.7000, class 10 0.7000"
+    decision = decide_promotion(checks, 0.95, None, None, 0.005)
+    assert not decision.promote and decision.reason == (
+        "SLA gate failed: min_class_accuracy (3 class(es) below 0.8: class 2 0.6500, class 0 0.7000, class 10 0.7000)"
+    )
+    both = check_slas(with_(per_class_accuracy=per_class, student_ece=0.9), SLAConfig(min_class_accuracy=0.8))
+    assert decide_promotion(both, 0.95, None, None, 0.005).reason == (
+        "SLA gate failed: max_ece, min_class_accuracy (3 class(es) below 0.8: class 2 0.6500, class 0 0.7000, "
+        "class 10 0.7000)"
+    )
+
+
+def test_per_class_sla_needs_per_class_figures():
+    needs = SLAConfig(min_class_accuracy=0.8)
+    with pytest.raises(KeyError, match="lacks metric.s. per_class_accuracy that the SLAs check"):
+        check_slas({k: v for k, v in METRICS.items() if k != "per_class_accuracy"}, needs)
+    with pytest.raises(KeyError, match="no class with test rows"):
+        check_slas(with_(per_class_accuracy={"0": float("nan")}), needs)
+
+
+def test_per_class_sla_exception_compares_the_worst_classes():
+    sla = SLAConfig(min_class_accuracy=0.8)
+    candidate = check_slas(with_(per_class_accuracy={"0": 0.75, "1": 0.9}), sla)
+    champion = check_slas(with_(per_class_accuracy={"0": 0.9, "1": 0.7}), sla)
+    assert sla_exception(candidate, champion) == (
+        "SLA alert: promoted as strictly better than a champion that already misses the same SLA(s), still missed: "
+        "min_class_accuracy 0.75 (champion 0.7; needs >= 0.8)"
+    )
+    assert sla_exception(champion, candidate) is None
+
+
+def test_the_champion_record_includes_its_per_class_accuracy_on_the_same_test_split(tmp_path):
+    import numpy as np
+    import torch
+
+    from kdflow import registry
+    from kdflow.data import Dataset
+    from kdflow.metrics import per_class_accuracy
+    from kdflow.models import CalibratedClassifier
+    from kdflow.sla import champion_sla_checks
+
+    exp = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "models", str(tmp_path / "art"))
+    torch.manual_seed(0)
+    champion = CalibratedClassifier(torch.nn.Linear(4, 3), 1.5)
+    rng = np.random.default_rng(0)
+    test = Dataset(
+        "test", "mem", np.arange(200), rng.standard_normal((200, 4)).astype(np.float32), rng.integers(0, 3, 200)
+    )
+    run_id, _ = registry.open_run(exp, None, "v", {})
+    _, version, _ = registry.register_run_model(champion, test.x[:2], "s", run_id)
+    checks = champion_sla_checks("s", version, champion, test, SLAConfig(min_class_accuracy=0.5))
+    logits = champion.logits(torch.from_numpy(test.x)).detach().numpy()
+    worst = min(per_class_accuracy(logits, test.y, 3).values())
+    assert [c.name for c in checks] == ["min_accuracy", "max_ece", "min_class_accuracy"]
+    assert checks[-1].value == pytest.approx(worst)
