@@ -88,6 +88,7 @@ def teacher_refresh(
     as_of: Optional[str] = typer.Option(None, help=AS_OF_HELP),
     mode: Optional[str] = typer.Option(None, help="finetune | retrain (default: teacher_refresh.mode)"),
     reason: str = typer.Option("manual", help="Why (recorded)"),
+    since: Optional[str] = typer.Option(None, help="Read labeled rows from this ISO time on (inside window_days)"),
 ) -> None:
     """Refit the teacher on recent labeled traffic plus a replay of its training data, gate it against the champion
     teacher, promote it and retrain the student from it. Exit 0 on promotion or a clean no-refresh (too few
@@ -95,11 +96,11 @@ def teacher_refresh(
     embedded_defaults()
     from flows.teacher_refresh import teacher_refresh_flow
 
-    check_times(as_of)
+    check_times(as_of, since)
     preflight(config)
     if mode is not None and mode not in ("finetune", "retrain"):
         fail(f"--mode must be finetune or retrain, got {mode!r}", 2)
-    result = run(teacher_refresh_flow, str(config), as_of, reason, mode)
+    result = run(teacher_refresh_flow, str(config), as_of, reason, mode, since)
     typer.echo(
         f"teacher {result['teacher']} v{result['parent_version']} ({result['mode']}) at {result['as_of']}: "
         f"{result['outcome']}"

@@ -67,6 +67,7 @@ REFRESH_ON_DEGRADED_PARAMETERS = {
     "config_path": "{{ event.payload.config_path }}",
     "as_of": "{{ event.payload.as_of }}",
     "reason": "teacher-degraded",
+    "since": "{{ event.payload.since }}",
 }
 TEACHER_DEGRADED_TRIGGER: dict[str, Any] = {
     "type": "event",

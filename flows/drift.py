@@ -13,8 +13,11 @@ from prefect import flow
 from flows.recalibrate import recalibration_flow
 from flows.retrain import retrain_flow
 from kdflow.config import DistillConfig, RetrainVia, load_config
+from kdflow.drift import Decision
+from kdflow.drift_events import refresh_since
 from kdflow.lifecycle import parse_as_of
 from kdflow.monitor import DriftCheckResult, drift_window
+from kdflow.teacher_health import teacher_name
 from tasks.drift import (
     check_drift,
     decide_action,
@@ -51,7 +54,9 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     check = teacher_health_check(
         cfg.mlflow.tracking_uri, cfg.teacher_uri, window, check, cfg.drift, cfg.data.features.shape
     )
-    decision = decide_action(drift_history(cfg.mlflow, cfg.drift, champion.ref, when), check, cfg.drift, when)
+    refreshes = (cfg.teacher_refresh.experiment, teacher_name(cfg.teacher_uri))
+    history = drift_history(cfg.mlflow, cfg.drift, champion.ref, when, refreshes)
+    decision = decide_action(history, check, cfg.drift, when)
     result = DriftCheckResult(
         champion.ref,
         when,
@@ -60,10 +65,11 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
         record_drift_check(cfg.mlflow, cfg.drift, champion.ref, when, check, decision),
     )
     if decision.action == "refresh_teacher":
-        result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
+        lag = cfg.drift.label_lag_days
+        result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision, lag)
         result.retrain_via = retrain_route(retrain_via, "teacher-refresh")
         if result.retrain_via == "subflow":
-            result.teacher_refresh = refresh_teacher(config_path, when, decision.reason)
+            result.teacher_refresh = refresh_teacher(config_path, when, decision, lag)
     elif decision.action == "retrain":
         result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
         result.retrain_via = retrain_route(retrain_via)
@@ -76,8 +82,10 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     return result.as_dict()
 
 
-def refresh_teacher(config_path: str, as_of: datetime, reason: str) -> dict[str, Any]:
-    """Run the teacher-refresh flow as a sub-flow (imported here: it lives in ``flows.teacher_refresh``)."""
+def refresh_teacher(config_path: str, as_of: datetime, decision: Decision, label_lag_days: float) -> dict[str, Any]:
+    """Run the teacher-refresh flow as a sub-flow on the rows since the teacher degraded, as the event's
+    deployment would (imported here: it lives in ``flows.teacher_refresh``)."""
     from flows.teacher_refresh import teacher_refresh_flow
 
-    return teacher_refresh_flow(config_path, as_of=as_of, reason=reason)
+    since = refresh_since(decision, label_lag_days)
+    return teacher_refresh_flow(config_path, as_of=as_of, reason=decision.reason, since=since)

@@ -13,15 +13,17 @@ from prefect.transactions import transaction
 
 from flows.retrain import retrain_flow
 from kdflow.config import DistillConfig, TeacherRefreshMode, load_config
-from kdflow.lifecycle import parse_as_of, window_bounds
+from kdflow.lifecycle import parse_as_of
 from kdflow.teacher_refresh import (
     FLOW_TAG,
     PROMOTED,
     REFUSED,
     SKIPPED,
+    TEACHER_TAG,
     Phases,
     champion_teacher_uri,
     lineage_tags,
+    refresh_window,
     teacher_spec,
     with_mode,
 )
@@ -42,11 +44,16 @@ from tasks.tracking import flatten, mlflow_run
 
 @flow(name="teacher-refresh", log_prints=True)
 def teacher_refresh_flow(
-    config_path: str, as_of: datetime | None = None, reason: str = "manual", mode: TeacherRefreshMode | None = None
+    config_path: str,
+    as_of: datetime | None = None,
+    reason: str = "manual",
+    mode: TeacherRefreshMode | None = None,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """Refresh ``teacher_uri``'s teacher at ``as_of`` (default: now) from the student's logs (``logs.root``) by
-    ``teacher_refresh`` (see :class:`kdflow.config.TeacherRefreshConfig`; ``mode`` overrides its mode); ``reason``
-    is recorded.
+    ``teacher_refresh`` (see :class:`kdflow.config.TeacherRefreshConfig`; ``mode`` overrides its mode) on the
+    labeled rows of the last ``window_days``, from ``since`` (ISO 8601) on when given: the drift check passes where
+    the rows of the teacher's degradation begin (an empty string: not given); ``reason`` is recorded.
 
     ``result["outcome"]``: ``skipped`` (too few labeled rows; nothing changes), ``refused`` (the gate said no: the
     version stays ``challenger`` with the reason; both champions untouched) or ``promoted`` (then ``retrain`` is
@@ -59,14 +66,19 @@ def teacher_refresh_flow(
     spec, base = teacher_spec(rc.teacher_config, name)
     check_outputs(cfg, ("reports", "mlflow"))  # fail before compute: every output writable
     when = parse_as_of(as_of)
-    window = window_bounds(when, rc.window_days)
+    window = refresh_window(when, rc.window_days, parse_as_of(since) if since else None)
     phases = Phases()
     params = {
         "config_path": config_path,
         "as_of": when.isoformat(),
         **flatten("teacher_refresh", rc.model_dump(mode="json")),
     }
-    tags = {"kdflow.flow": FLOW_TAG, "kdflow.as_of": when.isoformat(), "kdflow.refresh_trigger": reason}
+    tags = {
+        "kdflow.flow": FLOW_TAG,
+        "kdflow.as_of": when.isoformat(),
+        "kdflow.refresh_trigger": reason,
+        TEACHER_TAG: name,
+    }
     with mlflow_run(cfg.mlflow, rc.experiment, params, tags) as run_id:
         parent = resolve_teacher(cfg.teacher_uri, cfg.mlflow.tracking_uri)
         result: dict[str, Any] = {
@@ -74,7 +86,7 @@ def teacher_refresh_flow(
             "parent_version": parent.version, "window": [t.isoformat() for t in window], "phases": phases.seconds,
         }  # fmt: skip
         with phases.phase("collect"):
-            labeled, path = collect_refresh_window(cfg, when)
+            labeled, path = collect_refresh_window(cfg, window)
         if path is None:
             why = (
                 f"no refresh: {len(labeled.labeled)} labeled rows in [{window[0]:%Y-%m-%d %H:%M}, "

@@ -205,6 +205,9 @@ class SLAConfig(_Strict):
     # A retrain's candidate (gated on the recent labeled traffic that triggered it) must beat the champion there by
     # more than this, not merely come within champion_tolerance (kdflow.sla.decide_promotion).
     min_recent_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
+    # ... and, being better there, it may be this much below the champion on the test split (the regime before the
+    # drift) instead of champion_tolerance, as a refreshed teacher may (teacher_refresh.max_forgetting).
+    max_forgetting: float = Field(default=0.02, ge=0.0, le=1.0)
     # Every class's test accuracy (classes with test rows) must be at least this (kdflow.sla.class_accuracy_check).
     min_class_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
 

@@ -1,9 +1,8 @@
 """Drift statistics on a production window against a student's reference profile, and what to do about it.
 
-Every statistic is a :class:`Signal` (value, threshold, exceeded, a sentence saying why); a statistic that
-cannot be computed (too few labeled or shadow-scored rows) has value ``None`` and the reason. Thresholds come
-from :class:`kdflow.config.DriftConfig`. Checks and decisions are plain JSON-able data so a flow can store
-them (e.g. in MLflow) and pass the previous decision back to :func:`decide`.
+Every statistic is a :class:`Signal` (value, threshold, exceeded, a sentence saying why); one that cannot be computed
+(too few labeled or shadow-scored rows) has value ``None`` and the reason. Thresholds: :class:`DriftConfig`. Checks
+and decisions are plain JSON-able data: a flow stores them and passes the previous decision back to :func:`decide`.
 """
 
 from __future__ import annotations
@@ -39,9 +38,8 @@ def psi(expected_props: Sequence[float] | np.ndarray, actual: Sequence[float] | 
     """Population Stability Index ``PSI = sum_i (a_i - e_i) * ln(a_i / e_i)`` (Yurdakul 2018; common
     credit-scoring practice: < 0.1 stable, 0.1-0.25 moderate, > 0.25 large shift).
 
-    ``actual`` may be counts or proportions (both are normalised to sum 1); proportions are clipped at ``eps``
-    so an empty bin gives a large but finite term.
-    """
+    ``actual`` may be counts or proportions (both normalised to sum 1), clipped at ``eps``: an empty bin gives a
+    large but finite term."""
     e = np.asarray(expected_props, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)
     if e.ndim != 1 or e.shape != a.shape:
@@ -64,8 +62,7 @@ def correct_pvalues(pvalues: Sequence[float] | np.ndarray, method: Correction = 
     With p_(1) <= ... <= p_(m) sorted ascending (i is 1-based):
     - ``bonferroni``: ``min(1, m p_i)`` (family-wise error);
     - ``holm`` (Holm 1979, step-down FWER): ``max_{j<=i} min(1, (m - j + 1) p_(j))``;
-    - ``bh`` (Benjamini & Hochberg 1995, false-discovery rate): ``min_{j>=i} min(1, m p_(j) / j)``.
-    """
+    - ``bh`` (Benjamini & Hochberg 1995, false-discovery rate): ``min_{j>=i} min(1, m p_(j) / j)``."""
     p = np.asarray(pvalues, dtype=np.float64)
     m = len(p)
     if m == 0:
@@ -554,9 +551,10 @@ def decide(
     - any other: ``retrain`` (the student drifted from a still-good teacher), but ``recalibrate`` (refit the
       champion's temperature on the traffic since the streak began) when only :data:`CALIBRATION_SIGNALS`
       triggered and the labeled accuracy held (computed, not exceeded): only the probabilities are off;
-    - within ``teacher_cooldown_days`` of ``last_refresh_at`` (a refresh), or ``cooldown_days`` of the last
-      retrain or refresh (a retrain): ``recalibrate`` if ``recalibrate_during_cooldown``, else ``none``, saying
-      what was suppressed. ``now`` and the two times must all be naive or all aware."""
+    - within ``teacher_cooldown_days`` of ``last_refresh_at`` (a refresh that trained) if the teacher streak began
+      before it (a streak begun after it is about the refreshed teacher), or ``cooldown_days`` of the last retrain
+      or refresh (a retrain): ``recalibrate`` if ``recalibrate_during_cooldown``, else ``none``, saying what was
+      suppressed. Times: all naive or all aware."""
     if isinstance(previous, dict):
         previous = Decision.from_dict(previous)
     if current.status == "cannot_decide":
@@ -580,8 +578,10 @@ def decide(
         for name in triggered
     )
     accuracy = current.signals.get("accuracy")
-    if "teacher_accuracy" in triggered:
-        action, what, last, days = "refresh_teacher", "teacher refresh", last_refresh_at, cfg.teacher_cooldown_days
+    if "teacher_accuracy" in triggered:  # a streak begun after the last refresh is about the refreshed teacher
+        begun = datetime.fromisoformat(since["teacher_accuracy"])
+        last = last_refresh_at if last_refresh_at is not None and begun < last_refresh_at else None
+        action, what, days = "refresh_teacher", "teacher refresh", cfg.teacher_cooldown_days
     elif set(triggered) <= set(CALIBRATION_SIGNALS) and accuracy is not None and accuracy.exceeded is False:
         reason = f"recalibrate: only the probabilities are off (labeled {accuracy.detail}); {why}"
         return Decision("recalibrate", reason, triggered, consecutive, since=since)

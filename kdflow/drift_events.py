@@ -5,7 +5,7 @@ deployment's). Plain data: the tasks emit them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,17 @@ class DriftEvent:
 
 
 def drift_event(
-    config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
+    config_path: str,
+    ref: registry.ModelRef,
+    as_of: datetime,
+    check: DriftCheck,
+    decision: Decision,
+    label_lag_days: float = 0.0,
 ) -> DriftEvent:
     """The event announcing ``decision`` for the student ``ref``: ``kdflow.teacher.degraded`` for
     ``refresh_teacher``, else ``kdflow.drift.detected``; a deployment trigger on it starts the teacher-refresh or
-    the retrain deployment with the payload's ``config_path`` (absolute), ``as_of`` and ``reason``."""
+    the retrain deployment with the payload's ``config_path`` (absolute), ``as_of`` and ``reason`` (a refresh also
+    ``since``: :func:`refresh_since`, with the drift config's ``label_lag_days``)."""
     return DriftEvent(
         TEACHER_DEGRADED_EVENT if decision.action == "refresh_teacher" else DRIFT_EVENT,
         {
@@ -45,5 +51,17 @@ def drift_event(
             "statistics": {s.name: s.value for s in check.signals.values() if s.value is not None},
             "triggered": decision.triggered,
             "reason": decision.reason,
+            **({"since": refresh_since(decision, label_lag_days)} if decision.action == "refresh_teacher" else {}),
         },
     )
+
+
+def refresh_since(decision: Decision, label_lag_days: float) -> str:
+    """Where the rows behind a ``refresh_teacher`` decision begin (ISO 8601; "" when unknown): the start of the
+    first window of the ``teacher_accuracy`` streak, less ``label_lag_days`` (that check also scored the labeled
+    rows of the lag days before its window). The refresh trains on rows from there on: the regime the teacher
+    failed on."""
+    start = decision.since.get("teacher_accuracy")
+    if not start:
+        return ""
+    return (datetime.fromisoformat(start) - timedelta(days=label_lag_days)).isoformat()

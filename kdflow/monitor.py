@@ -262,20 +262,24 @@ def check_served(served: ServedRows, reference: VersionReference, window: LogWin
 @dataclass(frozen=True)
 class DriftHistory:
     """What a check needs from the checks before it: the decision of the same version's last check (it carries
-    every signal's streak; None for the version's first check) and when a retrain and a teacher refresh were last
-    decided."""
+    every signal's streak; None for the version's first check), when a retrain was last decided and when the
+    teacher was last refreshed (a refresh that trained: promoted or refused)."""
 
     previous: Decision | None
     last_retrain_at: datetime | None
     last_refresh_at: datetime | None = None
 
 
-def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) -> DriftHistory:
+def drift_history(
+    experiment_id: str, name: str, version: str, as_of: datetime, refreshes: tuple[str, str] | None = None
+) -> DriftHistory:
     """The drift history of model ``name`` before ``as_of``, from the checks :func:`record_drift_check` stored
     in ``experiment_id``: the last check of ``version`` and the last retrain decision of any version (for the
-    cool-down)."""
+    cool-down); with ``refreshes`` (the teacher-refresh experiment's name, the teacher's registered name), the
+    last teacher refresh that trained (:func:`kdflow.teacher_refresh.last_acted_refresh`)."""
     import mlflow.artifacts
 
+    from kdflow.teacher_refresh import last_acted_refresh
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -290,16 +294,12 @@ def drift_history(experiment_id: str, name: str, version: str, as_of: datetime) 
     if runs:
         path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
         previous = Decision.from_dict(json.loads(Path(path).read_text()))
-    last = {}
-    for action in ("retrain", "refresh_teacher"):
-        runs = client.search_runs(
-            [experiment_id],
-            f"{base} AND tags.`{_P}action` = '{action}'",
-            order_by=["metrics.as_of_ts DESC"],
-            max_results=1,
-        )
-        last[action] = datetime.fromisoformat(runs[0].data.tags[f"{_P}as_of"]) if runs else None
-    return DriftHistory(previous, last["retrain"], last["refresh_teacher"])
+    runs = client.search_runs(
+        [experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'", order_by=["metrics.as_of_ts DESC"], max_results=1
+    )
+    last_retrain = datetime.fromisoformat(runs[0].data.tags[f"{_P}as_of"]) if runs else None
+    last_refresh = last_acted_refresh(*refreshes, as_of) if refreshes else None
+    return DriftHistory(previous, last_retrain, last_refresh)
 
 
 def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dict[str, float]:

@@ -145,6 +145,7 @@ def decide_promotion(
     recent: tuple[float, float] | None = None,
     champion_checks: list[SLACheck] | None = None,
     min_recent_improvement: float = 0.0,
+    max_forgetting: float = 0.0,
 ) -> PromotionDecision:
     """Promote iff every SLA passed — or the champion's own ``champion_checks`` miss the same SLAs and the
     candidate is strictly better there and not worse elsewhere (:func:`sla_exception`; promoted with an alert) —
@@ -152,13 +153,17 @@ def decide_promotion(
     ``champion_accuracy - tolerance``. When ``recent`` = (candidate, champion) accuracy on the recent labeled
     traffic a retrain was triggered by is given, the candidate must be better there:
     ``candidate > champion + min_recent_improvement`` (within ``tolerance`` is not enough: the retrain exists
-    to do better on that traffic). The first model is judged on SLAs alone."""
+    to do better on that traffic), and on the test set — the regime before the drift — it may then be up to
+    ``max(tolerance, max_forgetting)`` below the champion (a student distilled from a refreshed teacher, or fitted
+    to the shifted traffic, gives up a little of the old regime, as the refreshed teacher may). The first model is
+    judged on SLAs alone."""
     failed = [c.name + (f" ({c.detail})" if c.detail else "") for c in checks if not c.passed]
     alert = sla_exception(checks, champion_checks) if failed and champion_version is not None else None
     if failed and alert is None:
         return PromotionDecision(False, f"SLA gate failed: {', '.join(failed)}", champion_version, champion_accuracy)
     if champion_version is None or champion_accuracy is None:
         return PromotionDecision(True, "SLAs passed; no current champion", None, None)
+    tolerance = max(tolerance, max_forgetting) if recent is not None else tolerance
     if candidate_accuracy + 1e-12 < champion_accuracy - tolerance:
         return PromotionDecision(
             False,
@@ -254,6 +259,7 @@ def gate_candidate(
         recent_pair,
         champion_checks,
         sla.min_recent_improvement,
+        sla.max_forgetting,
     )
     return Gate(checks, decision, *(recent_pair or (None, None)))
 

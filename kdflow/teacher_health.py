@@ -50,6 +50,11 @@ def reference_accuracy(tags: dict[str, str]) -> tuple[float | None, str]:
     return None, f"the teacher version has no reference accuracy (tags {', '.join(REFERENCE_TAGS)})"
 
 
+def teacher_name(uri: str) -> str:
+    """The registered model's name in ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (else ``uri``)."""
+    return uri.removeprefix("models:/").split("@")[0].split("/")[0]
+
+
 def load_teacher(tracking_uri: str, uri: str) -> TeacherReference:
     """Resolve and load the teacher ``uri`` (``models:/<name>@<alias>`` or ``/<version>``) with its reference
     accuracy from its version tags."""

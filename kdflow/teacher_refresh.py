@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from kdflow.train import predict_logits
 FLOW_TAG = "teacher-refresh"  # the MLflow run's kdflow.flow tag
 OUTCOME_TAG = f"{registry.TAG_PREFIX}refresh_outcome"
 REASON_TAG = f"{registry.TAG_PREFIX}refresh_reason"
+TEACHER_TAG = f"{registry.TAG_PREFIX}teacher"  # the refreshed teacher's registered name, on the run
 PROMOTED, REFUSED, SKIPPED = "promoted", "refused", "skipped"
+ACTED = (PROMOTED, REFUSED)  # outcomes of a refresh that trained: only these start the refresh cool-down
 
 
 def champion_teacher_uri(teacher_uri: str) -> str:
@@ -300,6 +302,28 @@ def record_outcome(run_id: str, outcome: str, reason: str, metrics: dict[str, fl
             client.log_metric(run_id, key, float(value))
 
 
+def last_acted_refresh(experiment: str, teacher: str, before: datetime) -> datetime | None:
+    """The ``as_of`` of the last refresh of ``teacher`` before ``before`` that trained a teacher (outcome
+    :data:`ACTED`: promoted or refused by the gate), from the teacher-refresh runs in the MLflow experiment
+    ``experiment``; None when there is none. A skipped refresh (too few labeled rows) and a failed one do not
+    count, so they start no cool-down: the next check may try again once the labels have arrived."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`kdflow.flow` = '{FLOW_TAG}' AND tags.`{TEACHER_TAG}` = '{teacher}'"
+    )
+    times = [
+        datetime.fromisoformat(r.data.tags["kdflow.as_of"])
+        for r in runs
+        if r.data.tags.get(OUTCOME_TAG) in ACTED and "kdflow.as_of" in r.data.tags
+    ]
+    return max((t for t in times if t < before), default=None)
+
+
 @dataclass
 class Phases:
     """Wall time of each phase of a refresh (seconds), in order: what the benchmark reports as its cost."""
@@ -320,6 +344,13 @@ class Phases:
         out = {f"phase_{k}_seconds": v for k, v in self.seconds.items()}
         out["refresh_seconds"] = sum(self.seconds.values())
         return out
+
+
+def refresh_window(as_of: datetime, window_days: int, since: datetime | None) -> tuple[datetime, datetime]:
+    """``[start, as_of)``: the last ``window_days`` before ``as_of``, starting no earlier than ``since`` (the drift
+    episode the refresh answers): a teacher refitted across a sudden shift would learn the old regime again."""
+    start = as_of - timedelta(days=window_days)
+    return (max(start, since) if since is not None and since < as_of else start), as_of
 
 
 def refresh_dir(output_dir: str, as_of: datetime) -> Path:

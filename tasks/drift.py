@@ -60,10 +60,13 @@ def teacher_health_check(
 
 
 @kdflow_task(name="drift-history", retries=1, retry_delay_seconds=2)
-def drift_history(mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime) -> DriftHistory:
-    """The decision of this version's last check before ``as_of`` and when a retrain and a teacher refresh were
-    last decided (:func:`kdflow.monitor.drift_history`, from the monitoring experiment)."""
-    return monitor.drift_history(_monitoring_experiment(mlflow, drift), ref.name, ref.version, as_of)
+def drift_history(
+    mlflow: MlflowConfig, drift: DriftConfig, ref: registry.ModelRef, as_of: datetime, refreshes: tuple[str, str]
+) -> DriftHistory:
+    """The decision of this version's last check before ``as_of``, when a retrain was last decided (monitoring
+    experiment) and when the teacher was last refreshed (``refreshes``: the teacher-refresh experiment and the
+    teacher's name; :func:`kdflow.monitor.drift_history`)."""
+    return monitor.drift_history(_monitoring_experiment(mlflow, drift), ref.name, ref.version, as_of, refreshes)
 
 
 @kdflow_task(name="decide-action")
@@ -111,14 +114,19 @@ def record_drift_check(
 
 @kdflow_task(name="emit-drift-event")
 def emit_drift_event(
-    config_path: str, ref: registry.ModelRef, as_of: datetime, check: DriftCheck, decision: Decision
+    config_path: str,
+    ref: registry.ModelRef,
+    as_of: datetime,
+    check: DriftCheck,
+    decision: Decision,
+    label_lag_days: float = 0.0,
 ) -> str | None:
     """Emit ``kdflow.drift.detected`` for a retrain, ``kdflow.teacher.degraded`` for a teacher refresh
     (:func:`kdflow.drift_events.drift_event`); a deployment trigger on it starts the retrain or the teacher-refresh
     deployment. Returns the event id."""
     from prefect.events import emit_event
 
-    event = drift_events.drift_event(config_path, ref, as_of, check, decision)
+    event = drift_events.drift_event(config_path, ref, as_of, check, decision, label_lag_days)
     emitted = emit_event(event=event.event, resource=event.resource, payload=event.payload)
     get_run_logger().info("emitted %s for %s v%s", event.event, ref.name, ref.version)
     return str(emitted.id) if emitted is not None else None

@@ -12,7 +12,6 @@ from torch import nn
 from kdflow import monitor, registry, teacher_refresh
 from kdflow.config import DistillConfig, ModelSpec, TeacherRefreshConfig, TrainConfig
 from kdflow.data import Dataset, Datasets, to_frame, write_parquet
-from kdflow.lifecycle import window_bounds
 from kdflow.monitor import LabeledWindow
 from kdflow.stream import ArraySource
 from kdflow.teacher_refresh import RefreshData, RefreshVerdict
@@ -24,18 +23,18 @@ from tasks.tracking import log_metrics
 
 
 @kdflow_task(name="collect-refresh-window", retries=1, retry_delay_seconds=2)
-def collect_refresh_window(cfg: DistillConfig, as_of: datetime) -> tuple[LabeledWindow, str | None]:
-    """The labeled rows of the last ``teacher_refresh.window_days`` before ``as_of`` (logs validated with the
-    inference-log suite, labels known by ``as_of``), written as Parquet for the dataset suites when there are at
+def collect_refresh_window(cfg: DistillConfig, window: tuple[datetime, datetime]) -> tuple[LabeledWindow, str | None]:
+    """The labeled rows of ``window`` (:func:`kdflow.teacher_refresh.refresh_window`; logs validated with the
+    inference-log suite, labels known by its end), written as Parquet for the dataset suites when there are at
     least ``teacher_refresh.min_labeled_rows`` (else the path is None: no refresh)."""
-    start, end = window_bounds(as_of, cfg.teacher_refresh.window_days)
-    window = monitor.read_labeled_window(cfg.logs, cfg.validation, cfg.data.num_classes, start, end)
-    labeled = window.labeled
-    get_run_logger().info("refresh window [%s, %s): %d rows, %d labeled", start, end, window.rows, len(labeled))
+    start, end = window
+    labeled_window = monitor.read_labeled_window(cfg.logs, cfg.validation, cfg.data.num_classes, start, end)
+    labeled = labeled_window.labeled
+    get_run_logger().info("refresh window [%s, %s): %d rows, %d labeled", start, end, labeled_window.rows, len(labeled))
     if len(labeled) < cfg.teacher_refresh.min_labeled_rows:
-        return window, None
-    out = teacher_refresh.refresh_dir(cfg.output_dir, as_of) / "recent_labeled.parquet"
-    return window, str(write_parquet(to_frame(labeled.ids, labeled.x, labeled.y), out))
+        return labeled_window, None
+    out = teacher_refresh.refresh_dir(cfg.output_dir, end) / "recent_labeled.parquet"
+    return labeled_window, str(write_parquet(to_frame(labeled.ids, labeled.x, labeled.y), out))
 
 
 @kdflow_task(name="split-refresh-data")

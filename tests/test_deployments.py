@@ -308,6 +308,7 @@ def test_serve_all_registers_five_deployments(prefect_server, server_api, tmp_pa
         "config_path": "{{ event.payload.config_path }}",
         "as_of": "{{ event.payload.as_of }}",
         "reason": "teacher-degraded",
+        "since": "{{ event.payload.since }}",
     }
     assert deployments["drift"].parameters == {"config_path": str(config_path), "retrain_via": "event"}
     assert deployments["recalibrate"].parameters == {"config_path": str(config_path)}
@@ -327,7 +328,7 @@ def test_serve_all_registers_five_deployments(prefect_server, server_api, tmp_pa
 
 
 def emit_drift_event(
-    api_url: str, config_path: Path, model: str, as_of: str, kind: str = "kdflow.drift.detected"
+    api_url: str, config_path: Path, model: str, as_of: str, kind: str = "kdflow.drift.detected", **extra: str
 ) -> str:
     """Send ``kind`` (the drift flow's resource and payload) straight to ``api_url``'s events endpoint; returns
     the event id."""
@@ -345,6 +346,7 @@ def emit_drift_event(
             "statistics": {"psi_confidence": 0.31, "flip_rate": 0.18},
             "triggered": ["flip_rate"],
             "reason": "flip_rate above 0.1 on 2 consecutive windows",
+            **extra,
         },
     )
 
@@ -503,9 +505,16 @@ def test_teacher_degraded_event_runs_the_teacher_refresh_deployment(
         )
         refresh_id = deployments["refresh"].id
         wait_for("the refresh trigger", lambda: retrain_automations(server_api, refresh_id), 60, serve)
-        emit_drift_event(server_api, config_path, cfg["registry"]["student_name"], AS_OF, "kdflow.teacher.degraded")
+        since = "2026-03-02T00:00:00+00:00"  # where the teacher's degradation began: the refresh reads from there
+        student = cfg["registry"]["student_name"]
+        emit_drift_event(server_api, config_path, student, AS_OF, "kdflow.teacher.degraded", since=since)
         [run] = wait_for("a refresh flow run", lambda: retrain_runs(server_api, refresh_id, config_path), 120, serve)
-        assert run.parameters == {"config_path": str(config_path), "as_of": AS_OF, "reason": "teacher-degraded"}
+        assert run.parameters == {
+            "config_path": str(config_path),
+            "as_of": AS_OF,
+            "reason": "teacher-degraded",
+            "since": since,
+        }
         final = wait_for(
             f"refresh run {run.name} to finish", lambda: finished_run(server_api, run.id), 900, serve, every_s=3.0
         )
@@ -516,4 +525,5 @@ def test_teacher_degraded_event_runs_the_teacher_refresh_deployment(
     client = MlflowClient(cfg["mlflow"]["tracking_uri"])
     tags = client.get_model_version(name, "2").tags
     assert tags["kdflow.refresh_reason"] == "teacher-degraded" and tags["kdflow.refresh_as_of"] == AS_OF
+    assert tags["kdflow.refresh_window"] == f'["{since}", "{AS_OF}"]'
     assert len(retrain_runs(server_api, refresh_id, config_path)) == 1  # one event, one run

@@ -732,12 +732,18 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     assert drift_history(exp, "s", "3", day3) == DriftHistory(second, day2)
     assert drift_history(exp, "s", "4", day3) == DriftHistory(None, day2)  # v4's first check; v3's retrain counts
     assert drift_history(exp, "other", "3", day3) == DriftHistory(None, None)
-    # A teacher refresh decided on day 3 (by v4) is read back beside the last retrain, for its own cool-down.
-    refresh = Decision("refresh_teacher", "refresh_teacher: teacher", ["teacher_accuracy"], {"teacher_accuracy": 2})
-    record_drift_check(exp, "k4", v4, day3 + timedelta(hours=1), _signal_check("drift", 0.5, True), refresh, cfg)
-    assert drift_history(exp, "s", "4", day3 + timedelta(hours=2)) == DriftHistory(
-        refresh, day2, day3 + timedelta(hours=1)
-    )
+    # The last teacher refresh that trained (promoted or refused; not skipped for too few labels) is read back from
+    # the teacher-refresh runs, for its own cool-down; the teacher's other runs and other teachers do not count.
+    refreshes = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "kdflow-teacher", str(tmp_path / "art"))
+    for hours, outcome, teacher in ((1, "refused", "t"), (2, "skipped", "t"), (3, "promoted", "other")):
+        at = (day3 + timedelta(hours=hours)).isoformat()
+        tags = {"kdflow.flow": "teacher-refresh", "kdflow.teacher": teacher, "kdflow.as_of": at}
+        MlflowClient().create_run(refreshes, tags={**tags, "kdflow.refresh_outcome": outcome})
+    MlflowClient().create_run(refreshes, tags={"kdflow.flow": "teacher", "kdflow.as_of": day3.isoformat()})
+    later = day3 + timedelta(hours=4)
+    assert drift_history(exp, "s", "4", later, ("kdflow-teacher", "t")).last_refresh_at == day3 + timedelta(hours=1)
+    assert drift_history(exp, "s", "4", day3, ("kdflow-teacher", "t")).last_refresh_at is None  # before as_of only
+    assert drift_history(exp, "s", "4", later, ("no-such-experiment", "t")).last_refresh_at is None
     run = MlflowClient().get_run(run1)
     assert run.info.status == "FINISHED" and run.data.params["drift.psi_threshold"] == "0.2"
     assert "kdflow.episode_start" not in run.data.tags  # nothing triggered yet
@@ -761,6 +767,4 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
             "window_accuracy": 0.9,
         }
     )
-    assert (
-        len(MlflowClient().search_runs([exp])) == 4
-    )  # the three checks and the refresh: the repeated record added none
+    assert len(MlflowClient().search_runs([exp])) == 3  # the three checks: the repeated record added none

@@ -105,6 +105,13 @@ def test_a_drift_triggered_candidate_must_beat_the_champion_on_the_recent_traffi
     better = decide_promotion(ok, 0.95, "3", 0.95, 0.005, recent=(0.964, 0.963))
     assert better.promote and better.reason.endswith("better on recent labeled traffic: 0.9640 vs 0.9630")
     assert not decide_promotion(ok, 0.95, "3", 0.95, 0.005, (0.964, 0.963), min_recent_improvement=0.002).promote
+    # Better on the recent traffic, a retrain may give up max_forgetting of the old regime's test accuracy (a
+    # student of a refreshed teacher: 0.979 vs 0.987 was refused with the tolerance 0.005); without recent traffic
+    # the tolerance alone holds.
+    assert decide_promotion(ok, 0.979, "3", 0.987, 0.005, (0.80, 0.77), max_forgetting=0.02).promote
+    refused = decide_promotion(ok, 0.966, "3", 0.987, 0.005, (0.80, 0.77), max_forgetting=0.02)
+    assert not refused.promote and refused.reason == "worse than champion v3: accuracy 0.9660 < 0.9870 - tolerance 0.02"
+    assert not decide_promotion(ok, 0.979, "3", 0.987, 0.005, max_forgetting=0.02).promote
     assert SLAConfig().min_recent_improvement == 0.0
 
 

@@ -100,7 +100,9 @@ def test_teacher_refresh_needs_consecutive_checks_and_cools_down():
     assert unscored.action == "none" and unscored.consecutive[SIGNAL] == 0
 
     assert decide(first, degraded, CFG, None, NOW).action == "refresh_teacher"
-    refreshed = NOW - timedelta(days=5)
+    # The streak began at NOW - 2 days (the first check's window). A refresh that trained after that began answered
+    # this streak: the cool-down holds the next one.
+    refreshed = NOW - timedelta(hours=36)
     until = refreshed + timedelta(days=CFG.teacher_cooldown_days)
     held = decide(first, degraded, CFG, None, NOW, refreshed)
     assert held.action == "recalibrate" and held.cooldown_until == until.isoformat()
@@ -112,7 +114,11 @@ def test_teacher_refresh_needs_consecutive_checks_and_cools_down():
     assert (
         quiet.action == "none" and quiet.reason.startswith("refresh_teacher suppressed") and quiet.triggered == [SIGNAL]
     )
-    assert decide(first, degraded, CFG, None, NOW, NOW - timedelta(days=15)).action == "refresh_teacher"
+    # A streak that began after the last refresh is evidence against the refreshed teacher (a new shift): it acts
+    # inside the cool-down; and any streak acts once the cool-down is over.
+    assert decide(first, degraded, CFG, None, NOW, NOW - timedelta(days=5)).action == "refresh_teacher"
+    assert decide(first, degraded, CFG, None, NOW, NOW - 2 * DAY).action == "refresh_teacher"
+    assert decide(first, degraded, CFG, None, NOW + 14 * DAY, refreshed).action == "refresh_teacher"
     # A refresh retrains the student from the new teacher: it starts the retrain cool-down too.
     student = decide(None, STUDENT_DRIFTED, CFG, None, NOW - DAY)
     after_refresh = decide(student, STUDENT_DRIFTED, CFG, None, NOW, NOW - timedelta(days=3))
@@ -164,7 +170,12 @@ def test_the_refresh_event_is_the_teacher_degraded_event():
         "refresh_teacher: teacher",
         [SIGNAL],
     )
+    assert event.payload["since"] == ""  # no streak start recorded: the refresh reads its whole window
+    # With the streak's start: the refresh reads the rows from there, less the label lag its first check scored.
+    dated = Decision("refresh_teacher", "r", [SIGNAL], {SIGNAL: 2}, since={SIGNAL: (NOW - 2 * DAY).isoformat()})
+    assert drift_event("cfg.yaml", ref, NOW, degraded, dated, 1.0).payload["since"] == (NOW - 3 * DAY).isoformat()
     retrain = Decision("retrain", "retrain: x", ["accuracy"], {"accuracy": 2})
+    assert "since" not in drift_event("cfg.yaml", ref, NOW, degraded, retrain).payload
     assert drift_event("cfg.yaml", ref, NOW, degraded, retrain).event == DRIFT_EVENT
 
 
@@ -287,13 +298,14 @@ def _flow_config(tmp_path) -> dict:
 @pytest.mark.slow
 def test_drift_check_flow_decides_announces_and_cools_down_a_teacher_refresh(prefect_harness, tmp_path):
     from flows.drift import drift_check_flow
+    from kdflow import registry
     from mlflow import MlflowClient
     from tests.conftest import write_yaml
 
     cfg = _flow_config(tmp_path)
     register(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["artifact_location"])
     write_days(tmp_path / "logs", JAN1, 2, concept_shift=False)
-    write_days(tmp_path / "logs", JAN1 + 2 * DAY, 3, concept_shift=True)
+    write_days(tmp_path / "logs", JAN1 + 2 * DAY, 4, concept_shift=True)
     path = str(write_yaml(tmp_path / "cfg.yaml", cfg))
 
     stable = drift_check_flow(path, "2026-01-03", retrain_via="event")
@@ -309,9 +321,19 @@ def test_drift_check_flow_decides_announces_and_cools_down_a_teacher_refresh(pre
     run = MlflowClient().get_run(second["mlflow_run_id"])
     assert run.data.tags["kdflow.action"] == "refresh_teacher" and run.data.metrics["refresh_teacher"] == 1.0
     assert run.data.metrics[f"signal_{SIGNAL}"] == pytest.approx(second["signals"][SIGNAL])
-    # The next day the teacher is still degraded, but a refresh was just decided: suppressed, the reason recorded
-    # (retrain_via none: nothing is carried out).
-    held = drift_check_flow(path, "2026-01-06", retrain_via="none")["decision"]
+    # The next day the teacher is still degraded. Nothing acted on the event (no refresh trained): no cool-down,
+    # the check asks again (retrain_via none: nothing is carried out).
+    again = drift_check_flow(path, "2026-01-06", retrain_via="none")["decision"]
+    assert again["action"] == "refresh_teacher" and again["cooldown_until"] is None, again["reason"]
+    # A refresh that trained (here refused by its gate) on 01-05 answered this streak (begun 01-03): the cool-down
+    # holds the next one, and its reason says so. The refresh's run is what the teacher-refresh flow records.
+    client = MlflowClient()
+    exp = registry.configure(cfg["mlflow"]["tracking_uri"], "kdflow-teacher", cfg["mlflow"]["artifact_location"])
+    run = client.create_run(exp, tags={"kdflow.flow": "teacher-refresh", "kdflow.teacher": "t",
+                                       "kdflow.as_of": "2026-01-05T00:00:00+00:00",
+                                       "kdflow.refresh_outcome": "refused"})  # fmt: skip
+    client.set_terminated(run.info.run_id)
+    held = drift_check_flow(path, "2026-01-07", retrain_via="none")["decision"]
     assert held["action"] == "recalibrate" and held["cooldown_until"] == "2026-01-19T00:00:00+00:00"
     assert (
         "refresh_teacher suppressed: cool-down after the teacher refresh at 2026-01-05T00:00:00+00:00"

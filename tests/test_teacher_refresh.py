@@ -112,6 +112,11 @@ def test_too_few_labels_is_a_recorded_no_refresh(
         filter_string="tags.`kdflow.flow` = 'teacher-refresh' and tags.`kdflow.refresh_outcome` = 'skipped'",
     )
     assert "min_labeled_rows 5000" in run.data.tags["kdflow.refresh_reason"]
+    # --since (the drift check passes where the teacher's degradation began) narrows the window inside window_days.
+    args = ["teacher", "refresh", "--config", str(path), "--as-of", AS_OF, "--since", "2026-03-03"]
+    narrowed = runner.invoke(app, args)
+    assert narrowed.exit_code == 0, narrowed.output
+    assert "no refresh: 400 labeled rows in [2026-03-03 00:00, 2026-03-04 00:00)" in narrowed.output
 
 
 @pytest.mark.slow
@@ -241,6 +246,7 @@ def test_split_is_by_id_and_replay_is_the_configured_share():
         champion_teacher_uri,
         judge_refresh,
         prepare_refresh_data,
+        refresh_window,
         split_recent,
         with_mode,
     )
@@ -256,6 +262,11 @@ def test_split_is_by_id_and_replay_is_the_configured_share():
     assert data.rows["replay_train"] == round(data.rows["recent_train"] / 3)
     assert len(data.train) == data.rows["recent_train"] + data.rows["replay_train"]
 
+    end = datetime.fromisoformat(AS_OF)
+    assert refresh_window(end, 14, None) == (end - timedelta(days=14), end)
+    assert refresh_window(end, 14, end - timedelta(days=3)) == (end - timedelta(days=3), end)  # since the episode
+    assert refresh_window(end, 14, end - timedelta(days=30)) == (end - timedelta(days=14), end)  # at most window_days
+    assert refresh_window(end, 14, end + timedelta(days=1)) == (end - timedelta(days=14), end)  # a future since: none
     assert not judge_refresh((0.80, 0.80), (0.9, 0.9), 0.0, 0.02).promote  # equal is not better
     assert judge_refresh((0.81, 0.80), (0.885, 0.9), 0.0, 0.02).promote
     refused = judge_refresh((0.81, 0.80), (0.87, 0.9), 0.0, 0.02)
