@@ -108,6 +108,7 @@ def gate_and_register(
     provenance = {
         **describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration.temperature),
         "distillation": "online",  # co-trained with the teacher (kdflow.mutual); not trained from stored logits
+        "training_temperature": 1.0,  # deep mutual learning's KL terms are at T = 1
     }
     ref = datasets.reference
     profile = reference_profile(served, ref, ensemble.eval_logits.get(ref.name), cfg.drift.psi_bins)

@@ -78,6 +78,30 @@ def test_two_born_again_generations_are_registered_with_lineage_and_one_is_gated
 
 
 @pytest.mark.slow
+def test_a_born_again_run_that_fails_withdraws_every_generation_it_registered(distill_config, tmp_path, monkeypatch):
+    """The flow's transaction rolls back each register-generation: a run failing after both generations were
+    registered (here: writing the report) leaves no version behind, and its MLflow run ends FAILED."""
+    import tasks.methods
+    from flows.self_distill import self_distill_flow
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tasks.methods, "write_report", disk_full)
+    name = distill_config["registry"]["student_name"]
+    distill_config["self_distill"] = {"generations": 2}
+    distill_config["sla"]["min_accuracy"] = 0.9999  # no promotion: nothing becomes champion, everything is withdrawn
+    distill_config["train"].update(epochs=1, max_steps=3)
+    distill_config["registry"]["experiment"] = f"withdraw-{name}"
+    with pytest.raises(OSError, match="No space left"):
+        self_distill_flow(str(write_yaml(tmp_path / "fails.yaml", distill_config)))
+    assert MlflowClient().search_model_versions(f"name='{name}'") == []
+    experiment = MlflowClient().get_experiment_by_name(f"withdraw-{name}").experiment_id
+    flow_runs = MlflowClient().search_runs([experiment], filter_string="tags.`kdflow.flow` = 'self-distill'")
+    assert [r.info.status for r in flow_runs if "mlflow.parentRunId" not in r.data.tags] == ["FAILED"]
+
+
+@pytest.mark.slow
 def test_online_flow_co_trains_and_registers_teacher_and_student(distill_config, tmp_path, prefect_harness):
     from flows.online import online_flow
 
@@ -168,3 +192,15 @@ def test_a_config_that_cannot_run_online_says_why(tmp_path, monkeypatch):
     bad = write_yaml(tmp_path / "gen0.yaml", {**base, "self_distill": {"generations": 0}})
     result = CliRunner().invoke(app, ["distill", "--config", str(bad)])
     assert result.exit_code == 2 and "self_distill.generations" in result.output
+
+
+def test_the_packaged_online_config_can_run_online():
+    from kdflow.config import packaged_config
+
+    cfg = load_config(packaged_config("mnist1d_online.yaml"), DistillConfig)
+    online, name, alias = online_teacher(cfg)
+    assert (name, alias) == ("mnist1d-online-teacher", "champion") and online.teacher.arch == "cnn1d"
+    assert (
+        cfg.registry.student_name
+        != load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).registry.student_name
+    )
