@@ -204,3 +204,19 @@ def test_the_packaged_online_config_can_run_online():
         cfg.registry.student_name
         != load_config(packaged_config("mnist1d_distill.yaml"), DistillConfig).registry.student_name
     )
+
+
+def test_kdflow_distill_runs_the_born_again_flow_only_for_several_generations(tmp_path):
+    from app.commands_methods import distill_flow_for
+    from flows.distill import distill_flow
+    from flows.self_distill import self_distill_flow
+
+    base = {
+        "data": {"train": "a", "val": "b", "test": "c", "num_classes": 10},
+        "teacher_uri": "models:/t@champion",
+        "student": {"arch": "mlp"},
+        "registry": {"student_name": "s"},
+    }
+    assert distill_flow_for(write_yaml(tmp_path / "one.yaml", base)) is distill_flow
+    many = write_yaml(tmp_path / "three.yaml", {**base, "self_distill": {"generations": 3}})
+    assert distill_flow_for(many) is self_distill_flow
