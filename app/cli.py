@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from app.commands_lifecycle import deployments_app, drift_app, recalibrate, retrain, serve, simulate_app
+from app.commands_methods import distill_online
 from app.commands_models import models_app
 from app.commands_pipeline import data_app, demo, distill, logits_app, teacher_app, validate
 from app.commands_serve import serve_model
@@ -28,6 +29,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.command("distill")(distill)
+app.command("distill-online")(distill_online)
 app.command("validate")(validate)
 app.command("demo")(demo)
 app.command("retrain")(retrain)

@@ -119,12 +119,14 @@ def teacher_refresh(
 
 
 def distill(config: Path = typer.Option(..., help="Distillation config YAML")) -> None:
-    """Run the distillation flow; exit 3 when the SLA gate fails."""
+    """Run the distillation flow (born-again generations when ``self_distill.generations`` > 1); exit 3 when the SLA
+    gate fails."""
     embedded_defaults()
-    from flows.distill import distill_flow
+    from app.commands_methods import distill_flow_for, print_method_sections
 
-    report = run(with_runner(distill_flow, config), str(config))
+    report = run(with_runner(distill_flow_for(config), config), str(config))
     print_report(report)
+    print_method_sections(report)
     if not report["gate_passed"]:
         raise typer.Exit(GATE_FAILED_EXIT)
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -22,6 +22,7 @@ from kdflow.config_base import (  # noqa: F401 - re-exported: callers import the
     DriftAction,
     DriftStatus,
     LossKind,
+    ModelSpec,
     Optimizer,
     PreprocessKind,
     RecalibrationTrigger,
@@ -29,6 +30,7 @@ from kdflow.config_base import (  # noqa: F401 - re-exported: callers import the
     ServingRuntime,
     SplitName,
     TaskRunnerKind,
+    TeacherGateConfig,
     TeacherRefreshMode,
     TeacherWeighting,
     _Strict,
@@ -42,6 +44,7 @@ from kdflow.config_lifecycle import (  # noqa: F401 - re-exported
     RetrainConfig,
     TeacherRefreshConfig,
 )
+from kdflow.config_methods import OnlineConfig, SelfDistillConfig  # noqa: F401 - re-exported
 
 
 def packaged_config(name: str) -> Path:
@@ -125,16 +128,6 @@ class ValidationConfig(_Strict):
     max_log_sd_ratio: float = Field(default=0.693, gt=0.0)
     scale_z: float = Field(default=6.0, ge=0.0)
     scale_sd_floor: float = Field(default=0.1, ge=0.0)
-
-
-class ModelSpec(_Strict):
-    """An architecture from the registry (``mlp``, ``cnn1d``, ``cnn2d``) or ``package.module:build``."""
-
-    arch: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    # Input standardisation fitted on the train split and stored in the model (kdflow.preprocess):
-    # robust (per-feature median/IQR), standard (mean/std) or none (raw inputs).
-    preprocess: PreprocessKind = "robust"
 
 
 class ScheduleConfig(_Strict):
@@ -407,6 +400,8 @@ class DistillConfig(_Strict):
     teacher_refresh: TeacherRefreshConfig = TeacherRefreshConfig()
     output_dir: str = ".kdflow/reports"
     hard_examples: HardExamplesConfig = HardExamplesConfig()  # kdflow.hard_examples
+    self_distill: SelfDistillConfig = SelfDistillConfig()  # born-again generations (kdflow.self_distill)
+    online: OnlineConfig | None = None  # online (mutual) distillation, kdflow distill-online (kdflow.mutual)
 
     @field_validator("teacher_uri")
     @classmethod
@@ -439,17 +434,6 @@ class DistillConfig(_Strict):
     def teacher_uris(self) -> list[str]:
         """Every teacher, the primary one first."""
         return [self.teacher_uri, *self.extra_teachers]
-
-
-class TeacherGateConfig(_Strict):
-    """What a trained teacher must show on the test split before it may become ``champion``.
-
-    ``min_accuracy``: absolute floor (recorded as the version's ``kdflow.sla_passed``). ``champion_tolerance``: if
-    a champion exists, the new teacher's test accuracy may be at most this much below the champion's, both scored
-    on the same test set (1,000 test rows give an accuracy standard error of about 0.008 near 0.94)."""
-
-    min_accuracy: float = Field(default=0.85, ge=0.0, le=1.0)
-    champion_tolerance: float = Field(default=0.01, ge=0.0, le=1.0)
 
 
 class TeacherConfig(_Strict):

@@ -1,11 +1,13 @@
-"""The config's building blocks shared by :mod:`kdflow.config` and :mod:`kdflow.config_lifecycle`: the error type,
-every closed set of names the pipeline accepts, and the strict base model (unknown keys are errors)."""
+"""The config's building blocks shared by :mod:`kdflow.config`, :mod:`kdflow.config_lifecycle` and
+:mod:`kdflow.config_methods`: the error type, every closed set of names the pipeline accepts, the strict base model
+(unknown keys are errors) and the two small models several sections use (:class:`ModelSpec`,
+:class:`TeacherGateConfig`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ConfigError(ValueError):
@@ -34,3 +36,24 @@ CalibrationMapKind = Literal["vector", "isotonic"]  # the maps tried after tempe
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(_Strict):
+    """An architecture from the registry (``mlp``, ``cnn1d``, ``cnn2d``) or ``package.module:build``."""
+
+    arch: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    # Input standardisation fitted on the train split and stored in the model (kdflow.preprocess):
+    # robust (per-feature median/IQR), standard (mean/std) or none (raw inputs).
+    preprocess: PreprocessKind = "robust"
+
+
+class TeacherGateConfig(_Strict):
+    """What a trained teacher must show on the test split before it may become ``champion``.
+
+    ``min_accuracy``: absolute floor (recorded as the version's ``kdflow.sla_passed``). ``champion_tolerance``: if
+    a champion exists, the new teacher's test accuracy may be at most this much below the champion's, both scored
+    on the same test set (1,000 test rows give an accuracy standard error of about 0.008 near 0.94)."""
+
+    min_accuracy: float = Field(default=0.85, ge=0.0, le=1.0)
+    champion_tolerance: float = Field(default=0.01, ge=0.0, le=1.0)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kdflow import html
 from kdflow.config import DistillConfig, config_hash
 from kdflow.redact import redact
+from kdflow.report_methods import method_markdown
 
 if TYPE_CHECKING:
     from kdflow.data import Datasets
@@ -286,6 +287,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("cascade"):
         lines += _cascade_markdown(report["cascade"])
+    lines += method_markdown(report)  # born-again generations, online distillation (kdflow.report_methods)
     return "\n".join(lines) + "\n"
 
 
