@@ -98,7 +98,9 @@ def main() -> None:
     shape = old["train"].input_shape
 
     def train(x, y, xv, yv, model=None, cfg=None):
-        model = model or build_model(tcfg.model.arch, tcfg.model.args, shape, 10)
+        if model is None:  # fit seeds the training order; the initial weights are seeded here, so runs repeat
+            torch.manual_seed(tcfg.train.seed)
+            model = build_model(tcfg.model.arch, tcfg.model.args, shape, 10)
         t0 = time.perf_counter()
         cfg = cfg or tcfg.train.model_copy(update={"checkpoint_every_epochs": None})
         res = fit(model, ArraySource(x, y), xv, yv, cfg, progress=False)
@@ -134,6 +136,7 @@ def main() -> None:
                 data = prepare_refresh_data(recent, old["train"], old["val"], cfg)
                 parent = build_model(tcfg.model.arch, tcfg.model.args, shape, 10)
                 parent.load_state_dict(base.state_dict())
+                torch.manual_seed(rcfg.seed)  # a retrain's fresh weights
                 model = refresh_model(mode, parent, tcfg.model, shape, 10)
                 model, secs, best = train(data.train.x, data.train.y, data.val.x, data.val.y, model,
                                           refresh_train_config(cfg, tcfg.train))  # fmt: skip
