@@ -8,25 +8,17 @@ from typing import Any
 
 from prefect import flow
 from prefect.transactions import transaction
-from torch import nn
 
-from kdflow.artifact import ServedSpec
+from flows.distill import gate_and_register
 from kdflow.config import DistillConfig, load_config
 from kdflow.config_methods import online_teacher
-from kdflow.data import Datasets
-from kdflow.ensemble import TeacherEnsemble
-from kdflow.precompute import TeacherOutputs
 from kdflow.registry import CHAMPION
-from kdflow.report import DistillReport, describe_provenance
-from kdflow.train import TrainResult
 from tasks.data import validate_inputs
-from tasks.evaluate import calibrate, evaluate, fit_cascade_threshold
 from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
 from tasks.methods import child_run, publish_method_report
 from tasks.online import co_train, register_cotrained_teacher
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
-from tasks.registry import log_served_student, reference_profile, register_student, sla_gate
 from tasks.tracking import flatten, mlflow_run
 
 
@@ -68,7 +60,11 @@ def online_flow(config_path: str) -> dict[str, Any]:
                 "mean",
                 cfg.train.temperature,
             )
-            report = gate_and_register(cfg, pair.student, pair.result.student, ensemble, outs, datasets, run_id)
+            # the distill flow's steps after training, measured against the co-trained teacher; DML's KL is at T = 1
+            extra = {"distillation": "online", "training_temperature": 1.0}
+            report = gate_and_register(
+                cfg, pair.student, pair.result.student, ensemble, outs, datasets, run_id, "online-flow", extra
+            )
             section = {
                 "beta": online.beta,
                 "teacher_lr_ratio": online.teacher_lr_ratio,
@@ -76,55 +72,3 @@ def online_flow(config_path: str) -> dict[str, Any]:
                 "teacher": {**teacher, "promoted": teacher["promote"]},  # champion promoted above; another alias: set
             }
             return publish_method_report(report, {"online": section}, cfg.output_dir, run_id)
-
-
-def gate_and_register(
-    cfg: DistillConfig,
-    model: nn.Module,
-    training: TrainResult,
-    ensemble: TeacherEnsemble,
-    teacher_outs: list[TeacherOutputs],
-    datasets: Datasets,
-    run_id: str,
-) -> DistillReport:
-    """The distill flow's steps after training, for the co-trained student: calibrate, log the served artifact,
-    evaluate it and fit its cascade threshold against ``ensemble`` (the co-trained teacher), gate, register
-    (``challenger``), promote."""
-    name = cfg.registry.student_name
-    calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
-    served = calibration.served
-    spec = ServedSpec.of(
-        cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind
-    )
-    model_uri = log_served_student(served, spec, datasets.test.x[:5], run_id)
-    evaluation = evaluate(
-        model_uri, cfg.serving.runtime, served, datasets.test, ensemble.eval_logits["test"], ensemble.profile,
-        cfg.calibration.n_bins, cfg.evaluation, run_id,
-    )  # fmt: skip
-    cascade = fit_cascade_threshold(
-        model_uri, cfg.serving.runtime, datasets.val, ensemble.eval_logits["val"], cfg.serving.cascade, run_id
-    )
-    gate = sla_gate(evaluation, cfg.sla, name, datasets.test, run_id, served, datasets.recent_labeled)
-    provenance = {
-        **describe_provenance(cfg, ensemble, datasets, teacher_outs, calibration.temperature),
-        "distillation": "online",  # co-trained with the teacher (kdflow.mutual); not trained from stored logits
-        "training_temperature": 1.0,  # deep mutual learning's KL terms are at T = 1
-    }
-    ref = datasets.reference
-    profile = reference_profile(served, ref, ensemble.eval_logits.get(ref.name), cfg.drift.psi_bins)
-    tags = {
-        **provenance,
-        **(cascade.tags() if cascade else {}),
-        **({"sla_alert": gate.decision.alert} if gate.decision.alert else {}),
-    }
-    keep = cfg.registry.register_failed_candidates or gate.decision.alert is not None
-    registration = register_student(model_uri, name, run_id, gate.checks, keep, tags, profile)
-    promotion = (
-        promote_version(name, registration.version, gate.decision.reason, "online-flow")
-        if gate.decision.promote and registration.version
-        else None
-    )
-    return DistillReport(
-        name, run_id, ensemble, teacher_outs, training, calibration, evaluation, gate, registration, provenance,
-        promotion, cascade,
-    )  # fmt: skip

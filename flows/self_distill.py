@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
-from kdflow.artifact import ServedSpec
+from flows.distill import served_candidate, teacher_ensemble
 from kdflow.config import DistillConfig, load_config
 from kdflow.data import Datasets
 from kdflow.ensemble import TeacherEnsemble
@@ -17,12 +17,11 @@ from kdflow.precompute import TeacherOutputs
 from kdflow.report import DistillReport
 from kdflow.self_distill import Generation, generation_config, select_generation, self_distill_section
 from tasks.data import validate_inputs
-from tasks.evaluate import calibrate, evaluate, fit_cascade_threshold
-from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
+from tasks.evaluate import fit_cascade_threshold
 from tasks.methods import child_run, publish_method_report
 from tasks.preflight import check_outputs
 from tasks.promotion import promote_version
-from tasks.registry import log_served_student, reference_profile, sla_gate
+from tasks.registry import reference_profile, sla_gate
 from tasks.self_distill import record_selection, register_generation, store_generation_logits, summarize_generation
 from tasks.tracking import flatten, mlflow_run
 from tasks.train import train_student
@@ -43,12 +42,8 @@ def self_distill_flow(config_path: str) -> dict[str, Any]:
             datasets = validate_inputs(
                 cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id, validation=cfg.validation
             )
-            teachers = [resolve_teacher(uri, cfg.mlflow.tracking_uri) for uri in cfg.teacher_uris]
-            outs = [precompute_teacher_logits(cfg, t, datasets) for t in teachers]
-            reference = combine_teachers(  # the registered teacher(s): what every generation is measured against
-                [load_teacher_logits(cfg, t, datasets) for t in teachers], [o.profile for o in outs],
-                datasets.val, cfg.teacher_weighting, cfg.train.temperature,
-            )  # fmt: skip
+            # the registered teacher(s): what every generation is measured against
+            outs, reference = teacher_ensemble(cfg, datasets)
             parent, parent_outs, generations = reference, outs, []
             for _ in range(cfg.self_distill.generations):
                 if generations:  # generation k+1 learns from generation k's logits, stored like a teacher's
@@ -99,20 +94,11 @@ def train_generation(
     gen_cfg = generation_config(cfg, number)
     with child_run(cfg.mlflow, flow_run_id, f"generation-{number}", tags, {"train.seed": gen_cfg.train.seed}) as run_id:
         model, training = train_student(gen_cfg, parent, datasets, run_id)
-        calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
-        served = calibration.served
-        spec = ServedSpec.of(
-            cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind
-        )
-        model_uri = log_served_student(served, spec, datasets.test.x[:5], run_id)
-        evaluation = evaluate(
-            model_uri, cfg.serving.runtime, served, datasets.test, reference.eval_logits["test"], reference.profile,
-            cfg.calibration.n_bins, cfg.evaluation, run_id,
-        )  # fmt: skip
+        calibration, model_uri, evaluation = served_candidate(cfg, model, datasets, reference, run_id)
         generation = summarize_generation(
             cfg, previous[-1] if previous else None, run_id, model_uri, parent, parent_outs, datasets, training,
             calibration, evaluation,
         )  # fmt: skip
         ref = datasets.reference  # what drift checks compare production traffic with, should it become champion
-        profile = reference_profile(served, ref, reference.eval_logits.get(ref.name), cfg.drift.psi_bins)
+        profile = reference_profile(calibration.served, ref, reference.eval_logits.get(ref.name), cfg.drift.psi_bins)
         return register_generation(generation, cfg.self_distill.generations, flow_run_id, profile)
