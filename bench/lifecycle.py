@@ -451,6 +451,8 @@ class Lifecycle:
             "phases_seconds": out.get("phases"),
             "seconds": sum((out.get("phases") or {}).values()),
         }
+        if out.get("recalibration"):  # skipped for too few labels: the student recalibrated instead
+            rf["recalibration"] = self.record_drift_recalibration(d, as_of, out["recalibration"])
         if out.get("retrain"):
             rt = self.record_retrain(d, as_of, out["retrain"], via="refresh_teacher")
             rf["student"] = {k: rt[k] for k in ("version", "promoted", "gate_passed", "gate_reason", "teacher_version")}
@@ -805,6 +807,9 @@ def day_line(rec: dict[str, Any]) -> str:
             f"{rf['seconds']:.0f}s student v{(rf.get('student') or {}).get('version')} "
             f"promoted={(rf.get('student') or {}).get('promoted')} ({(rf.get('reason') or '')[:80]})"
         )
+        if rf.get("recalibration"):
+            rc = rf["recalibration"]
+            extra += f" | instead: recal v{rc['version']} ({(rc.get('reason') or '')[:70]})"
     if dr.get("retrain"):
         rt = dr["retrain"]
         extra += f" | RETRAIN v{rt['version']} promoted={rt['promoted']} ({(rt.get('gate_reason') or '')[:80]})"

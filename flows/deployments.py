@@ -68,6 +68,7 @@ REFRESH_ON_DEGRADED_PARAMETERS = {
     "as_of": "{{ event.payload.as_of }}",
     "reason": "teacher-degraded",
     "since": "{{ event.payload.since }}",
+    "recalibrate_if_skipped": True,  # too few labels yet: recalibrate the student (drift.recalibrate_during_cooldown)
 }
 TEACHER_DEGRADED_TRIGGER: dict[str, Any] = {
     "type": "event",

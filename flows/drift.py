@@ -12,7 +12,7 @@ from prefect import flow
 
 from flows.recalibrate import recalibration_flow
 from flows.retrain import retrain_flow
-from kdflow.config import DistillConfig, RetrainVia, load_config
+from kdflow.config import DistillConfig, DriftConfig, RetrainVia, load_config
 from kdflow.drift import Decision
 from kdflow.drift_events import refresh_since
 from kdflow.lifecycle import parse_as_of
@@ -69,7 +69,7 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
         result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision, lag)
         result.retrain_via = retrain_route(retrain_via, "teacher-refresh")
         if result.retrain_via == "subflow":
-            result.teacher_refresh = refresh_teacher(config_path, when, decision, lag)
+            result.teacher_refresh = refresh_teacher(config_path, when, decision, cfg.drift)
     elif decision.action == "retrain":
         result.event_id = emit_drift_event(config_path, champion.ref, when, check, decision)
         result.retrain_via = retrain_route(retrain_via)
@@ -82,10 +82,17 @@ def drift_check_flow(config_path: str, as_of: str | None = None, retrain_via: Re
     return result.as_dict()
 
 
-def refresh_teacher(config_path: str, as_of: datetime, decision: Decision, label_lag_days: float) -> dict[str, Any]:
+def refresh_teacher(config_path: str, as_of: datetime, decision: Decision, drift: DriftConfig) -> dict[str, Any]:
     """Run the teacher-refresh flow as a sub-flow on the rows since the teacher degraded, as the event's
-    deployment would (imported here: it lives in ``flows.teacher_refresh``)."""
+    deployment would; while too few labels have arrived it recalibrates the student instead (when
+    ``drift.recalibrate_during_cooldown``). Imported here: it lives in ``flows.teacher_refresh``."""
     from flows.teacher_refresh import teacher_refresh_flow
 
-    since = refresh_since(decision, label_lag_days)
-    return teacher_refresh_flow(config_path, as_of=as_of, reason=decision.reason, since=since)
+    since = refresh_since(decision, drift.label_lag_days)
+    return teacher_refresh_flow(
+        config_path,
+        as_of=as_of,
+        reason=decision.reason,
+        since=since,
+        recalibrate_if_skipped=True,
+    )

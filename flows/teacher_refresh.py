@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
+from flows.recalibrate import recalibration_flow
 from flows.retrain import retrain_flow
 from kdflow.config import DistillConfig, TeacherRefreshMode, load_config
 from kdflow.lifecycle import parse_as_of
@@ -49,15 +50,18 @@ def teacher_refresh_flow(
     reason: str = "manual",
     mode: TeacherRefreshMode | None = None,
     since: str | None = None,
+    recalibrate_if_skipped: bool = False,
 ) -> dict[str, Any]:
     """Refresh ``teacher_uri``'s teacher at ``as_of`` (default: now) from the student's logs (``logs.root``) by
     ``teacher_refresh`` (see :class:`kdflow.config.TeacherRefreshConfig`; ``mode`` overrides its mode) on the
     labeled rows of the last ``window_days``, from ``since`` (ISO 8601) on when given: the drift check passes where
     the rows of the teacher's degradation begin (an empty string: not given); ``reason`` is recorded.
 
-    ``result["outcome"]``: ``skipped`` (too few labeled rows; nothing changes), ``refused`` (the gate said no: the
-    version stays ``challenger`` with the reason; both champions untouched) or ``promoted`` (then ``retrain`` is
-    the student retrain's result). ``phases`` holds each phase's wall time. Everything after the window is read
+    ``result["outcome"]``: ``skipped`` (too few labeled rows: no refresh; with ``recalibrate_if_skipped``, as the
+    drift check and the deployment ask, and ``drift.recalibrate_during_cooldown``, the champion student is
+    recalibrated on the window's rows instead, ``result["recalibration"]``: honest probabilities while labels
+    accumulate), ``refused`` (the gate said no: the version stays ``challenger`` with the reason; both champions
+    untouched) or ``promoted`` (then ``retrain`` is the student retrain's result). ``phases`` holds each phase's wall time. Everything after the window is read
     is one transaction: a refresh that fails anywhere withdraws its teacher version, or rolls the teacher
     champion back if it had already been promoted."""
     cfg = load_config(config_path, DistillConfig)
@@ -93,12 +97,12 @@ def teacher_refresh_flow(
                 f"{window[1]:%Y-%m-%d %H:%M}) < teacher_refresh.min_labeled_rows {rc.min_labeled_rows}"
             )
             record_refresh_outcome(run_id, SKIPPED, why, phases.metrics())
-            return {
-                **result,
-                "outcome": SKIPPED,
-                "outcome_reason": why,
-                "rows": {"recent_labeled": len(labeled.labeled)},
-            }
+            result.update(outcome=SKIPPED, outcome_reason=why, rows={"recent_labeled": len(labeled.labeled)})
+            if recalibrate_if_skipped and cfg.drift.recalibrate_during_cooldown:
+                result["recalibration"] = recalibration_flow(
+                    config_path, when.isoformat(), window[0].isoformat(), "drift"
+                )
+            return result
         with transaction():
             with phases.phase("validate"):
                 data_cfg = cfg.data.model_copy(update={"recent_labeled": path, "recent": None, "transfer": None})

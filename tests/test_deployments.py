@@ -309,6 +309,7 @@ def test_serve_all_registers_five_deployments(prefect_server, server_api, tmp_pa
         "as_of": "{{ event.payload.as_of }}",
         "reason": "teacher-degraded",
         "since": "{{ event.payload.since }}",
+        "recalibrate_if_skipped": True,
     }
     assert deployments["drift"].parameters == {"config_path": str(config_path), "retrain_via": "event"}
     assert deployments["recalibrate"].parameters == {"config_path": str(config_path)}
@@ -514,6 +515,7 @@ def test_teacher_degraded_event_runs_the_teacher_refresh_deployment(
             "as_of": AS_OF,
             "reason": "teacher-degraded",
             "since": since,
+            "recalibrate_if_skipped": True,
         }
         final = wait_for(
             f"refresh run {run.name} to finish", lambda: finished_run(server_api, run.id), 900, serve, every_s=3.0
