@@ -279,6 +279,19 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     assert again["result"] is not None and again["parent_version"] == new, again["reason"]
     assert again["window"] == [window_start, "2026-01-15T00:00:00+00:00"] and again["trigger"] == "schedule"
 
+    # A teacher refresh the drift check asks for while too few labels have arrived (min_labeled_rows 4,000) trains
+    # nothing and recalibrates the student on the rows since the teacher degraded instead; asked by hand, it does not.
+    from flows.teacher_refresh import teacher_refresh_flow
+
+    champion = registry.alias_version(name, "champion")
+    manual = teacher_refresh_flow(path, "2026-01-16", "manual", since="2026-01-10")
+    assert manual["outcome"] == "skipped" and "recalibration" not in manual
+    waiting = teacher_refresh_flow(path, "2026-01-16", "drift", since="2026-01-10", recalibrate_if_skipped=True)
+    assert waiting["outcome"] == "skipped" and "< teacher_refresh.min_labeled_rows 4000" in waiting["outcome_reason"]
+    recal = waiting["recalibration"]
+    assert recal["trigger"] == "drift" and recal["parent_version"] == champion, recal["reason"]
+    assert recal["window"][1] == "2026-01-16T00:00:00+00:00" and recal["labeled_rows"] > 0, recal["reason"]
+
 
 @pytest.mark.slow
 def test_drift_check_without_a_champion_or_with_missing_logs(lifecycle_config, tmp_path):

@@ -109,7 +109,8 @@ def test_too_few_labels_is_a_recorded_no_refresh(
     assert aliases(client, name) == before and len(client.search_model_versions(f"name='{name}'")) == 1
     [run] = client.search_runs(
         [client.get_experiment_by_name("kdflow-teacher").experiment_id],
-        filter_string="tags.`kdflow.flow` = 'teacher-refresh' and tags.`kdflow.refresh_outcome` = 'skipped'",
+        filter_string="tags.`kdflow.flow` = 'teacher-refresh' and tags.`kdflow.refresh_outcome` = 'skipped' "
+        f"and tags.`kdflow.teacher` = '{name}'",  # the session's tracking store holds other tests' refreshes
     )
     assert "min_labeled_rows 5000" in run.data.tags["kdflow.refresh_reason"]
     # --since (the drift check passes where the teacher's degradation began) narrows the window inside window_days.
