@@ -52,7 +52,7 @@ def _targets(labels: torch.Tensor | None, teacher_logits: torch.Tensor) -> torch
     return teacher_top if labels is None else torch.where(labels >= 0, labels, teacher_top)
 
 
-def dkd_term(
+def dkd_rows(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     targets: torch.Tensor,
@@ -60,8 +60,8 @@ def dkd_term(
     alpha: float = 1.0,
     beta: float = 8.0,
 ) -> torch.Tensor:
-    """Decoupled KD (Zhao et al. 2022, "Decoupled Knowledge Distillation", CVPR): ``T^2 * (alpha * TCKD +
-    beta * NCKD)``, batch mean.
+    """Decoupled KD per row, shape ``(B,)``: ``T^2 * (alpha * TCKD_i + beta * NCKD_i)`` (Zhao et al. 2022,
+    "Decoupled Knowledge Distillation", CVPR); :func:`dkd_term` is their mean.
 
     With ``p = softmax(z / T)`` and target class ``t``: TCKD ``= KL([p_t^T, 1 - p_t^T] || [p_t^S, 1 - p_t^S])``
     (the binary target-vs-rest distributions); NCKD ``= KL(q^T || q^S)`` with ``q = softmax`` over the non-target
@@ -78,12 +78,25 @@ def dkd_term(
         rest = logp.masked_fill(mask, float("-inf")).logsumexp(dim=-1, keepdim=True)
         return torch.cat([tgt, rest], dim=1)
 
-    tckd = F.kl_div(binary(ls), binary(lt), reduction="batchmean", log_target=True)
+    bs, bt = binary(ls), binary(lt)
+    tckd = (bt.exp() * (bt - bs)).sum(dim=-1)
     ns = F.log_softmax(zs.masked_fill(mask, float("-inf")), dim=-1)
     nt = F.log_softmax(zt.masked_fill(mask, float("-inf")), dim=-1)
     # KL over non-target classes only (the target entry is -inf in both: excluded, not 0 * inf)
-    nckd = (nt.exp() * (nt - ns)).masked_fill(mask, 0.0).sum(dim=-1).mean()
+    nckd = (nt.exp() * (nt - ns)).masked_fill(mask, 0.0).sum(dim=-1)
     return (alpha * tckd + beta * nckd) * (t * t)
+
+
+def dkd_term(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> torch.Tensor:
+    """Decoupled KD, batch mean of :func:`dkd_rows` (the formula and its source are there)."""
+    return dkd_rows(student_logits, teacher_logits, targets, temperature, alpha, beta).mean()
 
 
 def _pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdflow.losses import _targets
+from kdflow.losses import _targets, dkd_rows
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -27,34 +27,6 @@ def kd_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_student = F.log_softmax(student_logits / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.to(student_logits.dtype) / t, dim=-1)
     return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1) * (t * t)
-
-
-def dkd_rows(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-) -> torch.Tensor:
-    """Per row: ``T^2 * (alpha * TCKD_i + beta * NCKD_i)`` (Zhao et al. 2022, "Decoupled Knowledge Distillation"),
-    shape ``(B,)``; their mean is :func:`kdflow.losses.dkd_term` (see there for TCKD and NCKD)."""
-    t = float(temperature)
-    zs, zt = student_logits / t, teacher_logits.to(student_logits.dtype) / t
-    mask = F.one_hot(targets, zs.shape[-1]).bool()
-    ls, lt = F.log_softmax(zs, dim=-1), F.log_softmax(zt, dim=-1)
-
-    def binary(logp: torch.Tensor) -> torch.Tensor:  # (B, 2): log p_t, log(1 - p_t)
-        tgt = logp.masked_select(mask).unsqueeze(1)
-        rest = logp.masked_fill(mask, float("-inf")).logsumexp(dim=-1, keepdim=True)
-        return torch.cat([tgt, rest], dim=1)
-
-    bs, bt = binary(ls), binary(lt)
-    tckd = (bt.exp() * (bt - bs)).sum(dim=-1)
-    ns = F.log_softmax(zs.masked_fill(mask, float("-inf")), dim=-1)
-    nt = F.log_softmax(zt.masked_fill(mask, float("-inf")), dim=-1)
-    nckd = (nt.exp() * (nt - ns)).masked_fill(mask, 0.0).sum(dim=-1)
-    return (alpha * tckd + beta * nckd) * (t * t)
 
 
 def weighted_distillation_loss(
