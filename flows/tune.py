@@ -8,10 +8,10 @@ from typing import Any
 import optuna
 from prefect import flow
 
+from flows.distill import teacher_ensemble
 from kdflow.config import DistillConfig, load_config
 from kdflow.tune import check_tune_options, shares, storage_url
 from tasks.data import validate_inputs
-from tasks.logits import combine_teachers, load_teacher_logits, precompute_teacher_logits, resolve_teacher
 from tasks.preflight import check_outputs
 from tasks.tracking import flatten, mlflow_run
 from tasks.tune import create_study, load_tune_inputs, publish_tune_report, tune_worker
@@ -39,15 +39,7 @@ def tune_flow(
         datasets = validate_inputs(
             cfg.data, cfg.student, cfg.store.endpoint_url, run_id=run_id, validation=cfg.validation
         )
-        teachers = [resolve_teacher(uri, cfg.mlflow.tracking_uri) for uri in cfg.teacher_uris]
-        outs = [precompute_teacher_logits(cfg, t, datasets) for t in teachers]
-        ensemble = combine_teachers(
-            [load_teacher_logits(cfg, t, datasets) for t in teachers],
-            [out.profile for out in outs],
-            datasets.val,
-            cfg.teacher_weighting,
-            cfg.train.temperature,
-        )
+        _, ensemble = teacher_ensemble(cfg, datasets)  # logits computed once, as in the distill flow
         data = load_tune_inputs(cfg, ensemble, datasets, subset)
         shared = storage_url(storage) if storage is not None else optuna.storages.InMemoryStorage()
         name = create_study(study or f"kdflow-tune-{run_id}", shared, cfg.tune)
