@@ -272,3 +272,42 @@ def test_two_workers_share_one_study_on_postgresql(distill_config, tmp_path):
         assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     finally:
         drop_database(db)
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_on_postgresql(distill_config, state_dir, tmp_path):
+    """Two `kdflow tune` processes started together with the same --storage and --study: the trials of both land in
+    one study, numbered without a clash. Each process has its own Prefect home and its own copy of the MLflow
+    SQLite store (SQLite is the embedded default, not a store for concurrent writers; the study's shared state is
+    PostgreSQL's)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if not postgres_answers():
+        reason = f"PostgreSQL does not answer on {PG_HOST}:{PG_PORT}: shared-study test skipped"
+        print(reason)
+        pytest.skip(reason)
+    db = _create_database()
+    storage = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{db}"
+    try:
+        procs = []
+        for i in range(2):
+            cfg = {**distill_config, "tune": {"epochs": 1, "startup_trials": 2}}
+            shutil.copy(state_dir / "mlflow.db", tmp_path / f"mlflow-{i}.db")
+            cfg["mlflow"] = {**cfg["mlflow"], "tracking_uri": f"sqlite:///{tmp_path}/mlflow-{i}.db"}
+            cfg["output_dir"] = str(tmp_path / f"reports-{i}")
+            path = write_yaml(tmp_path / f"distill-{i}.yaml", cfg)
+            env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{i}")}
+            env.pop("PREFECT_API_URL", None)
+            args = ["tune", "--config", str(path), "--trials", "2", "--storage", storage, "--study", "together"]
+            procs.append(subprocess.Popen([sys.executable, "-m", "app", *args, "--subset", "0.3"], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        study = optuna.load_study(study_name="together", storage=storage_url(storage))
+        assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+        assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    finally:
+        drop_database(db)
