@@ -108,6 +108,8 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     """Raw logits of ``model`` (the inner model of a served :class:`CalibratedClassifier`) on ``x``, in eval
     mode, batched, as float32 numpy."""
     model.eval()
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas' read-only views: torch wants writable
+        x = x.copy()
     xt = torch.as_tensor(x, dtype=torch.float32)
     out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
