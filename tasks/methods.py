@@ -8,10 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import task_run
-from prefect.transactions import Transaction
 
 from kdflow import registry
 from kdflow.config import MlflowConfig
@@ -77,20 +75,3 @@ def publish_method_report(
         markdown=to_markdown(data), key="kdflow-distill-report", description=f"SLA report for {report.student_name}"
     )
     return {**data, "paths": {k: str(p.resolve()) for k, p in paths.items()}}
-
-
-def withdraw_on_rollback(txn: Transaction) -> None:
-    """Rollback hook of a registering task (it ``set("registered", (name, version))`` on its transaction): the flow's
-    transaction failed, so the version is withdrawn — unless it already became champion (serving it must not
-    break; the failure came after promotion)."""
-    from mlflow import MlflowClient
-
-    registered = txn.get("registered", None)
-    if not registered:
-        return
-    name, version = registered
-    if registry.alias_version(name, registry.CHAMPION) == version:
-        get_run_logger().warning("kept %s version %s although the run failed: it is already champion", name, version)
-        return
-    MlflowClient().delete_model_version(name, version)
-    get_run_logger().warning("withdrew %s version %s: the run failed after registering it", name, version)

@@ -18,7 +18,7 @@ from kdflow.plots import training_curves
 from kdflow.registry import tag_version
 from kdflow.sla import register_teacher_version
 from tasks import kdflow_task
-from tasks.methods import withdraw_on_rollback
+from tasks.registry import withdraw_on_rollback
 from tasks.tracking import log_artifact, log_metrics
 
 

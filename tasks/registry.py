@@ -86,7 +86,7 @@ def register_student(
     reference profile (``reference/profile.json``) and alias it ``challenger``; ``champion`` moves later, in
     :func:`tasks.promotion.promote_version`. A candidate that failed its SLAs is not registered unless
     ``register_failed`` is set. Inside a Prefect ``transaction()`` that then fails, the version is withdrawn
-    again unless already champion (:func:`_withdraw_on_rollback`).
+    again unless already champion (:func:`withdraw_on_rollback`).
 
     Idempotent under retries: the version is the one run ``run_id`` registered, if any
     (:func:`kdflow.registry.register_logged_model`); tags are rewritten with the same values, the profile
@@ -120,10 +120,11 @@ def _withdraw(name: str, version: str, why: str) -> None:
     get_run_logger().warning("withdrew %s version %s: %s", name, version, why)
 
 
-@register_student.on_rollback
-def _withdraw_on_rollback(txn: Transaction) -> None:
-    """The transaction around :func:`register_student` failed: a failed run leaves no registered model — except
-    a version that already became champion (serving it must not break; the failure came after promotion)."""
+def withdraw_on_rollback(txn: Transaction) -> None:
+    """Rollback hook of a registering task (it ``set("registered", (name, version))`` on its transaction; used by
+    :func:`register_student` and the born-again and online flows' registering tasks): the flow's transaction
+    failed, so a failed run leaves no registered model — except a version that already became champion (serving
+    it must not break; the failure came after promotion)."""
     registered = txn.get("registered", None)
     if not registered:
         return
@@ -132,6 +133,9 @@ def _withdraw_on_rollback(txn: Transaction) -> None:
         get_run_logger().warning("kept %s version %s although the run failed: it is already champion", name, version)
         return
     _withdraw(name, version, "the run failed after registering it")
+
+
+register_student.on_rollback(withdraw_on_rollback)
 
 
 def _fetch_plots(run_id: str, directory: Path) -> None:

@@ -21,7 +21,7 @@ from kdflow.self_distill import Generation
 from kdflow.train import TrainResult
 from tasks import kdflow_task
 from tasks.logits import store_retries
-from tasks.methods import withdraw_on_rollback
+from tasks.registry import withdraw_on_rollback
 from tasks.tracking import log_metrics
 
 
@@ -67,7 +67,7 @@ def register_generation(
 ) -> Generation:
     """:func:`kdflow.lineage.register_with_record`: register the generation (every one, passed its SLAs or not: the
     next learns from it) with its provenance, lineage tags and SLA record, no alias. Idempotent under retries;
-    withdrawn again if the flow's transaction fails (:func:`tasks.methods.withdraw_on_rollback`)."""
+    withdrawn again if the flow's transaction fails (:func:`tasks.registry.withdraw_on_rollback`)."""
     tags = {**generation.provenance, **generation.lineage_tags(generations, flow_run_id)}
     _, version = register_with_record(
         generation.name, generation.run_id, generation.model_uri, generation.checks, tags, profile
