@@ -78,10 +78,11 @@ class ServedCandidate(NamedTuple):
 def served_candidate(
     cfg: DistillConfig, model: nn.Module, datasets: Datasets, reference: TeacherEnsemble, run_id: str
 ) -> ServedCandidate:
-    """Calibrate ``model`` on the validation split, log the served artifact (not yet registered) and evaluate
+    """Calibrate ``model`` on ``datasets.selection`` (the validation split; a retrain's recent labeled rows set
+    aside for it), log the served artifact (not yet registered) and evaluate
     THAT artifact, loaded back in ``serving.runtime``, on the test split against ``reference`` (the teacher logits
     the student is measured against): what the SLA gate judges is what will be served."""
-    calibration = calibrate(model, datasets.val, cfg.calibration, run_id)
+    calibration = calibrate(model, datasets.selection, cfg.calibration, run_id)
     served = calibration.served
     spec = ServedSpec.of(
         cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind
@@ -111,8 +112,9 @@ def gate_and_register(
     name = cfg.registry.student_name
     calibration, model_uri, evaluation = served_candidate(cfg, model, datasets, ensemble, run_id)
     served = calibration.served
+    selection = datasets.selection
     cascade = fit_cascade_threshold(
-        model_uri, cfg.serving.runtime, datasets.val, ensemble.eval_logits["val"], cfg.serving.cascade, run_id
+        model_uri, cfg.serving.runtime, selection, ensemble.eval_logits[selection.name], cfg.serving.cascade, run_id
     )
     gate = sla_gate(evaluation, cfg.sla, name, datasets.test, run_id, served, datasets.recent_labeled)
     provenance = {

@@ -81,9 +81,11 @@ class DataConfig(_Strict):
     transfer: str | None = None
     # Set by the retrain flow: recent production inputs (unlabeled, distilled like the transfer set), the
     # recent labeled traffic the gate compares candidate and champion on (and the new version's reference
-    # profile is built from), and the [start, end) of that traffic (ISO 8601).
+    # profile is built from), the recent labeled rows the candidate is selected and calibrated on (disjoint
+    # from recent_labeled) and the [start, end) of that traffic (ISO 8601).
     recent: str | None = None
     recent_labeled: str | None = None
+    recent_val: str | None = None
     recent_window: tuple[str, str] | None = None
     num_classes: int = Field(gt=1)
     features: FeatureSpec = FeatureSpec()
@@ -478,10 +480,12 @@ def load_config(path: str | Path, model: type[C]) -> C:
 class RecentTraffic(_Strict):
     """Recent production traffic handed from the retrain flow to the distill flow as a typed parameter: the
     unlabeled inputs added to the transfer set, the labeled rows the gate also compares on (``None``: too few),
-    the ``[start, end)`` window (ISO 8601) and row counts."""
+    the labeled rows the candidate is selected and calibrated on (``None``: the validation split is), the
+    ``[start, end)`` window (ISO 8601) and row counts."""
 
     recent: str
     recent_labeled: str | None = None
+    recent_val: str | None = None
     window: tuple[str, str]
     rows: int = Field(ge=0)
     recent_rows: int = Field(ge=0)
@@ -489,12 +493,13 @@ class RecentTraffic(_Strict):
 
 
 def with_recent(cfg: DistillConfig, traffic: RecentTraffic) -> DistillConfig:
-    """``cfg`` with ``data.recent`` / ``data.recent_labeled`` / ``data.recent_window`` set from ``traffic``
+    """``cfg`` with ``data.recent`` / ``recent_labeled`` / ``recent_val`` / ``recent_window`` set from ``traffic``
     (validated again, so the result is as strict as a loaded config)."""
     data = {
         **cfg.data.model_dump(),
         "recent": traffic.recent,
         "recent_labeled": traffic.recent_labeled,
+        "recent_val": traffic.recent_val,
         "recent_window": traffic.window,
     }
     return DistillConfig.model_validate({**cfg.model_dump(), "data": data})

@@ -88,6 +88,10 @@ class RetrainConfig(_Strict):
     # With at least this many recent labeled rows, the gate also compares on them and they become the new
     # version's reference profile (fewer: gate on the test split, profile of the validation split).
     min_recent_labeled_rows: int = Field(default=300, ge=0)
+    # Share of those rows (split by a hash of the request id) that the candidate picks its best epoch and fits its
+    # temperature on — the traffic it will serve, not the validation split of the regime before the drift; the
+    # rest is the gate's. 0: select and calibrate on the validation split, gate on all of them.
+    selection_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
 
 
 class RecalibrationConfig(_Strict):

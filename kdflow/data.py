@@ -130,7 +130,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path, row_group_size: int = 8192
 
 class Datasets(Mapping[str, Dataset]):
     """The validated splits of one run by name (``train``, ``val``, ``test`` and the optional ``transfer``,
-    ``recent``, ``recent_labeled``), all with one feature shape. Reads like a ``dict[str, Dataset]``; the
+    ``recent``, ``recent_labeled``, ``recent_val``), all with one feature shape. Reads like a ``dict[str, Dataset]``; the
     splits every flow needs are attributes."""
 
     def __init__(self, splits: Mapping[str, Dataset]) -> None:
@@ -170,6 +170,12 @@ class Datasets(Mapping[str, Dataset]):
     def recent_labeled(self) -> Dataset | None:
         """Recent labeled production traffic (a retrain), else ``None``."""
         return self._splits.get("recent_labeled")
+
+    @property
+    def selection(self) -> Dataset:
+        """What the student's best epoch, temperature and cascade threshold are chosen on: a retrain's recent
+        labeled rows set aside for it (``recent_val``, the traffic it will serve), else the validation split."""
+        return self._splits.get("recent_val", self.val)
 
     @property
     def reference(self) -> Dataset:

@@ -57,6 +57,22 @@ def ids_from_request_ids(request_ids: np.ndarray) -> np.ndarray:
     )
 
 
+def hash_fraction(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id: the first 8 bytes of SHA-256(``"<seed>:<id>"``) / 2**64. The same id
+    lands in the same place for the same seed, whatever window it arrives in."""
+    digests = (hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in np.asarray(ids).tolist())
+    return np.fromiter((int.from_bytes(d, "big") / 2.0**64 for d in digests), dtype=np.float64, count=len(ids))
+
+
+def split_selection(labeled: pd.DataFrame, fraction: float, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Recent labeled rows split by :func:`hash_fraction` of their ``id``: (selection — ``u < fraction``, what a
+    retrain picks its best epoch and fits its temperature on — and gate — the rest, what the candidate is
+    compared with the champion on). Disjoint, and the same row lands on the same side in every window."""
+    u = hash_fraction(labeled["id"].to_numpy(), seed)
+    pick = u < fraction
+    return labeled[pick].reset_index(drop=True), labeled[~pick].reset_index(drop=True)
+
+
 def traffic_frames(
     request_ids: np.ndarray, x: np.ndarray, labels: np.ndarray, max_rows: int, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

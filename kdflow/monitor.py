@@ -42,12 +42,14 @@ from kdflow.lifecycle import (
     judge_refit,
     refit_cascade,
     refit_temperature,
+    split_selection,
     traffic_frames,
     window_bounds,
 )
 from kdflow.models import CalibratedClassifier
 from kdflow.profile import ReferenceProfile
 from kdflow.served import PROFILE_ARTIFACT, ServedRows, VersionReference, recent_days, served_text
+from kdflow.teacher_health import SIGNAL as TEACHER_SIGNAL
 from kdflow.train import predict_logits
 from kdflow.validation import validate_inference_logs
 
@@ -159,8 +161,9 @@ def collect_recent_traffic(
     output_dir: str,
 ) -> RecentTraffic:
     """The last ``cfg.window_days`` of logs before ``as_of`` as an extra (unlabeled) transfer split — at most
-    ``cfg.max_recent_rows``, a deterministic sample — and the labeled rows for the gate (None when fewer than
-    ``cfg.min_recent_labeled_rows``), written as Parquet in kdflow's layout under :func:`retrain_dir` (a repeat
+    ``cfg.max_recent_rows``, a deterministic sample — and the labeled rows (None when fewer than
+    ``cfg.min_recent_labeled_rows``) split into the candidate's selection and the gate's rows
+    (:func:`kdflow.lifecycle.split_selection`, ``cfg.selection_fraction``), written as Parquet in kdflow's layout under :func:`retrain_dir` (a repeat
     overwrites the same files). No logs at all: :class:`InferenceLogError`, nothing to retrain on."""
     start, end = window_bounds(as_of, cfg.window_days)
     window = read_logs(logs, validation, num_classes, start, end)
@@ -172,9 +175,13 @@ def collect_recent_traffic(
     inputs, labeled = traffic_frames(window.request_ids, window.x, window.labels, cfg.max_recent_rows)
     out_dir = retrain_dir(output_dir, as_of)
     enough = len(labeled) >= max(cfg.min_recent_labeled_rows, 1)
+    select, gate = split_selection(labeled, cfg.selection_fraction)
+    if not (len(select) and len(gate)):  # too few rows to split: the validation split selects, all rows gate
+        select, gate = select.iloc[:0], labeled
     return RecentTraffic(
         recent=str(write_parquet(inputs, out_dir / "recent.parquet")),
-        recent_labeled=str(write_parquet(labeled, out_dir / "recent_labeled.parquet")) if enough else None,
+        recent_labeled=str(write_parquet(gate, out_dir / "recent_labeled.parquet")) if enough else None,
+        recent_val=str(write_parquet(select, out_dir / "recent_val.parquet")) if enough and len(select) else None,
         window=(start.isoformat(), end.isoformat()),
         rows=len(window),
         recent_rows=len(inputs),
@@ -262,7 +269,8 @@ def check_served(served: ServedRows, reference: VersionReference, window: LogWin
 @dataclass(frozen=True)
 class DriftHistory:
     """What a check needs from the checks before it: the decision of the same version's last check (it carries
-    every signal's streak; None for the version's first check), when a retrain was last decided and when the
+    every signal's streak but the teacher's, which comes from the last check of any version:
+    :func:`with_teacher_streak`; None for the model's first check), when a retrain was last decided and when the
     teacher was last refreshed (a refresh that trained: promoted or refused)."""
 
     previous: Decision | None
@@ -274,8 +282,8 @@ def drift_history(
     experiment_id: str, name: str, version: str, as_of: datetime, refreshes: tuple[str, str] | None = None
 ) -> DriftHistory:
     """The drift history of model ``name`` before ``as_of``, from the checks :func:`record_drift_check` stored
-    in ``experiment_id``: the last check of ``version`` and the last retrain decision of any version (for the
-    cool-down); with ``refreshes`` (the teacher-refresh experiment's name, the teacher's registered name), the
+    in ``experiment_id``: the last check of ``version`` with the teacher's streak of the last check of any
+    version (:func:`with_teacher_streak`), and the last retrain decision of any version (for the cool-down); with ``refreshes`` (the teacher-refresh experiment's name, the teacher's registered name), the
     last teacher refresh that trained (:func:`kdflow.teacher_refresh.last_acted_refresh`)."""
     import mlflow.artifacts
 
@@ -284,22 +292,37 @@ def drift_history(
 
     client = MlflowClient()
     base = f"tags.`{_P}model` = '{name}' AND metrics.as_of_ts < {as_of.timestamp()}"
-    runs = client.search_runs(
-        [experiment_id],
-        f"{base} AND tags.`{_P}model_version` = '{version}'",
-        order_by=["metrics.as_of_ts DESC"],
-        max_results=1,
-    )
-    previous = None
-    if runs:
+
+    def last_decision(where: str) -> Decision | None:
+        runs = client.search_runs([experiment_id], where, order_by=["metrics.as_of_ts DESC"], max_results=1)
+        if not runs:
+            return None
         path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
-        previous = Decision.from_dict(json.loads(Path(path).read_text()))
+        return Decision.from_dict(json.loads(Path(path).read_text()))
+
+    previous = last_decision(f"{base} AND tags.`{_P}model_version` = '{version}'")
+    previous = with_teacher_streak(previous, last_decision(base))
     runs = client.search_runs(
         [experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'", order_by=["metrics.as_of_ts DESC"], max_results=1
     )
     last_retrain = datetime.fromisoformat(runs[0].data.tags[f"{_P}as_of"]) if runs else None
     last_refresh = last_acted_refresh(*refreshes, as_of) if refreshes else None
     return DriftHistory(previous, last_retrain, last_refresh)
+
+
+def with_teacher_streak(previous: Decision | None, latest: Decision | None) -> Decision | None:
+    """``previous`` (the checked version's last decision) with the ``teacher_accuracy`` streak of ``latest`` (the
+    last check of any version): the teacher's health does not depend on which student version served, so a new
+    student version (a recalibration, a retrain) neither restarts nor revives the teacher's streak."""
+    n = latest.consecutive.get(TEACHER_SIGNAL, 0) if latest is not None else 0
+    start = latest.since.get(TEACHER_SIGNAL) if n and latest is not None else None
+    if previous is None and not n:
+        return None
+    base = previous or Decision("none", "", [], {})
+    if base.consecutive.get(TEACHER_SIGNAL, 0) == n and base.since.get(TEACHER_SIGNAL) == start:
+        return base
+    since = {k: v for k, v in base.since.items() if k != TEACHER_SIGNAL} | ({TEACHER_SIGNAL: start} if start else {})
+    return replace(base, consecutive={**base.consecutive, TEACHER_SIGNAL: n}, since=since)
 
 
 def drift_metrics(as_of: datetime, check: DriftCheck, decision: Decision) -> dict[str, float]:

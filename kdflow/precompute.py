@@ -132,12 +132,16 @@ def finalize_logits(
     )
 
 
+EVAL_SPLITS = ("val", "test", "recent_val")  # held in memory: evaluation, calibration, model selection
+
+
 def read_eval_logits(
-    cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset], splits: Sequence[str] = ("val", "test")
+    cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset], splits: Sequence[str] = EVAL_SPLITS
 ) -> TeacherLogits:
-    """Read the small evaluation splits' stored logits into memory, verifying checksums, provenance and ids
+    """Read the small evaluation splits' stored logits (of those in ``splits`` that ``datasets`` has) into memory, verifying checksums, provenance and ids
     (joined by id), then their shape and finiteness: a teacher with the wrong number of classes is named here,
     before training."""
+    splits = [n for n in splits if n in datasets]
     stores = logit_stores(cfg, teacher, {n: datasets[n] for n in splits})
     logits = {}
     for n in splits:

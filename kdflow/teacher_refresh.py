@@ -12,7 +12,6 @@ never imports Prefect; the tasks in ``tasks/teacher_refresh.py`` wrap these func
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from torch import nn
 from kdflow import registry
 from kdflow.config import ConfigError, ModelSpec, TeacherConfig, TeacherRefreshConfig, TrainConfig, load_config
 from kdflow.data import DataError, Dataset
+from kdflow.lifecycle import hash_fraction
 from kdflow.metrics import accuracy
 from kdflow.models import build_model
 from kdflow.train import predict_logits
@@ -74,13 +74,6 @@ def teacher_spec(path: str | None, name: str) -> tuple[ModelSpec | None, TrainCo
             "(the model behind teacher_uri)"
         )
     return cfg.model, cfg.train
-
-
-def hash_fraction(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per id: the first 8 bytes of SHA-256(``"<seed>:<id>"``) / 2**64. The same id
-    lands in the same place for the same seed, whatever window it arrives in."""
-    digests = (hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in np.asarray(ids).tolist())
-    return np.fromiter((int.from_bytes(d, "big") / 2.0**64 for d in digests), dtype=np.float64, count=len(ids))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
-from kdflow.data import Dataset
+from kdflow.data import Dataset, Datasets
 from kdflow.ensemble import TeacherEnsemble
 from kdflow.models import build_for_training, count_parameters
 from kdflow.plots import training_curves
@@ -26,21 +26,28 @@ from tasks.tracking import log_artifact, log_dict, log_metrics
 
 @kdflow_task(name="train-student")
 def train_student(
-    cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Mapping[str, Dataset], run_id: str
+    cfg: DistillConfig, ensemble: TeacherEnsemble, datasets: Datasets, run_id: str
 ) -> tuple[nn.Module, TrainResult]:
     """Distil a fresh student from the stored logits (no teacher runs here): the model, its streamed input and
-    its checkpoints come from :func:`kdflow.student.prepare_student_training`. Curves go to MLflow, and with
+    its checkpoints come from :func:`kdflow.student.prepare_student_training`; the best epoch is picked on
+    ``datasets.selection`` (a retrain's recent labeled rows; its name is the run tag ``kdflow.selection_split``
+    and its rows the metric ``selection_rows``). Curves go to MLflow, and with
     ``hard_examples.enabled`` the selection (``hard_examples_*`` metrics, ``hard_examples/selection.json``)."""
     training = prepare_student_training(cfg, ensemble, datasets)
     get_run_logger().info(training.describe(cfg.student.arch))
-    hard = training.hard_examples
+    from mlflow import MlflowClient
+
+    hard, selection = training.hard_examples, datasets.selection
+    get_run_logger().info("best epoch chosen on %s (%d rows)", selection.name, len(selection))
+    MlflowClient().set_tag(run_id, "kdflow.selection_split", selection.name)
+    log_metrics(run_id, {"selection_rows": len(selection)})
     try:
         if hard is not None:  # selected rows, their mean entropy, the mode (also the param hard_examples.mode)
             get_run_logger().info(hard.describe())
             log_metrics(run_id, hard.metrics())
             log_dict(run_id, hard.as_dict(), "hard_examples/selection.json")
         result = _fit(
-            training.model, cfg.train, training.source, datasets["val"], ensemble.train_logits["val"], run_id,
+            training.model, cfg.train, training.source, selection, ensemble.train_logits[selection.name], run_id,
             "student", training.checkpoints,
         )  # fmt: skip
         result.hard_examples = hard.as_dict() if hard is not None else None

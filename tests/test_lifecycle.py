@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import softmax
 
@@ -24,6 +25,7 @@ from kdflow.lifecycle import (
     parse_as_of,
     recalibration_window,
     refit_temperature,
+    split_selection,
     traffic_frames,
     window_bounds,
 )
@@ -66,6 +68,19 @@ def test_traffic_frames_sample_inputs_and_keep_labeled_rows():
     assert len(labeled) == 25 and labeled["label"].tolist() == [i % 10 for i in range(0, 100, 4)]
     assert labeled["id"].tolist() == ids_from_request_ids(rids[::4]).tolist()  # stable across calls
     assert (ids_from_request_ids(rids) >= 0).all()
+
+
+def test_split_selection_is_disjoint_stable_and_sized_by_the_fraction():
+    _, labeled = traffic_frames(np.array([f"req-{i}" for i in range(2000)]), np.zeros((2000, 2)), np.zeros(2000), 10)
+    select, gate = split_selection(labeled, 0.5)
+    assert len(select) + len(gate) == 2000 and not set(select["id"]) & set(gate["id"])
+    assert 900 < len(select) < 1100  # Binomial(2000, 0.5): 4.5 standard deviations either side
+    # A row lands on the same side in a later window that shares it, and a larger fraction only adds rows.
+    later_select, _ = split_selection(labeled.iloc[500:], 0.5)
+    assert set(later_select["id"]) == set(select["id"]) & set(labeled["id"].iloc[500:])
+    assert set(select["id"]) < set(split_selection(labeled, 0.8)[0]["id"])
+    none, everything = split_selection(labeled, 0.0)
+    assert len(none) == 0 and everything["id"].tolist() == labeled["id"].tolist()
 
 
 def _tempered_world(n: int, true_t: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +207,15 @@ def test_drift_check_retrain_and_recalibration(lifecycle_config, tmp_path):
     assert not list(Path(retrained["recent"]["recent"]).parent.glob("*.yaml"))  # no rewritten config
     report = retrained["report"]
     assert report["registration"]["version"] == "2" and report["promotion"]["version"] == "2"
-    assert {"recent", "recent_labeled"} <= set(report["provenance"]["data_fingerprints"])
+    assert {"recent", "recent_labeled", "recent_val"} <= set(report["provenance"]["data_fingerprints"])
+    # The candidate picked its best epoch and temperature on half the recent labeled rows (the traffic it will
+    # serve) and was gated on the other half: disjoint, together all of them.
+    select, gate = (pd.read_parquet(retrained["recent"][k]) for k in ("recent_val", "recent_labeled"))
+    assert len(select) + len(gate) == retrained["recent"]["labeled_rows"] and min(len(select), len(gate)) > 100
+    assert not set(select["id"]) & set(gate["id"])
+    run = MlflowClient().get_run(report["run_id"])
+    assert run.data.tags["kdflow.selection_split"] == "recent_val"
+    assert run.data.metrics["selection_rows"] == len(select)
     assert "recent labeled traffic" in report["decision"]["reason"]
     # Its reference profile is the recent labeled traffic it was gated on: the three days before the retrain.
     v2 = MlflowClient().get_model_version(name, "2").tags
@@ -638,6 +661,11 @@ def _signal_check(status: str, psi: float | None, exceeded: bool | None) -> Drif
     )
 
 
+def _teacher_check(exceeded: bool) -> DriftCheck:
+    signal = Signal("teacher_accuracy", 0.08 if exceeded else 0.0, 0.05, exceeded, "teacher 0.08 below its reference")
+    return DriftCheck("drift" if exceeded else "ok", "teacher", 500, 100, 50, {"teacher_accuracy": signal})
+
+
 REF = registry.ModelRef("models:/s@champion", "s", "3", "run-3")
 DAY1 = datetime(2026, 3, 1, 2, tzinfo=timezone.utc)
 
@@ -745,6 +773,22 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
     assert drift_history(exp, "s", "3", day3) == DriftHistory(second, day2)
     assert drift_history(exp, "s", "4", day3) == DriftHistory(None, day2)  # v4's first check; v3's retrain counts
     assert drift_history(exp, "other", "3", day3) == DriftHistory(None, None)
+    # The teacher's streak runs across student versions: v5, registered after v4's check, carries it on.
+    day4, day5 = day3 + timedelta(days=1), day3 + timedelta(days=2)
+    teacher_since = {"teacher_accuracy": "2026-03-02T02:00:00+00:00"}
+    ill = Decision("none", "teacher 1 of 2", [], {"psi_confidence": 0, "teacher_accuracy": 1}, since=teacher_since)
+    record_drift_check(exp, "k4", v4, day4, _signal_check("drift", 0.1, False), ill, cfg)
+    v5_history = drift_history(exp, "s", "5", day5)
+    assert v5_history.previous.consecutive == {"teacher_accuracy": 1} and v5_history.previous.since == teacher_since
+    assert drift_history(exp, "s", "3", day5).previous == dataclasses.replace(
+        second, consecutive={"psi_confidence": 2, "teacher_accuracy": 1}, since={**second.since, **teacher_since}
+    )  # v3's own streaks, the teacher's from v4's check
+    decision = decide(v5_history.previous, _teacher_check(True), cfg, None, day5)
+    assert (
+        decision.action == "refresh_teacher" and decision.since["teacher_accuracy"] == teacher_since["teacher_accuracy"]
+    )
+    record_drift_check(exp, "k5", v4, day5, _signal_check("ok", 0.1, False), Decision("none", "ok", [], {}), cfg)
+    assert drift_history(exp, "s", "3", day5 + timedelta(hours=1)).previous == second  # the teacher's streak ended
     # The last teacher refresh that trained (promoted or refused; not skipped for too few labels) is read back from
     # the teacher-refresh runs, for its own cool-down; the teacher's other runs and other teachers do not count.
     refreshes = registry.configure(f"sqlite:///{tmp_path}/mlflow.db", "kdflow-teacher", str(tmp_path / "art"))
@@ -780,4 +824,4 @@ def test_drift_history_reads_back_what_record_drift_check_stored(tmp_path):
             "window_accuracy": 0.9,
         }
     )
-    assert len(MlflowClient().search_runs([exp])) == 3  # the three checks: the repeated record added none
+    assert len(MlflowClient().search_runs([exp])) == 5  # the five checks: the repeated record added none

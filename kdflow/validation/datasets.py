@@ -40,6 +40,8 @@ def dataset_uris(data: DataConfig, with_transfer: bool = True) -> dict[str, tupl
         out["recent"] = (data.recent, False)
     if data.recent_labeled:
         out["recent_labeled"] = (data.recent_labeled, True)
+    if data.recent_val:
+        out["recent_val"] = (data.recent_val, True)
     return out
 
 
