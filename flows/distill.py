@@ -82,7 +82,7 @@ def served_candidate(
     aside for it), log the served artifact (not yet registered) and evaluate
     THAT artifact, loaded back in ``serving.runtime``, on the test split against ``reference`` (the teacher logits
     the student is measured against): what the SLA gate judges is what will be served."""
-    calibration = calibrate(model, datasets.selection, cfg.calibration, run_id)
+    calibration = calibrate(model, datasets.selection, cfg.calibration, run_id, cfg.device)
     served = calibration.served
     spec = ServedSpec.of(
         cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind
