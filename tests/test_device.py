@@ -34,7 +34,7 @@ from kdflow.models import build_model
 from kdflow.precompute import check_stored_logits
 from kdflow.store import LocalStore
 from kdflow.stream import ArraySource, StreamingSource
-from kdflow.train import fit, predict_logits, scaled_lr, train_classifier
+from kdflow.train import device_source, fit, predict_logits, scaled_lr
 from tests.conftest import write_yaml
 
 CUDA = torch.cuda.is_available()
@@ -216,7 +216,7 @@ class _Ref:
 # ---- training input resident on a device ----
 
 
-def test_a_stream_read_once_into_arrays_holds_every_row_with_its_logits(tmp_path):
+def stream(tmp_path):
     from kdflow.config import DataConfig
 
     rng = np.random.default_rng(0)
@@ -227,7 +227,11 @@ def test_a_stream_read_once_into_arrays_holds_every_row_with_its_logits(tmp_path
     ls.precompute(ids, lambda rows: z[rows], teacher_uri="u", teacher_name="t", teacher_version="1",
                   data_fingerprint="f" * 64, dataset="train", rows_per_shard=256)  # fmt: skip
     cfg = DataConfig(train=str(path), val="-", test="-", num_classes=4)
-    src = StreamingSource([("train", str(path), ls, True)], cfg, "1", {"train": "f" * 64})
+    return StreamingSource([("train", str(path), ls, True)], cfg, "1", {"train": "f" * 64}), x, y, z
+
+
+def test_a_stream_read_once_into_arrays_holds_every_row_with_its_logits(tmp_path):
+    src, x, y, z = stream(tmp_path)
     arrays = src.to_arrays()
     assert len(arrays) == len(src) == 700 and src.num_classes == arrays.num_classes == 4
     assert np.array_equal(arrays.x.numpy(), x) and np.array_equal(arrays.y.numpy(), y)
@@ -267,7 +271,7 @@ def test_cuda_bf16_store_passes_the_check(tmp_path):
 @needs_cuda
 def test_cuda_training_is_resident_learns_and_leaves_a_device_neutral_model(tmp_path):
     x, y = data(4000)
-    z = predict_logits(teacher(), x)
+    z = (5 * np.eye(C)[y]).astype(np.float32)  # a teacher that agrees with the labels
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(L, 32), nn.ReLU(), nn.Linear(32, C))
     cfg = TrainConfig(epochs=5, batch_size=512, lr_scaling="linear", checkpoint_every_epochs=None)
@@ -277,10 +281,17 @@ def test_cuda_training_is_resident_learns_and_leaves_a_device_neutral_model(tmp_
     assert result.best_val_accuracy > 0.3 and len(result.history) == 5
     torch.save(model.state_dict(), tmp_path / "m.pt")  # loads on a CPU-only machine without map_location
     assert all(t.device.type == "cpu" for t in torch.load(tmp_path / "m.pt", weights_only=True).values())
-    teacher_model = nn.Sequential(nn.Linear(L, 32), nn.ReLU(), nn.Linear(32, C))
-    train_classifier(teacher_model, x, y, x[:500], y[:500], TrainConfig(epochs=1, checkpoint_every_epochs=None),
-                     progress=False)  # fmt: skip
-    assert model_device(teacher_model).type == "cpu"
+
+
+@needs_cuda
+def test_cuda_a_streamed_input_that_fits_is_kept_resident_on_the_gpu(tmp_path):
+    src, x, y, z = stream(tmp_path)
+    cuda = resolve_device("cuda")
+    resident = device_source(src, cuda, x.shape[1])
+    assert isinstance(resident, ArraySource) and resident.x.device == cuda and resident.z.device == cuda
+    batches = list(resident.batches(128, torch.Generator().manual_seed(0)))
+    assert sum(len(b[0]) for b in batches) == 700 and batches[0][2].device == cuda
+    src.close()
 
 
 def test_teacher_config_takes_the_same_key(tmp_path):
