@@ -37,7 +37,7 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
     once, last, after promotion."""
     cfg = load_config(config_path, DistillConfig)
     cfg = with_recent(cfg, recent) if recent else cfg
-    check_outputs(cfg, ("store", "reports", "mlflow"))  # fail before compute: every output writable
+    check_outputs(cfg, ("store", "reports", "mlflow"), device=True)  # fail before compute: every output writable
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "distill"}) as run_id:
         with transaction():

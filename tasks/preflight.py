@@ -32,15 +32,16 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @kdflow_task(name="check-outputs-writable")
-def check_outputs(cfg: Any, outputs: tuple[str, ...]) -> list[str]:
+def check_outputs(cfg: Any, outputs: tuple[str, ...], device: bool = False) -> list[str]:
     """Write and delete a probe at each of ``outputs`` of ``cfg`` (``store``, ``reports``, ``mlflow``, ``logs``;
     see :func:`kdflow.preflight.output_locations`): stop the flow with ONE :class:`PreflightError` naming every
-    location that is not writable, before validation and before any teacher or training compute; and resolve
-    ``cfg.device`` (:func:`kdflow.device.resolve_device`: CUDA asked for where there is none is a ConfigError)."""
+    location that is not writable, before validation and before any teacher or training compute; with ``device``
+    (flows that score or train), resolve ``cfg.device`` too (:func:`kdflow.device.resolve_device`: CUDA asked for
+    where there is none is one ConfigError)."""
     locations = output_locations(cfg, outputs)
     check_writable(locations)
     logger = get_run_logger()
-    if hasattr(cfg, "device"):
+    if device:
         logger.info("device: %s resolves to %s", cfg.device, resolve_device(cfg.device))
     for loc in locations:
         logger.info("writable: %s %s", loc.label, loc.uri)
