@@ -37,7 +37,7 @@ def distill_flow(config_path: str, recent: RecentTraffic | None = None) -> dict[
     once, last, after promotion."""
     cfg = load_config(config_path, DistillConfig)
     cfg = with_recent(cfg, recent) if recent else cfg
-    check_outputs(cfg, ("store", "reports", "mlflow"))  # fail before compute: every output writable
+    check_outputs(cfg, ("store", "reports", "mlflow"), device=True)  # fail before compute: every output writable
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "distill"}) as run_id:
         with transaction():
@@ -82,7 +82,7 @@ def served_candidate(
     aside for it), log the served artifact (not yet registered) and evaluate
     THAT artifact, loaded back in ``serving.runtime``, on the test split against ``reference`` (the teacher logits
     the student is measured against): what the SLA gate judges is what will be served."""
-    calibration = calibrate(model, datasets.selection, cfg.calibration, run_id)
+    calibration = calibrate(model, datasets.selection, cfg.calibration, run_id, cfg.device)
     served = calibration.served
     spec = ServedSpec.of(
         cfg.student, datasets.input_shape, cfg.data.num_classes, calibration.temperature, calibration.map_kind

@@ -16,7 +16,7 @@ from tasks.preflight import check_outputs
 def precompute_flow(config_path: str) -> dict[str, Any]:
     """Build (or confirm) the logit stores a distillation config needs, without training anything."""
     cfg = load_config(config_path, DistillConfig)
-    check_outputs(cfg, ("store",))  # fail before compute: every output writable
+    check_outputs(cfg, ("store",), device=True)  # fail before compute: every output writable
     datasets = validate_inputs(cfg.data, cfg.student, cfg.store.endpoint_url)
     results = {}
     for uri in cfg.teacher_uris:

@@ -31,7 +31,7 @@ def online_flow(config_path: str) -> dict[str, Any]:
     it is already champion."""
     cfg = load_config(config_path, DistillConfig)
     online, teacher_name, alias = online_teacher(cfg, config_path)  # one clear error before any compute
-    check_outputs(cfg, ("store", "reports", "mlflow"))
+    check_outputs(cfg, ("store", "reports", "mlflow"), device=True)
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "distill-online"}) as run_id:
         with transaction():

@@ -34,7 +34,7 @@ def self_distill_flow(config_path: str) -> dict[str, Any]:
     make challenger and promote the one ``self_distill.select`` names. One MLflow run for the flow, one nested run per
     generation; one Prefect transaction (a failed run withdraws the versions it registered unless champion)."""
     cfg = load_config(config_path, DistillConfig)
-    check_outputs(cfg, ("store", "reports", "mlflow"))  # fail before compute: every output writable
+    check_outputs(cfg, ("store", "reports", "mlflow"), device=True)  # fail before compute: every output writable
     name, rule = cfg.registry.student_name, cfg.self_distill.select
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "self-distill"}) as run_id:

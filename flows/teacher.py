@@ -21,11 +21,13 @@ def teacher_flow(config_path: str) -> dict[str, Any]:
     """Train a teacher from the config and register it so distillation can name it by ``models:/`` URI; it
     becomes ``cfg.alias`` only if it passes ``cfg.gate`` (``result["promoted"]``), else stays ``challenger``."""
     cfg = load_config(config_path, TeacherConfig)
-    check_outputs(cfg, ("mlflow",))  # fail before compute: every output writable
+    check_outputs(cfg, ("mlflow",), device=True)  # fail before compute: every output writable
     params = flatten("", cfg.model_dump(mode="json"))
     with mlflow_run(cfg.mlflow, cfg.experiment, params, {"kdflow.flow": "train-teacher"}) as run_id:
         datasets = validate_inputs(cfg.data, cfg.model, with_transfer=False, run_id=run_id, validation=cfg.validation)
-        model, training = train_teacher(cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id, cfg.store)
+        model, training = train_teacher(
+            cfg.model, cfg.train, cfg.data.num_classes, datasets, run_id, cfg.store, cfg.device
+        )
         result = register_teacher(model, datasets, cfg.registry_name, cfg.alias, run_id, training, cfg.gate)
         if result["promote"] and cfg.alias == CHAMPION:  # gate passed: the serialized, SLA-checked move
             result["promotion"] = promote_version(

@@ -33,7 +33,7 @@ def tune_flow(
     cfg = load_config(config_path, DistillConfig)
     subset = subset if subset is not None else cfg.tune.subset
     check_tune_options(storage, workers, subset)
-    check_outputs(cfg, ("store", "reports", "mlflow"))
+    check_outputs(cfg, ("store", "reports", "mlflow"), device=True)
     params = {**flatten("", cfg.model_dump(mode="json")), "tune.workers": workers, "tune.subset": subset}
     with mlflow_run(cfg.mlflow, cfg.registry.experiment, params, {"kdflow.flow": "tune"}) as run_id:
         datasets = validate_inputs(

@@ -16,12 +16,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from kdflow.config_base import (  # noqa: F401 - re-exported: callers import them from kdflow.config
+    AutocastKind,
     CalibrationMapKind,
     ConfigError,
     Correction,
     DriftAction,
     DriftStatus,
     LossKind,
+    LrScaling,
     ModelSpec,
     Optimizer,
     PreprocessKind,
@@ -34,6 +36,7 @@ from kdflow.config_base import (  # noqa: F401 - re-exported: callers import the
     TeacherRefreshMode,
     TeacherWeighting,
     _Strict,
+    check_device_spec,
 )
 from kdflow.config_hard import HardExamplesConfig, check_hard_examples  # noqa: F401 - re-exported
 from kdflow.config_lifecycle import (  # noqa: F401 - re-exported
@@ -156,6 +159,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(default=1e-4, ge=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     batch_size: int = Field(default=256, gt=0)
+    # Large batches (e.g. 4,096 on a GPU): the learning rate actually used is lr * (batch_size / base_batch_size)
+    # for "linear" (Goyal et al. 2017; keep schedule.warmup_steps), lr * sqrt(batch_size / base_batch_size) for
+    # "sqrt" (often better for Adam/AdamW), lr as given for "none" (kdflow.train.scaled_lr).
+    lr_scaling: LrScaling = "none"
+    base_batch_size: int = Field(default=256, gt=0)
     epochs: int = Field(default=20, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     schedule: ScheduleConfig = ScheduleConfig()
@@ -239,6 +247,12 @@ class StoreConfig(_Strict):
     top_k: int | None = Field(default=None, gt=0)  # None: dense fp16 logits; k: top-k log-probs per row
     task_runner: TaskRunnerKind = "threads"  # how per-shard precompute tasks run
     workers: int = Field(default=2, gt=0)
+    # Teacher scoring (kdflow.device.score_logits): rows per forward pass (None: 1,024 on the CPU, 65,536 on CUDA)
+    # and its precision: "bf16" autocast (stored logits checked against fp32 on a sample of rows, within
+    # autocast_tolerance x max(1, largest |logit|); the figures go into the store manifest) or "none" (fp32).
+    score_batch_size: int | None = Field(default=None, gt=0)
+    autocast: AutocastKind = "none"
+    autocast_tolerance: float = Field(default=0.02, gt=0.0)
 
 
 class CascadeConfig(_Strict):
@@ -404,6 +418,13 @@ class DistillConfig(_Strict):
     hard_examples: HardExamplesConfig = HardExamplesConfig()  # kdflow.hard_examples
     self_distill: SelfDistillConfig = SelfDistillConfig()  # born-again generations (kdflow.self_distill)
     online: OnlineConfig | None = None  # online (mutual) distillation, kdflow distill-online (kdflow.mutual)
+    # Where torch work runs (kdflow.device): auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device_spec(v)
 
     @field_validator("teacher_uri")
     @classmethod
@@ -454,6 +475,13 @@ class TeacherConfig(_Strict):
     # Where training checkpoints go (checkpoints/<training key>/); only root and endpoint_url are used here.
     # The default is the distillation config's default store, so both keep their state in one place.
     store: StoreConfig = StoreConfig()
+    # Where torch work runs (kdflow.device): auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device_spec(v)
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,17 @@ ServingRuntime = Literal["onnx", "torch"]  # which copy of the registered artifa
 TeacherRefreshMode = Literal["finetune", "retrain"]  # kdflow.teacher_refresh.refresh_model
 PreprocessKind = Literal["standard", "robust", "none"]  # kdflow.preprocess
 CalibrationMapKind = Literal["vector", "isotonic"]  # the maps tried after temperature scaling, kdflow.calibration
+AutocastKind = Literal["none", "bf16"]  # teacher scoring precision, kdflow.device.score_logits
+LrScaling = Literal["none", "linear", "sqrt"]  # learning rate vs batch size, kdflow.train.scaled_lr
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_spec(value: str, key: str = "device") -> str:
+    """``value`` when it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else a :class:`ConfigError` naming ``key``
+    (whether CUDA is present is checked where the work runs: :func:`kdflow.device.resolve_device`)."""
+    if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
+        raise ConfigError(f"{key}: expected one of auto, cpu, cuda, cuda:N (N a GPU index), found {value!r}")
+    return value
 
 
 class _Strict(BaseModel):

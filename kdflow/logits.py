@@ -76,6 +76,8 @@ class Manifest:
     mode: str = "dense"
     top_k: int | None = None
     missing_mass_rule: str | None = None
+    autocast: str = "none"  # the teacher's scoring precision (kdflow.device.score_logits)
+    autocast_check: dict | None = None  # stored vs fp32 logits on a sample (kdflow.device.AutocastCheck.as_dict)
     clip_value: float | None = None
     clipped_values: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
@@ -101,16 +103,18 @@ def store_key(
     data_fingerprint: str,
     top_k: int | None = None,
     clip_value: float | None = 50.0,
+    autocast: str = "none",
 ) -> str:
     """``logits/<teacher>/v<version>/<fingerprint[:32]>-f16-clip<c>`` (``-f16u16-clip<c>-top<k>`` in top-k mode:
     fp16 log-probs and uint16 class indices): one store per teacher version,
     dataset content and every setting that changes the stored values (dtype, clip, top-k), so changing any of
     them computes a new store instead of silently reusing old logits. ``clip<c>`` is ``repr(float(c))`` (exact)
-    or ``noclip``."""
+    or ``noclip``; teacher scoring under autocast adds ``-bf16``."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", teacher_name)
     clip = "noclip" if clip_value is None else f"clip{float(clip_value)!r}"
     values = f"f16u16-{clip}-top{top_k}" if top_k else f"f16-{clip}"
-    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}-{values}"
+    precision = "" if autocast == "none" else f"-{autocast}"
+    return f"logits/{safe}/v{teacher_version}/{data_fingerprint[:32]}-{values}{precision}"
 
 
 def teacher_profile_key(teacher_name: str, teacher_version: str | int) -> str:
@@ -188,11 +192,14 @@ class StoreSpec:
     rows_per_shard: int = 8192
     clip_value: float | None = 50.0
     top_k: int | None = None
+    autocast: str = "none"
 
     @property
     def key(self) -> str:
         """This spec's :func:`store_key`."""
-        return store_key(self.teacher_name, self.teacher_version, self.data_fingerprint, self.top_k, self.clip_value)
+        return store_key(
+            self.teacher_name, self.teacher_version, self.data_fingerprint, self.top_k, self.clip_value, self.autocast
+        )
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,7 @@ class PrecomputeStats:
     clipped_values: int
     seconds: float
     shards_kept: int = 0
+    autocast_check: dict | None = None  # stored vs fp32 logits on a sample, when the teacher ran on a GPU or bf16
 
 
 class LogitStore:
@@ -343,6 +351,8 @@ class LogitStore:
         dataset: str,
         clip_value: float | None,
         top_k: int | None,
+        autocast: str = "none",
+        autocast_check: dict | None = None,
     ) -> Manifest:
         """Write the manifest last, marking the store complete."""
         num_classes = _decode_shard(self.store.get(self._k(shards[0].key)))[1].shape[1]
@@ -362,6 +372,8 @@ class LogitStore:
             mode="topk" if top_k else "dense",
             top_k=top_k,
             missing_mass_rule="uniform" if top_k else None,
+            autocast=autocast,
+            autocast_check=autocast_check,
         )
         self.store.put(self._k(MANIFEST), manifest.to_json())
         return manifest
@@ -421,6 +433,10 @@ class LogitStore:
                     f"{self.uri}: shard {shard.key} holds {len(ids)} rows, manifest says {shard.rows}"
                 )
             yield ids, logits
+
+    def read_shard(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, logits)`` of written shard ``index`` (before the manifest exists: the finalize checks)."""
+        return _decode_shard(self.store.get(self._k(shard_name(index))))
 
     def require_manifest(self) -> Manifest:
         """The manifest, or a clear error that the store is incomplete."""
@@ -489,12 +505,21 @@ def compute_shard(
 
 
 def finalize_shards(
-    ls: LogitStore, spec: StoreSpec, plan: ShardPlan, results: list[ShardResult], seconds: float
+    ls: LogitStore,
+    spec: StoreSpec,
+    plan: ShardPlan,
+    results: list[ShardResult],
+    seconds: float,
+    autocast_check: dict | None = None,
 ) -> PrecomputeStats:
-    """Step 3: once every planned shard is stored, write the manifest (last, marking the store complete) and
-    say what was reused, kept and computed."""
+    """Step 3: once every planned shard is stored, write the manifest (last, marking the store complete, with
+    ``autocast_check`` when the caller compared stored and fp32 logits) and say what was reused, kept and
+    computed."""
     if plan.reused is not None:
-        return PrecomputeStats(True, plan.shards_total, 0, 0, plan.reused.clipped_values, seconds)
+        reused = plan.reused
+        return PrecomputeStats(
+            True, plan.shards_total, 0, 0, reused.clipped_values, seconds, autocast_check=reused.autocast_check
+        )
     shards = {r.index: r for r in plan.kept}
     shards.update({r.index: r for r in results})
     missing = sorted(set(range(plan.shards_total)) - set(shards))
@@ -512,6 +537,8 @@ def finalize_shards(
         dataset=spec.dataset,
         clip_value=spec.clip_value,
         top_k=spec.top_k,
+        autocast=spec.autocast,
+        autocast_check=autocast_check,
     )
     computed = {r.index for r in results}
     return PrecomputeStats(
@@ -522,6 +549,7 @@ def finalize_shards(
         clipped,
         seconds,
         shards_kept=len(plan.kept),
+        autocast_check=autocast_check,
     )
 
 

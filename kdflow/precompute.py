@@ -7,14 +7,18 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import nn
 
 from kdflow import metrics
 from kdflow.config import DistillConfig
 from kdflow.data import Dataset
+from kdflow.device import check_autocast, score_logits
 from kdflow.ensemble import TeacherLogits
 from kdflow.logits import (
     LogitStore,
+    LogitStoreError,
     PrecomputeStats,
     ShardJob,
     ShardPlan,
@@ -40,6 +44,7 @@ def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: Dataset) ->
         rows_per_shard=cfg.store.rows_per_shard,
         clip_value=cfg.train.teacher_logit_clip,
         top_k=cfg.store.top_k,
+        autocast=cfg.store.autocast,
     )
 
 
@@ -100,20 +105,26 @@ def finalize_logits(
     results: Sequence[tuple[str, ShardResult]],
     seconds: float,
     load_teacher: Callable[[], nn.Module],
+    scored_on: torch.device | None = None,
 ) -> TeacherOutputs:
     """:func:`kdflow.logits.finalize_shards` per split (manifest written last), and the teacher's size/latency
-    profile on the test split, measured once (``load_teacher()``) and stored, else read back."""
+    profile on the test split, measured once (``load_teacher()``, a CPU copy) and stored, else read back.
+
+    When the shards were scored on a GPU (``scored_on``) or under autocast, each computed split's stored logits
+    are first compared with the teacher's fp32 CPU logits on a sample (:func:`check_stored_logits`): beyond
+    ``store.autocast_tolerance`` the split is not finalized (one clear error); within it, the figures go into
+    the manifest and the stats."""
     stores = logit_stores(cfg, teacher, datasets)
-    stats = {
-        name: finalize_shards(
-            stores[name],
-            store_spec(cfg, teacher, name, datasets[name]),
-            split_plan,
-            [r for split, r in results if split == name],
-            seconds,
+    checked = cfg.store.autocast != "none" or (scored_on is not None and scored_on.type != "cpu")
+    stats = {}
+    for name, split_plan in plan.splits.items():
+        spec = store_spec(cfg, teacher, name, datasets[name])
+        check = None
+        if checked and split_plan.reused is None:
+            check = check_stored_logits(cfg, stores[name], datasets[name], load_teacher())
+        stats[name] = finalize_shards(
+            stores[name], spec, split_plan, [r for split, r in results if split == name], seconds, check
         )
-        for name, split_plan in plan.splits.items()
-    }
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
     key = teacher_profile_key(teacher.name, teacher.version)
     if plan.need_profile:
@@ -130,6 +141,33 @@ def finalize_logits(
         profile=profile,
         teacher_loaded=plan.teacher_needed,
     )
+
+
+AUTOCAST_CHECK_ROWS = 4096  # rows of each split's first shard compared with fp32 CPU logits
+
+
+def check_stored_logits(cfg: DistillConfig, ls: LogitStore, ds: Dataset, teacher_cpu: nn.Module) -> dict:
+    """The first :data:`AUTOCAST_CHECK_ROWS` stored rows of ``ls`` (shard 0, as written: fp16, clipped) against
+    the teacher's fp32 logits on the CPU (:func:`kdflow.device.check_autocast`; top-k stores compare
+    log-probabilities on the stored classes). Raises :class:`kdflow.logits.LogitStoreError` beyond
+    ``store.autocast_tolerance``; returns the check as a dict."""
+    ids, stored = ls.read_shard(0)
+    rows = min(len(ids), AUTOCAST_CHECK_ROWS)
+    stored = stored[:rows].astype(np.float32)
+    reference = score_logits(teacher_cpu, ds.x[:rows], torch.device("cpu"))
+    clip = cfg.train.teacher_logit_clip
+    if cfg.store.top_k:  # stored log-probabilities (of the clipped logits) on each row's kept classes
+        ref = torch.log_softmax(torch.from_numpy(np.clip(reference, -(clip or np.inf), clip or np.inf)), 1).numpy()
+        kept = np.argsort(-stored, axis=1)[:, : cfg.store.top_k]
+        stored, reference, clip = np.take_along_axis(stored, kept, 1), np.take_along_axis(ref, kept, 1), None
+    result = check_autocast(stored, reference, cfg.store.autocast, cfg.store.autocast_tolerance, clip)
+    if not result.passed:
+        raise LogitStoreError(
+            f"{ls.uri}: teacher logits scored with autocast {cfg.store.autocast!r} differ from fp32 by up to "
+            f"{result.max_abs_diff:.4g} on {rows} rows, beyond store.autocast_tolerance {result.tolerance:g} x "
+            f"max(1, {result.max_abs_logit:.4g}); set store.autocast: none"
+        )
+    return result.as_dict()
 
 
 EVAL_SPLITS = ("val", "test", "recent_val")  # held in memory: evaluation, calibration, model selection

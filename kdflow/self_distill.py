@@ -26,6 +26,7 @@ from torch import nn
 from kdflow import metrics, registry
 from kdflow.config import DistillConfig
 from kdflow.data import Dataset
+from kdflow.device import resolve_device
 from kdflow.ensemble import TeacherEnsemble, combine_teachers
 from kdflow.evaluation import Calibration, Evaluation, module_probabilities
 from kdflow.logits import teacher_profile_key
@@ -112,7 +113,7 @@ def born_again_step(
         val = datasets["val"]
         result = fit(
             training.model, training.source, val.x, val.y, gen_cfg.train, ensemble.train_logits["val"],
-            progress=False, checkpoints=training.checkpoints,
+            progress=False, checkpoints=training.checkpoints, device=resolve_device(cfg.device),
         )  # fmt: skip
     finally:
         training.source.close()

@@ -62,9 +62,24 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def num_classes(self) -> int:
+        """Teacher-logit columns per row (0 without logits)."""
+        return int(self.z.shape[1]) if self.z is not None else 0
+
+    def to(self, device: torch.device) -> ArraySource:
+        """This source with every tensor on ``device`` (resident training input)."""
+        moved = ArraySource.__new__(ArraySource)
+        for name in ("x", "y", "z", "w"):
+            value = getattr(self, name)
+            setattr(moved, name, value.to(device) if value is not None else None)
+        return moved
+
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        """One epoch of shuffled batches."""
+        """One epoch of shuffled batches (the permutation drawn from ``generator`` on the CPU)."""
         perm = torch.randperm(len(self.x), generator=generator)
+        if self.x.device.type != "cpu":
+            perm = perm.to(self.x.device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             batch = (self.x[idx], self.y[idx], (self.z[idx] if self.z is not None else None))
@@ -161,6 +176,18 @@ class StreamingSource:
 
     def __len__(self) -> int:
         return self.num_rows
+
+    @property
+    def num_classes(self) -> int:
+        """Teacher-logit columns per row."""
+        return int(self.parts[0].manifests[0].num_classes)
+
+    def to_arrays(self) -> ArraySource:
+        """Every row of every chunk read once, in chunk order (oversampled rows repeated, weights kept), as one
+        in-memory :class:`ArraySource`: for training input that fits on a GPU."""
+        parts = [self._read_chunk(*chunk) for chunk in self.chunks]
+        cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
+        return ArraySource(*cols)
 
     def _shard(self, part: int, teacher: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         key = (part, teacher, index)

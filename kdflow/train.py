@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from kdflow.checkpoint import Checkpoints, rng_state, set_rng_state
 from kdflow.config import TrainConfig
+from kdflow.device import fits_on_device, model_device, on_device, resident_bytes
 from kdflow.losses import distillation_loss
 from kdflow.models import raw_logits
 from kdflow.stream import ArraySource, StreamingSource
@@ -44,14 +45,28 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+def scaled_lr(cfg: TrainConfig) -> float:
+    """The learning rate used at ``cfg.batch_size``: ``lr`` for ``lr_scaling: none``; ``lr * batch_size /
+    base_batch_size`` for ``linear`` (Goyal et al. 2017, with the configured warmup); ``lr * sqrt(batch_size /
+    base_batch_size)`` for ``sqrt``."""
+    ratio = cfg.batch_size / cfg.base_batch_size
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * ratio
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(ratio)
+    return cfg.lr
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD (Nesterov momentum) with the configured learning rate and weight decay."""
+    """AdamW / Adam / SGD (Nesterov momentum) with the configured (:func:`scaled_lr`) learning rate and weight
+    decay."""
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = scaled_lr(cfg)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -104,14 +119,22 @@ def _restore(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024, device: torch.device | None = None
+) -> np.ndarray:
     """Raw logits of ``model`` (the inner model of a served :class:`CalibratedClassifier`) on ``x``, in eval
-    mode, batched, as float32 numpy."""
-    model.eval()
+    mode, batched, as float32 numpy. With ``device`` the model is scored there (and moved back after); without
+    it, on the device it is on."""
     if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas' read-only views: torch wants writable
         x = x.copy()
     xt = torch.as_tensor(x, dtype=torch.float32)
-    out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
+    with on_device(model, device):
+        model.eval()
+        where = model_device(model)
+        if where.type == "cpu":  # the CPU path as it always was
+            out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
+        else:
+            out = [raw_logits(model, xt[i : i + batch_size].to(where)).cpu() for i in range(0, len(xt), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -144,6 +167,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
     checkpoints: Checkpoints | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on batches from ``source`` and leave it at its best-validation-accuracy weights.
 
@@ -159,7 +183,14 @@ def fit(
     is bit-identical to an uninterrupted run on the same machine and thread count. ``on_epoch`` is called only
     for epochs trained in this call (the restored ones are in ``result.history``). A finished training deletes
     its checkpoint.
+
+    ``device`` (default: where ``model`` is) is where the training runs; the model ends on the device it started
+    on. On a GPU each batch is copied there, or the whole training input is kept there when it fits
+    (:func:`device_source`). On the CPU the loop is the one kdflow always ran.
     """
+    started_on = model_device(model)
+    device = torch.device(device) if device is not None else started_on
+    on_cpu = device.type == "cpu"
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -167,6 +198,9 @@ def fit(
     yv = torch.tensor(np.asarray(y_val), dtype=torch.long)
     ztv = torch.as_tensor(teacher_val_logits, dtype=torch.float32) if teacher_val_logits is not None else None
 
+    if not on_cpu:
+        model.to(device)
+        source = device_source(source, device, int(np.prod(np.shape(x_val)[1:])))
     steps_per_epoch = max(1, math.ceil(len(source) / cfg.batch_size))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -214,10 +248,15 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
+        on_device_sums = None if on_cpu else torch.zeros(3, dtype=torch.float64, device=device)
         batches = 0
         for xb, yb, zb, *weights in source.batches(cfg.batch_size, gen):
             if step >= total_steps:
                 break
+            if not on_cpu:  # a no-op for a source already resident on the device
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                zb = zb.to(device, non_blocking=True) if zb is not None else None
+                weights = [w.to(device, non_blocking=True) for w in weights]
             logits = model(xb)
             if zb is not None and clip is not None:
                 zb = zb.clamp(-clip, clip)
@@ -241,10 +280,15 @@ def fit(
             sched.step()
             step += 1
             batches += 1
-            sums["loss"] += float(loss.detach())
-            sums["soft_loss"] += float(soft.detach())
-            sums["hard_loss"] += float(hard.detach())
+            if on_device_sums is None:
+                sums["loss"] += float(loss.detach())
+                sums["soft_loss"] += float(soft.detach())
+                sums["hard_loss"] += float(hard.detach())
+            else:  # no host sync per step
+                on_device_sums += torch.stack([loss.detach(), soft.detach(), hard.detach()]).double()
             bar.update(1)
+        if on_device_sums is not None:
+            sums = dict(zip(sums, on_device_sums.tolist()))
         val_logits = torch.from_numpy(predict_logits(model, x_val))
         metrics = {k: v / max(1, batches) for k, v in sums.items()}
         metrics.update(
@@ -304,5 +348,21 @@ def fit(
     if checkpoints is not None:
         checkpoints.clear()  # finished: a later deliberate re-run trains from the start
     model.load_state_dict(best_state)
+    model.to(started_on)
     model.eval()
     return result
+
+
+def device_source(
+    source: ArraySource | StreamingSource, device: torch.device, row_features: int
+) -> ArraySource | StreamingSource:
+    """The training input for ``device``: kept resident there (every row, label and teacher logit as one
+    :class:`ArraySource` on the device; a stream is read once) when it needs at most half the device's free
+    memory (:func:`kdflow.device.fits_on_device`), else ``source`` as it is (each batch is then copied)."""
+    nbytes = resident_bytes(len(source), row_features + source.num_classes + 2)
+    if not fits_on_device(nbytes, device):
+        log.info("training input (%.1f MB) streamed to %s batch by batch", nbytes / 1e6, device)
+        return source
+    log.info("training input (%.1f MB) kept resident on %s", nbytes / 1e6, device)
+    arrays = source if isinstance(source, ArraySource) else source.to_arrays()
+    return arrays.to(device)

@@ -32,6 +32,7 @@ import yaml
 
 from kdflow.config import ConfigError, DistillConfig, SearchDimension, TrainConfig, TuneConfig, tune_as_int
 from kdflow.data import Dataset
+from kdflow.device import resolve_device
 from kdflow.ensemble import combine_logits
 from kdflow.evaluation import calibrate_student
 from kdflow.models import build_for_training
@@ -257,7 +258,7 @@ def make_objective(
 
             result = fit(
                 model, data.source(train.temperature), data.val.x, data.val.y, train,
-                data.val_logits(train.temperature), on_epoch, progress=False,
+                data.val_logits(train.temperature), on_epoch, progress=False, device=resolve_device(cfg.device),
             )  # fmt: skip
             calibration = calibrate_student(model, data.val, cfg.calibration)  # as the distill flow serves it
             ece, t_star = calibration.after.ece, calibration.temperature

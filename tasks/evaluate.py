@@ -13,6 +13,7 @@ from torch import nn
 from kdflow.artifact import load_served
 from kdflow.config import CalibrationConfig, CascadeConfig, EvaluationConfig, ServingRuntime
 from kdflow.data import Dataset
+from kdflow.device import resolve_device
 from kdflow.evaluation import (
     Calibration,
     Evaluation,
@@ -29,13 +30,14 @@ from tasks.tracking import log_artifact, log_metrics
 
 
 @kdflow_task(name="calibrate")
-def calibrate(model: nn.Module, val: Dataset, cfg: CalibrationConfig, run_id: str) -> Calibration:
+def calibrate(model: nn.Module, val: Dataset, cfg: CalibrationConfig, run_id: str, device: str = "auto") -> Calibration:
     """:func:`kdflow.evaluation.calibrate_student`: one temperature fitted on the validation set by NLL, and a
     vector-scaling or isotonic map after it when cross-fitting prefers one; the served model, before/after
-    metrics, the chosen map (run tag ``kdflow.calibration_map``) and a reliability diagram go to the MLflow run."""
+    metrics, the chosen map (run tag ``kdflow.calibration_map``) and a reliability diagram go to the MLflow run.
+    The validation logits are computed on ``device`` (:func:`kdflow.device.resolve_device`)."""
     from mlflow import MlflowClient
 
-    cal = calibrate_student(model, val, cfg)
+    cal = calibrate_student(model, val, cfg, resolve_device(device))
     log_metrics(
         run_id,
         {

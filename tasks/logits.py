@@ -15,6 +15,7 @@ from torch import nn
 from kdflow import registry
 from kdflow.config import DistillConfig, StoreConfig, TeacherWeighting
 from kdflow.data import Dataset
+from kdflow.device import resolve_device, score_logits
 from kdflow.ensemble import TeacherEnsemble, TeacherLogits
 from kdflow.ensemble import combine_teachers as combine_teacher_logits
 from kdflow.logits import LogitStore, ShardJob, ShardResult, StoreSpec, compute_shard
@@ -29,7 +30,6 @@ from kdflow.precompute import (
 )
 from kdflow.registry import ModelRef, resolve
 from kdflow.store import open_store
-from kdflow.train import predict_logits
 from tasks import kdflow_task
 from tasks.preflight import retry_unless_permanent
 
@@ -69,11 +69,11 @@ def task_runner_for(store: StoreConfig):
     return ThreadPoolTaskRunner(max_workers=store.workers)
 
 
-@functools.lru_cache(maxsize=2)
-def _teacher_model(tracking_uri: str, ref: ModelRef) -> nn.Module:
-    """The teacher, loaded once per process (each Dask worker loads its own copy)."""
+@functools.lru_cache(maxsize=4)
+def _teacher_model(tracking_uri: str, ref: ModelRef, device: str = "cpu") -> nn.Module:
+    """The teacher on ``device``, loaded once per process and device (each Dask worker loads its own copy)."""
     registry.configure_tracking(tracking_uri)
-    return registry.load_torch_model(ref)
+    return registry.load_torch_model(ref).to(device)
 
 
 @kdflow_task(name="plan-teacher-logits", **store_retries)
@@ -94,10 +94,13 @@ def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping
 def compute_logit_shard(
     cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, job: ShardJob, ids: np.ndarray, x: np.ndarray
 ) -> ShardResult:
-    """:func:`kdflow.logits.compute_shard` on one shard's rows (``ids``, ``x``), independent of every other shard."""
-    model = _teacher_model(cfg.mlflow.tracking_uri, teacher)
+    """:func:`kdflow.logits.compute_shard` on one shard's rows (``ids``, ``x``), independent of every other shard,
+    the teacher scored on ``cfg.device`` (:func:`kdflow.device.score_logits`)."""
+    device = resolve_device(cfg.device)
+    model = _teacher_model(cfg.mlflow.tracking_uri, teacher, str(device))
     ls = LogitStore(open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url), spec.key)
-    return compute_shard(ls, spec, job, ids, functools.partial(predict_logits, model, x))
+    score = functools.partial(score_logits, model, x, device, cfg.store.score_batch_size, cfg.store.autocast)
+    return compute_shard(ls, spec, job, ids, score)
 
 
 @kdflow_task(name="finalize-teacher-logits", **store_retries)
@@ -118,7 +121,8 @@ def finalize_teacher_logits(
         plan,
         results,
         seconds,
-        functools.partial(_teacher_model, cfg.mlflow.tracking_uri, teacher),
+        functools.partial(_teacher_model, cfg.mlflow.tracking_uri, teacher),  # on the CPU: profile, fp32 check
+        resolve_device(cfg.device),
     )
     logger = get_run_logger()
     for name, st in out.stats.items():
@@ -133,6 +137,8 @@ def finalize_teacher_logits(
             st.rows_computed,
             st.clipped_values,
         )
+        if st.autocast_check:
+            logger.info("%s stored logits vs fp32 on the CPU: %s", name, st.autocast_check)
     return out
 
 

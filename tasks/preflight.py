@@ -7,6 +7,8 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from kdflow.config_base import ConfigError
+from kdflow.device import resolve_device
 from kdflow.preflight import PreflightError, check_writable, output_locations
 from kdflow.store import PermanentStoreError
 from tasks import kdflow_task
@@ -22,7 +24,7 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
         seen: set[int] = set()
         e: BaseException | None = exc
         while e is not None and id(e) not in seen:
-            if isinstance(e, (PermanentStoreError, PreflightError)):
+            if isinstance(e, (PermanentStoreError, PreflightError, ConfigError)):
                 return False
             seen.add(id(e))
             e = e.__cause__ or e.__context__
@@ -30,13 +32,17 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @kdflow_task(name="check-outputs-writable")
-def check_outputs(cfg: Any, outputs: tuple[str, ...]) -> list[str]:
+def check_outputs(cfg: Any, outputs: tuple[str, ...], device: bool = False) -> list[str]:
     """Write and delete a probe at each of ``outputs`` of ``cfg`` (``store``, ``reports``, ``mlflow``, ``logs``;
     see :func:`kdflow.preflight.output_locations`): stop the flow with ONE :class:`PreflightError` naming every
-    location that is not writable, before validation and before any teacher or training compute."""
+    location that is not writable, before validation and before any teacher or training compute; with ``device``
+    (flows that score or train), resolve ``cfg.device`` too (:func:`kdflow.device.resolve_device`: CUDA asked for
+    where there is none is one ConfigError)."""
     locations = output_locations(cfg, outputs)
     check_writable(locations)
     logger = get_run_logger()
+    if device:
+        logger.info("device: %s resolves to %s", cfg.device, resolve_device(cfg.device))
     for loc in locations:
         logger.info("writable: %s %s", loc.label, loc.uri)
     return [loc.uri for loc in locations]

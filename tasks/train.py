@@ -13,13 +13,14 @@ from torch import nn
 from kdflow.checkpoint import Checkpoints, training_key
 from kdflow.config import DistillConfig, ModelSpec, StoreConfig, TrainConfig
 from kdflow.data import Dataset, Datasets
+from kdflow.device import resolve_device
 from kdflow.ensemble import TeacherEnsemble
 from kdflow.models import build_for_training, count_parameters
 from kdflow.plots import training_curves
 from kdflow.store import open_store
 from kdflow.stream import ArraySource, StreamingSource
 from kdflow.student import prepare_student_training
-from kdflow.train import TrainResult, fit, seed_everything
+from kdflow.train import TrainResult, fit, scaled_lr, seed_everything
 from tasks import kdflow_task
 from tasks.tracking import log_artifact, log_dict, log_metrics
 
@@ -48,7 +49,7 @@ def train_student(
             log_dict(run_id, hard.as_dict(), "hard_examples/selection.json")
         result = _fit(
             training.model, cfg.train, training.source, selection, ensemble.train_logits[selection.name], run_id,
-            "student", training.checkpoints,
+            "student", training.checkpoints, cfg.device,
         )  # fmt: skip
         result.hard_examples = hard.as_dict() if hard is not None else None
         return training.model, result
@@ -64,10 +65,11 @@ def train_teacher(
     datasets: Mapping[str, Dataset],
     run_id: str,
     store: StoreConfig | None = None,
+    device: str = "auto",
 ) -> tuple[nn.Module, TrainResult]:
     """Train a teacher on the labeled train split with cross-entropy (its input preprocessing fitted on that
-    split first, :func:`kdflow.models.build_for_training`), checkpointing to ``store`` (when given) so a re-run
-    of the same training resumes."""
+    split first, :func:`kdflow.models.build_for_training`) on ``device``, checkpointing to ``store`` (when given)
+    so a re-run of the same training resumes. The model comes back on the CPU."""
     seed_everything(train_cfg.seed)
     model = build_for_training(spec, datasets["train"].x, num_classes)  # preprocessing fitted on train
     get_run_logger().info(
@@ -80,7 +82,8 @@ def train_teacher(
             "teacher", spec, train_cfg, num_classes, ds.input_shape, {n: d.fingerprint for n, d in datasets.items()}
         )
         checkpoints = Checkpoints(open_store(store.root, store.endpoint_url), key, train_cfg.checkpoint_every_epochs)
-    return model, _fit(model, train_cfg, ArraySource(ds.x, ds.y), datasets["val"], None, run_id, "teacher", checkpoints)
+    source = ArraySource(ds.x, ds.y)
+    return model, _fit(model, train_cfg, source, datasets["val"], None, run_id, "teacher", checkpoints, device)
 
 
 def _fit(
@@ -92,6 +95,7 @@ def _fit(
     run_id: str,
     who: str,
     checkpoints: Checkpoints | None,
+    device: str = "auto",
 ) -> TrainResult:
     logger = get_run_logger()
     if checkpoints is not None and checkpoints.enabled:
@@ -116,7 +120,9 @@ def _fit(
             m["epoch_seconds"],
         )
 
-    result = fit(model, source, val.x, val.y, cfg, teacher_val_logits=z_val, on_epoch=on_epoch, checkpoints=checkpoints)
+    where = resolve_device(device)
+    logger.info("%s training on %s at batch %d (lr %.4g)", who, where, cfg.batch_size, scaled_lr(cfg))
+    result = fit(model, source, val.x, val.y, cfg, z_val, on_epoch, checkpoints=checkpoints, device=where)
     if result.resumed_from_epoch:
         logger.info("%s resumed from the checkpoint after epoch %d", who, result.resumed_from_epoch)
         for m in result.history[: result.resumed_from_epoch]:  # this run's curves cover the restored epochs too

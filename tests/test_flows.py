@@ -125,7 +125,9 @@ def test_candidate_worse_than_champion_is_not_promoted(distill_config, tmp_path)
     assert registry.alias_version(name, "champion") == "1"
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "teacher_missing", "label_out_of_range", "width_mismatch"])
+@pytest.mark.parametrize(
+    "case", ["unknown_key", "teacher_missing", "label_out_of_range", "width_mismatch", "cuda_without_cuda"]
+)
 def test_bad_input_stops_the_flow_with_one_clear_error_and_registers_nothing(case, distill_config, tmp_path, tiny_data):
     name = distill_config["registry"]["student_name"]
     if case == "unknown_key":
@@ -141,6 +143,11 @@ def test_bad_input_stops_the_flow_with_one_clear_error_and_registers_nothing(cas
         df.to_parquet(bad)
         distill_config["data"]["train"] = str(bad)
         expected, match = DataError, r"train_bad.parquet: 1 label\(s\) outside \[0, 10\)"
+    elif case == "cuda_without_cuda":
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present: device: cuda is valid here")
+        distill_config["device"] = "cuda"
+        expected, match = ConfigError, r"^device: 'cuda' was asked for but this machine has no usable CUDA"
     else:
         distill_config["student"] = {"arch": "tests.user_models:build_fixed_width", "args": {"width": 64}}
         expected, match = ModelSpecError, r"cannot take inputs of shape \[40\]"
