@@ -1,5 +1,6 @@
 """Retraining: the distill flow with the transfer set extended by recent production inputs (the teacher scores
-them into the logit store) and the gate also comparing with the champion on recent labeled traffic."""
+them into the logit store), the best epoch and temperature chosen on part of the recent labeled traffic and the
+gate also comparing with the champion on the rest (``retrain.selection_fraction``)."""
 
 from __future__ import annotations
 
