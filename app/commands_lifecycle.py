@@ -149,13 +149,14 @@ def serve(config: Path = typer.Option(..., help="Distillation config YAML the de
 @deployments_app.command("export")
 def deployments_export(
     config: str = typer.Option(
-        "kdflow/configs/mnist1d_distill.yaml",
+        "infra/kdflow-production.yaml",
         help="Distillation config the deployments run with, as the "
         "worker sees it (relative to the checkout, or absolute)",
     ),
 ) -> None:
     """Print prefect.yaml for a work pool (``prefect deploy --all``): the same five deployments as ``kdflow
-    serve``, crons from the config. The repository's prefect.yaml is this output for the packaged config."""
+    serve``, crons from the config. The repository's prefect.yaml is this output for the default,
+    infra/kdflow-production.yaml."""
     from flows.deployments import prefect_yaml
 
     typer.echo(run(prefect_yaml, config), nl=False)
