@@ -252,3 +252,30 @@ def serve_all(config_path: str, limit: int | None = None) -> None:
     from prefect import serve
 
     serve(*deployments(config_path), limit=limit)
+
+
+def run_worker(pool: str = WORK_POOL, limit: int | None = None, name: str | None = None) -> None:
+    """Run a Prefect process worker on ``pool`` until SIGTERM or SIGINT, then stop within seconds.
+
+    ``prefect worker start`` (Prefect 3.9) turns a SIGTERM into a SIGINT to itself whose handler re-registers
+    itself before the re-sent signal is handled, so the worker never sees it and polls on until a second
+    signal's SIGKILL (a supervisor's stop timeout: 90 s under systemd's default). Here both signals cancel the
+    worker's task instead: it stops polling, its flow-run processes get SIGTERM (then SIGKILL after Prefect's
+    30 s grace) and it exits. ``limit`` caps concurrent flow runs (None: unlimited)."""
+    import asyncio
+    import signal
+
+    from prefect.workers.process import ProcessWorker
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        worker = ProcessWorker(work_pool_name=pool, limit=limit, name=name)
+        try:
+            await worker.start(printer=print)
+        except asyncio.CancelledError:
+            print(f"Worker {worker.name!r} stopped on a signal.", flush=True)
+
+    asyncio.run(main())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from kdflow.config import DistillConfig, TeacherConfig, load_config
+from tests.test_deployments import BIN, client_env, explained, prefect_server, start_process, wait_for  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -60,3 +64,24 @@ def test_the_demo_config_stays_embedded():
     """`make demo`, `kdflow distill` and `kdflow serve` examples keep the embedded SQLite default."""
     cfg = load_config(REPO / "kdflow" / "configs" / "mnist1d_distill.yaml", DistillConfig)
     assert cfg.mlflow.tracking_uri.startswith("sqlite:///") and not s3_uris(cfg)
+
+
+@pytest.mark.slow
+def test_worker_stops_within_seconds_of_sigterm(prefect_server, tmp_path):  # noqa: F811 (the imported fixture)
+    """infra/worker.sh's worker, idle on a real server, exits soon after one SIGTERM to the pid worker.sh exec'd
+    (`prefect worker start` polled on until killed)."""
+    env = client_env(prefect_server.api_url, tmp_path / "prefect-home")
+    env.update(KDFLOW_DEPLOY="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    worker = start_process("worker.sh", ["bash", str(INFRA / "worker.sh")], tmp_path / "worker.log", env, REPO)
+    try:
+        with explained(worker, prefect_server.process):
+            wait_for("the worker to start", lambda: "started!" in worker.log.read_text(), 120, worker)
+            time.sleep(2)  # let it poll once: a loop mid-request must stop too
+            sent = time.monotonic()
+            os.kill(worker.popen.pid, signal.SIGTERM)  # the pid itself, as a supervisor would: not the group
+            code = worker.popen.wait(timeout=10)
+            waited = time.monotonic() - sent
+        assert "stopped on a signal" in worker.log.read_text(), worker.tail()
+        print(f"worker exited {code} {waited:.1f} s after SIGTERM")
+    finally:
+        worker.stop(grace_s=1)
