@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from kdflow.config import DistillConfig, TeacherConfig, load_config
+from tests.conftest import PG_HOST, PG_PORT, drop_database, free_port, postgres_answers
 from tests.test_deployments import BIN, client_env, explained, prefect_server, start_process, wait_for  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +88,118 @@ def test_worker_stops_within_seconds_of_sigterm(prefect_server, tmp_path):  # no
         print(f"worker exited {code} {waited:.1f} s after SIGTERM")
     finally:
         worker.stop(grace_s=1)
+
+
+def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of infra/start-stack.sh / stop-stack.sh for a private stack: its own directory, free ports,
+    Prefect on SQLite, no S3 unless ``extra`` says so."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_API_", "MLFLOW_", "KDFLOW_")) and k != "AWS_ENDPOINT_URL_S3"
+    }
+    env.update(
+        KDFLOW_PREFECT_DB="sqlite",
+        PREFECT_PORT=str(free_port()),
+        KDFLOW_MLFLOW_PORT=str(free_port()),
+        KDFLOW_MLFLOW_WORKERS="1",
+        KDFLOW_STACK_DIR=str(tmp_path / "stack"),
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **extra,
+    )
+    return env
+
+
+def stack(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run infra/<script> (start-stack.sh or stop-stack.sh) to completion; fail with its output if it fails."""
+    done = subprocess.run(["bash", str(INFRA / script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    logs = "".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in Path(env["KDFLOW_STACK_DIR"]).glob("*.log"))
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}\n{logs}"
+    return done
+
+
+def exported(stdout: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines start-stack.sh prints, as a dict."""
+    lines = [line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("export ")]
+    return dict(item.split("=", 1) for line in lines for item in line.split())
+
+
+@pytest.mark.slow
+def test_local_stack_keeps_models_and_artifacts_across_a_restart(tmp_path):
+    """start-stack.sh without S3: a model logged and registered through the MLflow server is still there, files
+    and all, after stop-stack.sh and a second start (artifacts on disk under the stack directory, not in moto)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from kdflow import registry
+
+    if not postgres_answers():
+        reason = f"PostgreSQL does not answer on {PG_HOST}:{PG_PORT}: stack restart test skipped"
+        print(reason)
+        pytest.skip(reason)
+    db = f"kdflow_stack_{uuid.uuid4().hex[:10]}"
+    env = stack_env(tmp_path, MLFLOW_BACKEND_STORE_URI=f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{db}")
+    try:
+        started = stack("start-stack.sh", env)
+        url = exported(started.stdout)["MLFLOW_TRACKING_URI"]
+        assert url == f"http://127.0.0.1:{env['KDFLOW_MLFLOW_PORT']}" and "AWS_ENDPOINT_URL_S3" not in started.stdout
+        registry.configure(url, "kdflow-stack-restart", None)
+        model = nn.Linear(4, 2)
+        import mlflow
+
+        with mlflow.start_run():
+            registry.log_torch_model(model, np.zeros((2, 4), np.float32), "stack-student")
+        artifacts = Path(env["KDFLOW_STACK_DIR"]) / "mlartifacts"
+        assert any(p.name == "MLmodel" for p in artifacts.rglob("*")), "no model files under the stack directory"
+
+        stack("stop-stack.sh", env)
+        assert not list(Path(env["KDFLOW_STACK_DIR"]).glob("*.pid"))
+        stack("start-stack.sh", env)
+        loaded = registry.load_torch_model(registry.resolve("models:/stack-student/1"))
+        x = torch.randn(3, 4)
+        torch.testing.assert_close(loaded(x), model(x))
+    finally:
+        subprocess.run(["bash", str(INFRA / "stop-stack.sh")], env=env, capture_output=True, timeout=120)
+        drop_database(db)
+
+
+@pytest.mark.slow
+def test_stack_creates_every_bucket_the_configs_name(tmp_path, s3_endpoint):
+    """start-stack.sh with KDFLOW_S3_ENDPOINT_URL: MLflow's bucket and the production configs' data, store and
+    logs buckets exist afterwards; it prints the endpoint for the flows and never the secret key."""
+    import boto3
+
+    secret = "kdflow-stack-secret-" + uuid.uuid4().hex[:8]
+    env = stack_env(
+        tmp_path,
+        KDFLOW_S3_ENDPOINT_URL=s3_endpoint,
+        KDFLOW_START_MLFLOW="0",
+        AWS_ACCESS_KEY_ID="kdflow-test",
+        AWS_SECRET_ACCESS_KEY=secret,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        started = stack("start-stack.sh", env)
+    finally:
+        subprocess.run(["bash", str(INFRA / "stop-stack.sh")], env=env, capture_output=True, timeout=120)
+    buckets = {b["Name"] for b in boto3.client("s3", endpoint_url=s3_endpoint).list_buckets()["Buckets"]}
+    assert {"kdflow-mlflow", "kdflow-data", "kdflow-store", "kdflow-logs"} <= buckets
+    assert exported(started.stdout)["AWS_ENDPOINT_URL_S3"] == s3_endpoint
+    printed = started.stdout + started.stderr + "".join(p.read_text() for p in (tmp_path / "stack").glob("*.log"))
+    assert secret not in printed
+
+
+def test_stack_refuses_the_in_memory_s3(tmp_path):
+    """KDFLOW_LOCAL_S3=1 (moto, lost on restart) is refused with one message and exit 2, before anything starts."""
+    done = subprocess.run(
+        ["bash", str(INFRA / "start-stack.sh")],
+        cwd=REPO,
+        env=stack_env(tmp_path, KDFLOW_LOCAL_S3="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "KDFLOW_LOCAL_S3 is gone" in done.stderr
+    assert not list((tmp_path / "stack").glob("*.pid"))
