@@ -26,6 +26,9 @@
 #                                     Credentials: the boto3 chain of this environment (AWS_*), never printed.
 #   KDFLOW_STACK_CONFIGS="infra/kdflow-production.yaml infra/kdflow-production-teacher.yaml"
 #   KDFLOW_STACK_TIMEOUT=120          seconds to wait for each service to be healthy
+#   PREFECT_SERVER_API_AUTH_STRING    user:password: the Prefect server refuses requests without it (401); clients
+#                                     (kdflow, worker, serve, flow runs) set PREFECT_API_AUTH_STRING to the same
+#   KDFLOW_MLFLOW_AUTH=0              1: MLflow's basic-auth app (mlflow/start-server.sh; needs Flask-WTF)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -172,5 +175,8 @@ echo "export PREFECT_API_URL=http://$host:$prefect_port/api"
 if [[ -n "$s3_endpoint" ]]; then
     # For the flows' s3:// data, logit store and logs (infra/kdflow-production.yaml); credentials: your AWS_*.
     echo "export AWS_ENDPOINT_URL_S3=$s3_endpoint"
+fi
+if [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
+    log "Prefect's API requires basic auth: set PREFECT_API_AUTH_STRING (the same user:password) for every client"
 fi
 log "stack up; stop it with infra/stop-stack.sh"
