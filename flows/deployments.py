@@ -32,6 +32,7 @@ from kdflow.config import DistillConfig, load_config
 from kdflow.events import DRIFT_EVENT, MODEL_RESOURCE_PREFIX, TEACHER_DEGRADED_EVENT
 
 if TYPE_CHECKING:
+    import psutil
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentEventTrigger
 
@@ -254,24 +255,57 @@ def serve_all(config_path: str, limit: int | None = None) -> None:
     serve(*deployments(config_path), limit=limit)
 
 
-def run_worker(pool: str = WORK_POOL, limit: int | None = None, name: str | None = None) -> None:
+def _running(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (a zombie, exited but not yet reaped, does not)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_worker(pool: str = WORK_POOL, limit: int | None = None, name: str | None = None, grace_s: float = 20.0) -> None:
     """Run a Prefect process worker on ``pool`` until SIGTERM or SIGINT, then stop within seconds.
 
     ``prefect worker start`` (Prefect 3.9) turns a SIGTERM into a SIGINT to itself whose handler re-registers
     itself before the re-sent signal is handled, so the worker never sees it and polls on until a second
-    signal's SIGKILL (a supervisor's stop timeout: 90 s under systemd's default). Here both signals cancel the
-    worker's task instead: it stops polling, its flow-run processes get SIGTERM (then SIGKILL after Prefect's
-    30 s grace) and it exits. ``limit`` caps concurrent flow runs (None: unlimited)."""
+    signal's SIGKILL (a supervisor's stop timeout: 90 s under systemd's default). Here the first signal sends
+    SIGTERM to the worker's flow-run processes (each in its own session; Prefect's engine then reports the run
+    Crashed, "aborted by a termination signal", instead of leaving it Running), waits up to ``grace_s`` for them
+    and cancels the worker; a second signal cancels at once. ``limit`` caps concurrent flow runs (None:
+    unlimited)."""
     import asyncio
     import signal
 
+    import psutil
     from prefect.workers.process import ProcessWorker
+
+    async def stop_runs_then(task: asyncio.Task) -> None:
+        runs = psutil.Process().children()  # the flow-run processes
+        for run in runs:
+            try:
+                run.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(_running(run) for run in runs) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)  # polled: waiting on them here would reap them before Prefect does
+        task.cancel()
 
     async def main() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task] = []
+
+        def on_signal() -> None:
+            if stopping:  # a second signal: stop now
+                task.cancel()
+            else:
+                stopping.append(loop.create_task(stop_runs_then(task)))
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
+            loop.add_signal_handler(signum, on_signal)
         worker = ProcessWorker(work_pool_name=pool, limit=limit, name=name)
         try:
             await worker.start(printer=print)

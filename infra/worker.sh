@@ -12,8 +12,9 @@
 #    pool and runs each flow run as a local process in this checkout (prefect.yaml's pull step), with this
 #    environment (AWS_*, AWS_ENDPOINT_URL_S3 ... for infra/kdflow-production.yaml's S3).
 #    Not `prefect worker start`: on SIGTERM that one polled on until killed (Prefect 3.9 re-sends the signal to
-#    itself as a SIGINT it never acts on); this one stops within seconds of SIGTERM or Ctrl-C, sending its
-#    flow-run processes SIGTERM (SIGKILL after Prefect's 30 s grace). `exec`: the signal reaches it directly.
+#    itself as a SIGINT it never acts on); this one stops within seconds of SIGTERM or Ctrl-C after sending
+#    its flow-run processes SIGTERM (their runs end Crashed; it waits up to 20 s for them). `exec`: the
+#    signal reaches it directly.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

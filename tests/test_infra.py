@@ -69,23 +69,61 @@ def test_the_demo_config_stays_embedded():
     assert cfg.mlflow.tracking_uri.startswith("sqlite:///") and not s3_uris(cfg)
 
 
+SLEEPY_FLOW = """
+import time
+from prefect import flow
+
+@flow(name="sleepy")
+def sleepy(seconds: int = 600) -> None:
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+"""
+
+DEPLOY_AND_RUN = """
+import sys
+from prefect import flow
+from prefect.deployments import run_deployment
+
+flow.from_source(sys.argv[1], "sleepy.py:sleepy").deploy("sleepy", work_pool_name="kdflow-pool", build=False, push=False)
+print(run_deployment("sleepy/sleepy", timeout=0).id)
+"""
+
+
 @pytest.mark.slow
 def test_worker_stops_within_seconds_of_sigterm(prefect_server, tmp_path):  # noqa: F811 (the imported fixture)
-    """infra/worker.sh's worker, idle on a real server, exits soon after one SIGTERM to the pid worker.sh exec'd
-    (`prefect worker start` polled on until killed)."""
+    """infra/worker.sh's worker, running a flow on a real server, exits within seconds of one SIGTERM to the pid
+    worker.sh exec'd (`prefect worker start` polled on until killed), and the run it was executing ends Crashed
+    (its process got SIGTERM and reported it) instead of staying Running with nobody behind it."""
+    from prefect.client.orchestration import SyncPrefectClient
+
     env = client_env(prefect_server.api_url, tmp_path / "prefect-home")
     env.update(KDFLOW_DEPLOY="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     worker = start_process("worker.sh", ["bash", str(INFRA / "worker.sh")], tmp_path / "worker.log", env, REPO)
     try:
         with explained(worker, prefect_server.process):
             wait_for("the worker to start", lambda: "started!" in worker.log.read_text(), 120, worker)
-            time.sleep(2)  # let it poll once: a loop mid-request must stop too
+            source = tmp_path / "flow-source"
+            source.mkdir()
+            (source / "sleepy.py").write_text(SLEEPY_FLOW)
+            deployed = subprocess.run(
+                [str(BIN / "python"), "-c", DEPLOY_AND_RUN, str(source)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert deployed.returncode == 0, deployed.stderr[-3000:]
+            run_id = deployed.stdout.strip().splitlines()[-1]
+            wait_for("the flow run to start", lambda: "sleeping" in worker.log.read_text(), 180, worker)
             sent = time.monotonic()
             os.kill(worker.popen.pid, signal.SIGTERM)  # the pid itself, as a supervisor would: not the group
             code = worker.popen.wait(timeout=10)
             waited = time.monotonic() - sent
+            with SyncPrefectClient(prefect_server.api_url) as client:
+                run = client.read_flow_run(run_id)
         assert "stopped on a signal" in worker.log.read_text(), worker.tail()
-        print(f"worker exited {code} {waited:.1f} s after SIGTERM")
+        assert run.state.is_crashed() and "termination signal" in (run.state.message or ""), run.state
+        print(f"worker exited {code} {waited:.1f} s after SIGTERM; its run: {run.state.name}")
     finally:
         worker.stop(grace_s=1)
 
