@@ -336,3 +336,35 @@ def test_worker_command_needs_a_server(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     result = CliRunner().invoke(app, ["worker"])
     assert result.exit_code == 2 and "PREFECT_API_URL is not set" in result.output
+
+
+@pytest.mark.slow
+def test_kubernetes_base_job_template_is_accepted_by_the_server(prefect_server, tmp_path):  # noqa: F811
+    """infra/k8s-base-job-template.json creates a kubernetes work pool on a real server (prefect-kubernetes is not
+    installed: the server validates the template itself); a copy using an undeclared variable is refused."""
+    import json
+
+    from prefect.client.orchestration import SyncPrefectClient
+
+    env = client_env(prefect_server.api_url, tmp_path / "prefect-home")
+    template = INFRA / "k8s-base-job-template.json"
+
+    def create(name: str, path: Path) -> subprocess.CompletedProcess:
+        args = ["work-pool", "create", name, "--type", "kubernetes", "--base-job-template", str(path), "--overwrite"]
+        return subprocess.run([str(BIN / "prefect"), *args], env=env, capture_output=True, text=True, timeout=120)
+
+    created = create("kdflow-k8s-test", template)
+    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-2000:]
+    with SyncPrefectClient(prefect_server.api_url) as client:
+        pool = client.read_work_pool("kdflow-k8s-test")
+    assert pool.type == "kubernetes" and pool.base_job_template == json.loads(template.read_text())
+    defaults = {k: v.get("default") for k, v in pool.base_job_template["variables"]["properties"].items()}
+    assert (defaults["image"], defaults["gpu_count"], defaults["namespace"]) == ("kdflow:cpu", 0, "kdflow")
+    [container] = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+
+    broken = json.loads(template.read_text())
+    broken["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["image"] = "{{ nope }}"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    refused = create("kdflow-k8s-broken", tmp_path / "broken.json")
+    assert refused.returncode != 0 and "undeclared variable(s): nope" in refused.stdout + refused.stderr
