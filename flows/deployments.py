@@ -194,7 +194,7 @@ PREFECT_YAML_HEADER = """\
 #
 #   prefect work-pool create kdflow-pool --type process     # once
 #   prefect deploy --all                                    # from this directory, PREFECT_API_URL set
-#   prefect worker start --pool kdflow-pool                 # executes the runs (infra/worker.sh does all three)
+#   kdflow worker --pool kdflow-pool                        # executes the runs (infra/worker.sh does all three)
 #
 # The same five deployments as `kdflow serve`, each run with the config above (config_path); the crons are
 # that config's drift.cron and recalibration.cron, in UTC. To point the deployments at another config:
