@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from app.commands_lifecycle import deployments_app, drift_app, recalibrate, retrain, serve, simulate_app
+from app.commands_lifecycle import deployments_app, drift_app, recalibrate, retrain, serve, simulate_app, worker
 from app.commands_methods import distill_online
 from app.commands_models import models_app
 from app.commands_pipeline import data_app, demo, distill, logits_app, teacher_app, validate
@@ -35,6 +35,7 @@ app.command("demo")(demo)
 app.command("retrain")(retrain)
 app.command("recalibrate")(recalibrate)
 app.command("serve")(serve)
+app.command("worker")(worker)
 app.command("tune")(tune)
 app.command("serve-model")(serve_model)
 

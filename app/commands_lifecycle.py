@@ -146,16 +146,32 @@ def serve(config: Path = typer.Option(..., help="Distillation config YAML the de
     run(serve_all, str(config.resolve()))
 
 
+def worker(
+    pool: str = typer.Option("kdflow-pool", help="Work pool to poll (prefect.yaml's deployments use kdflow-pool)"),
+    limit: Optional[int] = typer.Option(None, help="Most flow runs at once (default: unlimited)"),
+    name: Optional[str] = typer.Option(None, help="Worker name (default: Prefect's)"),
+) -> None:
+    """Run a process worker on POOL against $PREFECT_API_URL; SIGTERM or Ctrl-C stops it within seconds
+    (``prefect worker start`` ignores a SIGTERM until it is killed)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho("error: PREFECT_API_URL is not set; a worker needs a Prefect server", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    from flows.deployments import run_worker
+
+    run_worker(pool, limit, name)
+
+
 @deployments_app.command("export")
 def deployments_export(
     config: str = typer.Option(
-        "kdflow/configs/mnist1d_distill.yaml",
+        "infra/kdflow-production.yaml",
         help="Distillation config the deployments run with, as the "
         "worker sees it (relative to the checkout, or absolute)",
     ),
 ) -> None:
     """Print prefect.yaml for a work pool (``prefect deploy --all``): the same five deployments as ``kdflow
-    serve``, crons from the config. The repository's prefect.yaml is this output for the packaged config."""
+    serve``, crons from the config. The repository's prefect.yaml is this output for the default,
+    infra/kdflow-production.yaml."""
     from flows.deployments import prefect_yaml
 
     typer.echo(run(prefect_yaml, config), nl=False)

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Start kdflow's single-machine stack on the loopback: [moto S3] -> Prefect server -> [MLflow server].
+# Start kdflow's single-machine stack on the loopback: [buckets] -> Prefect server -> [MLflow server].
+# Everything it keeps survives a restart: Prefect's and MLflow's databases (PostgreSQL, or SQLite under the stack
+# directory) and MLflow's artifacts (a directory under the stack directory, or a real S3 endpoint).
 #
 #   infra/start-stack.sh            # Prefect on PostgreSQL (database kdflow_prefect, created if missing)
 #   KDFLOW_PREFECT_DB=sqlite infra/start-stack.sh    # Prefect on SQLite under .kdflow/stack/
-#   KDFLOW_LOCAL_S3=1 infra/start-stack.sh           # also moto_server as S3 on 127.0.0.1:${S3_PORT:-9000}
+#   KDFLOW_S3_ENDPOINT_URL=http://minio:9000 infra/start-stack.sh   # MLflow's artifacts on that S3; every bucket
+#                                                    # the configs name is created there
 #
 # Each service runs in its own session (setsid) so infra/stop-stack.sh can stop it and its children by the
-# process-group id it records. Pids and logs: .kdflow/stack/{s3,prefect,mlflow}.{pid,log}. A service whose
+# process-group id it records. Pids and logs: .kdflow/stack/{prefect,mlflow}.{pid,log}. A service whose
 # recorded pid is still alive is left running. MLflow is started only if mlflow/start-server.sh exists
-# (settings in mlflow/server.env; PostgreSQL backend, S3 artifacts) unless KDFLOW_START_MLFLOW=0.
+# (settings in mlflow/server.env; PostgreSQL backend) unless KDFLOW_START_MLFLOW=0.
 #
 # Environment (defaults):
 #   PREFECT_PORT=4200                 Prefect API/UI port (http://127.0.0.1:$PREFECT_PORT/api)
 #   KDFLOW_PREFECT_DB=postgres        postgres | sqlite
 #   KDFLOW_PREFECT_DB_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/kdflow_prefect
 #   PREFECT_HOME=.kdflow/prefect      Prefect's profile/home (shared with the `kdflow` commands)
-#   KDFLOW_LOCAL_S3=0, S3_PORT=9000   moto S3 for MLflow artifacts and the logit store (bucket created)
-#   KDFLOW_STACK_DIR=.kdflow/stack    pids and logs
+#   KDFLOW_STACK_DIR=.kdflow/stack    pids, logs and the stack's state (prefect.db, mlartifacts/)
+#   KDFLOW_S3_ENDPOINT_URL=(unset)    unset: MLflow's artifacts in $KDFLOW_STACK_DIR/mlartifacts. Set (any S3 API
+#                                     endpoint: MinIO, Ceph, https://s3.<region>.amazonaws.com): artifacts on
+#                                     $MLFLOW_ARTIFACTS_DESTINATION (mlflow/server.env) there, and the buckets of
+#                                     that and of every s3:// URI in $KDFLOW_STACK_CONFIGS are created if missing.
+#                                     Credentials: the boto3 chain of this environment (AWS_*), never printed.
+#   KDFLOW_STACK_CONFIGS="infra/kdflow-production.yaml infra/kdflow-production-teacher.yaml"
 #   KDFLOW_STACK_TIMEOUT=120          seconds to wait for each service to be healthy
+#   PREFECT_SERVER_API_AUTH_STRING    user:password: the Prefect server refuses requests without it (401); clients
+#                                     (kdflow, worker, serve, flow runs) set PREFECT_API_AUTH_STRING to the same
+#   KDFLOW_MLFLOW_AUTH=0              1: MLflow's basic-auth app (mlflow/start-server.sh; needs Flask-WTF)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +41,6 @@ mkdir -p "$stack"
 timeout_s="${KDFLOW_STACK_TIMEOUT:-120}"
 host=127.0.0.1
 prefect_port="${PREFECT_PORT:-4200}"
-s3_port="${S3_PORT:-9000}"
 export PREFECT_HOME="${PREFECT_HOME:-$repo/.kdflow/prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 
@@ -64,28 +74,66 @@ wait_http() {
     log "$name healthy at $url"
 }
 
-# --- S3 (moto), first: MLflow's artifact store may live on it --------------------------------------------
-if [[ "${KDFLOW_LOCAL_S3:-0}" == 1 ]]; then
-    export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
-    export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
-    export MLFLOW_S3_ENDPOINT_URL="${MLFLOW_S3_ENDPOINT_URL:-http://$host:$s3_port}"
-    if alive s3; then log "s3 already running (pid $(cat "$stack/s3.pid"))"; else
-        launch s3 "$bin/moto_server" -H "$host" -p "$s3_port"
-    fi
-    wait_http s3 "http://$host:$s3_port/moto-api/"
-    # The bucket MLflow's artifacts go to (mlflow/server.env), created if missing.
+# --- Where MLflow keeps artifacts: a directory of the stack, or a real S3 endpoint (buckets first) -------------
+if [[ -n "${KDFLOW_LOCAL_S3:-}" && "${KDFLOW_LOCAL_S3}" != 0 ]]; then
+    log "KDFLOW_LOCAL_S3 is gone: its moto S3 kept everything in memory and lost it on a restart. MLflow's"
+    log "artifacts now stay in $stack/mlartifacts; for S3 set KDFLOW_S3_ENDPOINT_URL to a real endpoint."
+    exit 2
+fi
+s3_endpoint="${KDFLOW_S3_ENDPOINT_URL:-}"
+if [[ -n "$s3_endpoint" ]]; then
+    export MLFLOW_S3_ENDPOINT_URL="$s3_endpoint"
     artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$(sed -n 's/^MLFLOW_ARTIFACTS_DESTINATION=//p' mlflow/server.env 2>/dev/null || true)}"
-    if [[ "$artifacts" == s3://* ]]; then
-        bucket="${artifacts#s3://}"; bucket="${bucket%%/*}"
-        "$bin/python" - "$MLFLOW_S3_ENDPOINT_URL" "$bucket" <<'PY'
-import sys, boto3
-endpoint, bucket = sys.argv[1:]
+    [[ "$artifacts" == s3://* ]] || { log "KDFLOW_S3_ENDPOINT_URL is set but MLflow's artifacts go to '$artifacts', not s3://"; exit 2; }
+    export MLFLOW_ARTIFACTS_DESTINATION="$artifacts"
+    read -r -a configs <<< "${KDFLOW_STACK_CONFIGS:-infra/kdflow-production.yaml infra/kdflow-production-teacher.yaml}"
+    # Every bucket named by MLflow's destination or by an s3:// value anywhere in the configs, created if missing.
+    "$bin/python" - "$s3_endpoint" "$artifacts" "${configs[@]}" <<'PY'
+import sys
+
+import boto3
+import yaml
+
+
+def s3_uris(node):
+    """Every string starting with s3:// in a parsed YAML document."""
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [uri for item in node for uri in s3_uris(item)]
+    return [node] if isinstance(node, str) and node.startswith("s3://") else []
+
+
+endpoint, artifacts, *configs = sys.argv[1:]
+uris = [artifacts]
+for path in configs:
+    try:
+        with open(path) as f:
+            uris += s3_uris(yaml.safe_load(f))
+    except (OSError, yaml.YAMLError) as exc:
+        sys.exit(f"start-stack.sh: cannot read the config {path}: {exc}")
 s3 = boto3.client("s3", endpoint_url=endpoint)
-if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-    s3.create_bucket(Bucket=bucket)
-print(f"start-stack.sh: bucket s3://{bucket} ready on {endpoint}", file=sys.stderr)
+try:
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in sorted({uri[len("s3://") :].split("/", 1)[0] for uri in uris}):
+        if bucket not in existing:
+            region = s3.meta.region_name
+            where = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            s3.create_bucket(Bucket=bucket, **where)
+        print(f"start-stack.sh: bucket s3://{bucket} ready on {endpoint}", file=sys.stderr)
+except Exception as exc:  # one line naming the endpoint, not a traceback
+    sys.exit(f"start-stack.sh: S3 at {endpoint}: {type(exc).__name__}: {exc}")
 PY
+else
+    # Local disk under the stack directory: kept across restarts, served to clients by MLflow (--serve-artifacts).
+    export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$stack/mlartifacts}"
+    if [[ "$MLFLOW_ARTIFACTS_DESTINATION" == s3://* ]]; then
+        log "MLFLOW_ARTIFACTS_DESTINATION is $MLFLOW_ARTIFACTS_DESTINATION: set KDFLOW_S3_ENDPOINT_URL too (the S3 to use)"
+        exit 2
     fi
+    mkdir -p "$MLFLOW_ARTIFACTS_DESTINATION"
+    export MLFLOW_S3_ENDPOINT_URL=""  # set and empty: mlflow/server.env's endpoint is not used
+    log "MLflow artifacts in $MLFLOW_ARTIFACTS_DESTINATION"
 fi
 
 # --- Prefect server ---------------------------------------------------------------------------------------
@@ -124,12 +172,11 @@ if [[ -f mlflow/start-server.sh && "${KDFLOW_START_MLFLOW:-1}" != 0 ]]; then
 fi
 
 echo "export PREFECT_API_URL=http://$host:$prefect_port/api"
-if [[ "${KDFLOW_LOCAL_S3:-0}" == 1 ]]; then
-    # Credentials go to a file only its owner can read, never to the terminal or a log: print how to load them.
-    creds="$stack/s3-credentials.env"
-    (umask 077; printf 'export AWS_ACCESS_KEY_ID=%q AWS_SECRET_ACCESS_KEY=%q AWS_DEFAULT_REGION=%q\n' \
-        "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$AWS_DEFAULT_REGION" > "$creds")
-    echo "export MLFLOW_S3_ENDPOINT_URL=$MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL_S3=$MLFLOW_S3_ENDPOINT_URL"
-    echo ". $creds  # AWS credentials of the stack's S3 (mode 600; values not printed)"
+if [[ -n "$s3_endpoint" ]]; then
+    # For the flows' s3:// data, logit store and logs (infra/kdflow-production.yaml); credentials: your AWS_*.
+    echo "export AWS_ENDPOINT_URL_S3=$s3_endpoint"
+fi
+if [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
+    log "Prefect's API requires basic auth: set PREFECT_API_AUTH_STRING (the same user:password) for every client"
 fi
 log "stack up; stop it with infra/stop-stack.sh"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop what infra/start-stack.sh started: each service's process group, by the pid recorded in
 # .kdflow/stack/<name>.pid (SIGTERM, then SIGKILL after KDFLOW_STOP_TIMEOUT seconds, default 20).
-# Order: MLflow, Prefect, then S3 (the reverse of the start). Logs are kept.
+# Order: MLflow, Prefect (the reverse of the start), then an s3 pid left by an older stack (moto). Logs and
+# the stack's state (prefect.db, mlartifacts/) are kept.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

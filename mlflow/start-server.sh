@@ -60,10 +60,22 @@ if [[ "$MLFLOW_BACKEND_STORE_URI" =~ $pg ]]; then
     unset PGPASSWORD
 fi
 
+# KDFLOW_MLFLOW_AUTH=1: MLflow's basic-auth app (users and permissions; MLFLOW_AUTH_CONFIG_PATH names its ini,
+# MLFLOW_AUTH_ADMIN_PASSWORD the first admin password). It needs Flask-WTF (mlflow[auth]): refuse clearly without.
+auth_args=()
+if [[ "${KDFLOW_MLFLOW_AUTH:-0}" == 1 ]]; then
+    python_bin="$(dirname "$(command -v "$mlflow_bin")")/python"
+    if ! "$python_bin" -c 'import flask_wtf' 2>/dev/null; then
+        echo "start-server.sh: KDFLOW_MLFLOW_AUTH=1 needs MLflow's basic-auth app, which needs the Flask-WTF package (mlflow[auth]); it is not installed (not in requirements.txt)" >&2
+        exit 2
+    fi
+    auth_args=(--app-name basic-auth)
+fi
+
 echo "start-server.sh: mlflow server on http://$host:$port (backend $backend, artifacts $MLFLOW_ARTIFACTS_DESTINATION${MLFLOW_S3_ENDPOINT_URL:+ via $MLFLOW_S3_ENDPOINT_URL})" >&2
 exec "$mlflow_bin" server \
     --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
     --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
     --serve-artifacts \
     --host "$host" --port "$port" --workers "$workers" \
-    "$@"
+    "${auth_args[@]}" "$@"

@@ -238,15 +238,22 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def test_committed_prefect_yaml_is_the_generated_one(monkeypatch):
-    """prefect.yaml is `kdflow deployments export` for the packaged config: the deployments are declared once,
-    in flows/deployments.py, and the file cannot drift from them."""
-    from flows.deployments import prefect_yaml
+    """prefect.yaml is `kdflow deployments export` (default: the production config, infra/kdflow-production.yaml),
+    as its header says: the deployments are declared once, in flows/deployments.py, and the file cannot drift."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from flows.deployments import PRODUCTION_CONFIG, prefect_yaml
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # the config path is written as the worker sees it: relative to the checkout
-    assert (repo / "prefect.yaml").read_text() == prefect_yaml("kdflow/configs/mnist1d_distill.yaml"), (
-        "prefect.yaml is out of date with flows/deployments.py: run `kdflow deployments export > prefect.yaml`"
+    committed = (repo / "prefect.yaml").read_text()
+    assert committed == prefect_yaml(PRODUCTION_CONFIG), (
+        f"prefect.yaml is out of date: run `kdflow deployments export --config {PRODUCTION_CONFIG} > prefect.yaml`"
     )
+    assert f"kdflow deployments export --config {PRODUCTION_CONFIG} > prefect.yaml" in committed.split("\nname:")[0]
+    result = CliRunner().invoke(app, ["deployments", "export"])  # the default is the production config
+    assert result.exit_code == 0 and result.output == committed, result.output[-2000:]
 
 
 def test_deployments_export_takes_crons_and_path_from_the_config(tmp_path):
@@ -463,7 +470,7 @@ def test_prefect_yaml_deploys_to_the_work_pool(prefect_server, server_api, tmp_p
             found = {key: client.read_deployment_by_name(name) for key, name in DEPLOYMENTS.items()}
             automations = client.read_resource_related_automations(f"prefect.deployment.{found['retrain'].id}")
 
-    config = "kdflow/configs/mnist1d_distill.yaml"
+    config = "infra/kdflow-production.yaml"
     for key, d in found.items():
         assert (d.work_pool_name, d.parameters["config_path"]) == ("kdflow-pool", config), key
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(repo)}}]
