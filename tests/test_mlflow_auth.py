@@ -1,7 +1,8 @@
 """MLflow's basic-auth app through mlflow/start-server.sh (KDFLOW_MLFLOW_AUTH=1): a real server on a free loopback
 port, SQLite backend, artifacts on local disk, stopped with a signal. Anonymous and wrong-password requests are
 refused; the admin's credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, from the environment) let
-kdflow.registry log, register and load a model. No secret appears in what the server prints."""
+kdflow.registry log, register and load a model; the admin's password can be changed through the API. No secret
+appears in what the server prints."""
 
 from __future__ import annotations
 
@@ -129,6 +130,16 @@ def test_basic_auth_refuses_anonymous_requests_and_kdflow_registers_with_credent
             assert torch.allclose(loaded(x), model(x))
         assert list((tmp_path / "artifacts").rglob("MLmodel")), "the model's files were not stored by the server"
 
+        # The admin changes its password (the documented rotation): the old one is refused from then on.
+        from mlflow.server.auth.client import AuthServiceClient
+
+        new_password = secrets.token_urlsafe(18)
+        AuthServiceClient(url).update_user_password("admin", new_password, current_password=password)
+        assert get_status(search, "admin", password) == 401
+        assert get_status(search, "admin", new_password) == 200
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", new_password)
+        assert registry.resolve("models:/auth-teacher/1").version == "1"
+
         # The same call without credentials is refused by the server.
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
         monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
@@ -143,5 +154,5 @@ def test_basic_auth_refuses_anonymous_requests_and_kdflow_registers_with_credent
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
     printed = log.read_text()
-    assert password not in printed and secret_key not in printed
+    assert password not in printed and new_password not in printed and secret_key not in printed
     assert "basic-auth users from" in printed
