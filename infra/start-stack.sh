@@ -28,7 +28,8 @@
 #   KDFLOW_STACK_TIMEOUT=120          seconds to wait for each service to be healthy
 #   PREFECT_SERVER_API_AUTH_STRING    user:password: the Prefect server refuses requests without it (401); clients
 #                                     (kdflow, worker, serve, flow runs) set PREFECT_API_AUTH_STRING to the same
-#   KDFLOW_MLFLOW_AUTH=0              1: MLflow's basic-auth app (mlflow/start-server.sh; needs Flask-WTF)
+#   KDFLOW_MLFLOW_AUTH=0              1: MLflow's basic-auth app (mlflow/start-server.sh: also set MLFLOW_AUTH_CONFIG_PATH,
+#                                     MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD on the first start)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -60,19 +60,32 @@ if [[ "$MLFLOW_BACKEND_STORE_URI" =~ $pg ]]; then
     unset PGPASSWORD
 fi
 
-# KDFLOW_MLFLOW_AUTH=1: MLflow's basic-auth app (users and permissions; MLFLOW_AUTH_CONFIG_PATH names its ini,
-# MLFLOW_AUTH_ADMIN_PASSWORD the first admin password). It needs Flask-WTF (mlflow[auth]): refuse clearly without.
+# KDFLOW_MLFLOW_AUTH=1: MLflow's basic-auth app (--app-name basic-auth; users and per-experiment/model permissions;
+# Flask-WTF, from mlflow[auth] in the lock). Its settings: MLFLOW_AUTH_CONFIG_PATH, a copy of mlflow/basic_auth.ini
+# whose database_uri names where users live (required here: MLflow's own default is basic_auth.db in whatever
+# directory the server starts in). Secrets only from the environment, never printed: MLFLOW_FLASK_SERVER_SECRET_KEY
+# (CSRF, the same on every server) and, on the first start, MLFLOW_AUTH_ADMIN_PASSWORD (>= 12 characters).
 auth_args=()
+auth_note=""
 if [[ "${KDFLOW_MLFLOW_AUTH:-0}" == 1 ]]; then
     python_bin="$(dirname "$(command -v "$mlflow_bin")")/python"
     if ! "$python_bin" -c 'import flask_wtf' 2>/dev/null; then
-        echo "start-server.sh: KDFLOW_MLFLOW_AUTH=1 needs MLflow's basic-auth app, which needs the Flask-WTF package (mlflow[auth]); it is not installed (not in requirements.txt)" >&2
+        echo "start-server.sh: KDFLOW_MLFLOW_AUTH=1 needs MLflow's basic-auth app, which needs the Flask-WTF package (mlflow[auth]); it is not installed in $python_bin's environment: run 'make install'" >&2
+        exit 2
+    fi
+    if [[ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" || ! -f "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+        echo "start-server.sh: KDFLOW_MLFLOW_AUTH=1 needs MLFLOW_AUTH_CONFIG_PATH naming an existing file (a copy of $here/basic_auth.ini with your database_uri); got '${MLFLOW_AUTH_CONFIG_PATH:-}'" >&2
+        exit 2
+    fi
+    if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+        echo "start-server.sh: KDFLOW_MLFLOW_AUTH=1 needs MLFLOW_FLASK_SERVER_SECRET_KEY (a random string, the same for every server; e.g. from python -c 'import secrets; print(secrets.token_hex(32))')" >&2
         exit 2
     fi
     auth_args=(--app-name basic-auth)
+    auth_note=", basic-auth users from $MLFLOW_AUTH_CONFIG_PATH"
 fi
 
-echo "start-server.sh: mlflow server on http://$host:$port (backend $backend, artifacts $MLFLOW_ARTIFACTS_DESTINATION${MLFLOW_S3_ENDPOINT_URL:+ via $MLFLOW_S3_ENDPOINT_URL})" >&2
+echo "start-server.sh: mlflow server on http://$host:$port (backend $backend, artifacts $MLFLOW_ARTIFACTS_DESTINATION${MLFLOW_S3_ENDPOINT_URL:+ via $MLFLOW_S3_ENDPOINT_URL}$auth_note)" >&2
 exec "$mlflow_bin" server \
     --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
     --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \

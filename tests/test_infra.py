@@ -308,25 +308,6 @@ def test_stack_prefect_api_refuses_requests_without_the_auth_string(tmp_path):
         subprocess.run(["bash", str(INFRA / "stop-stack.sh")], env=env, capture_output=True, timeout=120)
 
 
-def test_mlflow_basic_auth_is_refused_clearly_without_flask_wtf(tmp_path):
-    """KDFLOW_MLFLOW_AUTH=1 needs Flask-WTF (mlflow[auth]), which the lock lacks: one line naming it, exit 2."""
-    import importlib.util
-
-    if importlib.util.find_spec("flask_wtf") is not None:
-        pytest.skip("Flask-WTF is installed: MLflow's basic-auth app can start (no end-to-end test for it yet)")
-    env = {
-        **stack_env(tmp_path),
-        "KDFLOW_MLFLOW_AUTH": "1",
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
-        "KDFLOW_MLFLOW_BIN": str(BIN / "mlflow"),
-    }
-    done = subprocess.run(
-        ["bash", str(REPO / "mlflow" / "start-server.sh")], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2 and "Flask-WTF" in done.stderr, done.stderr
-
-
 def test_worker_command_needs_a_server(monkeypatch):
     """`kdflow worker` without PREFECT_API_URL: one line saying so, exit 2 (the embedded API has no work pools)."""
     from typer.testing import CliRunner
