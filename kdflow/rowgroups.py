@@ -129,41 +129,53 @@ def table_arrays(table: pa.Table, cfg: DataConfig, where: str) -> tuple[np.ndarr
     if ids.dtype.kind not in "iu":
         ids = ids.astype(str)
     if cfg.features.columns:
-        x = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in cfg.features.columns])
+        x = np.column_stack([table.column(c).to_numpy().astype(np.float32, copy=False) for c in cfg.features.columns])
     else:
         col = table.column(cfg.features.column).combine_chunks()
         if not isinstance(col, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
             raise DataError(f"{where}: feature column {cfg.features.column!r} is not an array column")
-        x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), -1)
+        x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(ids), -1)
     if cfg.features.shape:
         x = x.reshape(len(ids), *cfg.features.shape)
     return ids, x
 
 
-def read_file_rows(part: FileRows, cfg: DataConfig, endpoint_url: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, x)`` of rows ``[part.start, part.stop)`` of one file, reading only the row groups covering them."""
-    pf = open_parquet(part.uri, endpoint_url)
-    meta = pf.metadata
-    groups, first_row, row = [], None, 0
+def _row_groups(part: FileRows, pf: pq.ParquetFile) -> list[tuple[int, int, int]]:
+    """``(row group, first row, stop row)`` within each group of ``pf`` that overlaps ``part``'s rows."""
+    meta, out, row = pf.metadata, [], 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows
-        if row < part.stop and row + n > part.start:
-            groups.append(g)
-            first_row = row if first_row is None else first_row
+        lo, hi = max(part.start, row), min(part.stop, row + n)
+        if lo < hi:
+            out.append((g, lo - row, hi - row))
         row += n
     if part.stop > row:
         raise DataError(f"{part.uri}: holds {row} rows, the shard needs rows up to {part.stop}")
-    columns = [cfg.id_column] + (cfg.features.columns or [cfg.features.column])
-    table = pf.read_row_groups(groups, columns=columns).slice(part.start - first_row, part.stop - part.start)
-    return table_arrays(table, cfg, part.uri)
+    return out
 
 
 def read_rows(source: RowSource, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, x)`` of every row ``source`` covers, read from the Parquet row groups; a :class:`DataError` when the
-    ids at either end are not the ones the planner saw (the data changed since it was validated)."""
-    pieces = [read_file_rows(p, cfg, source.endpoint_url) for p in source.parts]
-    ids = np.concatenate([p[0] for p in pieces])
-    x = np.concatenate([p[1] for p in pieces])
+    """``(ids, x)`` of every row ``source`` covers, read one Parquet row group at a time into one preallocated
+    array (peak memory: the shard's rows plus one row group); a :class:`DataError` when the ids at either end
+    are not the ones the planner saw (the data changed since it was validated)."""
+    columns = [cfg.id_column] + (cfg.features.columns or [cfg.features.column])
+    ids_parts: list[np.ndarray] = []
+    x: np.ndarray | None = None
+    pos = 0
+    for part in source.parts:
+        pf = open_parquet(part.uri, source.endpoint_url)
+        for group, lo, hi in _row_groups(part, pf):
+            table = pf.read_row_group(group, columns=columns).slice(lo, hi - lo)
+            ids, rows = table_arrays(table, cfg, part.uri)
+            del table
+            if x is None:
+                x = np.empty((source.rows, *rows.shape[1:]), dtype=np.float32)
+            x[pos : pos + len(rows)] = rows
+            ids_parts.append(ids)
+            pos += len(rows)
+    if x is None:
+        raise DataError(f"no rows to read for {source}")
+    ids = np.concatenate(ids_parts)
     if source.first_id is not None and (ids[0].item() != source.first_id or ids[-1].item() != source.last_id):
         raise DataError(
             f"{source.parts[0].uri}: rows read have ids {ids[0]}..{ids[-1]}, planned {source.first_id}..{source.last_id}"
