@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep distributed's MALLOC_TRIM_THRESHOLD_=65536 in the workers (kdflow unsets it: 2x slower scoring)",
     )
     p.add_argument("--s3", action="store_true", help="data and store on a moto S3 server on 127.0.0.1")
-    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--work-dir", type=Path, default=None, help="kept afterwards (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_mode", dest="mode_spec", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if args.work_dir is None:  # a temp dir of our own: 2.2 GB of Parquet at 10M rows
+            shutil.rmtree(work, ignore_errors=True)
     shas = [r.pop("shard_sha256") for r in results.values()]
     payload = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
