@@ -243,10 +243,16 @@ class StoreConfig(_Strict):
 
     root: str = ".kdflow/store"
     endpoint_url: str | None = None
-    rows_per_shard: int = Field(default=8192, gt=0)
+    # Up to millions of rows per shard: each shard is one task, so with store.task_runner "dask" a worker holds one
+    # shard's features and logits at a time (a multiple of the data's Parquet row-group size reads whole groups).
+    rows_per_shard: int = Field(default=8192, gt=0, le=16_777_216)
     top_k: int | None = Field(default=None, gt=0)  # None: dense fp16 logits; k: top-k log-probs per row
     task_runner: TaskRunnerKind = "threads"  # how per-shard precompute tasks run
     workers: int = Field(default=2, gt=0)
+    # With task_runner "dask": the scheduler of an existing Dask cluster (e.g. "tcp://10.0.0.5:8786"), whose workers
+    # read their shards' rows from the data's Parquet row groups and write the shards to the store themselves;
+    # None: a local cluster of `workers` processes.
+    cluster_address: str | None = None
     # Teacher scoring (kdflow.device.score_logits): rows per forward pass (None: 1,024 on the CPU, 65,536 on CUDA)
     # and its precision: "bf16" autocast (stored logits checked against fp32 on a sample of rows, within
     # autocast_tolerance x max(1, largest |logit|); the figures go into the store manifest) or "none" (fp32).

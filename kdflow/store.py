@@ -98,6 +98,11 @@ class ObjectStore(ABC):
     def size(self, key: str) -> int:
         """Size in bytes of the object at ``key``."""
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the object at ``key`` from byte ``start`` (fewer at its end); this default reads the
+        whole object, the back-ends read only the range."""
+        return self.get(key)[start : start + length]
+
     def url(self, key: str) -> str:
         """The full URI of ``key``, for messages and tags."""
         return f"{self.uri.rstrip('/')}/{key}"
@@ -131,6 +136,14 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         try:
             return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"object not found: {self.url(key)}") from exc
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as fh:
+                fh.seek(start)
+                return fh.read(length)
         except FileNotFoundError as exc:
             raise StoreError(f"object not found: {self.url(key)}") from exc
 
@@ -218,6 +231,17 @@ class S3Store(ObjectStore):
                 raise StoreError(f"object not found: {self.url(key)}") from exc
             raise self._fail("get", key, exc) from exc
         except Exception as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            rng = f"bytes={start}-{start + length - 1}"
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)["Body"].read()
+        except Exception as exc:
+            if s3_error_code(exc) == "InvalidRange":  # at or past the end
+                return b""
             raise self._fail("get", key, exc) from exc
 
     def exists(self, key: str) -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 
 from kdflow import registry
 from kdflow.config import DistillConfig, StoreConfig, TeacherWeighting
-from kdflow.data import Dataset
+from kdflow.data import DataError, Dataset
 from kdflow.device import resolve_device, score_logits
 from kdflow.ensemble import TeacherEnsemble, TeacherLogits
 from kdflow.ensemble import combine_teachers as combine_teacher_logits
@@ -29,7 +29,8 @@ from kdflow.precompute import (
     store_spec,
 )
 from kdflow.registry import ModelRef, resolve
-from kdflow.store import open_store
+from kdflow.rowgroups import RowSource, read_rows, shard_source, split_layout
+from kdflow.store import StoreError, open_store
 from tasks import kdflow_task
 from tasks.preflight import retry_unless_permanent
 
@@ -38,6 +39,7 @@ __all__ = [
     "TeacherOutputs",
     "combine_teachers",
     "compute_logit_shard",
+    "compute_logit_shard_from_parquet",
     "finalize_teacher_logits",
     "load_teacher_logits",
     "logit_stores",
@@ -45,6 +47,7 @@ __all__ = [
     "precompute_teacher_logits",
     "resolve_teacher",
     "task_runner_for",
+    "worker_read_layouts",
 ]
 
 store_retries = {"retries": 1, "retry_delay_seconds": 2, "retry_condition_fn": retry_unless_permanent}
@@ -61,10 +64,18 @@ def resolve_teacher(uri: str, tracking_uri: str) -> ModelRef:
 
 
 def task_runner_for(store: StoreConfig):
-    """The task runner for per-shard precomputation: threads by default, a local Dask cluster on request."""
+    """The task runner for per-shard precomputation: threads by default; on request Dask, on the existing cluster
+    at ``store.cluster_address`` or else a local cluster of ``store.workers`` processes."""
     if store.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
+        if store.cluster_address:
+            return DaskTaskRunner(address=store.cluster_address)
+        import dask
+
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which fixes glibc's mmap threshold: every
+        # scoring batch's buffers were mapped and unmapped again, the teacher ~2x slower (bench/logits_dask.py).
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         return DaskTaskRunner(cluster_kwargs={"n_workers": store.workers, "threads_per_worker": 1, "processes": True})
     return ThreadPoolTaskRunner(max_workers=store.workers)
 
@@ -101,6 +112,19 @@ def compute_logit_shard(
     ls = LogitStore(open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url), spec.key)
     score = functools.partial(score_logits, model, x, device, cfg.store.score_batch_size, cfg.store.autocast)
     return compute_shard(ls, spec, job, ids, score)
+
+
+@kdflow_task(
+    name="compute-logit-shard-from-parquet", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_permanent
+)
+def compute_logit_shard_from_parquet(
+    cfg: DistillConfig, teacher: ModelRef, spec: StoreSpec, job: ShardJob, source: RowSource
+) -> ShardResult:
+    """:func:`compute_logit_shard` on rows this task reads itself from the split's Parquet row groups
+    (:func:`kdflow.rowgroups.read_rows`: S3 ranged reads, no full copy): on a Dask worker nothing but the shard's
+    location travels from the flow, and the shard goes straight from the worker to the store."""
+    ids, x = read_rows(source, cfg.data)
+    return compute_logit_shard.fn(cfg, teacher, spec, job, ids, x)
 
 
 @kdflow_task(name="finalize-teacher-logits", **store_retries)
@@ -148,19 +172,40 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: M
     body; the teacher is loaded only if some shard or its profile is missing."""
     start = time.perf_counter()
     plan = plan_teacher_logits(cfg, teacher, datasets)
+    layouts = worker_read_layouts(cfg, datasets, {name for name, _ in plan.jobs})
     futures = []
     for name, job in plan.jobs:
-        ds = datasets[name]
-        futures.append(
-            (
-                name,
-                compute_logit_shard.submit(
-                    cfg, teacher, store_spec(cfg, teacher, name, ds), job, ds.ids[job.rows], ds.x[job.rows]
-                ),
+        ds, spec = datasets[name], store_spec(cfg, teacher, name, datasets[name])
+        if name in layouts:  # Dask: the worker reads the rows itself
+            source = shard_source(layouts[name], job.start, job.stop, cfg.store.endpoint_url, ds.ids)
+            futures.append((name, compute_logit_shard_from_parquet.submit(cfg, teacher, spec, job, source)))
+        else:
+            futures.append(
+                (name, compute_logit_shard.submit(cfg, teacher, spec, job, ds.ids[job.rows], ds.x[job.rows]))
             )
-        )
     results = [(name, f.result()) for name, f in futures]
     return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
+
+
+def worker_read_layouts(
+    cfg: DistillConfig, datasets: Mapping[str, Dataset], names: set[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Under ``store.task_runner: dask``, the Parquet layout (:func:`kdflow.rowgroups.split_layout`, footers only)
+    of each split in ``names`` whose files hold exactly its rows, so workers read their shards' rows themselves;
+    splits built in memory (no such files) keep shipping their rows from the flow."""
+    if cfg.store.task_runner != "dask":
+        return {}
+    layouts = {}
+    for name in sorted(names):
+        try:
+            layout = split_layout(datasets[name].uri, cfg.store.endpoint_url)
+        except (DataError, StoreError):
+            layout = []
+        if sum(rows for _, rows in layout) == len(datasets[name]):
+            layouts[name] = layout
+        else:
+            get_run_logger().info("%s: rows not read from Parquet by the workers (not a file split)", name)
+    return layouts
 
 
 @kdflow_task(name="load-teacher-logits", **store_retries)
