@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from kdflow import registry
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_group
 from tests.test_registry_server import wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,13 +145,7 @@ def test_basic_auth_refuses_anonymous_requests_and_kdflow_registers_with_credent
         with pytest.raises(registry.RegistryError, match="401|[Uu]nauthori[sz]ed|credentials"):
             registry.resolve("models:/auth-teacher/1")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        stop_group(proc)
     printed = log.read_text()
     assert password not in printed and new_password not in printed and secret_key not in printed
     assert "basic-auth users from" in printed

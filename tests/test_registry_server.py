@@ -7,7 +7,6 @@ Several Prefect flow runs promote versions of one model at the same time; the gl
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from tests.conftest import (
     free_port,
     make_bucket,
     postgres_answers,
+    stop_group,
 )
 
 pytestmark = pytest.mark.slow
@@ -85,13 +85,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
         wait_healthy(url, proc, log)
         yield {"url": url, "bucket": bucket, "database": db, "endpoint": s3_endpoint}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        stop_group(proc)
         drop_database(db)
 
 
