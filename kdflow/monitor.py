@@ -160,11 +160,11 @@ def collect_recent_traffic(
     as_of: datetime,
     output_dir: str,
 ) -> RecentTraffic:
-    """The last ``cfg.window_days`` of logs before ``as_of`` as an extra (unlabeled) transfer split — at most
-    ``cfg.max_recent_rows``, a deterministic sample — and the labeled rows (None when fewer than
-    ``cfg.min_recent_labeled_rows``) split into the candidate's selection and the gate's rows
-    (:func:`kdflow.lifecycle.split_selection`, ``cfg.selection_fraction``), written as Parquet in kdflow's layout under :func:`retrain_dir` (a repeat
-    overwrites the same files). No logs at all: :class:`InferenceLogError`, nothing to retrain on."""
+    """The last ``cfg.window_days`` of logs before ``as_of``: an extra (unlabeled) transfer split (at most
+    ``cfg.max_recent_rows``, a deterministic sample) and the labeled rows (None under ``min_recent_labeled_rows``)
+    split into the candidate's selection and the gate's rows (:func:`kdflow.lifecycle.split_selection`), as
+    Parquet in kdflow's layout under :func:`retrain_dir` (a repeat overwrites the same files). No logs at all:
+    :class:`InferenceLogError`, nothing to retrain on."""
     start, end = window_bounds(as_of, cfg.window_days)
     window = read_logs(logs, validation, num_classes, start, end)
     if not len(window):
@@ -281,10 +281,10 @@ class DriftHistory:
 def drift_history(
     experiment_id: str, name: str, version: str, as_of: datetime, refreshes: tuple[str, str] | None = None
 ) -> DriftHistory:
-    """The drift history of model ``name`` before ``as_of``, from the checks :func:`record_drift_check` stored
-    in ``experiment_id``: the last check of ``version`` with the teacher's streak of the last check of any
-    version (:func:`with_teacher_streak`), and the last retrain decision of any version (for the cool-down); with ``refreshes`` (the teacher-refresh experiment's name, the teacher's registered name), the
-    last teacher refresh that trained (:func:`kdflow.teacher_refresh.last_acted_refresh`)."""
+    """Model ``name``'s checks before ``as_of`` (stored by :func:`record_drift_check` in ``experiment_id``): the
+    last check of ``version`` with the teacher's streak of the last check of any version (:func:`with_teacher_streak`),
+    the last retrain decision of any version (cool-down); with ``refreshes`` (the teacher-refresh experiment, the
+    teacher's name) the last refresh that trained (:func:`kdflow.teacher_refresh.last_acted_refresh`)."""
     import mlflow.artifacts
 
     from kdflow.teacher_refresh import last_acted_refresh
@@ -293,15 +293,17 @@ def drift_history(
     client = MlflowClient()
     base = f"tags.`{_P}model` = '{name}' AND metrics.as_of_ts < {as_of.timestamp()}"
 
-    def last_decision(where: str) -> Decision | None:
+    def last(where: str) -> tuple[Any, Decision | None]:
         runs = client.search_runs([experiment_id], where, order_by=["metrics.as_of_ts DESC"], max_results=1)
         if not runs:
-            return None
+            return None, None
         path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="decision.json")
-        return Decision.from_dict(json.loads(Path(path).read_text()))
+        return runs[0], Decision.from_dict(json.loads(Path(path).read_text()))
 
-    previous = last_decision(f"{base} AND tags.`{_P}model_version` = '{version}'")
-    previous = with_teacher_streak(previous, last_decision(base))
+    latest_run, latest = last(base)
+    same = latest_run is not None and latest_run.data.tags.get(f"{_P}model_version") == str(version)
+    previous = latest if same else last(f"{base} AND tags.`{_P}model_version` = '{version}'")[1]  # read once
+    previous = with_teacher_streak(previous, latest)
     runs = client.search_runs(
         [experiment_id], f"{base} AND tags.`{_P}action` = 'retrain'", order_by=["metrics.as_of_ts DESC"], max_results=1
     )
