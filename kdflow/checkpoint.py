@@ -2,7 +2,7 @@
 
 A training is named by its *training key* (:func:`training_key`): a hash of everything that decides what the
 training computes — the role (teacher or student), the model spec, the training hyper-parameters (all of
-``train`` except ``checkpoint_every_epochs``, which does not change the result), the number of classes, the
+``train`` except ``checkpoint_every_epochs`` and the ``prefetch_*`` settings, which do not change the result), the number of classes, the
 per-sample input shape, the content fingerprint of every split in the run and, for a student, each teacher's
 name, registered version, ensemble weight and logit-store keys, and any ``extra`` setting that changes the rows
 trained on (the ``hard_examples`` section when enabled). Re-running the same training (same key) resumes
@@ -70,7 +70,9 @@ def training_key(
     payload = {
         "role": role,
         "model": model.model_dump(mode="json"),
-        "train": train.model_dump(mode="json", exclude={"checkpoint_every_epochs"}),
+        "train": train.model_dump(
+            mode="json", exclude={"checkpoint_every_epochs", "prefetch_buffers", "prefetch_readers"}
+        ),
         "num_classes": int(num_classes),
         "input_shape": [int(d) for d in input_shape],
         "fingerprints": {str(k): str(v) for k, v in sorted(fingerprints.items())},

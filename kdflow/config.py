@@ -175,6 +175,11 @@ class TrainConfig(_Strict):
     # Save the full training state to the store's checkpoints/<training key>/ every this many epochs, so a killed
     # run resumes where it stopped (kdflow.checkpoint); None: no checkpoints.
     checkpoint_every_epochs: int | None = Field(default=1, gt=0)
+    # Streamed training input (kdflow.stream): buffers of row groups (and their logit shards) read ahead while the
+    # step trains (0: each read when due), by prefetch_readers threads at once. Changes no result, only whether
+    # the step waits on storage.
+    prefetch_buffers: int = Field(default=2, ge=0)
+    prefetch_readers: int = Field(default=4, gt=0)
 
 
 class CalibrationConfig(_Strict):

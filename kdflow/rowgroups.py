@@ -59,14 +59,18 @@ class _RangeFile(io.RawIOBase):
         return len(data)
 
 
-def open_parquet(uri: str, endpoint_url: str | None = None) -> pq.ParquetFile:
+def open_parquet(uri: str, endpoint_url: str | None = None, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
     """``uri`` (path, ``file://`` or ``s3://``) as a :class:`pyarrow.parquet.ParquetFile` that reads only what it
-    is asked for: local files directly, S3 objects by ranged GETs (footer first, then the requested row groups)."""
+    is asked for: local files directly, S3 objects by ranged GETs (the footer's last 64 KiB first, then one GET per
+    row group read: ``pre_buffer`` coalesces its column chunks, so a row group read in any order costs its own
+    bytes, not a read-ahead buffer's). ``metadata``: the file's footer when already read (it is not read again)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return pq.ParquetFile(parsed.path if parsed.scheme else uri)
+        return pq.ParquetFile(parsed.path if parsed.scheme else uri, metadata=metadata, pre_buffer=True)
     root, key = split_uri(uri)
-    return pq.ParquetFile(io.BufferedReader(_RangeFile(open_store(root, endpoint_url=endpoint_url), key), 1 << 20))
+    return pq.ParquetFile(
+        _RangeFile(open_store(root, endpoint_url=endpoint_url), key), metadata=metadata, pre_buffer=True
+    )
 
 
 @dataclass(frozen=True)

@@ -8,29 +8,36 @@ from the (at most two or three) logit shards covering its row range, checksum-ve
 joined by id — never assumed to be in row order. Memory is bounded by ``buffer_chunks`` row groups plus
 a small cache of decoded shards. With several teachers each split has one store per teacher; their
 logits are joined by id separately and merged by ``combine`` (:func:`kdflow.ensemble.combine_logits`).
+
+Remote data is never copied: a file on S3 is read through ranged GETs of just its footer and the row groups a
+buffer needs (:func:`kdflow.rowgroups.open_parquet`), so no disk is used and memory stays bounded. While the
+training step consumes one buffer, ``readers`` background threads read the chunks (row groups and their logit
+shards) of the next ``prefetch`` buffers, several at once: a remote store's per-request latency is paid in
+parallel, and the step does not wait on storage as long as those reads keep up with training. The batches are the
+same with or without prefetching (chunks are consumed in order and every random draw stays on the consuming
+thread). Peak memory: ``(prefetch + 1) * buffer_chunks`` row groups plus ``shard_cache`` decoded shards per teacher.
 """
 
 from __future__ import annotations
 
 import bisect
-import tempfile
-from collections import OrderedDict
+import contextlib
+import itertools
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from kdflow.config import DataConfig
-from kdflow.data import DataError
 from kdflow.logits import LogitStore, LogitStoreError, Manifest
-from kdflow.store import open_store, split_uri
+from kdflow.rowgroups import open_parquet, table_arrays
 from kdflow.validation import expand_uri
 
 # (x, y, z) — or (x, y, z, w) when the source carries per-row loss weights (hard examples, kdflow.hard_examples)
@@ -86,22 +93,11 @@ class ArraySource:
             yield batch if self.w is None else (*batch, self.w[idx])
 
 
-def local_copy(uri: str, endpoint_url: str | None, cache_dir: Path) -> Path:
-    """A local path for ``uri``: itself when local, else a one-off download into ``cache_dir``."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else uri)
-    root, key = split_uri(uri)
-    target = cache_dir / f"{abs(hash(uri))}-{key}"
-    if not target.exists():
-        target.write_bytes(open_store(root, endpoint_url=endpoint_url).get(key))
-    return target
-
-
 @dataclass(frozen=True)
 class _Part:
     name: str
-    paths: tuple[Path, ...]  # the split's files, in the order their rows were fingerprinted and stored
+    paths: tuple[str, ...]  # the split's files (paths or URIs), in the order their rows were fingerprinted and stored
+    footers: tuple[pq.FileMetaData, ...]  # each file's Parquet footer, read once
     stores: tuple[LogitStore, ...]  # one per teacher
     labeled: bool
     manifests: tuple[Manifest, ...]
@@ -115,7 +111,8 @@ class StreamingSource:
     ``parts`` are ``(split name, data URI, logit store(s), labeled)``; with several teachers give one store
     per teacher (in the order of ``teacher_version``) and a ``combine`` that merges their logits. ``emphasis``
     (hard examples) repeats or weights chosen rows (:class:`RowEmphasis`): a repeated row's copies are shuffled
-    with the rest of its buffer."""
+    with the rest of its buffer. ``prefetch``: buffers read ahead, by ``readers`` background threads (0: every
+    chunk read on the consuming thread when due)."""
 
     def __init__(
         self,
@@ -128,11 +125,19 @@ class StreamingSource:
         shard_cache: int = 4,
         combine: Callable[[list[np.ndarray]], np.ndarray] | None = None,
         emphasis: RowEmphasis | None = None,
+        prefetch: int = 2,
+        readers: int = 4,
     ):
-        self._tmp = tempfile.TemporaryDirectory(prefix="kdflow-stream-")
+        if prefetch < 0 or readers < 1:
+            raise ValueError(f"prefetch must be >= 0 and readers >= 1, got {prefetch} and {readers}")
         self.data = data
+        self.endpoint_url = endpoint_url
         self.buffer_chunks = buffer_chunks
         self.shard_cache = shard_cache
+        self.prefetch = prefetch
+        self.readers = readers
+        self._lock = threading.Lock()  # guards the two caches below: readers run on several threads
+        self._idle: OrderedDict[str, list[pq.ParquetFile]] = OrderedDict()  # open files not being read, by path
         versions = (
             [str(teacher_version)] if isinstance(teacher_version, (str, int)) else [str(v) for v in teacher_version]
         )
@@ -154,10 +159,10 @@ class StreamingSource:
                         f"{store.uri}: manifest does not match teacher version {version} "
                         f"and the {name} data fingerprint"
                     )
-            paths = [local_copy(f, endpoint_url, Path(self._tmp.name)) for f in expand_uri(uri, endpoint_url)]
+            paths = expand_uri(uri, endpoint_url)
+            footers = tuple(self._footer(path) for path in paths)
             starts, row = [], 0
-            for path in paths:
-                meta = pq.ParquetFile(path).metadata
+            for meta in footers:
                 file_starts = []
                 for g in range(meta.num_row_groups):
                     file_starts.append(row)
@@ -169,7 +174,9 @@ class StreamingSource:
             shard_starts = tuple(
                 tuple(int(v) for v in np.cumsum([0] + [s.rows for s in m.shards[:-1]])) for m in manifests
             )
-            self.parts.append(_Part(name, tuple(paths), stores, labeled, manifests, tuple(starts), shard_starts))
+            self.parts.append(
+                _Part(name, tuple(paths), footers, stores, labeled, manifests, tuple(starts), shard_starts)
+            )
             part = len(self.parts) - 1
             self.chunks += [(part, f, g) for f, groups in enumerate(starts) for g in range(len(groups))]
         self.num_rows = sum(p.manifests[0].num_rows for p in self.parts) + (emphasis.extra_rows() if emphasis else 0)
@@ -189,17 +196,48 @@ class StreamingSource:
         cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
         return ArraySource(*cols)
 
+    @contextlib.contextmanager
+    def _parquet(self, path: str, footer: pq.FileMetaData | None = None) -> Iterator[pq.ParquetFile]:
+        """``path`` open for one reader at a time (a local file's handle or an S3 object's ranged reader, its footer
+        reused when known): an idle one when there is, else a new one; afterwards it is idle again, and the
+        least recently used beyond ``readers + 1`` idle files are closed."""
+        with self._lock:
+            pf = self._idle[path].pop() if path in self._idle else None
+            if path in self._idle and not self._idle[path]:
+                del self._idle[path]
+        if pf is None:
+            pf = open_parquet(path, self.endpoint_url, footer)
+        try:
+            yield pf
+        finally:
+            with self._lock:
+                self._idle.setdefault(path, []).append(pf)
+                self._idle.move_to_end(path)
+                while sum(map(len, self._idle.values())) > self.readers + 1:
+                    oldest = next(iter(self._idle))
+                    self._idle[oldest].pop(0).close()
+                    if not self._idle[oldest]:
+                        del self._idle[oldest]
+
+    def _footer(self, path: str) -> pq.FileMetaData:
+        with self._parquet(path) as pf:
+            return pf.metadata
+
     def _shard(self, part: int, teacher: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         key = (part, teacher, index)
-        if key not in self._shards:
-            p = self.parts[part]
-            manifest = p.manifests[teacher]
-            ids, logits = next(p.stores[teacher].iter_shards(replace(manifest, shards=[manifest.shards[index]])))
-            self._shards[key] = (ids, logits.astype(np.float32))
+        with self._lock:
+            if key in self._shards:
+                self._shards.move_to_end(key)
+                return self._shards[key]
+        p = self.parts[part]
+        manifest = p.manifests[teacher]
+        ids, logits = next(p.stores[teacher].iter_shards(replace(manifest, shards=[manifest.shards[index]])))
+        shard = (ids, logits.astype(np.float32))
+        with self._lock:  # two readers may have fetched the same shard: either copy serves
+            self._shards[key] = shard
             while len(self._shards) > self.shard_cache * len(p.stores):
                 self._shards.popitem(last=False)
-        self._shards.move_to_end(key)
-        return self._shards[key]
+        return shard
 
     def _read_chunk(self, part_index: int, file_index: int, group: int) -> tuple[np.ndarray, ...]:
         part = self.parts[part_index]
@@ -208,17 +246,9 @@ class StreamingSource:
         columns = [cfg.id_column] + (cfg.features.columns or [cfg.features.column])
         if part.labeled:
             columns.append(cfg.label_column)
-        table = pq.ParquetFile(path).read_row_group(group, columns=columns)
-        ids = table.column(cfg.id_column).to_numpy()
-        if cfg.features.columns:
-            x = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in cfg.features.columns])
-        else:
-            col = table.column(cfg.features.column).combine_chunks()
-            if not isinstance(col, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
-                raise DataError(f"{path}: feature column {cfg.features.column!r} is not an array column")
-            x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), -1)
-        if cfg.features.shape:
-            x = x.reshape(len(ids), *cfg.features.shape)
+        with self._parquet(path, part.footers[file_index]) as pf:
+            table = pf.read_row_group(group, columns=columns)
+        ids, x = table_arrays(table, cfg, path)
         y = table.column(cfg.label_column).to_numpy().astype(np.int64) if part.labeled else np.full(len(ids), -1)
         # Per teacher: the logit shards covering this row group's row range, joined by id.
         first = part.row_starts[file_index][group]
@@ -244,27 +274,56 @@ class StreamingSource:
             return x[copies], y[copies], z[copies]
         return x, y, z, factors.astype(np.float32)
 
+    def _read_in_order(self, order: list[int]) -> Iterator[tuple[np.ndarray, ...]]:
+        """The chunks ``order`` names, in that order. With ``prefetch``, ``readers`` threads read the next
+        ``prefetch * buffer_chunks`` chunks while the caller uses the current ones; an error reading ahead is
+        raised here, when its chunk is due, and closing the iterator early stops the threads."""
+        if self.prefetch == 0:
+            yield from (self._read_chunk(*self.chunks[i]) for i in order)
+            return
+        pool = ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="kdflow-prefetch")
+        upcoming = iter(order)
+        ahead = self.prefetch * self.buffer_chunks
+        pending: deque[Future] = deque(
+            pool.submit(self._read_chunk, *self.chunks[i]) for i in itertools.islice(upcoming, ahead)
+        )
+        try:
+            while pending:
+                chunk = pending.popleft().result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(pool.submit(self._read_chunk, *self.chunks[following]))
+                yield chunk
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch: chunk order shuffled, ``buffer_chunks`` chunks mixed at a time, batches yielded."""
         order = torch.randperm(len(self.chunks), generator=generator).tolist()
         carry: list[tuple[torch.Tensor, ...]] = []
-        for start in range(0, len(order), self.buffer_chunks):
-            parts = [self._read_chunk(*self.chunks[i]) for i in order[start : start + self.buffer_chunks]]
-            # columns x, y, z (and w: per-row weights); rows permuted together
-            cols = [torch.from_numpy(np.concatenate([p[c] for p in parts])) for c in range(len(parts[0]))]
-            perm = torch.randperm(len(cols[0]), generator=generator)
-            cols = [col[perm] for col in cols]
-            if carry:  # rows left over from the previous buffer go first, so batches stay full
-                cols = [torch.cat([left, col]) for left, col in zip(carry.pop(), cols)]
-            n = len(cols[0])
-            full = n - n % batch_size
-            for i in range(0, full, batch_size):
-                yield tuple(col[i : i + batch_size] for col in cols)
-            if full < n:
-                carry.append(tuple(col[full:] for col in cols))
+        with contextlib.closing(self._read_in_order(order)) as reading:
+            for parts in iter(lambda: list(itertools.islice(reading, self.buffer_chunks)), []):
+                # columns x, y, z (and w: per-row weights); rows permuted together
+                cols = [torch.from_numpy(np.concatenate([p[c] for p in parts])) for c in range(len(parts[0]))]
+                perm = torch.randperm(len(cols[0]), generator=generator)
+                cols = [col[perm] for col in cols]
+                if carry:  # rows left over from the previous buffer go first, so batches stay full
+                    cols = [torch.cat([left, col]) for left, col in zip(carry.pop(), cols)]
+                n = len(cols[0])
+                full = n - n % batch_size
+                for i in range(0, full, batch_size):
+                    yield tuple(col[i : i + batch_size] for col in cols)
+                if full < n:
+                    carry.append(tuple(col[full:] for col in cols))
         if carry:
             yield carry.pop()
 
     def close(self) -> None:
-        """Remove downloaded copies."""
-        self._tmp.cleanup()
+        """Close the open files."""
+        with self._lock:
+            for files in self._idle.values():
+                for pf in files:
+                    pf.close()
+            self._idle.clear()

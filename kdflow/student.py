@@ -67,7 +67,15 @@ def prepare_student_training(
         hard = select_from_stores(cfg.hard_examples, stores, ensemble.weights, cfg.data.num_classes, labels)
         extra = {"hard_examples": cfg.hard_examples.model_dump(mode="json")}
     source = StreamingSource(
-        parts, cfg.data, versions, fingerprints, cfg.store.endpoint_url, combine=combine, emphasis=hard
+        parts,
+        cfg.data,
+        versions,
+        fingerprints,
+        cfg.store.endpoint_url,
+        combine=combine,
+        emphasis=hard,
+        prefetch=cfg.train.prefetch_buffers,
+        readers=cfg.train.prefetch_readers,
     )
     teachers = [
         {

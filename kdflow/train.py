@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from kdflow.config import TrainConfig
 from kdflow.device import fits_on_device, model_device, on_device, resident_bytes
 from kdflow.losses import distillation_loss
 from kdflow.models import raw_logits
-from kdflow.stream import ArraySource, StreamingSource
+from kdflow.stream import ArraySource, Batch, StreamingSource
 from kdflow.weighted_losses import weighted_distillation_loss
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,23 @@ def train_classifier(
     return fit(model, source, x_val, y_val, cfg, teacher_val_logits, on_epoch, progress)
 
 
+# Per-epoch metrics that are wall-clock times: they differ between identical runs.
+TIMINGS = frozenset({"epoch_seconds", "input_wait_seconds"})
+
+
+def _timed(batches: Iterator[Batch], waited: list[float]) -> Iterator[Batch]:
+    """``batches`` unchanged, adding to ``waited[0]`` the seconds spent waiting for each one (the step's input
+    wait: reading and joining when the stream is not ahead, indexing otherwise); closed when the caller stops."""
+    with contextlib.closing(batches):
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            waited[0] += time.perf_counter() - t0
+            if batch is None:
+                return
+            yield batch
+
+
 def fit(
     model: nn.Module,
     source: ArraySource | StreamingSource,
@@ -250,7 +268,8 @@ def fit(
         sums = {"loss": 0.0, "soft_loss": 0.0, "hard_loss": 0.0}
         on_device_sums = None if on_cpu else torch.zeros(3, dtype=torch.float64, device=device)
         batches = 0
-        for xb, yb, zb, *weights in source.batches(cfg.batch_size, gen):
+        waited = [0.0]
+        for xb, yb, zb, *weights in _timed(source.batches(cfg.batch_size, gen), waited):
             if step >= total_steps:
                 break
             if not on_cpu:  # a no-op for a source already resident on the device
@@ -297,6 +316,7 @@ def fit(
             val_nll=float(F.cross_entropy(val_logits, yv)),
             lr=float(sched.get_last_lr()[0]),
             epoch_seconds=time.perf_counter() - t0,
+            input_wait_seconds=waited[0],
         )
         if ztv is not None:
             metrics["val_kl_to_teacher"] = float(

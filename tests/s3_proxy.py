@@ -1,11 +1,13 @@
 """An HTTP proxy in front of moto's S3 server that injects transient S3 errors (a fault we cannot cause
 on a healthy local server any other way): the first ``failures`` matching requests get an S3 error
-response, the rest are forwarded unchanged."""
+response, the rest are forwarded unchanged — each after ``latency_s`` seconds, the time a request to a
+remote store takes that a loopback server does not (``bench/stream.py``)."""
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -19,8 +21,16 @@ class FaultyS3Proxy:
     """Forward to ``upstream``; answer the first ``failures`` requests whose method is in ``methods`` with
     ``status`` (503 SlowDown or 500 InternalError)."""
 
-    def __init__(self, upstream: str, failures: int, status: int = 503, methods: tuple[str, ...] = ("PUT", "GET")):
+    def __init__(
+        self,
+        upstream: str,
+        failures: int,
+        status: int = 503,
+        methods: tuple[str, ...] = ("PUT", "GET"),
+        latency_s: float = 0.0,
+    ):
         self.upstream = urlparse(upstream)
+        self.latency_s = latency_s
         self.remaining = failures
         self.injected = 0
         self.forwarded = 0
@@ -57,6 +67,8 @@ class FaultyS3Proxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -66,7 +78,9 @@ class FaultyS3Proxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but names the object's length
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

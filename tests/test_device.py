@@ -34,7 +34,7 @@ from kdflow.models import build_model
 from kdflow.precompute import check_stored_logits
 from kdflow.store import LocalStore
 from kdflow.stream import ArraySource, StreamingSource
-from kdflow.train import device_source, fit, predict_logits, scaled_lr
+from kdflow.train import TIMINGS, device_source, fit, predict_logits, scaled_lr
 from tests.conftest import write_yaml
 
 CUDA = torch.cuda.is_available()
@@ -128,8 +128,8 @@ def test_cpu_training_with_an_explicit_device_gives_identical_results():
         r = fit(model, ArraySource(x, y), x[:200], y[:200], cfg, progress=False, device=device)
         results.append((r.history, [p.detach().clone() for p in model.parameters()]))
     (h1, p1), (h2, p2) = results
-    assert [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in h1] == [
-        {k: v for k, v in m.items() if k != "epoch_seconds"} for m in h2
+    assert [{k: v for k, v in m.items() if k not in TIMINGS} for m in h1] == [
+        {k: v for k, v in m.items() if k not in TIMINGS} for m in h2
     ]
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
 

@@ -1,14 +1,19 @@
 """Streaming training input: every row once per epoch, joined by id with its logits, shuffled across shards."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from kdflow.config import DataConfig
+from kdflow.config import DataConfig, TrainConfig
 from kdflow.data import to_frame, write_parquet
 from kdflow.logits import LogitStore, LogitStoreError, store_key
 from kdflow.store import LocalStore
-from kdflow.stream import StreamingSource
+from kdflow.stream import ArraySource, StreamingSource
+from kdflow.train import TIMINGS, fit
 
 N, D, C = 1000, 6, 4
 
@@ -107,3 +112,129 @@ def test_a_split_of_several_files_streams_in_fingerprint_order(tmp_path):
     idx = np.array([order[tuple(row)] for row in xb])
     assert sorted(idx.tolist()) == list(range(700)) and (torch.cat(ys).numpy() == -1).all()
     assert np.array_equal(zb, z[idx].astype(np.float16).astype(np.float32))
+
+
+def _epochs(src, epochs=2, batch_size=64):
+    gen = torch.Generator().manual_seed(5)
+    return [[tuple(t.clone() for t in b) for b in src.batches(batch_size, gen)] for _ in range(epochs)]
+
+
+def test_prefetching_changes_no_batch(files):
+    """Reading ahead on a background thread gives the very batches of reading when due, epoch after epoch."""
+    reference = _epochs(source(files, buffer_chunks=1, prefetch=0))
+    for prefetch in (1, 3):
+        got = _epochs(source(files, buffer_chunks=1, prefetch=prefetch))
+        assert len(got) == len(reference)
+        for epoch, ref in zip(got, reference):
+            assert len(epoch) == len(ref)
+            assert all(torch.equal(a, b) for batch, rb in zip(epoch, ref) for a, b in zip(batch, rb))
+
+
+def _prefetch_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("kdflow-prefetch")]
+
+
+def test_a_read_ahead_error_is_raised_when_its_buffer_is_due_and_no_thread_is_left(files, tmp_path):
+    ids, x, y, z, path, ls = files
+    src = source(files, buffer_chunks=1, prefetch=2, shard_cache=1)
+    shard = sorted((tmp_path / "store").rglob("shard-*.npz"))[-1]
+    shard.write_bytes(b"corrupt")  # a fault we can cause: the last shard fails its checksum when read
+    with pytest.raises(LogitStoreError, match="SHA-256"):
+        for _ in src.batches(64, torch.Generator().manual_seed(0)):
+            pass
+    assert _prefetch_threads() == []
+
+
+def test_stopping_an_epoch_early_stops_the_reader(files):
+    src = source(files, buffer_chunks=1, prefetch=2)
+    batches = src.batches(64, torch.Generator().manual_seed(0))
+    next(batches)
+    assert _prefetch_threads()  # reading ahead while the first buffer is consumed
+    batches.close()
+    assert _prefetch_threads() == []
+
+
+def test_prefetch_must_not_be_negative(files):
+    with pytest.raises(ValueError, match="prefetch must be >= 0 and readers >= 1"):
+        source(files, prefetch=-1)
+
+
+def test_streams_from_s3_by_ranged_concurrent_reads_with_no_copy(files, s3_endpoint, monkeypatch):
+    """From S3 (moto's server over HTTP, behind a proxy adding 50 ms to each request as a remote store would) the
+    batches are those of the local files; the Parquet file is read by ranged GETs of its footer and row groups,
+    several at once, never downloaded whole: one epoch fetches the footer's last 64 KiB once and each row group
+    once, in shuffled order, with no read-ahead beyond it."""
+    import boto3
+
+    from kdflow.store import S3Store, open_store
+    from tests.conftest import make_bucket
+    from tests.s3_proxy import FaultyS3Proxy
+
+    ids, x, y, z, path, _ = files
+    bucket = make_bucket(s3_endpoint, "kdflow-stream")
+    boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(path), bucket, "data/train.parquet")
+    key = store_key("t", "1", "f" * 64)
+    LogitStore(open_store(f"s3://{bucket}/store", s3_endpoint), key).precompute(
+        ids,
+        lambda rows: z[rows],
+        teacher_uri="u",
+        teacher_name="t",
+        teacher_version="1",
+        data_fingerprint="f" * 64,
+        dataset="train",
+        rows_per_shard=256,
+    )
+    whole, ranged, in_flight, most = [], [], [0], [0]
+    lock = threading.Lock()
+    get, read_range = S3Store.get, S3Store.read_range
+
+    def counted_range(self, key, start, n):  # a spy around the real call (it still goes to the server)
+        with lock:
+            ranged.append((key, n))
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            return read_range(self, key, start, n)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(S3Store, "get", lambda self, key: whole.append(key) or get(self, key))
+    monkeypatch.setattr(S3Store, "read_range", counted_range)
+    uri = f"s3://{bucket}/data/train.parquet"
+    cfg = DataConfig(train=uri, val="-", test="-", num_classes=C)
+    with FaultyS3Proxy(s3_endpoint, failures=0, latency_s=0.05) as remote_store:
+        ls = LogitStore(open_store(f"s3://{bucket}/store", remote_store.url), key)
+        remote = StreamingSource(
+            [("train", uri, ls, True)], cfg, "1", {"train": "f" * 64}, remote_store.url, buffer_chunks=1, readers=3
+        )
+        got = _epochs(remote, epochs=1)
+        remote.close()
+    reference = _epochs(source(files, buffer_chunks=1), epochs=1)
+    assert all(torch.equal(a, b) for batch, rb in zip(got[0], reference[0]) for a, b in zip(batch, rb))
+    assert not any(k.endswith(".parquet") for k in whole)  # only logit shards are fetched whole
+    fetched = sum(n for k, n in ranged if k.endswith("train.parquet"))
+    assert 0 < fetched <= path.stat().st_size + 65536
+    assert most[0] >= 2  # row groups read concurrently
+
+
+class _SlowSource(ArraySource):
+    """An in-memory source whose every batch takes ``delay`` seconds to arrive (slow storage, simulated)."""
+
+    delay = 0.02
+
+    def batches(self, batch_size, generator):
+        for batch in super().batches(batch_size, generator):
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_fit_reports_the_time_the_step_waited_for_its_input():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(256, D)).astype(np.float32), rng.integers(0, C, size=256)
+    cfg = TrainConfig(epochs=2, batch_size=64, early_stopping_patience=None, checkpoint_every_epochs=None)
+    result = fit(nn.Linear(D, C), _SlowSource(x, y), x[:32], y[:32], cfg, progress=False)
+    waits = [m["input_wait_seconds"] for m in result.history]
+    assert len(waits) == 2 and all(w >= 4 * _SlowSource.delay for w in waits)  # 4 batches per epoch, each late
+    assert all(w <= m["epoch_seconds"] for w, m in zip(waits, result.history))
+    assert TIMINGS == {"epoch_seconds", "input_wait_seconds"}
