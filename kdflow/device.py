@@ -75,11 +75,6 @@ def on_device(model: nn.Module, device: torch.device | None) -> Iterator[nn.Modu
         model.to(before)
 
 
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of ``model``'s state on the CPU: what is saved, logged or registered is device-neutral."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 def autocast_context(device: torch.device, autocast: AutocastKind) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to bfloat16 on ``device`` for ``bf16``; a no-op for ``none``."""
     if autocast == "bf16":

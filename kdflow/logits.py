@@ -34,6 +34,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -218,11 +219,12 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """One verified or freshly written shard: its index, manifest entry and clipped-value count."""
+    """One verified or freshly written shard: index, manifest entry, clipped values, device that scored it."""
 
     index: int
     info: ShardInfo
     clipped: int
+    device: str | None = None  # None: not known (a shard kept from an earlier run)
 
 
 @dataclass
@@ -248,6 +250,7 @@ class PrecomputeStats:
     seconds: float
     shards_kept: int = 0
     autocast_check: dict | None = None  # stored vs fp32 logits on a sample, when the teacher ran on a GPU or bf16
+    scored_on: dict[str, int] = field(default_factory=dict)  # shards computed now, by the device that scored them
 
 
 class LogitStore:
@@ -491,17 +494,21 @@ def plan_shards(ls: LogitStore, spec: StoreSpec, ids: np.ndarray) -> ShardPlan:
 
 
 def compute_shard(
-    ls: LogitStore, spec: StoreSpec, job: ShardJob, ids: np.ndarray, teacher_fn: Callable[[], np.ndarray]
+    ls: LogitStore,
+    spec: StoreSpec,
+    job: ShardJob,
+    ids: np.ndarray,
+    teacher_fn: Callable[[], np.ndarray],
+    device: str | None = None,
 ) -> ShardResult:
-    """Step 2, once per planned job and independent of every other shard: run ``teacher_fn()`` (float32
-    logits for this shard's ``ids``, i.e. ``ids[job.rows]`` of the dataset), clip and store the shard, then
-    its checksum marker."""
+    """Step 2, once per planned job and independent of every other shard: run ``teacher_fn()`` (float32 logits
+    for this shard's ``ids``, i.e. ``ids[job.rows]``, scored on ``device``), clip and store shard and marker."""
     if len(ids) != job.stop - job.start:
         raise LogitStoreError(
             f"{ls.uri}: shard {job.index} covers rows [{job.start}, {job.stop}) but got {len(ids)} ids"
         )
     info, clipped = ls.write_shard(job.index, ids, teacher_fn(), spec.clip_value, spec.top_k)
-    return ShardResult(job.index, info, clipped)
+    return ShardResult(job.index, info, clipped, device)
 
 
 def finalize_shards(
@@ -550,6 +557,7 @@ def finalize_shards(
         seconds,
         shards_kept=len(plan.kept),
         autocast_check=autocast_check,
+        scored_on=dict(Counter(r.device for r in results if r.device is not None)),
     )
 
 

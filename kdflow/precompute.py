@@ -105,22 +105,21 @@ def finalize_logits(
     results: Sequence[tuple[str, ShardResult]],
     seconds: float,
     load_teacher: Callable[[], nn.Module],
-    scored_on: torch.device | None = None,
 ) -> TeacherOutputs:
     """:func:`kdflow.logits.finalize_shards` per split (manifest written last), and the teacher's size/latency
     profile on the test split, measured once (``load_teacher()``, a CPU copy) and stored, else read back.
 
-    When the shards were scored on a GPU (``scored_on``) or under autocast, each computed split's stored logits
-    are first compared with the teacher's fp32 CPU logits on a sample (:func:`check_stored_logits`): beyond
-    ``store.autocast_tolerance`` the split is not finalized (one clear error); within it, the figures go into
-    the manifest and the stats."""
+    When a split's shards were scored under autocast or, by any process (a Dask worker with a GPU among them), on
+    a GPU (each :class:`~kdflow.logits.ShardResult` says where), its stored logits are first compared with the
+    teacher's fp32 CPU logits on a sample (:func:`check_stored_logits`): beyond ``store.autocast_tolerance`` the
+    split is not finalized (one clear error); within it, the figures go into the manifest and the stats."""
     stores = logit_stores(cfg, teacher, datasets)
-    checked = cfg.store.autocast != "none" or (scored_on is not None and scored_on.type != "cpu")
     stats = {}
     for name, split_plan in plan.splits.items():
         spec = store_spec(cfg, teacher, name, datasets[name])
+        on_gpu = any(r.device not in (None, "cpu") for split, r in results if split == name)
         check = None
-        if checked and split_plan.reused is None:
+        if (cfg.store.autocast != "none" or on_gpu) and split_plan.reused is None:
             check = check_stored_logits(cfg, stores[name], datasets[name], load_teacher())
         stats[name] = finalize_shards(
             stores[name], spec, split_plan, [r for split, r in results if split == name], seconds, check

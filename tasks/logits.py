@@ -111,7 +111,7 @@ def compute_logit_shard(
     model = _teacher_model(cfg.mlflow.tracking_uri, teacher, str(device))
     ls = LogitStore(open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url), spec.key)
     score = functools.partial(score_logits, model, x, device, cfg.store.score_batch_size, cfg.store.autocast)
-    return compute_shard(ls, spec, job, ids, score)
+    return compute_shard(ls, spec, job, ids, score, str(device))
 
 
 @kdflow_task(
@@ -146,12 +146,11 @@ def finalize_teacher_logits(
         results,
         seconds,
         functools.partial(_teacher_model, cfg.mlflow.tracking_uri, teacher),  # on the CPU: profile, fp32 check
-        resolve_device(cfg.device),
     )
     logger = get_run_logger()
     for name, st in out.stats.items():
         logger.info(
-            "%s logits at %s: %s (%d of %d shards computed, %d kept, %d rows, %d values clipped)",
+            "%s logits at %s: %s (%d of %d shards computed, %d kept, %d rows, %d values clipped; scored on %s)",
             name,
             out.store_uris[name],
             "reused" if st.reused else "computed",
@@ -160,6 +159,7 @@ def finalize_teacher_logits(
             st.shards_kept,
             st.rows_computed,
             st.clipped_values,
+            ", ".join(f"{device} ({n} shards)" for device, n in sorted(st.scored_on.items())) or "-",
         )
         if st.autocast_check:
             logger.info("%s stored logits vs fp32 on the CPU: %s", name, st.autocast_check)

@@ -114,6 +114,13 @@ def test_precompute_on_an_existing_cluster_matches_threads(
         on_cluster["stats"]["transfer"]["shards_total"] == 5
         and on_cluster["stats"]["transfer"]["rows_computed"] == 1200
     )
+    # each worker reports the device it scored on: here every worker's is the CPU (device: auto, no GPU)
+    assert {split: st["scored_on"] for split, st in on_cluster["stats"].items()} == {
+        "train": {"cpu": 3},
+        "val": {"cpu": 2},
+        "test": {"cpu": 2},
+        "transfer": {"cpu": 5},
+    }
 
     # 12 shards (train 3, val 2, test 2, transfer 5): on the cluster each read its rows from Parquet on the worker
     assert task_names["cluster"].count("compute-logit-shard-from-parquet") == 12, task_names["cluster"]

@@ -22,7 +22,6 @@ from kdflow.config import (
 from kdflow.data import Dataset, to_frame, write_parquet
 from kdflow.device import (
     check_autocast,
-    cpu_state_dict,
     fits_on_device,
     model_device,
     on_device,
@@ -31,7 +30,7 @@ from kdflow.device import (
 )
 from kdflow.logits import LogitStore, LogitStoreError, plan_shards, store_key
 from kdflow.models import build_model
-from kdflow.precompute import check_stored_logits
+from kdflow.precompute import check_stored_logits, logit_stores, store_spec
 from kdflow.store import LocalStore
 from kdflow.stream import ArraySource, StreamingSource
 from kdflow.train import TIMINGS, device_source, fit, predict_logits, scaled_lr
@@ -134,12 +133,10 @@ def test_cpu_training_with_an_explicit_device_gives_identical_results():
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
 
 
-def test_on_device_is_a_no_op_on_the_same_device_and_state_is_copied_to_the_cpu():
+def test_on_device_is_a_no_op_on_the_same_device():
     model = teacher()
     with on_device(model, torch.device("cpu")) as m:
         assert m is model
-    state = cpu_state_dict(model)
-    assert all(v.device.type == "cpu" for v in state.values()) and state.keys() == model.state_dict().keys()
     assert not fits_on_device(1, torch.device("cpu"))  # on the CPU the data already is in memory
 
 
@@ -297,3 +294,38 @@ def test_cuda_a_streamed_input_that_fits_is_kept_resident_on_the_gpu(tmp_path):
 def test_teacher_config_takes_the_same_key(tmp_path):
     raw = yaml.safe_load(packaged_config("mnist1d_teacher.yaml").read_text())
     assert load_config(write_yaml(tmp_path / "t.yaml", {**raw, "device": "cpu"}), TeacherConfig).device == "cpu"
+
+
+@pytest.mark.parametrize("scored_on", ["cuda:0", "cpu"])
+def test_a_split_scored_on_a_gpu_worker_is_checked_even_when_the_flow_runs_on_the_cpu(tmp_path, scored_on):
+    """A Dask worker with a GPU scores shards while the flow's own process has none: each shard result says where
+    it was scored, and a split with any GPU-scored shard is compared with fp32 CPU logits before its manifest is
+    written. With no GPU here the shards are scored on the CPU and *reported* as ``cuda:0`` (the one fault we
+    cannot cause on this machine); the comparison itself runs for real."""
+    from kdflow.logits import compute_shard
+    from kdflow.precompute import finalize_logits, plan_logits
+
+    cfg = distill_cfg(tmp_path, store={"rows_per_shard": 256})
+    x, y = data(600)
+    datasets = {
+        "train": Dataset("train", "-", np.arange(600), x, y),
+        "test": Dataset("test", "-", np.arange(64), x[:64], y[:64]),
+    }
+    model = teacher()
+    plan = plan_logits(cfg, _Ref(), datasets)
+    stores = logit_stores(cfg, _Ref(), datasets)
+    results = [
+        (name, compute_shard(stores[name], store_spec(cfg, _Ref(), name, ds), job, ds.ids[job.rows],
+                             lambda ds=ds, job=job: score_logits(model, ds.x[job.rows], torch.device("cpu")),
+                             scored_on))
+        for name, ds in datasets.items()
+        for job in plan.splits[name].jobs
+    ]  # fmt: skip
+    out = finalize_logits(cfg, _Ref(), datasets, plan, results, 0.0, lambda: model)
+    assert out.stats["train"].scored_on == {scored_on: 3} and out.stats["test"].scored_on == {scored_on: 1}
+    check = out.stats["train"].autocast_check
+    if scored_on == "cpu":
+        assert check is None and stores["train"].require_manifest().autocast_check is None
+    else:
+        assert check["passed"] and check["rows"] == 256 and check["autocast"] == "none"
+        assert stores["train"].require_manifest().autocast_check == check
