@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from kdflow.checkpoint import Checkpoints, rng_state, set_rng_state
 from kdflow.config import TrainConfig
-from kdflow.device import fits_on_device, model_device, on_device, resident_bytes
+from kdflow.device import fits_on_device, model_device, on_device, resident_bytes, score_logits
 from kdflow.losses import distillation_loss
 from kdflow.models import raw_logits
 from kdflow.stream import ArraySource, Batch, StreamingSource
@@ -125,17 +125,17 @@ def predict_logits(
 ) -> np.ndarray:
     """Raw logits of ``model`` (the inner model of a served :class:`CalibratedClassifier`) on ``x``, in eval
     mode, batched, as float32 numpy. With ``device`` the model is scored there (and moved back after); without
-    it, on the device it is on."""
+    it, on the device it is on. Off the CPU this is :func:`kdflow.device.score_logits` (pinned memory, its own
+    large batches): one GPU scoring path for precompute, calibration and validation."""
+    where = torch.device(device) if device is not None else model_device(model)
+    if where.type != "cpu":
+        return score_logits(model, x, where)
     if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. pandas' read-only views: torch wants writable
         x = x.copy()
     xt = torch.as_tensor(x, dtype=torch.float32)
-    with on_device(model, device):
+    with on_device(model, where):
         model.eval()
-        where = model_device(model)
-        if where.type == "cpu":  # the CPU path as it always was
-            out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
-        else:
-            out = [raw_logits(model, xt[i : i + batch_size].to(where)).cpu() for i in range(0, len(xt), batch_size)]
+        out = [raw_logits(model, xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -110,7 +110,7 @@ def _fit(
     def on_epoch(m: dict[str, float]) -> None:
         log_metrics(run_id, {f"{who}_{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
         logger.info(
-            "%s epoch %d: loss %.4f (soft %.4f, hard %.4f) val_acc %.4f (%.1fs)",
+            "%s epoch %d: loss %.4f (soft %.4f, hard %.4f) val_acc %.4f (%.1fs, %.1fs of it waiting for input)",
             who,
             int(m["epoch"]),
             m["loss"],
@@ -118,6 +118,7 @@ def _fit(
             m["hard_loss"],
             m["val_accuracy"],
             m["epoch_seconds"],
+            m["input_wait_seconds"],
         )
 
     where = resolve_device(device)
