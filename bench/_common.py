@@ -27,6 +27,15 @@ def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def vmhwm_mib() -> float:
+    """Peak resident memory of this process (``VmHWM`` of /proc/self/status, Linux), MiB; NaN elsewhere."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write a benchmark's results as indented JSON (numpy scalars as floats) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)

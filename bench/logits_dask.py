@@ -45,21 +45,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model, load_avg, write_json  # noqa: E402
+from _common import cpu_model, load_avg, vmhwm_mib, write_json  # noqa: E402
 
 TEACHERS = {
     "cnn1d": ("cnn1d", {"channels": 64, "depth": 4, "kernel_size": 5}),
     "mlp": ("mlp", {"width": 256, "depth": 2}),
 }
 NUM_CLASSES, FEATURES = 10, 40
-
-
-def vmhwm_mib() -> float:
-    """Peak resident memory of this process (``VmHWM``), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write_data(out: Path, rows: int, rows_per_file: int, row_group: int) -> list[Path]:

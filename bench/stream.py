@@ -40,18 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(ROOT))
-from _common import cpu_model, load_avg, write_json  # noqa: E402
+from _common import cpu_model, load_avg, vmhwm_mib, write_json  # noqa: E402
 
 FEATURES, CLASSES, FINGERPRINT = 40, 10, "b" * 64
 MODES = [("local", 0), ("local", 2), ("s3", 0), ("s3", 2)]
-
-
-def vmhwm_mib() -> float:
-    """Peak resident memory of this process (``VmHWM``), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_mode(spec: dict[str, Any]) -> dict[str, Any]:

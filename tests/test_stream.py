@@ -26,18 +26,23 @@ def files(tmp_path):
     y = rng.integers(0, C, size=N)
     z = rng.normal(size=(N, C)).astype(np.float32)
     path = write_parquet(to_frame(ids, x, y), tmp_path / "train.parquet", row_group_size=300)
-    ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "f" * 64))
+    ls = stored(LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "f" * 64)), ids, z)
+    return ids, x, y, z, path, ls
+
+
+def stored(ls: LogitStore, ids, z, dataset: str = "train", fingerprint: str = "f" * 64) -> LogitStore:
+    """``ls`` holding logits ``z`` for ``ids`` (teacher ``t`` version 1) in 256-row shards."""
     ls.precompute(
         ids,
         lambda rows: z[rows],
         teacher_uri="u",
         teacher_name="t",
         teacher_version="1",
-        data_fingerprint="f" * 64,
-        dataset="train",
+        data_fingerprint=fingerprint,
+        dataset=dataset,
         rows_per_shard=256,
     )
-    return ids, x, y, z, path, ls
+    return ls
 
 
 def source(files, **kw):
@@ -92,17 +97,7 @@ def test_a_split_of_several_files_streams_in_fingerprint_order(tmp_path):
     folder = tmp_path / "transfer"
     write_parquet(to_frame(ids[:400], x[:400]), folder / "part-0.parquet", row_group_size=150)
     write_parquet(to_frame(ids[400:], x[400:]), folder / "part-1.parquet", row_group_size=150)
-    ls = LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "e" * 64))
-    ls.precompute(
-        ids,
-        lambda rows: z[rows],
-        teacher_uri="u",
-        teacher_name="t",
-        teacher_version="1",
-        data_fingerprint="e" * 64,
-        dataset="transfer",
-        rows_per_shard=256,
-    )
+    ls = stored(LogitStore(LocalStore(tmp_path / "store"), store_key("t", "1", "e" * 64)), ids, z, "transfer", "e" * 64)
     cfg = DataConfig(train="-", val="-", test="-", transfer=str(folder), num_classes=C)
     src = StreamingSource([("transfer", str(folder), ls, False)], cfg, "1", {"transfer": "e" * 64}, buffer_chunks=2)
     assert len(src) == 700 and len(src.chunks) == 5  # 3 + 2 row groups
@@ -174,16 +169,7 @@ def test_streams_from_s3_by_ranged_concurrent_reads_with_no_copy(files, s3_endpo
     bucket = make_bucket(s3_endpoint, "kdflow-stream")
     boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(path), bucket, "data/train.parquet")
     key = store_key("t", "1", "f" * 64)
-    LogitStore(open_store(f"s3://{bucket}/store", s3_endpoint), key).precompute(
-        ids,
-        lambda rows: z[rows],
-        teacher_uri="u",
-        teacher_name="t",
-        teacher_version="1",
-        data_fingerprint="f" * 64,
-        dataset="train",
-        rows_per_shard=256,
-    )
+    stored(LogitStore(open_store(f"s3://{bucket}/store", s3_endpoint), key), ids, z)
     whole, ranged, in_flight, most = [], [], [0], [0]
     lock = threading.Lock()
     get, read_range = S3Store.get, S3Store.read_range
