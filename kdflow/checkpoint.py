@@ -2,11 +2,11 @@
 
 A training is named by its *training key* (:func:`training_key`): a hash of everything that decides what the
 training computes — the role (teacher or student), the model spec, the training hyper-parameters (all of
-``train`` except ``checkpoint_every_epochs`` and the ``prefetch_*`` settings, which do not change the result), the number of classes, the
-per-sample input shape, the content fingerprint of every split in the run and, for a student, each teacher's
-name, registered version, ensemble weight and logit-store keys, and any ``extra`` setting that changes the rows
-trained on (the ``hard_examples`` section when enabled). Re-running the same training (same key) resumes
-from its last checkpoint; change any of these and the training starts fresh under another key.
+``train`` except ``checkpoint_every_epochs`` and the ``prefetch_*`` settings, which do not change the result),
+the number of classes, the per-sample input shape, the content fingerprint of every split in the run and, for a
+student, each teacher's name, registered version, ensemble weight and logit-store keys, and any ``extra`` setting
+that changes the rows trained on (the ``hard_examples`` section when enabled). Re-running the same training (same
+key) resumes from its last checkpoint; change any of these and the training starts fresh under another key.
 
 Layout under the store root (the logit store's :class:`~kdflow.store.ObjectStore`, local or S3)::
 

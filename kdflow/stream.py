@@ -191,8 +191,8 @@ class StreamingSource:
 
     def to_arrays(self) -> ArraySource:
         """Every row of every chunk read once, in chunk order (oversampled rows repeated, weights kept), as one
-        in-memory :class:`ArraySource`: for training input that fits on a GPU."""
-        parts = [self._read_chunk(*chunk) for chunk in self.chunks]
+        in-memory :class:`ArraySource`: for training input that fits on a GPU (read by the ``readers`` threads)."""
+        parts = list(self._read_in_order(list(range(len(self.chunks)))))
         cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
         return ArraySource(*cols)
 
