@@ -13,9 +13,11 @@ Remote data is never copied: a file on S3 is read through ranged GETs of just it
 buffer needs (:func:`kdflow.rowgroups.open_parquet`), so no disk is used and memory stays bounded. While the
 training step consumes one buffer, ``readers`` background threads read the chunks (row groups and their logit
 shards) of the next ``prefetch`` buffers, several at once: a remote store's per-request latency is paid in
-parallel, and the step does not wait on storage as long as those reads keep up with training. The batches are the
-same with or without prefetching (chunks are consumed in order and every random draw stays on the consuming
-thread). Peak memory: ``(prefetch + 1) * buffer_chunks`` row groups plus ``shard_cache`` decoded shards per teacher.
+parallel, and the step does not wait on storage as long as those reads keep up with training. The next epoch's
+first chunks are read while the last buffer of an epoch trains: its order is drawn from a copy of the shuffling
+generator, and used only if the generator is in that very state when the epoch starts. The batches are the same
+with or without prefetching (chunks are consumed in order and every random draw stays on the consuming thread).
+Peak memory: ``(prefetch + 1) * buffer_chunks`` row groups plus ``shard_cache`` decoded shards per teacher.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import itertools
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -105,6 +107,21 @@ class _Part:
     shard_starts: tuple[tuple[int, ...], ...]  # per teacher: the split-wide index of each shard's first row
 
 
+@dataclass
+class _NextEpoch:
+    """Reads of an epoch's first chunks, started during the previous epoch's last buffer."""
+
+    state: torch.Tensor  # the shuffling generator's state the epoch's order was drawn for
+    order: list[int]  # its first chunks
+    futures: list[Future]
+
+    def cancel(self) -> None:
+        """Drop the reads: cancel those not started, wait for those running."""
+        for future in self.futures:
+            future.cancel()
+        wait(self.futures)
+
+
 class StreamingSource:
     """Stream (features, label or -1, teacher logits) from Parquet files and their logit stores.
 
@@ -138,6 +155,8 @@ class StreamingSource:
         self.readers = readers
         self._lock = threading.Lock()  # guards the two caches below: readers run on several threads
         self._idle: OrderedDict[str, list[pq.ParquetFile]] = OrderedDict()  # open files not being read, by path
+        self._pool: ThreadPoolExecutor | None = None  # the readers, started on first use, stopped by close()
+        self._next: _NextEpoch | None = None
         versions = (
             [str(teacher_version)] if isinstance(teacher_version, (str, int)) else [str(v) for v in teacher_version]
         )
@@ -274,18 +293,26 @@ class StreamingSource:
             return x[copies], y[copies], z[copies]
         return x, y, z, factors.astype(np.float32)
 
-    def _read_in_order(self, order: list[int]) -> Iterator[tuple[np.ndarray, ...]]:
-        """The chunks ``order`` names, in that order. With ``prefetch``, ``readers`` threads read the next
-        ``prefetch * buffer_chunks`` chunks while the caller uses the current ones; an error reading ahead is
-        raised here, when its chunk is due, and closing the iterator early stops the threads."""
+    def _readers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="kdflow-prefetch")
+        return self._pool
+
+    def _read_in_order(self, order: list[int], started: list[Future] | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        """The chunks ``order`` names, in that order (``started``: reads of its first chunks already submitted).
+        With ``prefetch``, the reader threads read the next ``prefetch * buffer_chunks`` chunks while the caller
+        uses the current ones; an error reading ahead is raised here, when its chunk is due, and once the iterator
+        is closed (early too) none of its reads is still running."""
         if self.prefetch == 0:
             yield from (self._read_chunk(*self.chunks[i]) for i in order)
             return
-        pool = ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="kdflow-prefetch")
-        upcoming = iter(order)
+        pool = self._readers()
+        pending: deque[Future] = deque(started or [])
+        upcoming = iter(order[len(pending) :])
         ahead = self.prefetch * self.buffer_chunks
-        pending: deque[Future] = deque(
-            pool.submit(self._read_chunk, *self.chunks[i]) for i in itertools.islice(upcoming, ahead)
+        pending.extend(
+            pool.submit(self._read_chunk, *self.chunks[i])
+            for i in itertools.islice(upcoming, max(0, ahead - len(pending)))
         )
         try:
             while pending:
@@ -297,17 +324,45 @@ class StreamingSource:
         finally:
             for future in pending:
                 future.cancel()
-            pool.shutdown(wait=True)
+            wait(pending)
+
+    def _read_next_epoch_ahead(self, generator: torch.Generator) -> None:
+        """Start reading the next epoch's first chunks, in the order a copy of ``generator`` (in its state after
+        this epoch's last draw) gives."""
+        peek = torch.Generator()
+        peek.set_state(generator.get_state())
+        order = torch.randperm(len(self.chunks), generator=peek).tolist()[: self.prefetch * self.buffer_chunks]
+        pool = self._readers()
+        self._next = _NextEpoch(
+            generator.get_state(), order, [pool.submit(self._read_chunk, *self.chunks[i]) for i in order]
+        )
+
+    def _started_reads_for(self, state: torch.Tensor, order: list[int]) -> list[Future] | None:
+        """The reads started for this epoch during the last one, if they were for the generator ``state`` this
+        epoch started from and its ``order``; else they are dropped."""
+        nxt, self._next = self._next, None
+        if nxt is None:
+            return None
+        if torch.equal(nxt.state, state) and order[: len(nxt.order)] == nxt.order:
+            return nxt.futures
+        nxt.cancel()
+        return None
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch: chunk order shuffled, ``buffer_chunks`` chunks mixed at a time, batches yielded."""
+        state = generator.get_state()
         order = torch.randperm(len(self.chunks), generator=generator).tolist()
+        started = self._started_reads_for(state, order)
         carry: list[tuple[torch.Tensor, ...]] = []
-        with contextlib.closing(self._read_in_order(order)) as reading:
+        consumed = 0
+        with contextlib.closing(self._read_in_order(order, started)) as reading:
             for parts in iter(lambda: list(itertools.islice(reading, self.buffer_chunks)), []):
                 # columns x, y, z (and w: per-row weights); rows permuted together
                 cols = [torch.from_numpy(np.concatenate([p[c] for p in parts])) for c in range(len(parts[0]))]
                 perm = torch.randperm(len(cols[0]), generator=generator)
+                consumed += len(parts)
+                if consumed == len(order) and self.prefetch:  # this epoch's last draw: the next order is known
+                    self._read_next_epoch_ahead(generator)
                 cols = [col[perm] for col in cols]
                 if carry:  # rows left over from the previous buffer go first, so batches stay full
                     cols = [torch.cat([left, col]) for left, col in zip(carry.pop(), cols)]
@@ -321,7 +376,13 @@ class StreamingSource:
             yield carry.pop()
 
     def close(self) -> None:
-        """Close the open files."""
+        """Stop the reader threads (dropping reads started for an epoch that did not come) and close the files."""
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         with self._lock:
             for files in self._idle.values():
                 for pf in files:

@@ -137,16 +137,51 @@ def test_a_read_ahead_error_is_raised_when_its_buffer_is_due_and_no_thread_is_le
     with pytest.raises(LogitStoreError, match="SHA-256"):
         for _ in src.batches(64, torch.Generator().manual_seed(0)):
             pass
+    src.close()
     assert _prefetch_threads() == []
 
 
-def test_stopping_an_epoch_early_stops_the_reader(files):
+def test_stopping_an_epoch_early_leaves_no_read_running_and_close_stops_the_readers(files, monkeypatch):
     src = source(files, buffer_chunks=1, prefetch=2)
+    running, read = [0], src._read_chunk
+
+    def counted(*chunk):  # a spy around the real read
+        running[0] += 1
+        try:
+            return read(*chunk)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(src, "_read_chunk", counted)
     batches = src.batches(64, torch.Generator().manual_seed(0))
     next(batches)
     assert _prefetch_threads()  # reading ahead while the first buffer is consumed
     batches.close()
+    assert running[0] == 0 and src._next is None  # nothing still reading, no next epoch started
+    src.close()
     assert _prefetch_threads() == []
+
+
+def test_the_next_epoch_is_read_during_the_last_buffer_and_used_only_for_its_generator_state(files):
+    src = source(files, buffer_chunks=1, prefetch=2)
+    gen = torch.Generator().manual_seed(3)
+    first = [tuple(t.clone() for t in b) for b in src.batches(64, gen)]
+    assert src._next is not None and len(src._next.futures) == 2  # 2 buffers of 1 chunk, for epoch 2
+    assert torch.equal(src._next.state, gen.get_state())
+    started = list(src._next.futures)
+    second = [tuple(t.clone() for t in b) for b in src.batches(64, gen)]
+    assert all(f.done() for f in started)
+    ref_gen = torch.Generator().manual_seed(3)
+    plain = source(files, buffer_chunks=1, prefetch=0)
+    for epoch in (first, second):
+        expected = list(plain.batches(64, ref_gen))
+        assert all(torch.equal(a, b) for batch, eb in zip(epoch, expected) for a, b in zip(batch, eb))
+    # another generator state: the reads started for it are dropped, and the batches are that state's own
+    other = torch.Generator().manual_seed(99)
+    got = list(src.batches(64, other))
+    expected = list(source(files, buffer_chunks=1, prefetch=0).batches(64, torch.Generator().manual_seed(99)))
+    assert all(torch.equal(a, b) for batch, eb in zip(got, expected) for a, b in zip(batch, eb))
+    src.close()
 
 
 def test_prefetch_must_not_be_negative(files):
