@@ -4,21 +4,16 @@ rows at tiny sizes and writes its JSON (exit 0). Its figures are measured by the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return run_bench("gpu.py", *args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the refusal is not reachable")

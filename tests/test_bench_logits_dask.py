@@ -4,14 +4,10 @@ and report rows/s and per-process peaks. Its figures are measured by the script,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +15,7 @@ pytestmark = pytest.mark.slow
 def test_both_modes_run_on_s3_and_write_identical_shards(tmp_path):
     out = tmp_path / "dask.json"
     args = ["--rows", "30000", "--rows-per-file", "20000", "--row-group", "4096", "--rows-per-shard", "8192"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "logits_dask.py"), *args, "--teacher", "mlp", "--s3", "--json", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_bench("logits_dask.py", *args, "--teacher", "mlp", "--s3", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["identical_shards"]

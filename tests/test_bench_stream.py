@@ -5,14 +5,10 @@ measured by the script, never asserted here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +16,7 @@ pytestmark = pytest.mark.slow
 def test_every_mode_trains_the_same_student_and_reports_its_input_wait(tmp_path):
     out = tmp_path / "stream.json"
     args = ["--rows", "16384", "--row-group", "4096", "--epochs", "2", "--latency", "0.01", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "stream.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_bench("stream.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["identical_students"]
