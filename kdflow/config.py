@@ -258,6 +258,9 @@ class StoreConfig(_Strict):
     # read their shards' rows from the data's Parquet row groups and write the shards to the store themselves;
     # None: a local cluster of `workers` processes.
     cluster_address: str | None = None
+    # With task_runner "dask": the Dask worker resources each shard task needs, e.g. {"GPU": 1}, so that on a cluster
+    # whose GPU workers were started with `--resources GPU=1` the shards are scored there only ({}: any worker).
+    worker_resources: dict[str, float] = Field(default_factory=dict)
     # Teacher scoring (kdflow.device.score_logits): rows per forward pass (None: 1,024 on the CPU, 65,536 on CUDA)
     # and its precision: "bf16" autocast (stored logits checked against fp32 on a sample of rows, within
     # autocast_tolerance x max(1, largest |logit|); the figures go into the store manifest) or "none" (fp32).

@@ -3,6 +3,7 @@ combine several teachers."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Mapping
@@ -78,6 +79,16 @@ def task_runner_for(store: StoreConfig):
         dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         return DaskTaskRunner(cluster_kwargs={"n_workers": store.workers, "threads_per_worker": 1, "processes": True})
     return ThreadPoolTaskRunner(max_workers=store.workers)
+
+
+def shard_resources(store: StoreConfig) -> contextlib.AbstractContextManager:
+    """Under ``store.task_runner: dask``, tasks submitted inside need ``store.worker_resources`` of their Dask
+    worker (``dask.annotate``); otherwise a no-op."""
+    if store.task_runner != "dask" or not store.worker_resources:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources=dict(store.worker_resources))
 
 
 @functools.lru_cache(maxsize=4)
@@ -174,15 +185,16 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: M
     plan = plan_teacher_logits(cfg, teacher, datasets)
     layouts = worker_read_layouts(cfg, datasets, {name for name, _ in plan.jobs})
     futures = []
-    for name, job in plan.jobs:
-        ds, spec = datasets[name], store_spec(cfg, teacher, name, datasets[name])
-        if name in layouts:  # Dask: the worker reads the rows itself
-            source = shard_source(layouts[name], job.start, job.stop, cfg.store.endpoint_url, ds.ids)
-            futures.append((name, compute_logit_shard_from_parquet.submit(cfg, teacher, spec, job, source)))
-        else:
-            futures.append(
-                (name, compute_logit_shard.submit(cfg, teacher, spec, job, ds.ids[job.rows], ds.x[job.rows]))
-            )
+    with shard_resources(cfg.store):
+        for name, job in plan.jobs:
+            ds, spec = datasets[name], store_spec(cfg, teacher, name, datasets[name])
+            if name in layouts:  # Dask: the worker reads the rows itself
+                source = shard_source(layouts[name], job.start, job.stop, cfg.store.endpoint_url, ds.ids)
+                futures.append((name, compute_logit_shard_from_parquet.submit(cfg, teacher, spec, job, source)))
+            else:
+                futures.append(
+                    (name, compute_logit_shard.submit(cfg, teacher, spec, job, ds.ids[job.rows], ds.x[job.rows]))
+                )
     results = [(name, f.result()) for name, f in futures]
     return finalize_teacher_logits(cfg, teacher, datasets, plan, results, time.perf_counter() - start)
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -28,6 +32,23 @@ def test_store_config_takes_a_cluster_address_and_bounds_the_shard_size():
         StoreConfig(rows_per_shard=20_000_000)
     with pytest.raises(ValidationError, match="cluster_adress"):
         StoreConfig(cluster_adress="tcp://127.0.0.1:8786")  # strict: a misspelt key is an error
+
+
+def test_worker_resources_annotate_the_shard_tasks_under_dask_only():
+    import dask
+
+    from tasks.logits import shard_resources
+
+    assert StoreConfig().worker_resources == {} and StoreConfig(worker_resources={"GPU": 1}).worker_resources == {
+        "GPU": 1
+    }
+    with pytest.raises(ValidationError, match="worker_resources"):
+        StoreConfig(worker_resources={"GPU": "one"})
+    for store in (StoreConfig(worker_resources={"GPU": 1}), StoreConfig(task_runner="dask")):
+        with shard_resources(store):  # threads, or dask without resources: nothing to annotate
+            assert dask.get_annotations() == {}
+    with shard_resources(StoreConfig(task_runner="dask", worker_resources={"GPU": 1})):
+        assert dask.get_annotations() == {"resources": {"GPU": 1}}
 
 
 def test_rows_are_read_from_s3_row_groups_without_a_full_copy(s3_endpoint, tmp_path):
@@ -147,3 +168,61 @@ def test_precompute_on_an_existing_cluster_matches_threads(
     assert len(per_worker) == 2
     for worker, (transitions, read_rows_here, models) in per_worker.items():
         assert transitions > 0 and read_rows_here and models == 1, (worker, per_worker)
+
+
+@pytest.mark.slow
+def test_worker_resources_send_every_shard_to_the_workers_that_have_them(
+    distill_config, tmp_path, tiny_data, s3_endpoint, dask_cluster
+):
+    """Two plain workers and a third started the way a GPU worker is (`dask worker ADDRESS --resources GPU=1`; on
+    this machine without a GPU the resource is only the label the scheduler matches): with
+    ``store.worker_resources: {GPU: 1}`` every shard task runs on the third, and the plain ones load no teacher."""
+    from flows.logits import precompute_flow
+    from tasks.logits import task_runner_for
+    from tests.conftest import stop_group
+
+    cluster, client = dask_cluster
+    bucket = make_bucket(s3_endpoint, "kdflow-dask-resources")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for split, path in tiny_data.items():
+        s3.upload_file(str(path), bucket, f"data/{split}.parquet")
+    cfg = copy.deepcopy(distill_config)
+    cfg["data"].update({split: f"s3://{bucket}/data/{split}.parquet" for split in tiny_data})
+    address = cluster.scheduler_address
+    cfg["store"] = {
+        "root": f"s3://{bucket}/store",
+        "endpoint_url": s3_endpoint,
+        "rows_per_shard": 256,
+        "task_runner": "dask",
+        "cluster_address": address,
+        "worker_resources": {"GPU": 1},
+    }
+    root = Path(__file__).resolve().parents[1]
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
+         "--resources", "GPU=1", "--no-dashboard", "--host", "127.0.0.1"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        client.wait_for_workers(3, timeout=120)
+        flow = precompute_flow.with_options(task_runner=task_runner_for(StoreConfig(**cfg["store"])))
+        out = flow(str(write_yaml(tmp_path / "resources.yaml", cfg)))
+        assert sum(n for st in out["stats"].values() for n in st["scored_on"].values()) == 12
+
+        def teachers_loaded(dask_worker) -> int:  # runs in each worker process
+            import sys
+
+            loaded = sys.modules.get("tasks.logits")
+            return loaded._teacher_model.cache_info().currsize if loaded else 0
+
+        loaded = client.run(teachers_loaded)
+        workers = client.scheduler_info()["workers"]
+        labelled = [addr for addr, info in workers.items() if info.get("resources", {}).get("GPU")]
+        assert len(labelled) == 1 and len(loaded) == 3
+        assert {addr: n for addr, n in loaded.items()} == {addr: int(addr in labelled) for addr in loaded}
+    finally:
+        stop_group(worker)
