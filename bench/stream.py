@@ -13,8 +13,10 @@ ways, each in a fresh interpreter:
 
 Per mode: the median over epochs 2.. of ``epoch_seconds`` and ``input_wait_seconds`` (the time the training
 loop spent waiting for its next batch, measured by ``fit``), rows/s, the process's peak memory (``VmHWM``), the
-files written to an empty ``TMPDIR`` (the stream must not copy anything to disk) and a SHA-256 of the trained
-weights (every mode must train the same student). moto runs in this process; each mode in its own.
+files written to an empty ``TMPDIR`` (the stream must not copy anything to disk), a SHA-256 of every batch the
+loop was given (every mode must give the same batches: the exit status is 1 otherwise) and one of the trained
+weights (reported; CPU kernels may round differently from one process to the next, so it is not the check).
+moto runs in this process; each mode in its own.
 
 Run (from the repository root)::
 
@@ -81,7 +83,8 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
     y_val = rng.integers(0, CLASSES, size=2048)
     torch.manual_seed(0)
     model = build_model("mlp", {"width": 128, "depth": 2}, (FEATURES,), CLASSES)
-    result = fit(model, source, x_val, y_val, cfg, progress=False)
+    batches = _HashedBatches(source)
+    result = fit(model, batches, x_val, y_val, cfg, progress=False)
     source.close()
     later = result.history[1:] or result.history
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.state_dict().values()))
@@ -93,7 +96,24 @@ def run_mode(spec: dict[str, Any]) -> dict[str, Any]:
         "epochs": [{k: m[k] for k in ("epoch", "epoch_seconds", "input_wait_seconds")} for m in result.history],
         "peak_mib": vmhwm_mib(),
         "weights_sha256": digest.hexdigest(),
+        "batches_sha256": batches.digest.hexdigest(),
     }
+
+
+class _HashedBatches:
+    """``source`` as ``fit`` sees it, hashing every batch it yields (features, labels, logits) in order."""
+
+    def __init__(self, source: Any):
+        self.source, self.digest = source, hashlib.sha256()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batches(self, batch_size: int, generator: Any):  # noqa: ANN201 - an iterator of tensor tuples
+        for batch in self.source.batches(batch_size, generator):
+            for tensor in batch:
+                self.digest.update(tensor.numpy().tobytes())
+            yield batch
 
 
 def write_inputs(work: Path, rows: int, row_group: int) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -196,15 +216,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"in TMPDIR: {row['files_left_in_tmpdir']}"
                 )
         moto.stop()
-    digests = {r["weights_sha256"] for r in results}
-    print("every mode trained the same student" if len(digests) == 1 else f"students differ: {digests}")
+    digests = {r["batches_sha256"] for r in results}
+    weights = {r["weights_sha256"] for r in results}
+    print("every mode gave the same batches" if len(digests) == 1 else f"batches differ: {digests}")
+    print("and trained the same student" if len(weights) == 1 else f"trained weights differ: {weights}")
     payload = {
         "benchmark": "stream",
         "command": "python bench/stream.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": started.isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": load_before, "load_after": load_avg()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "run")},
-        "identical_students": len(digests) == 1,
+        "identical_batches": len(digests) == 1,
+        "identical_students": len(weights) == 1,
         "results": results,
     }
     if args.json:

@@ -1,5 +1,5 @@
 """bench/stream.py runs end to end at a tiny size: four modes (local and S3 behind the latency proxy, each read
-when due and read ahead), every mode trains the same student and copies nothing to disk. Its timings are
+when due and read ahead), every mode gives the training loop the same batches and copies nothing to disk. Its timings are
 measured by the script, never asserted here."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from tests.conftest import run_bench
 pytestmark = pytest.mark.slow
 
 
-def test_every_mode_trains_the_same_student_and_reports_its_input_wait(tmp_path):
+def test_every_mode_gives_the_same_batches_and_reports_its_input_wait(tmp_path):
     out = tmp_path / "stream.json"
     args = ["--rows", "16384", "--row-group", "4096", "--epochs", "2", "--latency", "0.01", "--json", str(out)]
     proc = run_bench("stream.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["identical_students"]
+    assert result["identical_batches"]  # the weights are reported, not asserted: kernels may round per process
     modes = [(r["storage"], r["prefetch_buffers"]) for r in result["results"]]
     assert modes == [("local", 0), ("local", 2), ("s3", 0), ("s3", 2)]
     for row in result["results"]:
