@@ -117,13 +117,12 @@ def finalize_logits(
     stats = {}
     for name, split_plan in plan.splits.items():
         spec = store_spec(cfg, teacher, name, datasets[name])
-        on_gpu = any(r.device not in (None, "cpu") for split, r in results if split == name)
+        computed = [r for split, r in results if split == name]
+        on_gpu = any(r.device not in (None, "cpu") for r in computed)
         check = None
         if (cfg.store.autocast != "none" or on_gpu) and split_plan.reused is None:
             check = check_stored_logits(cfg, stores[name], datasets[name], load_teacher())
-        stats[name] = finalize_shards(
-            stores[name], spec, split_plan, [r for split, r in results if split == name], seconds, check
-        )
+        stats[name] = finalize_shards(stores[name], spec, split_plan, computed, seconds, check)
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
     key = teacher_profile_key(teacher.name, teacher.version)
     if plan.need_profile:

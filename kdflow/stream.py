@@ -329,13 +329,12 @@ class StreamingSource:
     def _read_next_epoch_ahead(self, generator: torch.Generator) -> None:
         """Start reading the next epoch's first chunks, in the order a copy of ``generator`` (in its state after
         this epoch's last draw) gives."""
+        state = generator.get_state()
         peek = torch.Generator()
-        peek.set_state(generator.get_state())
+        peek.set_state(state)
         order = torch.randperm(len(self.chunks), generator=peek).tolist()[: self.prefetch * self.buffer_chunks]
         pool = self._readers()
-        self._next = _NextEpoch(
-            generator.get_state(), order, [pool.submit(self._read_chunk, *self.chunks[i]) for i in order]
-        )
+        self._next = _NextEpoch(state, order, [pool.submit(self._read_chunk, *self.chunks[i]) for i in order])
 
     def _started_reads_for(self, state: torch.Tensor, order: list[int]) -> list[Future] | None:
         """The reads started for this epoch during the last one, if they were for the generator ``state`` this
