@@ -95,6 +95,9 @@ class DataConfig(_Strict):
     id_column: str = "id"
     label_column: str = "label"
     min_rows: int = Field(default=1, ge=1)
+    # The precompute flow (flows/logits.py) leaves every dataset in its Parquet files: validated chunk by chunk,
+    # fingerprinted and planned from the footers, each shard's rows read by the task that scores it.
+    out_of_core: bool = False
 
 
 class ValidationConfig(_Strict):
@@ -111,6 +114,7 @@ class ValidationConfig(_Strict):
     range_mostly: float = Field(default=0.99, ge=0.0, le=1.0)
     sample_size: int = Field(default=100_000, gt=0)  # rows per dataset for the statistical checks
     sample_seed: int = 0
+    chunk_rows: int = Field(default=1_048_576, gt=0)  # data.out_of_core: rows per chunk validated at a time
     probability_tolerance: float = Field(default=1e-3, gt=0.0)  # inference logs: |sum(p) - 1| <=
     probability_mostly: float = Field(default=1.0, ge=0.0, le=1.0)
     max_examples: int = Field(default=5, gt=0)  # example values / ids per failed expectation

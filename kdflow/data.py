@@ -47,6 +47,10 @@ class Dataset:
         """Per-sample feature shape."""
         return tuple(self.x.shape[1:])
 
+    def head(self, n: int) -> np.ndarray:
+        """Features of the first ``min(n, len)`` rows."""
+        return self.x[:n]
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 over ids, features (float32) and labels: identical content gives an identical key."""

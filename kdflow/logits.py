@@ -278,10 +278,10 @@ class LogitStore:
             raise LogitStoreError(f"{self.uri}/{MANIFEST}: unreadable manifest ({exc})") from exc
 
     def existing_shard(
-        self, index: int, expected_ids: np.ndarray, *, clip_value: float | None, top_k: int | None
+        self, index: int, expected_ids: Callable[[], np.ndarray], *, clip_value: float | None, top_k: int | None
     ) -> tuple[ShardInfo, int] | None:
-        """(info, clipped count) of an already written shard whose checksum, ids and stored-value settings
-        (clip, top-k, recorded in its marker) verify, else ``None`` (then it is recomputed, never trusted)."""
+        """(info, clipped count) of an already written shard whose checksum, ids (``expected_ids()``, read only for
+        a shard that exists) and stored-value settings (clip, top-k, in its marker) verify, else ``None``."""
         shard, marker = self._k(shard_name(index)), self._k(marker_name(index))
         if not (self.store.exists(shard) and self.store.exists(marker)):
             return None
@@ -292,7 +292,7 @@ class LogitStore:
                 ids = npz["ids"]
         except Exception:
             return None
-        if _sha256(raw) != meta.get("sha256") or not np.array_equal(ids, expected_ids):
+        if _sha256(raw) != meta.get("sha256") or not np.array_equal(ids, expected_ids()):
             return None
         if meta.get("clip_value", "absent") != clip_value or meta.get("top_k", "absent") != top_k:
             return None
@@ -478,7 +478,7 @@ def plan_shards(ls: LogitStore, spec: StoreSpec, ids: np.ndarray) -> ShardPlan:
     if plan.reused is not None:
         return plan
     for i, rows in enumerate(slices):
-        found = ls.existing_shard(i, ids[rows], clip_value=spec.clip_value, top_k=spec.top_k)
+        found = ls.existing_shard(i, lambda r=rows: ids[r], clip_value=spec.clip_value, top_k=spec.top_k)
         if found is None:
             plan.jobs.append(ShardJob(i, rows.start, rows.stop))
         else:

@@ -29,11 +29,12 @@ from kdflow.logits import (
     teacher_profile_key,
 )
 from kdflow.registry import ModelRef
+from kdflow.rowgroups import AnySplit
 from kdflow.store import open_store
 from kdflow.validation import validate_teacher_logits
 
 
-def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: Dataset) -> StoreSpec:
+def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: AnySplit) -> StoreSpec:
     """What split ``name``'s logit store is computed from: teacher version, data, shard size, clip and top-k."""
     return StoreSpec(
         teacher_uri=teacher.uri,
@@ -48,7 +49,7 @@ def store_spec(cfg: DistillConfig, teacher: ModelRef, name: str, ds: Dataset) ->
     )
 
 
-def logit_stores(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset]) -> dict[str, LogitStore]:
+def logit_stores(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, AnySplit]) -> dict[str, LogitStore]:
     """One logit store per split, keyed by teacher version, that split's data fingerprint and the settings that
     change the stored values (:func:`kdflow.logits.store_key`)."""
     store = open_store(cfg.store.root, endpoint_url=cfg.store.endpoint_url)
@@ -83,7 +84,7 @@ class TeacherOutputs:
     teacher_loaded: bool
 
 
-def plan_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset]) -> LogitPlan:
+def plan_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, AnySplit]) -> LogitPlan:
     """:func:`kdflow.logits.plan_shards` per split: reuse a complete store, else keep the shards an interrupted
     run left valid and list the rest; and whether the teacher's profile is stored yet."""
     stores = logit_stores(cfg, teacher, datasets)
@@ -100,7 +101,7 @@ def plan_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Da
 def finalize_logits(
     cfg: DistillConfig,
     teacher: ModelRef,
-    datasets: Mapping[str, Dataset],
+    datasets: Mapping[str, AnySplit],
     plan: LogitPlan,
     results: Sequence[tuple[str, ShardResult]],
     seconds: float,
@@ -128,7 +129,11 @@ def finalize_logits(
     if plan.need_profile:
         ev = cfg.evaluation
         profile = metrics.profile(
-            load_teacher(), datasets["test"].x, ev.latency_batches, ev.throughput_batch_size, ev.throughput_batches
+            load_teacher(),
+            datasets["test"].head(ev.throughput_batch_size),  # all the profile reads
+            ev.latency_batches,
+            ev.throughput_batch_size,
+            ev.throughput_batches,
         )
         store.put(key, json.dumps(profile, indent=2).encode())
     else:
@@ -144,7 +149,7 @@ def finalize_logits(
 AUTOCAST_CHECK_ROWS = 4096  # rows of each split's first shard compared with fp32 CPU logits
 
 
-def check_stored_logits(cfg: DistillConfig, ls: LogitStore, ds: Dataset, teacher_cpu: nn.Module) -> dict:
+def check_stored_logits(cfg: DistillConfig, ls: LogitStore, ds: AnySplit, teacher_cpu: nn.Module) -> dict:
     """The first :data:`AUTOCAST_CHECK_ROWS` stored rows of ``ls`` (shard 0, as written: fp16, clipped) against
     the teacher's fp32 logits on the CPU (:func:`kdflow.device.check_autocast`; top-k stores compare
     log-probabilities on the stored classes). Raises :class:`kdflow.logits.LogitStoreError` beyond
@@ -152,7 +157,7 @@ def check_stored_logits(cfg: DistillConfig, ls: LogitStore, ds: Dataset, teacher
     ids, stored = ls.read_shard(0)
     rows = min(len(ids), AUTOCAST_CHECK_ROWS)
     stored = stored[:rows].astype(np.float32)
-    reference = score_logits(teacher_cpu, ds.x[:rows], torch.device("cpu"))
+    reference = score_logits(teacher_cpu, ds.head(rows), torch.device("cpu"))
     clip = cfg.train.teacher_logit_clip
     if cfg.store.top_k:  # stored log-probabilities (of the clipped logits) on each row's kept classes
         ref = torch.log_softmax(torch.from_numpy(np.clip(reference, -(clip or np.inf), clip or np.inf)), 1).numpy()

@@ -11,6 +11,7 @@ never a full copy of the file, so a worker's memory and disk are bounded by one 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdflow.config import DataConfig
-from kdflow.data import DataError
+from kdflow.data import DataError, Dataset
 from kdflow.store import ObjectStore, StoreError, open_store, split_uri
 from kdflow.validation import expand_uri
 
@@ -158,6 +159,48 @@ def _row_groups(part: FileRows, pf: pq.ParquetFile) -> list[tuple[int, int, int]
     return out
 
 
+def file_chunks(
+    uri: str, endpoint_url: str | None, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """The rows of one Parquet file as tables of whole consecutive row groups, each of at most ``chunk_rows`` rows
+    unless one row group alone is larger (``columns``: only those that exist, all when None). A file without row
+    groups gives one empty table, so its schema is still seen."""
+    pf = open_parquet(uri, endpoint_url)
+    if columns is not None:
+        columns = [c for c in columns if c in pf.schema_arrow.names]
+    meta = pf.metadata
+    if meta.num_row_groups == 0:
+        yield pf.schema_arrow.empty_table().select(columns) if columns is not None else pf.schema_arrow.empty_table()
+        return
+    groups: list[int] = []
+    rows = 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if groups and rows + n > chunk_rows:
+            yield pf.read_row_groups(groups, columns=columns)
+            groups, rows = [], 0
+        groups.append(g)
+        rows += n
+    yield pf.read_row_groups(groups, columns=columns)
+
+
+def _tables(source: RowSource, columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
+    """``(file uri, table)`` of each row group piece ``source`` covers, in order: one row group read at a time."""
+    for part in source.parts:
+        pf = open_parquet(part.uri, source.endpoint_url)
+        for group, lo, hi in _row_groups(part, pf):
+            yield part.uri, pf.read_row_group(group, columns=columns).slice(lo, hi - lo)
+
+
+def _check_ends(source: RowSource, ids: np.ndarray) -> None:
+    """A :class:`DataError` when the ids at either end of ``source`` are not the ones the planner saw."""
+    if source.first_id is not None and (ids[0].item() != source.first_id or ids[-1].item() != source.last_id):
+        raise DataError(
+            f"{source.parts[0].uri}: rows read have ids {ids[0]}..{ids[-1]}, planned {source.first_id}..{source.last_id}"
+            " (the data changed after it was validated)"
+        )
+
+
 def read_rows(source: RowSource, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, x)`` of every row ``source`` covers, read one Parquet row group at a time into one preallocated
     array (peak memory: the shard's rows plus one row group); a :class:`DataError` when the ids at either end
@@ -166,23 +209,83 @@ def read_rows(source: RowSource, cfg: DataConfig) -> tuple[np.ndarray, np.ndarra
     ids_parts: list[np.ndarray] = []
     x: np.ndarray | None = None
     pos = 0
-    for part in source.parts:
-        pf = open_parquet(part.uri, source.endpoint_url)
-        for group, lo, hi in _row_groups(part, pf):
-            table = pf.read_row_group(group, columns=columns).slice(lo, hi - lo)
-            ids, rows = table_arrays(table, cfg, part.uri)
-            del table
-            if x is None:
-                x = np.empty((source.rows, *rows.shape[1:]), dtype=np.float32)
-            x[pos : pos + len(rows)] = rows
-            ids_parts.append(ids)
-            pos += len(rows)
+    for uri, table in _tables(source, columns):
+        ids, rows = table_arrays(table, cfg, uri)
+        del table
+        if x is None:
+            x = np.empty((source.rows, *rows.shape[1:]), dtype=np.float32)
+        x[pos : pos + len(rows)] = rows
+        ids_parts.append(ids)
+        pos += len(rows)
     if x is None:
         raise DataError(f"no rows to read for {source}")
     ids = np.concatenate(ids_parts)
-    if source.first_id is not None and (ids[0].item() != source.first_id or ids[-1].item() != source.last_id):
-        raise DataError(
-            f"{source.parts[0].uri}: rows read have ids {ids[0]}..{ids[-1]}, planned {source.first_id}..{source.last_id}"
-            " (the data changed after it was validated)"
-        )
+    _check_ends(source, ids)
     return ids, x
+
+
+def read_ids(source: RowSource, id_column: str) -> np.ndarray:
+    """The ids of every row ``source`` covers (only the id column is read), as :func:`table_arrays` gives them."""
+    parts = [table.column(id_column).to_numpy() for _, table in _tables(source, [id_column])]
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return ids if ids.dtype.kind in "iu" else ids.astype(str)
+
+
+class SplitIds:
+    """The id column of a :class:`ParquetSplit`, read on demand: ``len(ids)``, ``ids[a:b]`` and ``ids[i]`` read
+    just the row groups holding those rows (what planning a precomputation asks of a split's ids)."""
+
+    def __init__(self, split: ParquetSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: slice | int) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("split ids are read by contiguous ranges only")
+            if stop <= start:
+                return np.zeros(0, dtype=np.int64)
+            return read_ids(self.split.source(start, stop), self.split.data.id_column)
+        i = key + len(self) if key < 0 else key
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {key} of a split of {len(self)} rows")
+        return self[i : i + 1][0]
+
+
+@dataclass(frozen=True)
+class ParquetSplit:
+    """A validated split left in its Parquet files (local or S3) and never held whole: its layout (rows per file,
+    from the footers), content fingerprint and feature shape (computed chunk by chunk,
+    :func:`kdflow.validation.chunked.validate_out_of_core`), rows read on demand. Stands in for a
+    :class:`kdflow.data.Dataset` wherever a precomputation plans, scores or checks a split."""
+
+    name: str
+    uri: str
+    labeled: bool
+    layout: tuple[tuple[str, int], ...]
+    endpoint_url: str | None
+    data: DataConfig
+    input_shape: tuple[int, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return sum(rows for _, rows in self.layout)
+
+    @property
+    def ids(self) -> SplitIds:
+        """The split's ids, read on demand."""
+        return SplitIds(self)
+
+    def source(self, start: int, stop: int) -> RowSource:
+        """Where rows ``[start, stop)`` are (:func:`shard_source`)."""
+        return shard_source(list(self.layout), start, stop, self.endpoint_url)
+
+    def head(self, n: int) -> np.ndarray:
+        """Features of the first ``min(n, len)`` rows."""
+        return read_rows(self.source(0, min(n, len(self))), self.data)[1]
+
+
+AnySplit = Dataset | ParquetSplit  # a split in memory, or one left in its Parquet files (data.out_of_core)

@@ -11,7 +11,9 @@ from prefect.artifacts import create_markdown_artifact
 from kdflow.config import DataConfig, ModelSpec, ValidationConfig
 from kdflow.data import Datasets, datasets_from_frames
 from kdflow.models import build_model
+from kdflow.rowgroups import ParquetSplit
 from kdflow.validation import ValidationReport, dataset_uris, validate_data
+from kdflow.validation.chunked import validate_out_of_core
 from tasks import kdflow_task
 from tasks.tracking import log_metrics
 
@@ -78,3 +80,39 @@ def validate_inputs(
     for name, ds in datasets.items():
         logger.info("%s: %d rows, input shape %s, fingerprint %s", name, len(ds), ds.input_shape, ds.fingerprint[:12])
     return datasets
+
+
+@kdflow_task(name="validate-inputs-out-of-core")
+def validate_inputs_out_of_core(
+    data: DataConfig, model: ModelSpec, endpoint_url: str | None = None, validation: ValidationConfig | None = None
+) -> dict[str, ParquetSplit]:
+    """:func:`validate_inputs` for ``data.out_of_core``: every dataset validated chunk by chunk straight from its
+    Parquet files (:func:`kdflow.validation.chunked.validate_out_of_core`) and left there, as a
+    :class:`kdflow.rowgroups.ParquetSplit` (layout, fingerprint, rows read on demand). Same report, same error."""
+    logger = get_run_logger()
+    validation = validation or ValidationConfig()
+    with tempfile.TemporaryDirectory(prefix="kdflow-validation-") as tmp:
+        docs = Path(tmp) / "site" if validation.data_docs else None
+        report, splits = validate_out_of_core(data, validation, endpoint_url, docs_dir=docs)
+        publish_validation_report(report, None, Path(tmp) / "report")
+    for d in report.datasets.values():
+        logger.info(
+            "validation %s (%s): %s, %s rows, %d failed",
+            d.name,
+            d.uri,
+            d.success and "pass" or "FAIL",
+            d.rows,
+            len(d.failures),
+        )
+    report.raise_for_failures()
+    shape = splits[next(iter(splits))].input_shape
+    build_model(model.arch, model.args, shape, data.num_classes)  # raises ModelSpecError
+    for name, split in splits.items():
+        logger.info(
+            "%s: %d rows in %d file(s), left on disk; fingerprint %s",
+            name,
+            len(split),
+            len(split.layout),
+            split.fingerprint[:12],
+        )
+    return splits

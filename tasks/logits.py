@@ -30,7 +30,7 @@ from kdflow.precompute import (
     store_spec,
 )
 from kdflow.registry import ModelRef, resolve
-from kdflow.rowgroups import RowSource, read_rows, shard_source, split_layout
+from kdflow.rowgroups import AnySplit, ParquetSplit, RowSource, read_rows, shard_source, split_layout
 from kdflow.store import StoreError, open_store
 from tasks import kdflow_task
 from tasks.preflight import retry_unless_permanent
@@ -99,7 +99,7 @@ def _teacher_model(tracking_uri: str, ref: ModelRef, device: str = "cpu") -> nn.
 
 
 @kdflow_task(name="plan-teacher-logits", **store_retries)
-def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset]) -> LogitPlan:
+def plan_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, AnySplit]) -> LogitPlan:
     """:func:`kdflow.precompute.plan_logits`: reuse a complete store, else keep the shards an interrupted run
     left valid and list the rest."""
     plan = plan_logits(cfg, teacher, datasets)
@@ -142,7 +142,7 @@ def compute_logit_shard_from_parquet(
 def finalize_teacher_logits(
     cfg: DistillConfig,
     teacher: ModelRef,
-    datasets: Mapping[str, Dataset],
+    datasets: Mapping[str, AnySplit],
     plan: LogitPlan,
     results: list[tuple[str, ShardResult]],
     seconds: float,
@@ -177,7 +177,9 @@ def finalize_teacher_logits(
     return out
 
 
-def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, Dataset]) -> TeacherOutputs:
+def precompute_teacher_logits(
+    cfg: DistillConfig, teacher: ModelRef, datasets: Mapping[str, AnySplit]
+) -> TeacherOutputs:
     """Plan, compute the missing shards as independent tasks (in parallel under the flow's task runner),
     then finalize: the steps of :meth:`kdflow.logits.LogitStore.precompute`, one task each. Called from a flow
     body; the teacher is loaded only if some shard or its profile is missing."""
@@ -200,15 +202,16 @@ def precompute_teacher_logits(cfg: DistillConfig, teacher: ModelRef, datasets: M
 
 
 def worker_read_layouts(
-    cfg: DistillConfig, datasets: Mapping[str, Dataset], names: set[str]
+    cfg: DistillConfig, datasets: Mapping[str, AnySplit], names: set[str]
 ) -> dict[str, list[tuple[str, int]]]:
-    """Under ``store.task_runner: dask``, the Parquet layout (:func:`kdflow.rowgroups.split_layout`, footers only)
-    of each split in ``names`` whose files hold exactly its rows, so workers read their shards' rows themselves;
-    splits built in memory (no such files) keep shipping their rows from the flow."""
+    """The Parquet layout (:func:`kdflow.rowgroups.split_layout`, footers only) of each split in ``names`` whose
+    shard tasks read their rows themselves: every split left on disk (``data.out_of_core``), and under
+    ``store.task_runner: dask`` every split whose files hold exactly its rows, so workers receive no arrays; splits
+    built in memory (no such files) keep shipping their rows from the flow."""
+    layouts = {n: list(datasets[n].layout) for n in names if isinstance(datasets[n], ParquetSplit)}
     if cfg.store.task_runner != "dask":
-        return {}
-    layouts = {}
-    for name in sorted(names):
+        return layouts
+    for name in sorted(names - set(layouts)):
         try:
             layout = split_layout(datasets[name].uri, cfg.store.endpoint_url)
         except (DataError, StoreError):

@@ -113,8 +113,9 @@ def test_precompute_on_an_existing_cluster_matches_threads(
 
     task_names: dict[str, list[str]] = {}
 
-    def run(store: dict, name: str) -> dict:
+    def run(store: dict, name: str, out_of_core: bool = False) -> dict:
         cfg = copy.deepcopy(distill_config)
+        cfg["data"]["out_of_core"] = out_of_core
         cfg["store"] = {"endpoint_url": s3_endpoint, "rows_per_shard": 256, **store}
         runner = task_runner_for(StoreConfig(**cfg["store"]))
         flow = precompute_flow.with_options(task_runner=runner)
@@ -131,6 +132,12 @@ def test_precompute_on_an_existing_cluster_matches_threads(
         {"root": f"s3://{bucket}/dask-store", "task_runner": "dask", "cluster_address": address}, "cluster"
     )
     threads = run({"root": f"s3://{bucket}/thread-store", "task_runner": "threads"}, "threads")
+    # data.out_of_core on the cluster: the flow validates chunk by chunk and holds no split; same stores
+    ooc = run(
+        {"root": f"s3://{bucket}/ooc-store", "task_runner": "dask", "cluster_address": address}, "ooc", out_of_core=True
+    )
+    assert "validate-inputs-out-of-core" in task_names["ooc"]
+    assert task_names["ooc"].count("compute-logit-shard-from-parquet") == 12, task_names["ooc"]
     assert (
         on_cluster["stats"]["transfer"]["shards_total"] == 5
         and on_cluster["stats"]["transfer"]["rows_computed"] == 1200
@@ -150,12 +157,15 @@ def test_precompute_on_an_existing_cluster_matches_threads(
     for split, uri in on_cluster["stores"].items():
         key = uri.split("/dask-store/", 1)[1]
         assert threads["stores"][split].endswith(key)  # same teacher and data: the same store key
+        assert ooc["stores"][split].endswith(key)  # out of core: the same fingerprint, hence the same key
         a = LogitStore(open_store(f"s3://{bucket}/dask-store", s3_endpoint), key)
         b = LogitStore(open_store(f"s3://{bucket}/thread-store", s3_endpoint), key)
+        c = LogitStore(open_store(f"s3://{bucket}/ooc-store", s3_endpoint), key)
         ids = pd.read_parquet(tiny_data[split])["id"].to_numpy()
         fp = a.require_manifest().data_fingerprint
         version = a.require_manifest().teacher_version
         np.testing.assert_array_equal(a.read_aligned(ids, version, fp), b.read_aligned(ids, version, fp))
+        np.testing.assert_array_equal(a.read_aligned(ids, version, fp), c.read_aligned(ids, version, fp))
 
     def worker_did(dask_worker) -> tuple[int, bool, int]:  # runs in each worker process
         import sys

@@ -76,51 +76,52 @@ def inf_row(d):
     return with_row(d, 2, np.r_[np.zeros(WIDTH - 1), -np.inf].astype(np.float32))
 
 
-@pytest.mark.parametrize(
-    "mutate,message",
-    [
-        (nan_row, r"train.parquet: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['nan'\]\); e.g. ids \[2\]"),
-        (inf_row, r"1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['-inf'\]\); e.g. ids \[2\]"),
-        (lambda d: d.drop(columns=["x"]), r"missing feature column 'x'; found columns \['id', 'label'\]"),
-        (
-            lambda d: d.assign(x=["a"] * len(d)),
-            r"feature column 'x' must hold float arrays, found \['str'\] in 60 row\(s\)",
-        ),
-        (
-            lambda d: with_row(d, 4, np.zeros(3, dtype=np.float32)),
-            r"arrays of different lengths: expected 8, found \[3\] in 1 row\(s\); e.g. ids \[4\]",
-        ),
-        (
-            lambda d: d.assign(label=[-1] + list(d.label[1:])),
-            r"1 label\(s\) outside \[0, 3\), e.g. \[-1\]; e.g. ids \[0\]",
-        ),
-        (lambda d: d.assign(label=[3] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\), e.g. \[3\]"),
-        (lambda d: d.assign(label=d.label.astype(float) + 0.5), "label column 'label' must be integer, found float64"),
-        (
-            lambda d: d.assign(id=[0, 0] + list(d.id[2:])),
-            r"id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[0\]",
-        ),
-        (lambda d: d.assign(id=[None] + [float(i) for i in d.id[1:]]), r"id column 'id' has 1 null value\(s\)"),
-        (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
-        (lambda d: d.assign(label=d.label.where(d.label != 2, 0)), r"missing class\(es\) \[2\] of \[0, 3\)"),
-        (lambda d: d.iloc[:0], r"0 row\(s\), expected at least 1"),
-    ],
-    ids=[
-        "nan",
-        "inf",
-        "missing_feature",
-        "string_feature",
-        "wrong_length",
-        "label_minus_one",
-        "label_C",
-        "float_label",
-        "duplicated_ids",
-        "null_id",
-        "missing_label",
-        "missing_class",
-        "no_rows",
-    ],
-)
+# Each bad input, and the one message it gets (tests/test_out_of_core.py checks the chunked validator with them).
+BAD_INPUTS = [
+    (nan_row, r"train.parquet: 1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['nan'\]\); e.g. ids \[2\]"),
+    (inf_row, r"1 row\(s\) with NaN or infinite features in 'x' \(e.g. \['-inf'\]\); e.g. ids \[2\]"),
+    (lambda d: d.drop(columns=["x"]), r"missing feature column 'x'; found columns \['id', 'label'\]"),
+    (
+        lambda d: d.assign(x=["a"] * len(d)),
+        r"feature column 'x' must hold float arrays, found \['str'\] in 60 row\(s\)",
+    ),
+    (
+        lambda d: with_row(d, 4, np.zeros(3, dtype=np.float32)),
+        r"arrays of different lengths: expected 8, found \[3\] in 1 row\(s\); e.g. ids \[4\]",
+    ),
+    (
+        lambda d: d.assign(label=[-1] + list(d.label[1:])),
+        r"1 label\(s\) outside \[0, 3\), e.g. \[-1\]; e.g. ids \[0\]",
+    ),
+    (lambda d: d.assign(label=[3] + list(d.label[1:])), r"1 label\(s\) outside \[0, 3\), e.g. \[3\]"),
+    (lambda d: d.assign(label=d.label.astype(float) + 0.5), "label column 'label' must be integer, found float64"),
+    (
+        lambda d: d.assign(id=[0, 0] + list(d.id[2:])),
+        r"id column 'id' has 2 row\(s\) with duplicated id\(s\), e.g. \[0\]",
+    ),
+    (lambda d: d.assign(id=[None] + [float(i) for i in d.id[1:]]), r"id column 'id' has 1 null value\(s\)"),
+    (lambda d: d.drop(columns=["label"]), "missing label column 'label'"),
+    (lambda d: d.assign(label=d.label.where(d.label != 2, 0)), r"missing class\(es\) \[2\] of \[0, 3\)"),
+    (lambda d: d.iloc[:0], r"0 row\(s\), expected at least 1"),
+]
+BAD_INPUT_IDS = [
+    "nan",
+    "inf",
+    "missing_feature",
+    "string_feature",
+    "wrong_length",
+    "label_minus_one",
+    "label_C",
+    "float_label",
+    "duplicated_ids",
+    "null_id",
+    "missing_label",
+    "missing_class",
+    "no_rows",
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD_INPUTS, ids=BAD_INPUT_IDS)
 def test_each_bad_input_is_one_failure_with_its_message(tmp_path, mutate, message):
     report = train_only(tmp_path, mutate(frame(60, 0)))
     assert not report.success and len(report.failures) == 1, report.error_message()

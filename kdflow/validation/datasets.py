@@ -14,7 +14,6 @@ from kdflow.data import DataError
 from kdflow.validation.describe import describe
 from kdflow.validation.features import (
     FeatureMoments,
-    FeatureProfile,
     FeatureRanges,
     add_range_status,
     deterministic_sample,
@@ -136,7 +135,9 @@ def validate_splits(
         }
         ds.checks += _collect(name, split.uri, results, id_col, config.max_examples, extra)
         if train_moments is not None and name != REFERENCE and name in config.scale_datasets:
-            scale = _scale_check(ds, profile, train_moments, report.datasets[REFERENCE].uri, spec, config)
+            sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
+            moments = FeatureMoments.of(profile.names, profile.matrix[sample])
+            scale = _scale_check(ds, moments, train_moments, report.datasets[REFERENCE].uri, spec, config)
             if scale is not None:
                 ds.checks.append(scale)
     _cross_split_drift(report, schemas, {n: s.labeled for n, s in splits.items()}, data.label_column)
@@ -178,18 +179,16 @@ def _cross_split_drift(
 
 def _scale_check(
     ds: DatasetReport,
-    profile: FeatureProfile,
+    moments: FeatureMoments | None,
     train: FeatureMoments,
     train_uri: str,
     spec: FeatureSpec,
     config: ValidationConfig,
 ) -> CheckResult | None:
-    """``features.scale`` for one dataset against train's moments (on the deterministic sample), or None when
+    """``features.scale`` for one dataset (``moments`` of its deterministic sample) against train's, or None when
     its features cannot be compared (no well-formed rows, or another width: already reported). Superseded
     when an expectation on the feature column (e.g. the range check) already failed in this dataset."""
     source = "features" if spec.columns else spec.column
-    sample = deterministic_sample(len(profile.matrix), config.sample_size, config.sample_seed)
-    moments = FeatureMoments.of(profile.names, profile.matrix[sample])
     if moments is None or moments.names != train.names:
         ds.notes.append("feature scale not compared with train: too few well-formed rows or another feature width")
         return None
@@ -224,38 +223,57 @@ def _split_overlaps(
     report: ValidationReport, frames: dict[str, pd.DataFrame], id_column: str, config: ValidationConfig
 ) -> None:
     """``ids.disjoint``: for each pair of train, val, test and transfer (those read with an id column), the
-    ids they share. Reported on the later split of the pair, naming both, the count and a few ids; the
-    transfer set may share ids with the splits in ``config.transfer_overlap_allowed``."""
+    ids they share (:func:`report_overlap`)."""
     names = [n for n in DISJOINT_SPLITS if n in frames and id_column in frames[n].columns]
     ids = {n: pd.Index(pd.unique(frames[n][id_column].dropna().to_numpy())) for n in names}
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            if second == "transfer" and first in config.transfer_overlap_allowed:
-                continue
-            try:
-                shared = ids[first].intersection(ids[second])
-                shown = list(shared.sort_values()[: config.max_examples])
-            except TypeError:  # ids of different types: schema drift reports it; nothing is shared
-                shared, shown = pd.Index([]), []
-            ds, other = report.datasets[second], report.datasets[first]
-            message = ""
-            if len(shared):
-                hint = (
-                    f" (validation.transfer_overlap_allowed lists the splits the transfer set may share ids "
-                    f"with: now {config.transfer_overlap_allowed})"
-                    if second == "transfer"
-                    else ""
-                )
-                message = (
-                    f"{ds.uri}: {len(shared):,} of {len(ids[second]):,} id(s) in {second} are also in {first} "
-                    f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
-                    f"on them){hint}; e.g. ids {_jsonable(shown)}"
-                )
-            ds.checks.append(
-                _plain(
-                    second, "ids.disjoint", id_column, not len(shared), message, len(shared), shown, {"other": first}
-                )
-            )
+    for first, second in disjoint_pairs(names, config):
+        try:
+            shared = ids[first].intersection(ids[second])
+            shown = list(shared.sort_values()[: config.max_examples])
+        except TypeError:  # ids of different types: schema drift reports it; nothing is shared
+            shared, shown = pd.Index([]), []
+        report_overlap(report, first, second, len(shared), len(ids[second]), shown, id_column, config)
+
+
+def disjoint_pairs(names: list[str], config: ValidationConfig) -> list[tuple[str, str]]:
+    """The pairs of ``names`` (in :data:`DISJOINT_SPLITS` order) that must not share ids: every pair but the
+    transfer set with the splits in ``config.transfer_overlap_allowed``."""
+    names = [n for n in DISJOINT_SPLITS if n in names]
+    return [
+        (first, second)
+        for i, first in enumerate(names)
+        for second in names[i + 1 :]
+        if not (second == "transfer" and first in config.transfer_overlap_allowed)
+    ]
+
+
+def report_overlap(
+    report: ValidationReport,
+    first: str,
+    second: str,
+    shared: int,
+    unique: int,
+    shown: list,
+    id_column: str,
+    config: ValidationConfig,
+) -> None:
+    """One ``ids.disjoint`` check: ``shared`` of the ``unique`` ids of ``second`` are also in ``first``
+    (``shown``: a few of them). Reported on the later split of the pair, naming both, the count and the ids."""
+    ds, other = report.datasets[second], report.datasets[first]
+    message = ""
+    if shared:
+        hint = (
+            f" (validation.transfer_overlap_allowed lists the splits the transfer set may share ids "
+            f"with: now {config.transfer_overlap_allowed})"
+            if second == "transfer"
+            else ""
+        )
+        message = (
+            f"{ds.uri}: {shared:,} of {unique:,} id(s) in {second} are also in {first} "
+            f"({other.uri}): splits must not share ids (a leak that inflates every figure measured "
+            f"on them){hint}; e.g. ids {_jsonable(shown)}"
+        )
+    ds.checks.append(_plain(second, "ids.disjoint", id_column, not shared, message, shared, shown, {"other": first}))
 
 
 def validate_data(

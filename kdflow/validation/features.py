@@ -151,12 +151,21 @@ def deterministic_sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def add_range_status(profile: FeatureProfile, ranges: FeatureRanges, n_rows: int, sample_size: int, seed: int) -> int:
+def add_range_status(
+    profile: FeatureProfile,
+    ranges: FeatureRanges,
+    n_rows: int,
+    sample_size: int,
+    seed: int,
+    sample: np.ndarray | None = None,
+) -> int:
     """Fill ``profile.derived[range_column]`` with the range status of a deterministic sample of the
-    well-formed rows (null elsewhere, so GX counts only sampled rows); returns the sample size."""
+    well-formed rows (null elsewhere, so GX counts only sampled rows); returns the sample size. ``sample``:
+    positions in ``profile.rows`` to check instead (a chunk's share of a split-wide sample)."""
     codes = np.full(n_rows, -1, dtype=np.int32)
     categories: list[str] = ["in range"]
-    sample = deterministic_sample(len(profile.rows), sample_size, seed)
+    if sample is None:
+        sample = deterministic_sample(len(profile.rows), sample_size, seed)
     if len(sample) and ranges.names == profile.names:
         sampled_codes, uniques = pd.factorize(ranges.status(profile.matrix[sample]))
         codes[profile.rows[sample]] = sampled_codes

@@ -44,6 +44,13 @@ class _GXRunner:
         max_examples: int,
     ) -> list:
         """Validate ``frame`` with a suite of ``expectations`` through a checkpoint; the expectation results."""
+        return self.checkpoint(name, suite_name, expectations, index_columns, max_examples)(frame)
+
+    def checkpoint(
+        self, name: str, suite_name: str, expectations: list, index_columns: list[str], max_examples: int
+    ) -> Callable[[pd.DataFrame], list]:
+        """A suite of ``expectations`` behind one checkpoint, as a function that validates a frame and returns the
+        expectation results: called once per frame (a dataset validated chunk by chunk reuses it)."""
         gx = self.gx
         batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
         # Expectations passed to the constructor: adding them one by one to a stored suite re-saves it each time.
@@ -63,12 +70,16 @@ class _GXRunner:
         checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(name=f"{name}-checkpoint", validation_definitions=[definition], result_format=result_format)
         )
-        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-        results = []
-        for run_result in outcome.run_results.values():
-            self.results.append({"dataset": name, "suite": suite.name, **run_result.to_json_dict()})
-            results += run_result.results
-        return results
+
+        def validate(frame: pd.DataFrame) -> list:
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+            results = []
+            for run_result in outcome.run_results.values():
+                self.results.append({"dataset": name, "suite": suite.name, **run_result.to_json_dict()})
+                results += run_result.results
+            return results
+
+        return validate
 
     def build_docs(self) -> None:
         """Render the Data Docs site once for every stored validation result (faster than per checkpoint)."""
