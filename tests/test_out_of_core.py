@@ -104,6 +104,15 @@ def test_a_dataset_of_several_files_and_schema_drift_between_them(tmp_path):
     assert any(c.check == "schema.drift" for c in chunked.failures)
 
 
+def test_a_split_without_its_id_column_as_in_memory(tmp_path):
+    """No id column: one schema failure, and (as in memory) the split is left out of the shared-id comparison."""
+    data = write_splits(tmp_path, val=frame(30, 1, 60).drop(columns=["id"]))
+    in_memory, _, chunked, splits = both(data)
+    assert checks(chunked) == checks(in_memory) and "val" not in splits
+    assert [c.check for c in chunked.failures] == ["schema.columns"]
+    assert not any(c.check == "ids.disjoint" for c in chunked.datasets["val"].checks)
+
+
 def test_scale_check_and_transfer_label_column_as_in_memory(tmp_path):
     transfer = to_frame(np.arange(150, 195), np.random.default_rng(3).normal(size=(45, 8)), np.arange(45) % C)
     data = write_splits(tmp_path, val=scaled(frame(30, 1, 60), 3.0), transfer=transfer)

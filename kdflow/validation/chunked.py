@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -396,12 +396,15 @@ class _State:
             ds.rows = None
             ds.notes.append("suite not run: the files of this dataset do not share one schema")
             return
-        self.schemas[name], self.spills[name] = ds.schema, spill
+        self.schemas[name] = ds.schema
+        if data.id_column in columns:  # as in memory: only datasets read with an id column are compared
+            self.spills[name] = spill
         self._finish(name, ds, labeled, layout, chunk_results, spill, classes, sampled, names, columns, fp)
 
     def _checkpoint(
         self, name: str, ds: DatasetReport, labeled: bool, width: int | None, range_mostly: float | None, multi: bool
-    ):
+    ) -> Callable[[pd.DataFrame], list]:
+        """The dataset's suite behind one GX checkpoint, run on each chunk (:meth:`_GXRunner.checkpoint`)."""
         data, config = self.data, self.config
         min_rows = max(data.min_rows, config.min_rows.get(name, 1))
         suite = (
@@ -413,7 +416,22 @@ class _State:
         index_cols = [data.id_column, *(["__file"] if multi else [])]
         return self.runner.checkpoint(name, ds.suite, suite, index_cols, config.max_examples)
 
-    def _finish(self, name, ds, labeled, layout, chunk_results, spill, classes, sampled, names, columns, fp) -> None:
+    def _finish(
+        self,
+        name: str,
+        ds: DatasetReport,
+        labeled: bool,
+        layout: list[tuple[str, int]],
+        chunk_results: list[list],
+        spill: IdSpill,
+        classes: set | None,
+        sampled: list[np.ndarray],
+        names: list[str] | None,
+        columns: list[str],
+        fp: _Fingerprint,
+    ) -> None:
+        """Merge the chunks' results into the dataset's checks, learn or apply train's ranges and moments on the
+        sample, and hand on a :class:`ParquetSplit` when the dataset validated."""
         data, config = self.data, self.config
         merged = merge_results(chunk_results, config.max_examples, ds.rows, classes)
         _unique_result(merged, spill, data.id_column, config.max_examples)
