@@ -7,15 +7,18 @@ shape (40 float32 features, 10 classes) plus 20,000-row train/val/test splits, r
 * ``out_of_core`` — ``data.out_of_core: true``: validated chunk by chunk (``validation.chunk_rows``) from the
   Parquet files, fingerprinted in two passes, each shard task reading its own row groups.
 
-Both runs use the thread runner (``store.workers`` 2), ``store.rows_per_shard`` 262,144, and a random-weight 2x256
+Both runs use the thread runner (or ``--runner dask``: a local cluster of 2 worker processes), ``store.workers`` 2,
+``store.rows_per_shard`` 262,144 (``--rows-per-shard``), and a random-weight 2x256
 MLP teacher registered in MLflow (scoring is cheap, so validation and I/O dominate). Reported per mode: wall time
 of the flow, the flow process's peak RSS (``VmHWM``; Prefect's ephemeral API server runs in a process of its own
-and is not counted), and the transfer store's key (the two must be equal: same fingerprint) and shard checksums
+and is not counted), each Dask worker's (sampled every 0.5 s), and the transfer store's key (the two must be equal: same fingerprint) and shard checksums
 (must be equal). Exit 1 if they differ.
 
 Run (from the repository root)::
 
-    .venv/bin/python bench/out_of_core.py --rows 2000000 --json bench/results/out_of_core_2m.json
+    .venv/bin/python bench/out_of_core.py --rows 10000000 --json bench/results/out_of_core_10m.json
+    .venv/bin/python bench/out_of_core.py --rows 100000000 --modes out_of_core --runner dask \\
+        --json bench/results/out_of_core_100m.json
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,7 @@ def write_small(path: Path, first_id: int, seed: int) -> str:
     return str(write_parquet(to_frame(np.arange(first_id, first_id + SMALL), x, y), path, row_group_size=8192))
 
 
-def prepare(state: Path, rows: int, rows_per_file: int, row_group: int) -> dict[str, Any]:
+def prepare(state: Path, rows: int, rows_per_file: int, row_group: int, rows_per_shard: int) -> dict[str, Any]:
     """Data, a registered teacher and the distill config the precompute flow reads (``out_of_core`` left out)."""
     import yaml
 
@@ -73,10 +77,35 @@ def prepare(state: Path, rows: int, rows_per_file: int, row_group: int) -> dict[
     cfg["teacher_uri"] = "models:/bench-teacher/1"
     cfg["data"].update(data, transfer=str(state / "transfer"), num_classes=NUM_CLASSES)
     cfg["mlflow"] = {"tracking_uri": tracking, "artifact_location": str(state / "artifacts")}
-    cfg["store"] = {"root": str(state / "store"), "rows_per_shard": 262_144, "workers": 2}
+    cfg["store"] = {"root": str(state / "store"), "rows_per_shard": rows_per_shard, "workers": 2}
     cfg["validation"] = {"data_docs": False}
     cfg["evaluation"] = {"latency_batches": 20, "throughput_batches": 2}
     return cfg
+
+
+class ChildPeaks(threading.Thread):
+    """Peak RSS (``VmHWM``) of every process under this one, sampled every 0.5 s until stopped: the Dask workers
+    of a local cluster, and Prefect's ephemeral API server (told apart by their command lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[int, tuple[str, float]] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stopped.wait(0.5):
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    with open(f"/proc/{proc.pid}/status") as f:
+                        hwm = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+                    cmd = " ".join(proc.cmdline())
+                except (OSError, psutil.Error, StopIteration):
+                    continue
+                kind = "prefect server" if "prefect" in cmd and ("server" in cmd or "uvicorn" in cmd) else "worker"
+                kind = "worker" if "spawn_main" in cmd or "distributed" in cmd else kind
+                self.peaks[proc.pid] = (kind, max(hwm, self.peaks.get(proc.pid, ("", 0.0))[1]))
 
 
 def child(config: str) -> None:
@@ -84,18 +113,39 @@ def child(config: str) -> None:
     for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
     from flows.logits import precompute_flow
+    from kdflow.config import DistillConfig, load_config
+    from tasks.logits import task_runner_for
 
+    flow = precompute_flow.with_options(
+        task_runner=task_runner_for(load_config(config, DistillConfig).store)
+    )  # as the CLI
+    peaks = ChildPeaks()
+    peaks.start()
     start = time.perf_counter()
-    out = precompute_flow(config)
+    out = flow(config)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "vmhwm_mib": vmhwm_mib(), "stores": out["stores"], "stats": out["stats"]}))
+    peaks.stopped.set()
+    peaks.join()
+    workers = sorted(round(mib) for kind, mib in peaks.peaks.values() if kind == "worker")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "vmhwm_mib": vmhwm_mib(),
+                "worker_vmhwm_mib": workers,
+                "stores": out["stores"],
+                "stats": out["stats"],
+            }
+        )
+    )
 
 
-def run_mode(state: Path, cfg: dict[str, Any], mode: str) -> dict[str, Any]:
+def run_mode(state: Path, cfg: dict[str, Any], mode: str, runner: str) -> dict[str, Any]:
     import yaml
 
     cfg = json.loads(json.dumps(cfg))
     cfg["data"]["out_of_core"] = mode == "out_of_core"
+    cfg["store"]["task_runner"] = runner
     cfg["store"]["root"] = str(state / f"store-{mode}")
     path = state / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -122,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--rows-per-file", type=int, default=1_000_000)
     parser.add_argument("--row-group", type=int, default=65_536)
+    parser.add_argument("--rows-per-shard", type=int, default=262_144)
     parser.add_argument("--modes", nargs="+", default=["in_memory", "out_of_core"])
+    parser.add_argument("--runner", choices=["threads", "dask"], default="threads", help="store.task_runner")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -131,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-ooc-") as tmp:
         state = Path(tmp)
-        cfg = prepare(state, args.rows, args.rows_per_file, args.row_group)
+        cfg = prepare(state, args.rows, args.rows_per_file, args.row_group, args.rows_per_shard)
         results = {}
         for mode in args.modes:
-            results[mode] = r = run_mode(state, cfg, mode)
+            results[mode] = r = run_mode(state, cfg, mode, args.runner)
             print(
                 f"{mode}: {r['seconds']:.1f} s, flow process peak {r['vmhwm_mib']:.0f} MiB, store {r['transfer_key']}"
             )
@@ -149,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_model(),
             "load_avg_before": load_avg(),
             "rows": args.rows,
+            "runner": args.runner,
+            "rows_per_shard": args.rows_per_shard,
             "results": {m: {k: v for k, v in r.items() if k != "transfer_shards"} for m, r in results.items()},
             "stores_identical": same,
         }

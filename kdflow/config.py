@@ -114,7 +114,7 @@ class ValidationConfig(_Strict):
     range_mostly: float = Field(default=0.99, ge=0.0, le=1.0)
     sample_size: int = Field(default=100_000, gt=0)  # rows per dataset for the statistical checks
     sample_seed: int = 0
-    chunk_rows: int = Field(default=1_048_576, gt=0)  # data.out_of_core: rows per chunk validated at a time
+    chunk_rows: int = Field(default=262_144, gt=0)  # data.out_of_core: rows per chunk validated at a time
     probability_tolerance: float = Field(default=1e-3, gt=0.0)  # inference logs: |sum(p) - 1| <=
     probability_mostly: float = Field(default=1.0, ge=0.0, le=1.0)
     max_examples: int = Field(default=5, gt=0)  # example values / ids per failed expectation
