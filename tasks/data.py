@@ -42,6 +42,20 @@ def publish_validation_report(report: ValidationReport, run_id: str | None, out_
     return paths
 
 
+def log_report(report: ValidationReport) -> None:
+    """One log line per dataset: pass or fail, rows, checks run and failed."""
+    for d in report.datasets.values():
+        get_run_logger().info(
+            "validation %s (%s): %s, %s rows, %d check(s), %d failed",
+            d.name,
+            d.uri,
+            "pass" if d.success else "FAIL",
+            d.rows,
+            len(d.checks),
+            len(d.failures),
+        )
+
+
 @kdflow_task(name="validate-inputs")
 def validate_inputs(
     data: DataConfig,
@@ -63,16 +77,7 @@ def validate_inputs(
             data, validation, endpoint_url, with_transfer, docs_dir=Path(tmp) / "site" if validation.data_docs else None
         )
         publish_validation_report(report, run_id, Path(tmp) / "report")
-    for d in report.datasets.values():
-        logger.info(
-            "validation %s (%s): %s, %s rows, %d check(s), %d failed",
-            d.name,
-            d.uri,
-            "pass" if d.success else "FAIL",
-            d.rows,
-            len(d.checks),
-            len(d.failures),
-        )
+    log_report(report)
     report.raise_for_failures()
     labeled = {name: flag for name, (_, flag) in dataset_uris(data, with_transfer).items()}
     datasets = datasets_from_frames(frames, {n: d.uri for n, d in report.datasets.items()}, labeled, data)
@@ -95,15 +100,7 @@ def validate_inputs_out_of_core(
         docs = Path(tmp) / "site" if validation.data_docs else None
         report, splits = validate_out_of_core(data, validation, endpoint_url, docs_dir=docs)
         publish_validation_report(report, None, Path(tmp) / "report")
-    for d in report.datasets.values():
-        logger.info(
-            "validation %s (%s): %s, %s rows, %d failed",
-            d.name,
-            d.uri,
-            d.success and "pass" or "FAIL",
-            d.rows,
-            len(d.failures),
-        )
+    log_report(report)
     report.raise_for_failures()
     shape = splits[next(iter(splits))].input_shape
     build_model(model.arch, model.args, shape, data.num_classes)  # raises ModelSpecError

@@ -44,6 +44,7 @@ from kdflow.validation.datasets import (
     dataset_uris,
     disjoint_pairs,
     report_overlap,
+    suite_name,
 )
 from kdflow.validation.features import (
     FeatureMoments,
@@ -53,7 +54,7 @@ from kdflow.validation.features import (
     profile_features,
 )
 from kdflow.validation.reading import frame_schema, schema_drift
-from kdflow.validation.results import SUITE_VERSION, DatasetReport, ValidationReport, _plain
+from kdflow.validation.results import DatasetReport, ValidationReport, _plain
 from kdflow.validation.runner import _collect, _gx_frame, _GXRunner, _raised
 from kdflow.validation.suites import labeled_suite, transfer_suite
 
@@ -285,7 +286,7 @@ def validate_out_of_core(
             uri=uri,
             files=[],
             rows=None,
-            suite=f"kdflow-{'labeled' if labeled else 'transfer'}-v{SUITE_VERSION}",
+            suite=suite_name(labeled),
         )
         try:
             layouts[name] = split_layout(uri, endpoint_url)

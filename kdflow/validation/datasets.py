@@ -44,6 +44,11 @@ def dataset_uris(data: DataConfig, with_transfer: bool = True) -> dict[str, tupl
     return out
 
 
+def suite_name(labeled: bool) -> str:
+    """The versioned name of a dataset's suite: ``kdflow-labeled-v1`` or ``kdflow-transfer-v1``."""
+    return f"kdflow-{'labeled' if labeled else 'transfer'}-v{SUITE_VERSION}"
+
+
 def validate_splits(
     splits: dict[str, SplitFrames], data: DataConfig, config: ValidationConfig, docs_dir: Path | None = None
 ) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
@@ -67,7 +72,7 @@ def validate_splits(
             uri=split.uri,
             files=files,
             rows=None,
-            suite=f"kdflow-{'labeled' if split.labeled else 'transfer'}-v{SUITE_VERSION}",
+            suite=suite_name(split.labeled),
         )
         if split.error:
             ds.checks.append(_plain(name, "file.readable", None, False, split.error))
