@@ -84,8 +84,8 @@ def prepare(state: Path, rows: int, rows_per_file: int, row_group: int, rows_per
 
 
 class ChildPeaks(threading.Thread):
-    """Peak RSS (``VmHWM``) of every process under this one, sampled every 0.5 s until stopped: the Dask workers
-    of a local cluster, and Prefect's ephemeral API server (told apart by their command lines)."""
+    """Peak RSS (``VmHWM``) of every process under this one, sampled every 0.5 s until stopped; the Dask workers of
+    a local cluster (spawned by multiprocessing) are told apart from other helpers by their command lines."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -103,8 +103,7 @@ class ChildPeaks(threading.Thread):
                     cmd = " ".join(proc.cmdline())
                 except (OSError, psutil.Error, StopIteration):
                     continue
-                kind = "prefect server" if "prefect" in cmd and ("server" in cmd or "uvicorn" in cmd) else "worker"
-                kind = "worker" if "spawn_main" in cmd or "distributed" in cmd else kind
+                kind = "worker" if "spawn_main" in cmd else "other"  # e.g. multiprocessing's resource tracker
                 self.peaks[proc.pid] = (kind, max(hwm, self.peaks.get(proc.pid, ("", 0.0))[1]))
 
 
@@ -181,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child)
         return 0
+    load_before = load_avg()
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-ooc-") as tmp:
         state = Path(tmp)
         cfg = prepare(state, args.rows, args.rows_per_file, args.row_group, args.rows_per_shard)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["bench/out_of_core.py", *(argv or sys.argv[1:])]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpu": cpu_model(),
-            "load_avg_before": load_avg(),
+            "load_avg_before": load_before,
             "rows": args.rows,
             "runner": args.runner,
             "rows_per_shard": args.rows_per_shard,
