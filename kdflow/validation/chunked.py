@@ -383,7 +383,9 @@ class _State:
                     add_range_status(profile, self.ranges, len(df), config.sample_size, config.sample_seed, picks)
                     range_mostly = config.range_mostly
                 if validate is None:
-                    validate = self._checkpoint(name, ds, labeled, profile.width, range_mostly, multi)
+                    index_cols = [data.id_column] if data.id_column in df.columns else []  # example ids, as in memory
+                    index_cols += ["__file"] if multi else []
+                    validate = self._checkpoint(name, ds, labeled, profile.width, range_mostly, index_cols)
                 scalar = [data.id_column, *(spec.columns or []), *([data.label_column] if labeled else [])]
                 files = np.repeat(np.array([uri_f], dtype=object), len(df)) if multi else None
                 chunk_results.append(validate(_gx_frame(df, scalar, profile.derived, files)))
@@ -403,7 +405,13 @@ class _State:
         self._finish(name, ds, labeled, layout, chunk_results, spill, classes, sampled, names, columns, fp)
 
     def _checkpoint(
-        self, name: str, ds: DatasetReport, labeled: bool, width: int | None, range_mostly: float | None, multi: bool
+        self,
+        name: str,
+        ds: DatasetReport,
+        labeled: bool,
+        width: int | None,
+        range_mostly: float | None,
+        index_cols: list[str],
     ) -> Callable[[pd.DataFrame], list]:
         """The dataset's suite behind one GX checkpoint, run on each chunk (:meth:`_GXRunner.checkpoint`)."""
         data, config = self.data, self.config
@@ -414,7 +422,6 @@ class _State:
             else transfer_suite(data, width, min_rows, range_mostly)
         )
         self.runner = self.runner or _GXRunner(self.report.docs_dir)
-        index_cols = [data.id_column, *(["__file"] if multi else [])]
         return self.runner.checkpoint(name, ds.suite, suite, index_cols, config.max_examples)
 
     def _finish(
