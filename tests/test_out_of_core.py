@@ -17,7 +17,7 @@ from kdflow.config import DataConfig, ValidationConfig
 from kdflow.data import datasets_from_frames, to_frame, write_parquet
 from kdflow.rowgroups import ParquetSplit
 from kdflow.validation import DataValidationError, validate_data
-from kdflow.validation.chunked import IdSpill, validate_out_of_core
+from kdflow.validation.chunked import IdSpill, IdTally, validate_out_of_core
 from tests.conftest import make_bucket, write_yaml
 from tests.test_validation import BAD_INPUT_IDS, BAD_INPUTS, SIZES, C, frame, scaled
 
@@ -152,8 +152,8 @@ def test_id_spill_finds_duplicates_and_shared_ids_bucket_by_bucket(tmp_path):
     a.add(np.array(["x", "y", "x"]))
     b.add(np.array([12, 7, 5, 100]))
     b.add(np.array(["y", "z"]))
-    assert a.duplicates(limit=5) == (6, [1, 1, 9, 9, "x"])  # rows 1,1 9,9 x,x: an id per row
-    assert a.unique() == 6 and b.unique() == 6
+    assert a.tally(limit=5) == IdTally(6, [1, 1, 9, 9, "x"], 6)  # rows 1,1 9,9 x,x: an id per row; 6 distinct
+    assert b.tally(limit=5).unique == 6
     assert a.shared(b, limit=5) == (3, [5, 12, "y"])
     assert a.shared(b, limit=2)[0] == 3 and len(a.shared(b, limit=2)[1]) == 2
     assert len(a.names()) <= 8  # at most one file per bucket and kind

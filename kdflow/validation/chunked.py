@@ -61,6 +61,15 @@ from kdflow.validation.suites import labeled_suite, transfer_suite
 IDS_PER_BUCKET = 1_000_000  # ids per spill bucket of the largest dataset: what one comparison holds in memory
 
 
+@dataclass(frozen=True)
+class IdTally:
+    """What :meth:`IdSpill.tally` found: rows with a duplicated id, a few of those ids, distinct ids."""
+
+    duplicated_rows: int
+    examples: list[Any]
+    unique: int
+
+
 class IdSpill:
     """One dataset's ids on local disk in ``buckets`` hash buckets (``pd.util.hash_array``, the same bucket for the
     same id in every spill), integer ids as 8 bytes each, others as text: duplicates within a dataset and ids
@@ -100,18 +109,16 @@ class IdSpill:
         """The bucket files written."""
         return sorted(p.name for p in self.dir.iterdir())
 
-    def duplicates(self, limit: int) -> tuple[int, list[Any]]:
-        """(rows whose id occurs more than once, the ids of up to ``limit`` of those rows, smallest first)."""
-        rows, examples = 0, []
+    def tally(self, limit: int) -> IdTally:
+        """One pass over the buckets: the rows whose id occurs more than once, the ids of up to ``limit`` of those
+        rows (smallest first) and the distinct ids."""
+        rows, examples, unique = 0, [], 0
         for name in self.names():
             values, counts = np.unique(self.bucket(name), return_counts=True)
             rows += int(counts[counts > 1].sum())
             examples += np.repeat(values[counts > 1], counts[counts > 1])[:limit].tolist()  # a value per row, as GX
-        return rows, sorted(examples, key=lambda v: (isinstance(v, str), v))[:limit]
-
-    def unique(self) -> int:
-        """Distinct ids."""
-        return sum(len(np.unique(self.bucket(name))) for name in self.names())
+            unique += len(values)
+        return IdTally(rows, sorted(examples, key=lambda v: (isinstance(v, str), v))[:limit], unique)
 
     def shared(self, other: IdSpill, limit: int) -> tuple[int, list[Any]]:
         """(ids in both spills, up to ``limit`` of them, smallest first)."""
@@ -222,17 +229,16 @@ def merge_results(chunks: list[list], limit: int, rows: int, classes: set | None
     return out
 
 
-def _unique_result(merged: list[_Merged], spill: IdSpill, id_column: str, limit: int) -> None:
-    """``id.unique`` across chunks: the rows whose id occurs twice anywhere in the dataset (from the spill)."""
+def _unique_result(merged: list[_Merged], tally: IdTally, id_column: str) -> None:
+    """``id.unique`` across chunks: the rows whose id occurs twice anywhere in the dataset (the spill's tally)."""
     for m in merged:
         if m.expectation_config.type == "expect_column_values_to_be_unique" and not _raised(m.exception_info):
-            rows, examples = spill.duplicates(limit)
-            m.success = rows == 0
+            m.success = tally.duplicated_rows == 0
             m.result = {
                 **m.result,
-                "unexpected_count": rows,
-                "partial_unexpected_list": examples,
-                "partial_unexpected_index_list": [{id_column: v} for v in examples],
+                "unexpected_count": tally.duplicated_rows,
+                "partial_unexpected_list": tally.examples,
+                "partial_unexpected_index_list": [{id_column: v} for v in tally.examples],
             }
 
 
@@ -306,8 +312,7 @@ def validate_out_of_core(
         if config.disjoint_ids:
             for first, second in disjoint_pairs(list(state.spills), config):
                 shared, shown = state.spills[first].shared(state.spills[second], config.max_examples)
-                unique = state.spills[second].unique()
-                report_overlap(report, first, second, shared, unique, shown, data.id_column, config)
+                report_overlap(report, first, second, shared, state.unique[second], shown, data.id_column, config)
     if state.runner is not None:
         state.runner.build_docs()
         report.gx_results = state.runner.results
@@ -327,6 +332,7 @@ class _State:
         self.train_moments: FeatureMoments | None = None
         self.schemas: dict[str, dict[str, str]] = {}
         self.spills: dict[str, IdSpill] = {}
+        self.unique: dict[str, int] = {}  # distinct ids per dataset, from its spill's tally
         self.splits: dict[str, ParquetSplit] = {}
         self.runner: _GXRunner | None = None
 
@@ -442,7 +448,9 @@ class _State:
         sample, and hand on a :class:`ParquetSplit` when the dataset validated."""
         data, config = self.data, self.config
         merged = merge_results(chunk_results, config.max_examples, ds.rows, classes)
-        _unique_result(merged, spill, data.id_column, config.max_examples)
+        tally = spill.tally(config.max_examples)  # the spill read once: id.unique here, ids.disjoint later
+        self.unique[name] = tally.unique
+        _unique_result(merged, tally, data.id_column)
         extra = {
             "columns": columns,
             "rows": ds.rows,
